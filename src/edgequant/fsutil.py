@@ -1,0 +1,48 @@
+"""Atomic file writes: outputs appear whole or not at all, inputs are never overwritten."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import EdgequantError
+
+
+def refuse_overwrite(out: str | Path, *inputs: str | Path) -> None:
+    """Refuse an output path that is one of the inputs (same file, even through links)."""
+    out_p = Path(out)
+    for inp in inputs:
+        in_p = Path(inp)
+        same = out_p.resolve() == in_p.resolve()
+        if not same and out_p.exists() and in_p.exists():
+            same = os.path.samefile(out_p, in_p)
+        if same:
+            raise EdgequantError(f"{out}: output path is the input model; choose another -o path")
+
+
+@contextlib.contextmanager
+def atomic_path(out: str | Path) -> Iterator[Path]:
+    """Yield a temporary path in the destination folder; rename it onto ``out`` on success."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp_p = Path(tmp)
+    try:
+        yield tmp_p
+        os.replace(tmp_p, out)
+    finally:
+        if tmp_p.exists():
+            tmp_p.unlink()
+
+
+def write_bytes_atomic(out: str | Path, data: bytes) -> None:
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(out: str | Path, text: str) -> None:
+    write_bytes_atomic(out, text.encode("utf-8"))
