@@ -1,0 +1,40 @@
+"""`edgequant doctor`: what this machine can do with INT8, and the target rule it picks."""
+
+from __future__ import annotations
+
+import json
+import platform
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..targets import RULES, auto_target, detect_cpu
+from . import cli
+
+
+def doctor_facts() -> dict:
+    import onnxruntime as ort
+
+    cpu = detect_cpu()
+    target = auto_target(cpu)
+    return {
+        "cpu": cpu.model, "arch": cpu.arch, "logical_cores": cpu.logical_cores, "isa": list(cpu.isa),
+        "vnni": cpu.has_vnni, "python": platform.python_version(), "onnxruntime": ort.__version__,
+        "providers": ort.get_available_providers(), "target": target, "why": RULES[target].why,
+    }
+
+
+@cli.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
+def doctor(as_json: bool) -> None:
+    """CPU features, onnxruntime version and providers, and the target `--target auto` uses."""
+    facts = doctor_facts()
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+        return
+    table = Table(show_header=False, box=None)
+    for key in ("cpu", "arch", "logical_cores", "isa", "vnni", "python", "onnxruntime", "providers", "target", "why"):
+        value = facts[key]
+        table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    Console().print(table)

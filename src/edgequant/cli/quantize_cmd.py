@@ -1,0 +1,73 @@
+"""`edgequant quantize`: one model, one recipe, written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .. import model as model_io
+from ..quantize import ACTIVATION_TYPES, CALIB_METHODS, FORMATS, WEIGHT_TYPES, make_config, quantize_model
+from ..targets import TARGETS
+from . import cli
+
+
+def _split_ops(value: str | None) -> tuple[str, ...] | None:
+    return tuple(op.strip() for op in value.split(",") if op.strip()) if value else None
+
+
+@cli.command("quantize")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output .onnx path.")
+@click.option("--mode", type=click.Choice(["dynamic", "static"]), required=True)
+@click.option("--calib", "calib", default=None, help="Calibration data source (static mode).")
+@click.option("--preprocess", default=None, help="Preprocessing spec for an image-folder source.")
+@click.option("--calib-limit", type=click.IntRange(min=1), default=None, help="Use at most N calibration samples.")
+@click.option("--target", type=click.Choice(["auto", *TARGETS]), default="auto", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="Static format (default: target rule, qdq).")
+@click.option("--per-channel/--no-per-channel", default=None, help="Default: target rule.")
+@click.option("--reduce-range/--no-reduce-range", default=None, help="7-bit weights (default: target rule).")
+@click.option("--activation-type", type=click.Choice(ACTIVATION_TYPES), default=None)
+@click.option("--weight-type", type=click.Choice(WEIGHT_TYPES), default=None)
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="minmax", show_default=True)
+@click.option("--percentile", type=click.FloatRange(90.0, 100.0), default=99.999, show_default=True,
+              help="Percentile for --calib-method percentile.")
+@click.option("--exclude", multiple=True, help="Node name to keep in float (repeatable).")
+@click.option("--op-types", default=None, help="Comma-separated op types to quantize.")
+def quantize(model: Path, out: Path, mode: str, calib: str | None, preprocess: str | None, calib_limit: int | None,
+             target: str, fmt: str | None, per_channel: bool | None, reduce_range: bool | None,
+             activation_type: str | None, weight_type: str | None, calib_method: str, percentile: float,
+             exclude: tuple[str, ...], op_types: str | None) -> None:
+    """Quantize MODEL to INT8 (dynamic: weights only; static: weights and activations)."""
+    config = make_config(mode, target, quant_format=fmt, per_channel=per_channel, reduce_range=reduce_range,
+                         activation_type=activation_type, weight_type=weight_type, calib_method=calib_method,
+                         calib_percentile=percentile, op_types=_split_ops(op_types), exclude=exclude,
+                         calib_limit=calib_limit)
+    err = Console(stderr=True)
+    source = None
+    if mode == "static":
+        if not calib:
+            raise click.UsageError("--mode static needs --calib SRC")
+        from ..data import Preprocess, open_source
+
+        fp32 = model_io.load_model(model)
+        source = open_source(calib, model_io.graph_inputs(fp32),
+                             preprocess=Preprocess.parse(preprocess) if preprocess else None, limit=calib_limit)
+    elif calib:
+        err.print("[yellow]note:[/] --calib is ignored in dynamic mode")
+    with Progress(TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True, disable=source is None) as progress:
+        task = progress.add_task("calib", total=getattr(source, "count", None))
+        result = quantize_model(model, out, config, source,
+                                on_calib_sample=lambda i: progress.update(task, completed=i + 1))
+    for w in result.warnings:
+        err.print(f"[yellow]warning:[/] {w}")
+    for n in result.notes:
+        err.print(f"[dim]note: {n}[/]")
+    Console().print(
+        f"wrote {result.path}  {result.input_size_bytes / 1e6:.2f} MB -> {result.output_size_bytes / 1e6:.2f} MB "
+        f"({result.compression:.2f}x smaller)  mode={config.mode} target={config.target} "
+        f"format={config.quant_format} per_channel={config.per_channel} reduce_range={config.reduce_range} "
+        f"A={config.activation_type} W={config.weight_type}")
