@@ -1,0 +1,68 @@
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from edgequant import model as model_io
+from edgequant.errors import EdgequantError
+from edgequant.quantize import make_config, quantize_model
+
+
+def _run(path, feeds):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)[0]
+
+
+def _ops(path):
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def test_dynamic_matmul_net(tmp_path, matmul_model):
+    out = tmp_path / "mlp.dyn.onnx"
+    result = quantize_model(matmul_model, out, make_config("dynamic", "x86-avx2"))
+    assert result.compression > 3.0
+    assert "MatMulInteger" in _ops(out) or "DynamicQuantizeMatMul" in _ops(out)
+    x = np.random.default_rng(0).normal(0, 1, (4, 64)).astype(np.float32)
+    ref, got = _run(matmul_model, {"x": x}), _run(out, {"x": x})
+    cos = float(np.dot(ref.ravel(), got.ravel()) / np.linalg.norm(ref) / np.linalg.norm(got))
+    assert cos > 0.99
+
+
+def test_dynamic_covers_gemm_by_rewriting_to_matmul(tmp_path, conv_model):
+    out = tmp_path / "conv.dyn.onnx"
+    result = quantize_model(conv_model, out, make_config("dynamic", "x86-avx2"))
+    ops = _ops(out)
+    assert "Gemm" not in ops and ("MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops)
+    assert "Conv" in ops  # Conv stays float by default: ConvInteger is slow
+    assert any("Gemm rewritten" in n for n in result.notes)
+    x = np.random.default_rng(0).normal(0, 1, (2, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(_run(out, {"input": x}), _run(conv_model, {"input": x}), atol=0.05)
+
+
+def test_dynamic_conv_request_warns(tmp_path, conv_model):
+    cfg = make_config("dynamic", "x86-avx2", op_types=["Conv", "MatMul"])
+    result = quantize_model(conv_model, tmp_path / "o.onnx", cfg)
+    assert any("ConvInteger" in w for w in result.warnings)
+
+
+def test_target_rules_apply():
+    assert make_config("static", "x86-avx2").reduce_range is True
+    assert make_config("static", "x86-vnni").reduce_range is False
+    assert make_config("static", "x86-avx2", reduce_range=False).reduce_range is False
+    assert make_config("static", "arm64").per_channel is True
+    with pytest.raises(EdgequantError, match="qnn needs --format qdq"):
+        make_config("static", "qnn", quant_format="qoperator")
+    with pytest.raises(EdgequantError, match="unknown target"):
+        make_config("static", "riscv")
+
+
+def test_static_requires_calibration(tmp_path, conv_model):
+    with pytest.raises(EdgequantError, match="calibration"):
+        quantize_model(conv_model, tmp_path / "o.onnx", make_config("static"))
+
+
+def test_refuses_to_overwrite_input(conv_model):
+    before = conv_model.read_bytes()
+    with pytest.raises(EdgequantError, match="output path is the input"):
+        quantize_model(conv_model, conv_model, make_config("dynamic"))
+    assert conv_model.read_bytes() == before
