@@ -1,0 +1,191 @@
+"""Export the reference FP32 models (resnet18, mobilenet_v2, a MiniLM-class encoder) to ONNX.
+
+Runs in the benchmark-only venv ``benchmarks/.venv`` (torch). The architectures mirror
+torchvision's resnet18 / mobilenet_v2 and a 6-layer BERT encoder (hidden 384, 12 heads,
+FFN 1536, seq 128). Weights are random but seeded and BatchNorm statistics are set to
+plausible values, so speed is representative and the graphs have the real structure; we
+measure latency and FP32-vs-INT8 fidelity, not task accuracy.
+
+Usage: benchmarks/.venv/bin/python benchmarks/export_models.py OUT_DIR
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+# ----------------------------------------------------------------------------- resnet18
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        idt = x if self.down is None else self.down(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + idt)
+
+
+class ResNet18(nn.Module):
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        layers, cin = [], 64
+        for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+            layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.avgpool(self.layers(x))
+        return self.fc(torch.flatten(x, 1))
+
+
+# -------------------------------------------------------------------------- mobilenet_v2
+def _cbr(cin: int, cout: int, k: int, s: int, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, s, (k - 1) // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        self.use_res = stride == 1 and cin == cout
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers.append(_cbr(cin, hidden, 1, 1))
+        layers += [_cbr(hidden, hidden, 3, stride, groups=hidden),
+                   nn.Conv2d(hidden, cout, 1, 1, 0, bias=False), nn.BatchNorm2d(cout)]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.use_res else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        cfg = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+               (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+        feats: list[nn.Module] = [_cbr(3, 32, 3, 2)]
+        cin = 32
+        for t, c, n, s in cfg:
+            for i in range(n):
+                feats.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        feats.append(_cbr(cin, 1280, 1, 1))
+        self.features = nn.Sequential(*feats)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
+# ------------------------------------------------------------------------------ encoder
+class EncoderLayer(nn.Module):
+    """BERT post-LN layer written out (q/k/v Linear, softmax attention, GELU FFN)."""
+
+    def __init__(self, hidden: int, heads: int, ffn: int) -> None:
+        super().__init__()
+        self.h, self.d = heads, hidden // heads
+        self.q, self.k, self.v = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+        self.o = nn.Linear(hidden, hidden)
+        self.ln1 = nn.LayerNorm(hidden, eps=1e-12)
+        self.fc1, self.fc2 = nn.Linear(hidden, ffn), nn.Linear(ffn, hidden)
+        self.ln2 = nn.LayerNorm(hidden, eps=1e-12)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        return x.view(b, s, self.h, self.d).permute(0, 2, 1, 3)
+
+    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._split(self.q(x)), self._split(self.k(x)), self._split(self.v(x))
+        att = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.d) + mask_bias
+        ctx = torch.matmul(att.softmax(-1), v).permute(0, 2, 1, 3).reshape(x.shape)
+        x = self.ln1(x + self.o(ctx))
+        return self.ln2(x + self.fc2(nn.functional.gelu(self.fc1(x))))
+
+
+class Encoder(nn.Module):
+    """MiniLM-L6-class encoder: 6 layers, hidden 384, 12 heads, FFN 1536, vocab 30522."""
+
+    def __init__(self, layers: int = 6, hidden: int = 384, heads: int = 12, ffn: int = 1536,
+                 vocab: int = 30522, max_pos: int = 512) -> None:
+        super().__init__()
+        self.word = nn.Embedding(vocab, hidden)
+        self.pos = nn.Embedding(max_pos, hidden)
+        self.tok_type = nn.Embedding(2, hidden)
+        self.ln = nn.LayerNorm(hidden, eps=1e-12)
+        self.layers = nn.ModuleList(EncoderLayer(hidden, heads, ffn) for _ in range(layers))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        x = self.ln(self.word(input_ids) + self.pos(pos) + self.tok_type(token_type_ids))
+        mask_bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0
+        for layer in self.layers:
+            x = layer(x, mask_bias)
+        return x
+
+
+# ------------------------------------------------------------------------------- export
+def _init_bn(model: nn.Module) -> None:
+    """Give BatchNorm plausible running stats so activations stay in a trained-like range."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+            m.weight.data.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+def _export(model: nn.Module, args: tuple, path: Path, input_names: list[str],
+            output_names: list[str], opset: int) -> None:
+    model.eval()
+    with torch.no_grad():
+        torch.onnx.export(model, args, str(path), input_names=input_names,
+                          output_names=output_names, opset_version=opset, dynamo=False,
+                          do_constant_folding=True)
+    print(f"wrote {path}")
+
+
+def main(out_dir: str) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    for name, cls in [("resnet18", ResNet18), ("mobilenet_v2", MobileNetV2)]:
+        m = cls()
+        _init_bn(m)
+        _export(m, (torch.randn(1, 3, 224, 224),), out / f"{name}.onnx", ["input"], ["logits"], 13)
+    enc = Encoder()
+    ids = torch.randint(0, 30522, (1, 128))
+    _export(enc, (ids, torch.ones(1, 128, dtype=torch.int64), torch.zeros(1, 128, dtype=torch.int64)),
+            out / "encoder.onnx", ["input_ids", "attention_mask", "token_type_ids"],
+            ["last_hidden_state"], 17)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).parent / ".models"))
