@@ -1,0 +1,132 @@
+"""Inference-session settings (seed section 3.1) as one typed, reportable value.
+
+Every measurement builds its sessions through :func:`make_session` so that latency, memory and
+fidelity runs use exactly the options the report names. This module imports only onnxruntime
+(not onnx) so that the memory probe's baseline process stays comparable to its model process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+from ..errors import EdgequantError
+
+GRAPH_OPT_LEVELS: dict[str, ort.GraphOptimizationLevel] = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+EXECUTION_MODES: dict[str, ort.ExecutionMode] = {
+    "sequential": ort.ExecutionMode.ORT_SEQUENTIAL,
+    "parallel": ort.ExecutionMode.ORT_PARALLEL,
+}
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """ONNX Runtime session options. ``0`` threads means "let ORT decide" (physical cores)."""
+
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    graph_optimization: str = "all"          # disable | basic | extended | all
+    enable_mem_arena: bool = True
+    enable_mem_pattern: bool = True
+    execution_mode: str = "sequential"       # sequential | parallel
+    allow_spinning: bool | None = None       # None: ORT default (spin)
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    config_entries: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.graph_optimization not in GRAPH_OPT_LEVELS:
+            raise EdgequantError(f"unknown graph optimization level {self.graph_optimization!r}; "
+                                 f"expected one of {', '.join(GRAPH_OPT_LEVELS)}")
+        if self.execution_mode not in EXECUTION_MODES:
+            raise EdgequantError(f"unknown execution mode {self.execution_mode!r}; "
+                                 f"expected one of {', '.join(EXECUTION_MODES)}")
+        for name in ("intra_op_threads", "inter_op_threads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise EdgequantError(f"{name} must be an integer >= 0 (0 = ORT default), got {value!r}")
+        if not self.providers:
+            raise EdgequantError("at least one execution provider is required")
+        object.__setattr__(self, "providers", tuple(self.providers))
+        object.__setattr__(self, "config_entries", {str(k): str(v) for k, v in self.config_entries.items()})
+
+    def with_(self, **changes: Any) -> SessionConfig:
+        """A copy with some fields changed (e.g. ``cfg.with_(intra_op_threads=1)``)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form for reports; round-trips through :meth:`from_dict`."""
+        d = asdict(self)
+        d["providers"] = list(self.providers)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SessionConfig:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "providers" in known:
+            known["providers"] = tuple(known["providers"])
+        return cls(**known)
+
+
+def session_options(cfg: SessionConfig) -> ort.SessionOptions:
+    """Translate a :class:`SessionConfig` into ``ort.SessionOptions``."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = cfg.intra_op_threads
+    so.inter_op_num_threads = cfg.inter_op_threads
+    so.graph_optimization_level = GRAPH_OPT_LEVELS[cfg.graph_optimization]
+    so.enable_cpu_mem_arena = cfg.enable_mem_arena
+    so.enable_mem_pattern = cfg.enable_mem_pattern
+    so.execution_mode = EXECUTION_MODES[cfg.execution_mode]
+    so.log_severity_level = 3  # errors only: warnings would interleave with our tables
+    if cfg.allow_spinning is not None:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if cfg.allow_spinning else "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "1" if cfg.allow_spinning else "0")
+    for key, value in cfg.config_entries.items():
+        so.add_session_config_entry(key, value)
+    return so
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    return line[:400]
+
+
+def make_session(path: str | Path, cfg: SessionConfig | None = None) -> ort.InferenceSession:
+    """Create an inference session; any failure becomes one EdgequantError naming the file."""
+    cfg = cfg or SessionConfig()
+    p = Path(path)
+    if not p.exists():
+        raise EdgequantError(f"{p}: no such file")
+    if not p.is_file():
+        raise EdgequantError(f"{p}: not a file")
+    available = ort.get_available_providers()
+    missing = [name for name in cfg.providers if name not in available]
+    if missing:
+        raise EdgequantError(f"{p}: execution provider {', '.join(missing)} is not available in this "
+                             f"onnxruntime build (available: {', '.join(available)})")
+    try:
+        return ort.InferenceSession(str(p), sess_options=session_options(cfg), providers=list(cfg.providers))
+    except Exception as exc:  # ORT raises Fail/InvalidGraph/InvalidProtobuf/NoSuchFile/RuntimeError...
+        raise EdgequantError(f"{p}: onnxruntime cannot load the model: {_first_line(exc)}") from None
+
+
+def effective_threads(cfg: SessionConfig) -> int:
+    """Intra-op threads the session will use: the configured number, or ORT's default."""
+    if cfg.intra_op_threads > 0:
+        return cfg.intra_op_threads
+    try:  # ORT's default is one thread per physical core
+        import psutil
+
+        return int(psutil.cpu_count(logical=False) or psutil.cpu_count() or 1)
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        import os
+
+        return os.cpu_count() or 1

@@ -1,0 +1,123 @@
+"""Latency statistics, interleaving and the paired bootstrap speedup."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_measure_fixtures import mlp  # noqa: E402
+
+from edgequant.errors import EdgequantError
+from edgequant.measure.latency import (LatencyStats, benchmark_interleaved, paired_speedup, round_order,
+                                       threads_sweep)
+from edgequant.measure.session import SessionConfig, make_session
+
+
+def test_stats_match_numpy() -> None:
+    x = np.array([1.0, 2.0, 3.0, 4.0, 10.0])
+    s = LatencyStats.from_samples(x)
+    assert s.mean == pytest.approx(4.0)
+    assert s.std == pytest.approx(np.std(x, ddof=1))
+    assert (s.min, s.max) == (1.0, 10.0)
+    assert s.p50 == pytest.approx(3.0)
+    assert s.p95 == pytest.approx(8.8)    # linear interpolation: 4 + 0.8 * (10 - 4)
+    assert s.p99 == pytest.approx(9.76)
+    assert s.throughput_per_s == pytest.approx(250.0)
+    assert s.samples_ms == tuple(x)
+    assert set(s.to_dict()) == {"mean", "std", "min", "max", "p50", "p95", "p99"}
+
+
+def test_stats_single_sample_and_empty() -> None:
+    assert LatencyStats.from_samples([2.0]).std == 0.0
+    with pytest.raises(ValueError):
+        LatencyStats.from_samples([])
+
+
+def test_round_order_rotates() -> None:
+    assert [round_order(3, r) for r in range(4)] == [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]]
+
+
+def test_bootstrap_ci_contains_true_ratio() -> None:
+    rng = np.random.default_rng(1)
+    rounds = 200
+    shared = rng.lognormal(0.0, 0.3, rounds)            # machine-wide noise, common to a round
+    fast = 1.0 * shared * rng.lognormal(0.0, 0.05, rounds)
+    slow = 2.5 * shared * rng.lognormal(0.0, 0.05, rounds)
+    sp = paired_speedup(slow, fast, resamples=1000, seed=0)   # reference = slow: fast is ~2.5x
+    assert sp.ci_low <= 2.5 <= sp.ci_high
+    assert sp.ratio == pytest.approx(np.median(slow) / np.median(fast))
+    assert sp.faster_than_noise and not sp.slower_than_noise
+    same = paired_speedup(fast, fast * rng.lognormal(0.0, 0.05, rounds))
+    assert same.ci_low < 1.0 < same.ci_high and not same.faster_than_noise
+
+
+def test_bootstrap_is_seeded() -> None:
+    a, b = np.arange(1.0, 51.0), np.arange(2.0, 52.0)
+    assert paired_speedup(a, b, seed=3) == paired_speedup(a, b, seed=3)
+    with pytest.raises(ValueError):
+        paired_speedup(a, b[:-1])
+
+
+def test_interleaved_ratio_direction(tmp_path: Path) -> None:
+    fast = mlp(tmp_path / "fast.onnx", layers=1, width=256, batch=64)
+    slow = mlp(tmp_path / "slow.onnx", layers=10, width=256, batch=64)
+    feeds = {"x": np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)}
+    res = benchmark_interleaved([slow, fast], feeds, SessionConfig(intra_op_threads=1), warmup=2, runs=25)
+    first, second = res.models
+    assert first.speedup.ratio == 1.0
+    assert second.speedup.ratio > 1.0 and second.speedup.faster_than_noise
+    assert second.stats.p50 < first.stats.p50
+    assert len(second.stats.samples_ms) == 25
+    d = res.to_dict()
+    assert d["models"][1]["speedup"]["faster_than_noise"] is True
+    assert d["config"]["intra_op_threads"] == 1
+    # the reverse order gives a ratio below 1 whose CI excludes 1 from above
+    rev = benchmark_interleaved([fast, slow], feeds, SessionConfig(intra_op_threads=1), warmup=1, runs=25)
+    assert rev.models[1].speedup.slower_than_noise
+
+
+def test_feeds_forms(tmp_path: Path) -> None:
+    a = mlp(tmp_path / "a.onnx")
+    b = mlp(tmp_path / "b.onnx", input_name="z")
+    x = np.ones((1, 16), np.float32)
+    by_path = {str(a): {"x": x}, str(b): {"z": x}}
+    res = benchmark_interleaved([a, b], by_path, warmup=0, runs=3)
+    assert len(res.models) == 2
+    res = benchmark_interleaved([a, b], lambda path, specs: {s.name: x for s in specs}, warmup=0, runs=3)
+    assert res.runs == 3
+    with pytest.raises(EdgequantError, match="inputs do not match"):
+        benchmark_interleaved([a, b], {"x": x}, warmup=0, runs=3)
+    with pytest.raises(EdgequantError, match="inputs do not match"):
+        benchmark_interleaved([a], {"x": np.ones((1, 3), np.float32)}, warmup=0, runs=3)
+
+
+def test_threads_sweep(tmp_path: Path) -> None:
+    a = mlp(tmp_path / "a.onnx")
+    out = threads_sweep([a], {"x": np.ones((1, 16), np.float32)}, None, [1, 2], warmup=0, runs=3)
+    assert sorted(out) == [1, 2] and out[2].config.intra_op_threads == 2
+    with pytest.raises(EdgequantError):
+        threads_sweep([a], {"x": np.ones((1, 16), np.float32)}, None, [0])
+
+
+def test_session_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(EdgequantError, match="no such file"):
+        make_session(tmp_path / "missing.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model at all")
+    with pytest.raises(EdgequantError, match=r"bad\.onnx: onnxruntime cannot load"):
+        make_session(bad)
+    with pytest.raises(EdgequantError, match="NoSuchExecutionProvider"):
+        make_session(mlp(tmp_path / "m.onnx"), SessionConfig(providers=("NoSuchExecutionProvider",)))
+    with pytest.raises(EdgequantError, match="graph optimization"):
+        SessionConfig(graph_optimization="max")
+
+
+def test_session_config_roundtrip() -> None:
+    cfg = SessionConfig(intra_op_threads=2, allow_spinning=False, graph_optimization="basic",
+                        config_entries={"session.x": 1})
+    assert SessionConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.to_dict()["config_entries"] == {"session.x": "1"}
