@@ -1,0 +1,160 @@
+"""Task metrics: the built-in ``top1`` and user metrics loaded from ``module:function``.
+
+A metric has the signature::
+
+    fn(outputs: dict[str, np.ndarray], labels: np.ndarray | None,
+       reference: dict[str, np.ndarray] | None) -> MetricResult | tuple[float, bool]
+
+``outputs`` (and ``reference``, the FP32 model's outputs when ``--reference`` is given) map each
+output name to that output stacked over samples along a new first axis (``outputs[name][i]`` is
+run ``i``'s output; see :mod:`edgequant.measure.fidelity`). ``labels`` is the data's ``labels``
+stacked the same way, or None. Return a :class:`~edgequant.metrics.MetricResult`, or a
+``(value, higher_is_better)`` tuple that edgequant wraps for you.
+
+Plug one in by naming it ``module:function`` (the module must be importable, e.g. on
+PYTHONPATH or in the current folder) or ``path/to/file.py:function``. Example, the mean pixel
+error of a face-landmark model whose output ``landmarks`` holds normalized (x, y) pairs::
+
+    # dms_metrics.py
+    import numpy as np
+
+    def landmark_px_error(outputs, labels, reference):
+        pred = outputs["landmarks"].reshape(len(outputs["landmarks"]), -1, 2) * 112.0
+        target = (labels if labels is not None else reference["landmarks"]).reshape(pred.shape)
+        if labels is None:
+            target = target * 112.0          # no labels: error against the FP32 model
+        err = np.linalg.norm(pred - target, axis=-1).mean()
+        return float(err), False             # pixels; lower is better
+
+    $ edgequant eval dms_int8.onnx --data faces.npz --reference dms_fp32.onnx \
+          --metric dms_metrics:landmark_px_error
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import EdgequantError
+from ..metrics import MetricResult
+from .fidelity import class_scores
+
+Outputs = Mapping[str, np.ndarray]
+Metric = Callable[[Outputs, "np.ndarray | None", "Outputs | None"], MetricResult]
+
+
+def _class_ids(labels: np.ndarray, n: int, classes: int) -> np.ndarray:
+    """Integer class ids from ``[N]``/``[N, 1]``/``[N, 1, 1]`` ids or one-hot ``[N, C]``/``[N, 1, C]``."""
+    lab = np.asarray(labels)
+    if lab.shape[0] != n:
+        raise EdgequantError(f"top1: {lab.shape[0]} labels for {n} samples")
+    flat = lab.reshape(n, -1)
+    if flat.shape[1] == 1:
+        ids = flat[:, 0]
+        if not np.all(np.isfinite(ids.astype(np.float64))) or np.any(ids != np.round(ids)):
+            raise EdgequantError("top1: labels must be integer class ids or one-hot vectors")
+        return ids.astype(np.int64)
+    if flat.shape[1] == classes:
+        return np.argmax(flat, axis=1)
+    raise EdgequantError(f"top1: labels of shape {lab.shape} are neither class ids nor one-hot over {classes} classes")
+
+
+def top1(outputs: Outputs, labels: np.ndarray | None, reference: Outputs | None = None) -> MetricResult:
+    """Top-1 accuracy of the first classifier-like output (``[N, C]`` or ``[N, 1, C]``)."""
+    if labels is None:
+        raise EdgequantError("top1 needs labels; the data has none (give --reference for fidelity, "
+                             "or a --metric that works without labels)")
+    for name, arr in outputs.items():
+        scores = class_scores(np.asarray(arr))
+        if scores is not None:
+            ids = _class_ids(labels, scores.shape[0], scores.shape[1])
+            correct = int(np.sum(np.argmax(scores, axis=1) == ids))
+            return MetricResult("top1", correct / scores.shape[0], True,
+                                {"output": name, "correct": correct, "count": int(scores.shape[0])})
+    raise EdgequantError("top1: no classifier-like output ([N, C] or [N, 1, C] scores); "
+                         "use --metric module:function for this model")
+
+
+BUILTIN: dict[str, Metric] = {"top1": top1}
+
+
+def _import_target(spec: str) -> Any:
+    module_name, _, attr = spec.rpartition(":")
+    if not module_name or not attr:
+        raise EdgequantError(f"metric {spec!r}: expected a built-in name ({', '.join(BUILTIN)}) "
+                             "or module:function")
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        if not path.is_file():
+            raise EdgequantError(f"metric {spec!r}: {path}: no such file")
+        mod_name = f"edgequant_user_metric_{path.stem}"
+        loader_spec = importlib.util.spec_from_file_location(mod_name, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise EdgequantError(f"metric {spec!r}: {path}: cannot be imported as a Python module")
+        module = importlib.util.module_from_spec(loader_spec)
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as exc:  # noqa: BLE001 - user code
+            raise EdgequantError(f"metric {spec!r}: importing {path} failed: {type(exc).__name__}: {exc}") from None
+    else:
+        added = "" not in sys.path and "." not in sys.path
+        if added:  # like `python -m`, let a metric module in the current folder be found
+            sys.path.insert(0, "")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            raise EdgequantError(f"metric {spec!r}: cannot import module {module_name!r} ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - user code
+            raise EdgequantError(f"metric {spec!r}: importing {module_name!r} failed: "
+                                 f"{type(exc).__name__}: {exc}") from None
+        finally:
+            if added:
+                sys.path.remove("")
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise EdgequantError(f"metric {spec!r}: module {module_name!r} has no attribute {attr!r}")
+    if not callable(fn):
+        raise EdgequantError(f"metric {spec!r}: {attr!r} is not callable")
+    return fn
+
+
+def _wrap(fn: Callable[..., Any], name: str) -> Metric:
+    """Call a user metric; accept MetricResult or (value, higher_is_better); errors -> one line."""
+
+    def metric(outputs: Outputs, labels: np.ndarray | None, reference: Outputs | None = None) -> MetricResult:
+        try:
+            result = fn(dict(outputs), labels, None if reference is None else dict(reference))
+        except EdgequantError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - user code
+            raise EdgequantError(f"metric {name!r} failed: {type(exc).__name__}: {exc}") from None
+        if isinstance(result, MetricResult):
+            return result
+        if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], (bool, np.bool_)):
+            try:
+                value = float(result[0])
+            except (TypeError, ValueError):
+                value = math.nan
+            if not math.isnan(value):
+                return MetricResult(name, value, bool(result[1]))
+        raise EdgequantError(f"metric {name!r} returned {type(result).__name__} {str(result)[:80]!r}; "
+                             "expected MetricResult or (value: float, higher_is_better: bool)")
+
+    metric.__name__ = name
+    return metric
+
+
+def load_metric(spec: str) -> Metric:
+    """A built-in metric by name, or ``module:function`` / ``file.py:function`` from user code."""
+    spec = spec.strip()
+    if spec in BUILTIN:
+        return BUILTIN[spec]
+    fn = _import_target(spec)
+    return _wrap(fn, spec.rpartition(":")[2])
