@@ -26,9 +26,9 @@ def inspect_facts(path: Path) -> dict:
     if info.is_quantized:
         from ..qdq.coverage import int8_coverage
 
-        cov = int8_coverage(path)
-        facts["int8_coverage"] = {"quantized_compute_ops": cov.quantized_compute_ops,
-                                  "compute_ops": cov.compute_ops, "float_compute_nodes": list(cov.float_nodes)}
+        quantized, compute, float_nodes = int8_coverage(path)
+        facts["int8_coverage"] = {"quantized_compute_ops": quantized, "compute_ops": compute,
+                                  "float_compute_nodes": list(float_nodes)}
     return facts
 
 

@@ -1,0 +1,39 @@
+"""Terminal rendering of a report: the seed's comparison table, with the numbers measured."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def variants_table(report: dict, title: str | None = None) -> Table:
+    t = Table(title=title or report["model"]["path"], title_justify="left")
+    for col in ("variant", "size MB", "p50 ms", "p95 ms", "speedup [95% CI]", "peak MB", "cosine",
+                "top-1 agr", "accuracy (drop)", "INT8 ops", "verdict"):
+        t.add_column(col, justify="left" if col in ("variant", "verdict") else "right", overflow="fold")
+    for v in report["variants"]:
+        ci = v.get("speedup_ci")
+        acc = v.get("accuracy")
+        cov = v.get("int8_coverage")
+        agr = v["fidelity"].get("top1_agreement")
+        style = "green" if v["name"] == report["recommended"] else None
+        t.add_row(
+            v["name"], f"{v['size_bytes'] / 1e6:.2f}", f"{v['latency_ms']['p50']:.3f}", f"{v['latency_ms']['p95']:.3f}",
+            f"{v['speedup']:.2f}x" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""),
+            f"{v['peak_memory_mb']:.0f}" if v["peak_memory_mb"] == v["peak_memory_mb"] else "-",
+            f"{v['fidelity']['cosine']:.4f}", "-" if agr is None else f"{agr:.3f}",
+            f"{acc['value']:.4f} ({acc['drop']:+.4f})" if acc else "not measured",
+            f"{cov['quantized_compute_ops']}/{cov['compute_ops']}" if cov else "-",
+            v.get("verdict", ""), style=style)
+    return t
+
+
+def print_report(report: dict, console: Console) -> None:
+    m = report["machine"]
+    console.print(f"[dim]{m['cpu']} [{', '.join(m['isa'])}], onnxruntime {m['onnxruntime']}, {m['threads']} thread(s), "
+                  f"target {report.get('target', '?')}[/]")
+    console.print(variants_table(report))
+    for note in report.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}")
+    rec = report["recommended"]
+    console.print(f"[bold]recommended: {rec}[/] — {report.get('recommendation_reason', '')}")

@@ -1,0 +1,94 @@
+import copy
+import json
+
+import pytest
+
+from edgequant.errors import EdgequantError
+from edgequant.pipeline import Budget, recommend
+from edgequant.report import read_report, validate_report, write_report
+
+
+def _variant(name, speedup, ci, *, cosine=0.999, agree=None, acc=None, cov=None):
+    return {
+        "name": name, "path": f"/m/{name}.onnx", "config": {"mode": name}, "size_bytes": 1000,
+        "latency_ms": {"mean": 2.0 / speedup, "std": 0.1, "min": 1.0, "max": 3.0, "p50": 2.0 / speedup,
+                       "p95": 2.5, "p99": 2.9},
+        "latency_samples_ms": [2.0 / speedup] * 5, "throughput_per_s": 500.0 * speedup,
+        "peak_memory_mb": 50.0, "speedup": speedup, "speedup_ci": list(ci),
+        "fidelity": {"cosine": cosine, "sqnr_db": 30.0, "max_abs_err": 0.1, "top1_agreement": agree},
+        "accuracy": acc, "int8_coverage": cov,
+    }
+
+
+def _report(variants):
+    return {"schema": "edgequant.report/1",
+            "machine": {"cpu": "test cpu", "isa": ["avx2"], "onnxruntime": "1.32.0", "threads": 1},
+            "model": {"path": "/m/<b>evil</b>.onnx", "sha256": "a" * 64, "opset": 13},
+            "variants": variants, "recommended": "fp32"}
+
+
+def test_recommends_fastest_within_budget():
+    vs = [_variant("fp32", 1.0, (1.0, 1.0)), _variant("dynamic", 1.3, (1.2, 1.4)), _variant("static", 1.8, (1.7, 1.9))]
+    assert recommend(vs, Budget())[0] == "static"
+
+
+def test_over_budget_variant_is_never_recommended_even_if_fastest():
+    acc = lambda v, d: {"metric": "top1", "value": v, "drop": d}  # noqa: E731
+    vs = [_variant("fp32", 1.0, (1.0, 1.0), acc=acc(0.90, 0.0)),
+          _variant("dynamic", 1.3, (1.2, 1.4), acc=acc(0.899, 0.001)),
+          _variant("static", 1.8, (1.7, 1.9), acc=acc(0.80, 0.10))]
+    name, _ = recommend(vs, Budget(max_drop=0.01))
+    assert name == "dynamic"
+    assert vs[2]["verdict"].startswith("over budget")
+
+
+def test_fp32_fallback_when_nothing_is_faster_beyond_noise():
+    vs = [_variant("fp32", 1.0, (1.0, 1.0)), _variant("dynamic", 1.02, (0.97, 1.06)),
+          _variant("static", 0.6, (0.55, 0.65), cov={"quantized_compute_ops": 3, "compute_ops": 20})]
+    name, reason = recommend(vs, Budget())
+    assert name == "fp32" and "faster than FP32 beyond noise" in reason
+    assert "not faster than FP32 beyond noise" in vs[1]["verdict"]
+    assert "slower than FP32" in vs[2]["verdict"] and "3/20" in vs[2]["verdict"]
+
+
+def test_budget_without_labels_uses_agreement_then_cosine():
+    b = Budget()
+    assert b.check(None, None, {"top1_agreement": 0.995, "cosine": 0.5})[0]
+    assert not b.check(None, None, {"top1_agreement": 0.9, "cosine": 1.0})[0]
+    assert not b.check(None, None, {"top1_agreement": None, "cosine": 0.98})[0]
+    # absolute budget in metric units (e.g. detector accuracy points)
+    assert Budget(max_abs_drop=0.01).check({"value": 0.99}, {"metric": "acc", "value": 0.985, "drop": 0.005}, {})[0]
+    assert not Budget(max_abs_drop=0.01).check({"value": 0.99}, {"metric": "acc", "value": 0.9, "drop": 0.09}, {})[0]
+
+
+def test_schema_rejects_missing_keys():
+    rep = _report([_variant("fp32", 1.0, (1, 1))])
+    validate_report(rep)
+    broken = copy.deepcopy(rep)
+    del broken["variants"][0]["fidelity"]
+    with pytest.raises(EdgequantError, match="variants/0"):
+        validate_report(broken)
+    broken = copy.deepcopy(rep)
+    broken["model"]["sha256"] = "xyz"
+    with pytest.raises(EdgequantError, match="sha256"):
+        validate_report(broken)
+
+
+def test_write_report_json_and_html(tmp_path):
+    vs = [_variant("fp32", 1.0, (1, 1)), _variant("dyn<script>", 1.3, (1.2, 1.4)),
+          _variant("static", 1.8, (1.7, 1.9), acc=None)]
+    vs[0]["fidelity"]["sqnr_db"] = float("inf")
+    rep = _report(vs)
+    rep["recommended"] = "static"
+    json_path, html_path = write_report(tmp_path, rep)
+    loaded = read_report(json_path)
+    assert loaded["variants"][0]["fidelity"]["sqnr_db"] == 200.0  # inf is not JSON
+    json.loads(json_path.read_text())  # strict JSON
+    html = html_path.read_text()
+    for name in ("fp32", "static"):
+        assert f"<b>{name}</b>" in html
+    assert "dyn&lt;script&gt;" in html and "<script>" not in html  # escaped
+    assert "&lt;b&gt;evil&lt;/b&gt;.onnx" in html
+    assert "data:image/png;base64," in html
+    assert "http://" not in html and "https://" not in html  # opens offline: nothing external
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.json"]
