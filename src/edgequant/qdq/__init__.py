@@ -1,0 +1,35 @@
+"""QDQ static quantization whose Q/DQ placement lets onnxruntime's CPU fusions fire.
+
+Public, stable API::
+
+    from edgequant.qdq import quantize_static_optimized, int8_coverage, QuantizationSummary
+
+    summary = quantize_static_optimized(
+        model_in, model_out, calibration_reader,        # an onnxruntime CalibrationDataReader
+        per_channel=True, reduce_range=False,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        nodes_to_exclude=None, op_types=None, extra_options=None)
+    summary.quantized_compute_ops, summary.compute_ops, summary.float_compute_nodes
+
+    quantized, total, float_names = int8_coverage("model.int8.onnx")
+
+Why it exists: ORT's documented flow (``quant_pre_process`` + ``quantize_static`` defaults)
+writes int8 activations; on x86 ORT only fuses ``DQ -> op -> Q`` groups with uint8
+activations and its S8->U8 rewrite skips tensors with fan-out, so residual blocks stay float
+(resnet18: 9 of 20 Conv fused). This recipe uses uint8 activations (or rewrites int8 ones
+exactly), then *verifies* on ORT's optimized graph that every Conv/Gemm/MatMul became an
+integer kernel and names the reason for any that didn't. Findings: ``benchmarks/FINDINGS.md``.
+
+On x86 without VNNI pass ``reduce_range=True`` (7-bit weights) or ``weight_type=QUInt8`` to
+avoid VPMADDUBSW saturation; the summary warns otherwise. ``extra_options`` are passed to ORT
+(after our defaults: ``DefaultTensorType=FLOAT``, per-channel MatMul on axis 1), plus
+``EdgequantActivationsS8ToU8`` (True/False; default: on for int8 activations on x86).
+Transformer encoders: see :mod:`edgequant.qdq.transformers` (fuse first, then dynamic).
+"""
+
+from edgequant.qdq.coverage import Coverage, coverage, int8_coverage
+from edgequant.qdq.recipe import quantize_static_optimized
+from edgequant.qdq.summary import QuantizationSummary
+
+__all__ = ["Coverage", "QuantizationSummary", "coverage", "int8_coverage", "quantize_static_optimized"]

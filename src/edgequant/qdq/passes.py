@@ -1,0 +1,137 @@
+"""ONNX graph passes run before and after ORT's quantizer so ORT's QDQ fusions fire.
+
+Each pass mutates a ModelProto in place and returns how many places it changed, so the
+recipe can report what it did. They are exact rewrites: none changes the model's numerics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, version_converter
+
+from edgequant.qdq.graph import GraphIndex, opset_of
+
+#: Per-channel DequantizeLinear (axis attribute) needs ai.onnx opset 13.
+MIN_QDQ_OPSET = 13
+
+
+def upgrade_opset(model: onnx.ModelProto, min_opset: int = MIN_QDQ_OPSET) -> tuple[onnx.ModelProto, int]:
+    """Return the model converted to at least ``min_opset`` and the opset it had before."""
+    before = opset_of(model)
+    if before >= min_opset:
+        return model, before
+    return version_converter.convert_version(model, min_opset), before
+
+
+def _is_activation_q(node: onnx.NodeProto, idx: GraphIndex) -> bool:
+    """A QuantizeLinear of a runtime tensor (not a constant weight)."""
+    return node.op_type == "QuantizeLinear" and idx.const(node.input[0]) is None
+
+
+def activations_s8_to_u8(model: onnx.ModelProto) -> int:
+    """Rewrite int8 activation Q/DQ groups to uint8 (zero point + 128; same real values).
+
+    Why: on x86 ORT's QDQ selectors only accept uint8 activations, and its own S8->U8 pass
+    (``QDQS8ToU8Transformer``) skips any Q that feeds more than one DQ, which is every
+    tensor with fan-out (residual inputs). Doing the rewrite in the file makes fan-out
+    irrelevant. A Q whose int8 output also reaches a non-DQ consumer is left alone.
+    Returns the number of Q nodes rewritten.
+    """
+    graph = model.graph
+    idx = GraphIndex.build(graph)
+    changed = 0
+    new_inits: list[onnx.TensorProto] = []
+    for q in list(graph.node):
+        if not _is_activation_q(q, idx) or len(q.input) < 3 or not q.input[2]:
+            continue
+        zp = idx.const(q.input[2])
+        if zp is None or zp.dtype != np.int8 or zp.size != 1:
+            continue
+        dqs = idx.consumers.get(q.output[0], [])
+        if not dqs or any(d.op_type != "DequantizeLinear" for d in dqs) or q.output[0] in idx.graph_outputs:
+            continue
+        if any(len(d.input) < 3 or idx.const(d.input[2]) is None
+               or idx.const(d.input[2]).astype(np.int32).ravel()[0] != int(zp.ravel()[0]) for d in dqs):
+            continue
+        u8 = (zp.astype(np.int16) + 128).astype(np.uint8).reshape(zp.shape)
+        name = f"{q.output[0]}_zero_point_u8"
+        new_inits.append(numpy_helper.from_array(u8, name))
+        q.input[2] = name
+        for d in dqs:
+            d.input[2] = name
+        changed += 1
+    graph.initializer.extend(new_inits)
+    if changed:
+        # value_info for the retyped tensors would now be wrong; drop stale int8 entries.
+        retyped = {q.output[0] for q in graph.node if q.op_type == "QuantizeLinear"
+                   and q.input[2].endswith("_zero_point_u8")}
+        keep = [vi for vi in graph.value_info if vi.name not in retyped]
+        del graph.value_info[:]
+        graph.value_info.extend(keep)
+    return changed
+
+
+def fold_identity_qdq(model: onnx.ModelProto) -> int:
+    """Remove ``DQ -> Q`` chains that requantize with identical scale, zero point and type.
+
+    Such pairs appear when two quantized ops meet through a no-op; ORT's fusions see a
+    float island there. Returns the number of chains removed.
+    """
+    graph = model.graph
+    idx = GraphIndex.build(graph)
+    removed = 0
+    drop: set[int] = set()
+    for dq in graph.node:
+        if dq.op_type != "DequantizeLinear":
+            continue
+        qs = idx.consumers.get(dq.output[0], [])
+        if len(qs) != 1 or qs[0].op_type != "QuantizeLinear" or dq.output[0] in idx.graph_outputs:
+            continue
+        q = qs[0]
+        if len(q.input) < 3 or len(dq.input) < 3:
+            continue
+        vals = [idx.const(n) for n in (dq.input[1], q.input[1], dq.input[2], q.input[2])]
+        if any(v is None for v in vals):
+            continue
+        s_dq, s_q, z_dq, z_q = vals
+        if s_dq.shape != s_q.shape or not np.array_equal(s_dq, s_q) or z_dq.dtype != z_q.dtype \
+                or not np.array_equal(z_dq, z_q):
+            continue
+        # Consumers of Q's output read DQ's quantized input directly.
+        for c in idx.consumers.get(q.output[0], []):
+            for i, name in enumerate(c.input):
+                if name == q.output[0]:
+                    c.input[i] = dq.input[0]
+        if q.output[0] in idx.graph_outputs:
+            continue
+        drop.update({id(dq), id(q)})
+        removed += 1
+    if drop:
+        keep = [n for n in graph.node if id(n) not in drop]
+        del graph.node[:]
+        graph.node.extend(keep)
+    return removed
+
+
+def diagnose_float_node(node: onnx.NodeProto, idx: GraphIndex) -> str:
+    """Most likely reason ORT left a compute node float, read from its optimized graph."""
+    data_inputs = [i for i in node.input[:2] if i]
+    producers = [idx.producer.get(i) for i in data_inputs]
+    dqs = [p for p in producers if p is not None and p.op_type == "DequantizeLinear"]
+    if not dqs:
+        return "inputs not quantized (excluded op type, or no calibration range for them)"
+    unquantized = [i for i, p in zip(data_inputs, producers)
+                   if (p is None or p.op_type != "DequantizeLinear") and idx.const(i) is None]
+    if unquantized:
+        return f"input {unquantized[0]!r} not quantized"
+    act_zp = idx.const(dqs[0].input[2]) if len(dqs[0].input) > 2 else None
+    if act_zp is not None and act_zp.dtype == np.int8:
+        return "int8 activation on x86 (ORT's CPU fusions take uint8 activations only)"
+    outs = idx.consumers.get(node.output[0], [])
+    if not outs or any(c.op_type != "QuantizeLinear" for c in outs):
+        return "output not quantized (no QuantizeLinear after it) and no float-output fusion matched"
+    out_zp = idx.const(outs[0].input[2]) if len(outs[0].input) > 2 else None
+    if act_zp is not None and out_zp is not None and act_zp.dtype != out_zp.dtype:
+        return "input and output quantized types differ"
+    return "no ORT QDQ selector matched (unsupported attributes or types)"

@@ -1,0 +1,168 @@
+"""Static INT8 recipe that makes ORT run every quantizable Conv/Gemm/MatMul as an integer kernel.
+
+See the package docstring for the public contract and ``benchmarks/FINDINGS.md`` for why the
+defaults are what they are (uint8 activations on x86, our own S8->U8 rewrite, coverage check).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+
+from edgequant.qdq.coverage import INT8_COMPUTE_OPS, coverage_of_graph, optimized_graph
+from edgequant.qdq.graph import GraphIndex, op_counts
+from edgequant.qdq.passes import activations_s8_to_u8, diagnose_float_node, fold_identity_qdq
+from edgequant.qdq.prepare import prepare
+from edgequant.qdq.summary import QuantizationSummary
+
+#: edgequant's own keys in ``extra_options`` (removed before calling ORT).
+S8_TO_U8_KEY = "EdgequantActivationsS8ToU8"   # None/absent: auto (x86), True, False
+
+_PROTOBUF_LIMIT = 2_000_000_000
+
+
+def is_x86() -> bool:
+    return platform.machine().lower() in {"x86_64", "amd64", "i386", "i686", "x86"}
+
+
+def has_vnni() -> bool:
+    """AVX512-VNNI or AVX-VNNI present (Linux /proc/cpuinfo; False when unknown)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def default_extra_options(per_channel: bool) -> dict[str, Any]:
+    """ORT quantizer options we set unless the caller overrides them.
+
+    * ``DefaultTensorType``: lets the quantizer type outputs of contrib ops it can't infer.
+    * ``QDQOpTypePerChannelSupportToAxis``: per-channel MatMul weights are column-wise (axis 1).
+    """
+    opts: dict[str, Any] = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+    if per_channel:
+        opts["QDQOpTypePerChannelSupportToAxis"] = {"MatMul": 1}
+    return opts
+
+
+def _check_reader(reader: Any) -> None:
+    if not isinstance(reader, CalibrationDataReader) and not hasattr(reader, "get_next"):
+        raise TypeError("calibration_reader must be an onnxruntime CalibrationDataReader")
+
+
+def quantize_static_optimized(
+    model_in: str | Path,
+    model_out: str | Path,
+    calibration_reader: CalibrationDataReader,
+    *,
+    per_channel: bool = True,
+    reduce_range: bool = False,
+    activation_type: QuantType = QuantType.QUInt8,
+    weight_type: QuantType = QuantType.QInt8,
+    calibrate_method: CalibrationMethod = CalibrationMethod.MinMax,
+    nodes_to_exclude: list[str] | None = None,
+    op_types: list[str] | None = None,
+    extra_options: dict | None = None,
+) -> QuantizationSummary:
+    """Quantize ``model_in`` to a QDQ model at ``model_out`` whose compute ops fuse in ORT.
+
+    Pipeline: opset >= 13 -> ``quant_pre_process`` (with fallbacks) -> ``quantize_static``
+    (QDQ, our default extra options) -> exact graph fix-ups (identity DQ->Q removal; int8
+    activations rewritten to uint8 on x86) -> INT8 coverage of ORT's optimized graph, with
+    a reason for every compute op that stays float. ``model_out`` is written atomically.
+    """
+    from onnxruntime.quantization import quantize_static
+
+    _check_reader(calibration_reader)
+    model_in, model_out = Path(model_in), Path(model_out)
+    user_opts = dict(extra_options or {})
+    s8_to_u8 = user_opts.pop(S8_TO_U8_KEY, None)
+    opts = {**default_extra_options(per_channel), **user_opts}
+    summary = QuantizationSummary(
+        model_in=str(model_in), model_out=str(model_out),
+        config={"format": "QDQ", "per_channel": per_channel, "reduce_range": reduce_range,
+                "activation_type": activation_type.name, "weight_type": weight_type.name,
+                "calibrate_method": calibrate_method.name, "nodes_to_exclude": list(nodes_to_exclude or []),
+                "op_types": list(op_types) if op_types else None,
+                "extra_options": {k: (v if isinstance(v, (int, float, str, bool, list, dict)) else repr(v))
+                                  for k, v in opts.items()}},
+        size_in_bytes=model_in.stat().st_size,
+    )
+    summary.ops_before = op_counts(onnx.load(str(model_in), load_external_data=False))
+    if is_x86() and not has_vnni() and weight_type == QuantType.QInt8 and not reduce_range:
+        summary.warnings.append("x86 without VNNI: U8S8 without reduce_range can saturate (VPMADDUBSW); "
+                                "use reduce_range=True or weight_type=QUInt8 and check accuracy")
+
+    with tempfile.TemporaryDirectory(prefix="edgequant-qdq-") as tmp:
+        work = Path(tmp)
+        src = prepare(model_in, work, summary.passes, summary.warnings)
+        qpath = work / "quantized.onnx"
+        quantize_static(
+            str(src), str(qpath), calibration_reader, quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=op_types, per_channel=per_channel, reduce_range=reduce_range,
+            activation_type=activation_type, weight_type=weight_type,
+            nodes_to_exclude=nodes_to_exclude or [], calibrate_method=calibrate_method,
+            use_external_data_format=summary.size_in_bytes > _PROTOBUF_LIMIT,
+            extra_options=opts,
+        )
+        summary.passes.append("quantize_static(QDQ)")
+        model = onnx.load(str(qpath))
+        _fix_up(model, activation_type, s8_to_u8, summary)
+        staged = work / "final.onnx"
+        big = model.ByteSize() > _PROTOBUF_LIMIT
+        onnx.save(model, str(staged), save_as_external_data=big,
+                  location=model_out.name + ".data" if big else None)
+        summary.ops_after = op_counts(model)
+        del model
+        model_out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_out = model_out.with_name(model_out.name + ".tmp")
+        shutil.copyfile(staged, tmp_out)
+        if big:
+            shutil.copyfile(work / (model_out.name + ".data"), model_out.parent / (model_out.name + ".data"))
+        os.replace(tmp_out, model_out)
+
+    summary.size_out_bytes = model_out.stat().st_size
+    _record_coverage(model_out, summary, list(nodes_to_exclude or []))
+    return summary
+
+
+def _fix_up(model: onnx.ModelProto, activation_type: QuantType, s8_to_u8: bool | None,
+            summary: QuantizationSummary) -> None:
+    """Exact post-quantization rewrites; each one that changed something is recorded."""
+    n = fold_identity_qdq(model)
+    if n:
+        summary.passes.append(f"fold_identity_qdq({n})")
+    want = s8_to_u8 if s8_to_u8 is not None else (is_x86() and activation_type == QuantType.QInt8)
+    if want:
+        n = activations_s8_to_u8(model)
+        summary.passes.append(f"activations_s8_to_u8({n} tensors)")
+
+
+def _record_coverage(model_out: Path, summary: QuantizationSummary, excluded: list[str]) -> None:
+    optimized = optimized_graph(model_out, "extended")
+    cov = coverage_of_graph(optimized)
+    idx = GraphIndex.build(optimized.graph)
+    by_name = {n.name: n for n in optimized.graph.node}
+    summary.quantized_compute_ops = cov.quantized_compute_ops
+    summary.compute_ops = cov.compute_ops
+    summary.float_compute_nodes = {name: (diagnose_float_node(by_name[name], idx) if name in by_name else "unknown")
+                                   for name in cov.float_compute_nodes}
+    summary.optimized_ops = coverage_of_graph(optimized_graph(model_out, "all")).op_counts
+    ignored = sorted(n.name for n in optimized.graph.node if n.name in set(excluded) and n.op_type in INT8_COMPUTE_OPS)
+    if ignored:
+        summary.warnings.append(
+            "nodes_to_exclude not honoured by ORT for " + ", ".join(ignored) + ": its WeightBiasQuantization "
+            "re-quantizes a float-weight Conv/Gemm that sits between a DequantizeLinear and a QuantizeLinear; "
+            "also exclude its neighbours (or its output tensor) to keep it float")
+    if not summary.fully_quantized:
+        summary.warnings.append(
+            f"{cov.compute_ops - cov.quantized_compute_ops} of {cov.compute_ops} compute ops stay float after "
+            "ORT optimization; expect little or no speedup from them (see float_compute_nodes)")
