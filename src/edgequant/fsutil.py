@@ -31,6 +31,9 @@ def atomic_path(out: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     tmp_p = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_p, 0o666 & ~umask)  # mkstemp creates 0600; outputs should look like any other file
     try:
         yield tmp_p
         os.replace(tmp_p, out)

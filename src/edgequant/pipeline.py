@@ -200,7 +200,7 @@ def recommend(variants: list[dict], budget: Budget) -> tuple[str, str]:
         lo, hi = v.get("speedup_ci") or (v["speedup"], v["speedup"])
         if not ok:
             v["verdict"] = f"over budget: {why}"
-        elif v["speedup"] < 1.0 or hi < 1.0:
+        elif hi < 1.0:
             v["verdict"] = f"slower than FP32 ({v['speedup']:.2f}x): {_slow_reason(v)}"
         elif lo <= 1.0:
             v["verdict"] = f"not faster than FP32 beyond noise ({v['speedup']:.2f}x, 95% CI {lo:.2f}-{hi:.2f})"

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.table import Table
 
 
+def make_console(*, stderr: bool = False) -> Console:
+    """Rich console; wide when output is not a terminal (logs, CI) so tables stay readable."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 160)
+
+
 def variants_table(report: dict, title: str | None = None) -> Table:
     t = Table(title=title or report["model"]["path"], title_justify="left")
-    for col in ("variant", "size MB", "p50 ms", "p95 ms", "speedup [95% CI]", "peak MB", "cosine",
-                "top-1 agr", "accuracy (drop)", "INT8 ops", "verdict"):
-        t.add_column(col, justify="left" if col in ("variant", "verdict") else "right", overflow="fold")
+    for col in ("variant", "MB", "p50 ms", "p95 ms", "speedup [95% CI]", "peak MB", "cosine",
+                "top1 agr", "accuracy (drop)", "INT8 ops"):
+        t.add_column(col, justify="left" if col == "variant" else "right", no_wrap=col == "speedup [95% CI]")
     for v in report["variants"]:
         ci = v.get("speedup_ci")
         acc = v.get("accuracy")
@@ -23,8 +31,7 @@ def variants_table(report: dict, title: str | None = None) -> Table:
             f"{v['peak_memory_mb']:.0f}" if v["peak_memory_mb"] == v["peak_memory_mb"] else "-",
             f"{v['fidelity']['cosine']:.4f}", "-" if agr is None else f"{agr:.3f}",
             f"{acc['value']:.4f} ({acc['drop']:+.4f})" if acc else "not measured",
-            f"{cov['quantized_compute_ops']}/{cov['compute_ops']}" if cov else "-",
-            v.get("verdict", ""), style=style)
+            f"{cov['quantized_compute_ops']}/{cov['compute_ops']}" if cov else "-", style=style)
     return t
 
 
@@ -33,6 +40,8 @@ def print_report(report: dict, console: Console) -> None:
     console.print(f"[dim]{m['cpu']} [{', '.join(m['isa'])}], onnxruntime {m['onnxruntime']}, {m['threads']} thread(s), "
                   f"target {report.get('target', '?')}[/]")
     console.print(variants_table(report))
+    for v in report["variants"][1:]:
+        console.print(f"  {v['name']}: {v.get('verdict', '')}")
     for note in report.get("notes", []):
         console.print(f"[yellow]note:[/] {note}")
     rec = report["recommended"]

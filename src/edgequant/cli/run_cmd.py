@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 from ..pipeline import Budget, RunOptions, run_pipeline
 from ..targets import TARGETS
 from . import cli
-from .report_view import print_report
+from .report_view import make_console, print_report
 
 
 def session_option(f):
@@ -42,10 +41,9 @@ def budget_options(f):
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
 @click.option("--calib-limit", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--eval-limit", type=click.IntRange(min=1), default=None)
-@click.option("--memory/--no-memory", default=True, show_default=True, help="Measure peak memory (fresh processes).")
 def run(model: Path, calib: str, eval_spec: str | None, out: Path | None, target: str, metric: str | None,
         preprocess: str | None, max_drop: float, max_abs_drop: float | None, threads: int, runs: int,
-        warmup: int, calib_limit: int, eval_limit: int | None, memory: bool) -> None:
+        warmup: int, calib_limit: int, eval_limit: int | None) -> None:
     """Quantize MODEL dynamically and statically, measure all three side by side, recommend one."""
     from ..data import Preprocess
     from ..measure.session import SessionConfig
@@ -54,11 +52,11 @@ def run(model: Path, calib: str, eval_spec: str | None, out: Path | None, target
         target=target, budget=Budget(max_drop=max_drop, max_abs_drop=max_abs_drop),
         session=SessionConfig(intra_op_threads=threads), warmup=warmup, runs=runs, metric=metric,
         preprocess=Preprocess.parse(preprocess) if preprocess else None, calib_limit=calib_limit,
-        eval_limit=eval_limit, measure_memory=memory)
+        eval_limit=eval_limit)
     out = out or Path("reports") / model.stem
-    err = Console(stderr=True)
+    err = make_console(stderr=True)
     with err.status("starting") as status:
         report = run_pipeline(model, out, calib=calib, eval_spec=eval_spec, options=options,
                               progress=lambda msg: status.update(msg))
-    print_report(report, Console())
-    Console().print(f"wrote {out / 'report.json'} and {out / 'report.html'}")
+    print_report(report, make_console())
+    make_console().print(f"wrote {out / 'report.json'} and {out / 'report.html'}")

@@ -1,0 +1,53 @@
+"""`edgequant fleet`: many models, one report each, one summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from . import cli
+from .report_view import make_console
+
+
+def summary_table(summary: dict) -> Table:
+    t = Table(title="fleet: FP32 vs recommended (measured here)", title_justify="left")
+    for col in ("model", "status", "FP32 ms", "rec. ms", "speedup", "size MB", "peak MB", "accuracy", "recommended"):
+        t.add_column(col, justify="left" if col in ("model", "status", "recommended") else "right", overflow="fold")
+    for r in summary["models"]:
+        if r.get("fp32_ms") is None:
+            t.add_row(r["name"], f"[red]{r['status']}[/]: {r.get('error') or ''}", *[""] * 7)
+            continue
+        acc = r.get("accuracy")
+        acc_s = (f"{r['fp32_accuracy']['value']:.3f} -> {acc['value']:.3f}" if acc and r.get("fp32_accuracy")
+                 else f"cos {r['fidelity']['cosine']:.4f}")
+        t.add_row(r["name"], r["status"], f"{r['fp32_ms']:.2f}", f"{r['recommended_ms']:.2f}", f"{r['speedup']:.2f}x",
+                  f"{r['fp32_mb']:.2f} -> {r['recommended_mb']:.2f}",
+                  f"{r['fp32_peak_mb']:.0f} -> {r['recommended_peak_mb']:.0f}", acc_s, r["recommended"])
+    return t
+
+
+@cli.command("fleet")
+@click.argument("fleet_yaml", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=Path("reports/fleet"), show_default=True)
+@click.option("--force", is_flag=True, help="Re-run models whose report is already up to date.")
+def fleet(fleet_yaml: Path, out: Path, force: bool) -> None:
+    """Quantize and measure every model in FLEET_YAML; a failing model does not stop the others."""
+    from ..fleet import fleet_summary, load_fleet, run_fleet
+
+    entries = load_fleet(fleet_yaml)  # validate everything before spending time
+    err = make_console(stderr=True)
+    with err.status(f"fleet of {len(entries)} models") as status:
+        outcomes = run_fleet(fleet_yaml, out, force=force,
+                             progress=lambda name, msg: status.update(f"[bold]{name}[/]: {msg}"))
+    con = make_console()
+    summary = fleet_summary(outcomes)
+    con.print(summary_table(summary))
+    for r in summary["models"]:
+        if r.get("reason"):
+            con.print(f"[bold]{r['name']}[/] -> {r['recommended']}: {r['reason']}")
+    con.print(f"wrote {out / 'index.html'} and one report per model under {out}/")
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        raise click.exceptions.Exit(1)

@@ -1,0 +1,221 @@
+"""`fleet`: many models from one YAML file, one report each, one summary.
+
+A failing model (missing file, bad data, quantization error) is recorded and the others go on;
+a re-run skips models whose report matches the same model file and entry unless ``force``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import model as model_io
+from .errors import EdgequantError
+from .fsutil import write_text_atomic
+from .measure.session import SessionConfig
+from .pipeline import Budget, RunOptions, run_pipeline
+from .targets import TARGETS
+
+_ENTRY_KEYS = {"name", "model", "calib", "eval", "preprocess", "metric", "budget", "tune", "target",
+               "threads", "runs", "warmup", "calib_limit", "eval_limit", "memory", "time_budget"}
+_DEFAULT_KEYS = _ENTRY_KEYS - {"name", "model", "calib", "eval"}
+_BUDGET_KEYS = {"max_drop", "max_abs_drop", "min_agreement", "min_cosine"}
+
+
+@dataclass(frozen=True)
+class FleetEntry:
+    name: str
+    model: Path
+    calib: str
+    eval: str | None
+    options: RunOptions
+    tune: bool = False
+    time_budget_min: float | None = None
+    raw: dict = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """Identifies the inputs of a finished run: the model's bytes and this entry's settings."""
+        h = hashlib.sha256(model_io.sha256_file(self.model).encode())
+        h.update(json.dumps(self.raw, sort_keys=True, default=str).encode())
+        return h.hexdigest()
+
+
+def _source(value: str, base: Path) -> str:
+    """Relative file sources are relative to the YAML file; random:N stays as is."""
+    if value.startswith("random:"):
+        return value
+    p = Path(value)
+    return str(p if p.is_absolute() else (base / p))
+
+
+def _number(where: str, value, *, lo: float | None = None, integer: bool = False):
+    ok = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok or (lo is not None and value < lo):
+        kind = "an integer" if integer else "a number"
+        raise EdgequantError(f"{where}: must be {kind}{f' >= {lo:g}' if lo is not None else ''}, got {value!r}")
+    return value
+
+
+def _entry(fleet_path: Path, i: int, raw: dict, defaults: dict) -> FleetEntry:
+    where = f"{fleet_path}: models[{i}]"
+    if not isinstance(raw, dict):
+        raise EdgequantError(f"{where}: must be a mapping with name, model, calib")
+    unknown = set(raw) - _ENTRY_KEYS
+    if unknown:
+        raise EdgequantError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_ENTRY_KEYS))}")
+    for key in ("name", "model", "calib"):
+        if not isinstance(raw.get(key), str) or not raw[key].strip():
+            raise EdgequantError(f"{where}: '{key}' is required (a string)")
+    name = raw["name"]
+    if not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+        raise EdgequantError(f"{where}: name {name!r} must be letters, digits, '-', '_' or '.' (it names a folder)")
+    merged = {**defaults, **raw}
+    base = fleet_path.parent
+    budget_raw = merged.get("budget") or {}
+    if not isinstance(budget_raw, dict) or set(budget_raw) - _BUDGET_KEYS:
+        raise EdgequantError(f"{where}.budget: expected a mapping with keys among {', '.join(sorted(_BUDGET_KEYS))}")
+    budget = Budget(**{k: _number(f"{where}.budget.{k}", v, lo=0) for k, v in budget_raw.items()})
+    target = merged.get("target", "auto")
+    if target not in ("auto", *TARGETS):
+        raise EdgequantError(f"{where}.target: {target!r} is not one of auto, {', '.join(TARGETS)}")
+    preprocess = None
+    if merged.get("preprocess") is not None:
+        from .data import Preprocess
+
+        if not isinstance(merged["preprocess"], dict):
+            raise EdgequantError(f"{where}.preprocess: must be a mapping (size, resize, color, layout, scale, mean, std)")
+        preprocess = Preprocess.from_mapping(merged["preprocess"], where=f"{where}.preprocess")
+    ints = {k: _number(f"{where}.{k}", merged[k], lo=lo, integer=True)
+            for k, lo in (("threads", 0), ("runs", 2), ("warmup", 0), ("calib_limit", 1), ("eval_limit", 1))
+            if merged.get(k) is not None}
+    metric = merged.get("metric")
+    if metric is not None and not isinstance(metric, str):
+        raise EdgequantError(f"{where}.metric: must be a string (top1 or module:function)")
+    tb = merged.get("time_budget")
+    options = RunOptions(
+        target=target, budget=budget, session=SessionConfig(intra_op_threads=ints.get("threads", 1)),
+        warmup=ints.get("warmup", 10), runs=ints.get("runs", 100), metric=metric, preprocess=preprocess,
+        calib_limit=ints.get("calib_limit", 200), eval_limit=ints.get("eval_limit"),
+        measure_memory=bool(merged.get("memory", True)))
+    return FleetEntry(name=name, model=Path(_source(raw["model"], base)), calib=_source(raw["calib"], base),
+                      eval=_source(raw["eval"], base) if raw.get("eval") else None, options=options,
+                      tune=bool(merged.get("tune", False)),
+                      time_budget_min=_number(f"{where}.time_budget", tb, lo=0) if tb is not None else None,
+                      raw=merged)
+
+
+def load_fleet(path: str | Path) -> list[FleetEntry]:
+    """Parse and validate a fleet YAML file (errors name the file and the entry)."""
+    p = Path(path)
+    if not p.is_file():
+        raise EdgequantError(f"{p}: no such file")
+    try:
+        doc = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark else ""
+        raise EdgequantError(f"{p}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("models"), list) or not doc["models"]:
+        raise EdgequantError(f"{p}: expected a mapping with a non-empty 'models' list")
+    extra = set(doc) - {"models", "defaults"}
+    if extra:
+        raise EdgequantError(f"{p}: unknown top-level key(s) {', '.join(sorted(extra))}; allowed: defaults, models")
+    defaults = doc.get("defaults") or {}
+    if not isinstance(defaults, dict) or set(defaults) - _DEFAULT_KEYS:
+        raise EdgequantError(f"{p}: defaults: expected a mapping with keys among {', '.join(sorted(_DEFAULT_KEYS))}")
+    entries = [_entry(p, i, raw, defaults) for i, raw in enumerate(doc["models"])]
+    names = [e.name for e in entries]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise EdgequantError(f"{p}: duplicate model name(s) {', '.join(dupes)}")
+    return entries
+
+
+@dataclass
+class FleetOutcome:
+    name: str
+    status: str                 # done | skipped | failed
+    report: dict | None = None
+    error: str | None = None
+
+
+def _finished(entry: FleetEntry, out: Path) -> dict | None:
+    from .report import read_report
+
+    stamp = out / ".fingerprint"
+    if not (out / "report.json").is_file() or not stamp.is_file():
+        return None
+    try:
+        if stamp.read_text().strip() != entry.fingerprint():
+            return None
+        return read_report(out / "report.json")
+    except (EdgequantError, OSError):
+        return None
+
+
+def run_fleet(fleet_path: str | Path, out_dir: str | Path, *, force: bool = False,
+              progress: Callable[[str, str], None] | None = None) -> list[FleetOutcome]:
+    """Run every entry; returns one outcome per model and writes ``out_dir/index.html``."""
+    entries = load_fleet(fleet_path)
+    out_dir = Path(out_dir)
+    outcomes: list[FleetOutcome] = []
+    for entry in entries:
+        say = (lambda msg, _n=entry.name: progress(_n, msg)) if progress else None
+        target_dir = out_dir / entry.name
+        try:
+            done = None if force else _finished(entry, target_dir)
+            if done is not None:
+                outcomes.append(FleetOutcome(entry.name, "skipped", done))
+                continue
+            if entry.tune:
+                from .tune import TuneOptions, run_tune
+
+                report = run_tune(entry.model, target_dir, calib=entry.calib, eval_spec=entry.eval,
+                                  options=TuneOptions(run=entry.options, time_budget_min=entry.time_budget_min),
+                                  progress=say)
+            else:
+                report = run_pipeline(entry.model, target_dir, calib=entry.calib, eval_spec=entry.eval,
+                                      options=entry.options, progress=say)
+            write_text_atomic(target_dir / ".fingerprint", entry.fingerprint() + "\n")
+            outcomes.append(FleetOutcome(entry.name, "done", report))
+        except EdgequantError as exc:
+            outcomes.append(FleetOutcome(entry.name, "failed", error=str(exc)))
+        except Exception as exc:  # noqa: BLE001 - one model's crash must not stop the fleet
+            outcomes.append(FleetOutcome(entry.name, "failed", error=f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"))
+    from .report.fleet_html import render_index
+
+    summary = fleet_summary(outcomes)
+    write_text_atomic(out_dir / "fleet.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out_dir / "index.html", render_index(summary))
+    return outcomes
+
+
+def fleet_summary(outcomes: list[FleetOutcome]) -> dict:
+    """One row per model: FP32 vs the recommended variant (the seed's 4.1 table, measured)."""
+    rows = []
+    for o in outcomes:
+        row: dict = {"name": o.name, "status": o.status, "error": o.error}
+        if o.report:
+            r = o.report
+            by_name = {v["name"]: v for v in r["variants"]}
+            fp32, rec = by_name["fp32"], by_name.get(r["recommended"], by_name["fp32"])
+            best_int8 = max((v for v in r["variants"][1:]), key=lambda v: v["speedup"], default=None)
+            row.update({
+                "recommended": r["recommended"], "reason": r.get("recommendation_reason", ""),
+                "fp32_ms": fp32["latency_ms"]["p50"], "recommended_ms": rec["latency_ms"]["p50"],
+                "speedup": rec["speedup"], "fp32_mb": fp32["size_bytes"] / 1e6, "recommended_mb": rec["size_bytes"] / 1e6,
+                "fp32_peak_mb": fp32["peak_memory_mb"], "recommended_peak_mb": rec["peak_memory_mb"],
+                "accuracy": rec.get("accuracy"), "fp32_accuracy": fp32.get("accuracy"),
+                "fidelity": rec["fidelity"],
+                "variants": [{"name": v["name"], "p50_ms": v["latency_ms"]["p50"], "speedup": v["speedup"],
+                              "within_budget": v.get("within_budget"), "verdict": v.get("verdict", ""),
+                              "accuracy": v.get("accuracy")} for v in r["variants"]],
+                "fastest_int8": best_int8["name"] if best_int8 else None,
+                "machine": r["machine"], "report": f"{o.name}/report.html"})
+        rows.append(row)
+    return {"schema": "edgequant.fleet/1", "models": rows}
