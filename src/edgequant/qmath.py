@@ -78,16 +78,17 @@ def compute_qparams(
     if np.any(~np.isfinite(rmin)) or np.any(~np.isfinite(rmax)):
         raise ValueError("range contains NaN or Inf")
     if symmetric:
-        absmax = np.maximum(-rmin, rmax)
-        scale = absmax / ((qmax - qmin) / 2.0)
+        scale = np.maximum(-rmin, rmax) / ((qmax - qmin) / 2.0)
+    else:
+        scale = (rmax - rmin) / float(qmax - qmin)
+    # A zero (or float32-underflowing) range: any scale represents it exactly; 1.0 avoids
+    # dividing by zero later.
+    scale = np.where(scale < np.finfo(np.float32).tiny, 1.0, scale)
+    if symmetric:
         # Unsigned symmetric uses the mid-point so +-absmax both fit (ORT does the same).
         zp = np.full_like(scale, 0.0 if qmin < 0 else float((qmax + qmin + 1) // 2))
     else:
-        scale = (rmax - rmin) / float(qmax - qmin)
-        safe = np.where(scale > 0, scale, 1.0)
-        zp = np.clip(np.rint(qmin - rmin / safe), qmin, qmax)
-    # All-zero range: any scale represents it exactly; 1.0 avoids dividing by zero later.
-    scale = np.where(scale > 0, scale, 1.0)
+        zp = np.clip(np.rint(qmin - rmin / scale), qmin, qmax)
     np_dtype = QTYPES[dtype][2]
     return QParams(
         scale=scale.astype(np.float32),
