@@ -87,6 +87,10 @@ def test_feeds_forms(tmp_path: Path) -> None:
     by_path = {str(a): {"x": x}, str(b): {"z": x}}
     res = benchmark_interleaved([a, b], by_path, warmup=0, runs=3)
     assert len(res.models) == 2
+    res = benchmark_interleaved([a, b], [{"x": x}, {"z": x}], warmup=0, runs=3)   # one per model, in order
+    assert res.models[1].path == str(b)
+    with pytest.raises(EdgequantError, match="2 models"):
+        benchmark_interleaved([a, b], [{"x": x}], warmup=0, runs=3)
     res = benchmark_interleaved([a, b], lambda path, specs: {s.name: x for s in specs}, warmup=0, runs=3)
     assert res.runs == 3
     with pytest.raises(EdgequantError, match="inputs do not match"):

@@ -16,8 +16,10 @@ from ..errors import EdgequantError
 from ..model import TensorSpec
 
 Feeds = dict[str, np.ndarray]
-# A shared feed dict, a dict keyed by model path, or a callable (path, input specs) -> feeds.
+# A shared feed dict, a dict keyed by model path, a list with one feed dict per model (same
+# order), or a callable (path, input specs) -> feeds.
 FeedsArg = Union[Mapping[str, np.ndarray], Mapping[str, Mapping[str, np.ndarray]],
+                 Sequence[Mapping[str, np.ndarray]],
                  Callable[[str, Sequence[TensorSpec]], Mapping[str, np.ndarray]]]
 
 _ORT_TYPES: dict[str, str] = {
@@ -62,9 +64,13 @@ def resolve_feeds(feeds: FeedsArg, paths: Sequence[str],
                   inputs: Sequence[Sequence[TensorSpec]]) -> list[Feeds]:
     """Turn the ``feeds`` argument of the benchmarks into one checked feed dict per model."""
     out: list[Feeds] = []
-    for path, specs in zip(paths, inputs):
-        if callable(feeds):
-            chosen: Any = feeds(path, specs)
+    if isinstance(feeds, Sequence) and len(feeds) != len(paths):
+        raise EdgequantError(f"got {len(feeds)} feed dicts for {len(paths)} models")
+    for i, (path, specs) in enumerate(zip(paths, inputs)):
+        if isinstance(feeds, Sequence):
+            chosen: Any = feeds[i]
+        elif callable(feeds):
+            chosen = feeds(path, specs)
         elif feeds and all(isinstance(v, np.ndarray) for v in feeds.values()):
             chosen = feeds  # one feed dict shared by every model
         elif path in feeds:
@@ -75,21 +81,41 @@ def resolve_feeds(feeds: FeedsArg, paths: Sequence[str],
     return out
 
 
+class SourceFeeds:
+    """Callable ``(path, inputs) -> feeds`` drawing one sample per distinct input signature.
+
+    Pass it as ``feeds_per_model`` to the benchmarks: they call it once per model after creating
+    the sessions, so a model is never loaded twice just to learn its inputs. Models whose inputs
+    fit an earlier draw share that draw; ``by_path`` keeps what each model got (for the memory
+    probe, which must see the same inputs).
+    """
+
+    def __init__(self, spec: str, *, seed: int = 0, preprocess: Any = None) -> None:
+        self.spec, self.seed, self.preprocess = spec, seed, preprocess
+        self.synthetic: bool | None = None
+        self.notes: list[str] = []
+        self._drawn: list[Feeds] = []
+        self.by_path: dict[str, Feeds] = {}
+
+    def __call__(self, path: str, inputs: Sequence[TensorSpec]) -> Feeds:
+        reuse = next((f for f in self._drawn if fits(f, inputs)), None)
+        if reuse is None:
+            from ..data import open_source  # imported late: only CLI/API paths need data sources
+
+            source = open_source(self.spec, inputs, preprocess=self.preprocess, limit=1, seed=self.seed)
+            self.synthetic = bool(getattr(source, "synthetic", False))
+            self.notes.extend(n for n in getattr(source, "notes", ()) if n not in self.notes)
+            sample = next(iter(source), None)
+            if sample is None:
+                raise EdgequantError(f"{self.spec}: data source has no samples")
+            reuse = {k: np.asarray(v) for k, v in sample.feeds.items()}
+            self._drawn.append(reuse)
+        self.by_path[str(path)] = select(reuse, inputs, model=str(path))
+        return self.by_path[str(path)]
+
+
 def feeds_from_source(spec: str, paths: Sequence[str], inputs: Sequence[Sequence[TensorSpec]],
                       *, seed: int = 0, preprocess: Any = None) -> list[Feeds]:
     """One sample from data source ``spec`` per model, shared wherever the inputs match."""
-    from ..data import open_source  # imported late: only the CLI path needs data sources
-
-    drawn: list[Feeds] = []
-    out: list[Feeds] = []
-    for path, specs in zip(paths, inputs):
-        reuse = next((f for f in drawn if fits(f, specs)), None)
-        if reuse is None:
-            source = open_source(spec, specs, preprocess=preprocess, limit=1, seed=seed)
-            sample = next(iter(source), None)
-            if sample is None:
-                raise EdgequantError(f"{spec}: data source has no samples")
-            reuse = {k: np.asarray(v) for k, v in sample.feeds.items()}
-            drawn.append(reuse)
-        out.append(select(reuse, specs, model=path))
-    return out
+    source = SourceFeeds(spec, seed=seed, preprocess=preprocess)
+    return [source(p, specs) for p, specs in zip(paths, inputs)]
