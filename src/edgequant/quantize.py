@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
@@ -255,7 +254,7 @@ def _static_extra_options(config: QuantizeConfig, opset: int) -> dict:
     return extra
 
 
-def _run_static(src: Path, out: Path, config: QuantizeConfig, reader) -> None:
+def _run_static(src: Path, out: Path, config: QuantizeConfig, reader, notes: list[str]) -> None:
     from onnxruntime.quantization import QuantFormat, quantize, quantize_static
 
     if config.target == "qnn":
@@ -270,14 +269,27 @@ def _run_static(src: Path, out: Path, config: QuantizeConfig, reader) -> None:
         quantize(str(src), str(out), qnn_config)
         return
     opset = model_io.default_opset(onnx.load(str(src), load_external_data=False))
+    extra = _static_extra_options(config, opset)
+    if config.quant_format == "qdq":
+        # QDQ placement decides whether ORT's fusions fire: this recipe also verifies coverage
+        # on ORT's optimized graph and explains every compute op left in float.
+        from .qdq import quantize_static_optimized
+
+        summary = quantize_static_optimized(
+            src, out, reader, per_channel=config.per_channel, reduce_range=config.reduce_range,
+            activation_type=_qtype(config.activation_type), weight_type=_qtype(config.weight_type),
+            calibrate_method=_calib_method(config.calib_method), nodes_to_exclude=list(config.exclude) or None,
+            op_types=list(config.op_types) if config.op_types else None, extra_options=extra)
+        notes.extend(f"{name} stays float: {why}" for name, why in summary.float_compute_nodes.items())
+        notes.extend(w for w in summary.warnings if "VPMADDUBSW" not in w)  # config_warnings says it already
+        return
     quantize_static(
-        str(src), str(out), calibration_data_reader=reader,
-        quant_format=QuantFormat.QDQ if config.quant_format == "qdq" else QuantFormat.QOperator,
+        str(src), str(out), calibration_data_reader=reader, quant_format=QuantFormat.QOperator,
         op_types_to_quantize=list(config.op_types) if config.op_types else None,
         per_channel=config.per_channel, reduce_range=config.reduce_range,
         activation_type=_qtype(config.activation_type), weight_type=_qtype(config.weight_type),
         nodes_to_exclude=list(config.exclude), calibrate_method=_calib_method(config.calib_method),
-        extra_options=_static_extra_options(config, opset))
+        extra_options=extra)
 
 
 def _check_static_shapes(model_path: Path) -> None:
@@ -320,7 +332,7 @@ def quantize_model(
                 from .data import calibration_reader
 
                 reader = calibration_reader(calibration, on_sample=on_calib_sample)
-                _run_static(prepared, raw_out, config, reader)
+                _run_static(prepared, raw_out, config, reader, notes)
         except EdgequantError:
             raise
         except Exception as exc:  # noqa: BLE001 - surface ORT's reason in one line
