@@ -48,8 +48,9 @@ class Preprocess:
             object.__setattr__(self, f.name, _NORMALIZERS[f.name](getattr(self, f.name), "preprocess"))
         for key in ("mean", "std"):
             if len(getattr(self, key)) not in (1, self.channels):
-                raise EdgequantError(f"preprocess: {key} needs 1 or {self.channels} values for "
-                                     f"color={self.color}, got {len(getattr(self, key))}")
+                allowed = "1 value" if self.channels == 1 else f"1 or {self.channels} values"
+                raise EdgequantError(f"preprocess: {key} needs {allowed} for color={self.color}, "
+                                     f"got {len(getattr(self, key))}")
 
     @property
     def channels(self) -> int:

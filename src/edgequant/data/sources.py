@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from ..model import TensorSpec
 from . import _npy
 from ._npy import ArrayHeader
 from .preprocess import IMAGE_SUFFIXES, Preprocess, check_image, load_image
+
+if TYPE_CHECKING:  # onnxruntime is imported lazily: opening a source should not pay for it
+    from onnxruntime.quantization import CalibrationDataReader
 
 ARRAY_SUFFIXES = (".npy", ".npz")
 LABEL_KEYS = ("labels", "label")  # per-file .npz; a stacked .npz uses "labels" only
@@ -88,7 +92,8 @@ class _Input:
             if x.min() < info.min or x.max() > info.max:
                 raise EdgequantError(f"{where}: sample {index} of input '{self.spec.name}' has values outside "
                                      f"the {self.spec.dtype} range of the model input")
-        out = np.array(x, dtype=self.spec.dtype, order="C", copy=True)  # never a view into a file map
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, per sample
+            out = np.array(x, dtype=self.spec.dtype, order="C", copy=True)  # never a view into a file map
         if out.dtype.kind == "f" and not np.isfinite(out).all():
             what = ("contains NaN" if np.isnan(x).any() else "contains Inf" if np.isinf(x).any()
                     else f"overflows {out.dtype} (values too large for the model input type)")
@@ -477,7 +482,8 @@ def _with_ignored_preprocess(source: DataSource, preprocess: Preprocess | None) 
 
 # --- consumers ---------------------------------------------------------------------------------------
 
-def calibration_reader(source: DataSource, *, on_sample: Callable[[int], None] | None = None):
+def calibration_reader(source: DataSource, *,
+                       on_sample: Callable[[int], None] | None = None) -> CalibrationDataReader:
     """An onnxruntime ``CalibrationDataReader`` that streams ``source``.
 
     ``get_next`` returns one feed dict per call and ``None`` once exhausted (and keeps
@@ -486,7 +492,7 @@ def calibration_reader(source: DataSource, *, on_sample: Callable[[int], None] |
     """
     from onnxruntime.quantization import CalibrationDataReader
 
-    class _Reader(CalibrationDataReader):
+    class _Reader(CalibrationDataReader):  # defined here so importing this module skips onnxruntime
         def __init__(self) -> None:
             self._it: Iterator[Sample] | None = None
             self._index = 0
