@@ -59,33 +59,51 @@ def _model_entries(result: Any, sizes: dict[str, int]) -> list[dict[str, Any]]:
     return entries
 
 
+def _name_column(table: Table, entries: list[dict[str, Any]]) -> None:
+    """Never truncate or split a model name: the numbers columns give way instead."""
+    table.columns[0].no_wrap = True
+    table.columns[0].min_width = max(len(e["name"]) for e in entries)
+
+
+def _table(*columns: str, title: str) -> Table:
+    return Table(*columns, title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                 collapse_padding=True)
+
+
 def _latency_table(title: str, entries: list[dict[str, Any]]) -> Table:
-    table = Table("model", "mean", "std", "min", "max", "p50", "p95", "p99", "runs/s",
-                  title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    table = _table("model", "mean", "std", "min", "max", "p50", "p95", "p99", "runs/s", title=title)
+    _name_column(table, entries)
     for c in table.columns[1:]:
         c.justify = "right"
     for e in entries:
         lat = e["latency_ms"]
         table.add_row(e["name"], *(_ms(lat[k]) for k in ("mean", "std", "min", "max", "p50", "p95", "p99")),
-                      f"{e['throughput_per_s']:.1f}")
+                      f"{e['throughput_per_s']:.0f}")
     return table
 
 
-def _comparison_table(entries: list[dict[str, Any]], memory: bool) -> Table:
-    table = Table("model", "size MB", "speedup", "95% CI", "verdict", title="vs the first model",
-                  title_justify="left", box=box.SIMPLE_HEAD)
-    if memory:
-        table.add_column("peak MB")
-        table.add_column("model MB")
-    for c in table.columns[1:]:
+def _speedup_table(entries: list[dict[str, Any]], threads: int) -> Table:
+    table = _table("model", "speedup", "95% CI", "verdict",
+                   title=f"speedup vs {entries[0]['name']}, {threads} intra-op thread(s)")
+    _name_column(table, entries)
+    for c in table.columns[1:3]:
         c.justify = "right"
     for i, e in enumerate(entries):
         lo, hi = e["speedup_ci"]
-        row = [e["name"], f"{e['size_bytes'] / 1e6:.2f}", f"{e['speedup']:.2f}x",
-               "-" if i == 0 else f"{lo:.2f}-{hi:.2f}", _verdict(e, i == 0)]
+        table.add_row(e["name"], f"{e['speedup']:.2f}x", "-" if i == 0 else f"{lo:.2f}-{hi:.2f}", _verdict(e, i == 0))
+    return table
+
+
+def _size_memory_table(entries: list[dict[str, Any]], memory: bool) -> Table:
+    table = _table("model", "size MB", *(("peak RSS MB", "over baseline MB") if memory else ()),
+                   title="size and peak memory" if memory else "size")
+    _name_column(table, entries)
+    for c in table.columns[1:]:
+        c.justify = "right"
+    for e in entries:
+        row = [e["name"], f"{e['size_bytes'] / 1e6:.2f}"]
         if memory:
-            has = e.get("peak_memory_mb") is not None
-            row += [f"{e['peak_memory_mb']:.1f}" if has else "-", f"{e['memory_delta_mb']:+.1f}" if has else "-"]
+            row += [f"{e['peak_memory_mb']:.1f}", f"{e['memory_delta_mb']:+.1f}"]
         table.add_row(*row)
     return table
 
@@ -186,16 +204,15 @@ def bench(models: tuple[Path, ...], threads: int, inter_op: int, graph_opt: str,
               f"providers {', '.join(cfg.providers)}; {warmup} warm-up + {runs} interleaved rounds per model")
     for block in sweep_results:
         out.print(_latency_table(f"latency (ms), {block['threads']} intra-op thread(s)", block["models"]))
-        if len(paths) > 1 and threads_sweep:
-            out.print(_comparison_table(block["models"], False))
-    if not threads_sweep or memory:
-        out.print(_comparison_table(entries, memory))
+        if len(paths) > 1:
+            out.print(_speedup_table(block["models"], block["threads"]))
+    out.print(_size_memory_table(entries, memory))
     if len(paths) > 1:
         out.print("speedup = median(first) / median(model), CI = paired bootstrap over rounds; "
                   "'within noise' means the CI includes 1")
     if memory:
         out.print(f"peak memory: peak RSS of a fresh process per model ({min(warmup, MEMORY_MAX_WARMUP)} warm-up + "
-                  f"{min(runs, MEMORY_MAX_RUNS)} runs, {sweep[0]} thread(s)); model MB = over a bare "
+                  f"{min(runs, MEMORY_MAX_RUNS)} runs, {sweep[0]} thread(s)); over baseline = minus a bare "
                   f"onnxruntime process ({base:.1f} MB)")
 
     if json_path is not None:
