@@ -246,6 +246,10 @@ def _static_extra_options(config: QuantizeConfig, opset: int) -> dict:
         "WeightSymmetric": config.weight_symmetric,
         "ActivationSymmetric": config.activation_symmetric,
     }
+    if config.calib_method == "minmax":
+        # ORT's MinMax calibrator otherwise keeps every sample's activations until the end;
+        # folding ranges every 32 samples keeps calibration memory flat in the sample count.
+        extra["CalibMaxIntermediateOutputs"] = 32
     if config.calib_method == "percentile":
         extra["CalibPercentile"] = config.calib_percentile
     if config.activation_type in ("uint16", "int16") and opset < 21:
