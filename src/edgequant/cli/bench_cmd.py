@@ -212,7 +212,7 @@ def bench(models: tuple[Path, ...], threads: int, inter_op: int, graph_opt: str,
                   "'within noise' means the CI includes 1")
     if memory:
         out.print(f"peak memory: peak RSS of a fresh process per model ({min(warmup, MEMORY_MAX_WARMUP)} warm-up + "
-                  f"{min(runs, MEMORY_MAX_RUNS)} runs, {sweep[0]} thread(s)); over baseline = minus a bare "
+                  f"{min(runs, MEMORY_MAX_RUNS)} runs, {sweep[0]} thread(s)); over baseline = peak minus the peak of a bare "
                   f"onnxruntime process ({base:.1f} MB)")
 
     if json_path is not None:
