@@ -57,7 +57,11 @@ def _load_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write atomically, and not at all when the file already holds exactly this."""
+    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
+    write_text_atomic(path, text)
 
 
 def _io_specs(model: onnx.ModelProto, spec: ModelSpec) -> dict:
@@ -87,6 +91,7 @@ def build_models(out: Path, force: bool = False) -> dict:
     t2o = _version("tflite2onnx")
     if t2o is None:
         raise EdgequantError("tflite2onnx is not installed: pip install tflite2onnx==0.4.1")
+    converter = f"tflite2onnx {t2o}, edgequant.dms.convert v{convert.RECIPE_VERSION}"
     entries = {}
     for spec in MODELS:
         tfl = out / "tflite" / f"{spec.name}.tflite"
@@ -94,7 +99,7 @@ def build_models(out: Path, force: bool = False) -> dict:
         onnx_path = out / "models" / spec.onnx_name
         prev = old.get(spec.name, {})
         fresh = (onnx_path.is_file() and prev.get("tflite_sha256") == tfl_sha
-                 and prev.get("converter") == f"tflite2onnx {t2o}"
+                 and prev.get("converter") == converter
                  and prev.get("sha256") == sha256(onnx_path))
         if fresh:
             entries[spec.name] = prev
@@ -105,7 +110,7 @@ def build_models(out: Path, force: bool = False) -> dict:
             "file": spec.onnx_name, "sha256": sha256(onnx_path),
             "size_bytes": onnx_path.stat().st_size,
             "source": {"wheel": whl.name, "member": spec.member},
-            "tflite_sha256": tfl_sha, "converter": f"tflite2onnx {t2o}",
+            "tflite_sha256": tfl_sha, "converter": converter,
             "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
             **_io_specs(model, spec), "metric": f"edgequant.dms.metrics:{spec.metric}",
             "verification": {"status": "pending"}}

@@ -23,6 +23,7 @@ from ..errors import EdgequantError
 from ..fsutil import atomic_path
 
 TARGET_OPSET = 13
+RECIPE_VERSION = 2  # bump when this module's output changes: cached models are reconverted
 
 
 @contextlib.contextmanager
@@ -52,6 +53,18 @@ def prelu_alpha_fix() -> Iterator[None]:
         Activation.parse = original
 
 
+def _canonical_order(graph: onnx.GraphProto) -> None:
+    """Sort initializers and value_info by name: tflite2onnx emits them from Python sets,
+    so without this the same .tflite gives different bytes (and sha256) run to run."""
+    for field in (graph.initializer, graph.value_info):
+        items = sorted(field, key=lambda t: t.name)
+        copies = [type(t)() for t in items]
+        for c, t in zip(copies, items):
+            c.CopyFrom(t)
+        del field[:]
+        field.extend(copies)
+
+
 def tflite_to_onnx(tflite_path: Path, onnx_path: Path, opset: int = TARGET_OPSET,
                    fix_prelu: bool = True) -> onnx.ModelProto:
     """Convert, upgrade the opset, check, and write ``onnx_path`` atomically."""
@@ -74,6 +87,7 @@ def tflite_to_onnx(tflite_path: Path, onnx_path: Path, opset: int = TARGET_OPSET
     if current < opset:
         model = version_converter.convert_version(model, opset)
     model.producer_name, model.producer_version = "tflite2onnx", tflite2onnx.__version__
+    _canonical_order(model.graph)
     onnx.checker.check_model(model, full_check=True)
     with atomic_path(onnx_path) as tmp_path:
         onnx.save(model, str(tmp_path))
