@@ -92,3 +92,16 @@ def test_write_report_json_and_html(tmp_path):
     assert "data:image/png;base64," in html
     assert "http://" not in html and "https://" not in html  # opens offline: nothing external
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.json"]
+
+
+def test_variant_with_nothing_quantized_is_not_recommended():
+    vs = [_variant("fp32", 1.0, (1.0, 1.0)),
+          _variant("dynamic", 1.1, (1.06, 1.12), cov={"quantized_compute_ops": 0, "compute_ops": 37})]
+    assert recommend(vs, Budget())[0] == "fp32"
+    assert vs[1]["verdict"].startswith("nothing quantized")
+
+
+def test_tiny_speedups_are_not_worth_int8():
+    vs = [_variant("fp32", 1.0, (1.0, 1.0)), _variant("static", 1.03, (1.01, 1.05))]
+    assert recommend(vs, Budget(), min_speedup=1.05)[0] == "fp32"
+    assert recommend(vs, Budget(), min_speedup=1.0)[0] == "static"

@@ -51,16 +51,11 @@ def quantize(model: str | Path, out: str | Path, *, mode: str, calib: str | None
 def bench(models: Sequence[str | Path], *, input: str = "random:1", threads: int = 1, warmup: int = 10,
           runs: int = 100, session: SessionConfig | None = None):
     """Interleaved latency of ``models`` (speedups relative to the first)."""
-    from .measure.feeds import feeds_from_source
+    from .measure.feeds import SourceFeeds
     from .measure.latency import benchmark_interleaved
-    from .measure.session import make_session
-    from .measure.feeds import session_inputs
 
     cfg = session or SessionConfig(intra_op_threads=threads)
-    paths = [str(m) for m in models]
-    specs = [session_inputs(make_session(p, cfg)) for p in paths]
-    feeds = feeds_from_source(input, paths, specs)
-    return benchmark_interleaved(paths, feeds, cfg, warmup=warmup, runs=runs)
+    return benchmark_interleaved([str(m) for m in models], SourceFeeds(input), cfg, warmup=warmup, runs=runs)
 
 
 def evaluate(model: str | Path, data: str, *, reference: str | Path | None = None, metric: str | None = None,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from . import model as model_io
 from .errors import EdgequantError
-from .measure.session import SessionConfig, effective_threads
+from .measure.session import SessionConfig
 from .quantize import QuantizeConfig, QuantizeResult, make_config, quantize_model
-from .targets import detect_cpu
+from .measure.machine import machine_facts
 
 Progress = Callable[[str], None]
 
@@ -74,6 +74,9 @@ class RunOptions:
     eval_limit: int | None = None
     measure_memory: bool = True
     memory_runs: int = 10
+    # Below this, INT8's accuracy risk buys too little; also absorbs layout/cache effects that
+    # make even an unchanged graph measure a few percent apart.
+    min_speedup: float = 1.05
 
 
 @dataclass
@@ -186,8 +189,9 @@ def _slow_reason(v: dict) -> str:
     return "INT8 kernels plus quantize/dequantize overhead do not beat FP32 on this CPU"
 
 
-def recommend(variants: list[dict], budget: Budget) -> tuple[str, str]:
-    """Fastest INT8 variant that is within budget and faster than FP32 beyond noise, else fp32.
+def recommend(variants: list[dict], budget: Budget, *, min_speedup: float = 1.05) -> tuple[str, str]:
+    """Fastest INT8 variant that is within budget and faster than FP32 beyond noise (95% CI above
+    1) by at least ``min_speedup``, else fp32. A variant with no INT8 compute op is not INT8.
 
     Annotates each variant with ``within_budget`` and a plain-words ``verdict``.
     """
@@ -198,32 +202,31 @@ def recommend(variants: list[dict], budget: Budget) -> tuple[str, str]:
         ok, why = budget.check(fp32.get("accuracy"), v.get("accuracy"), v["fidelity"])
         v["within_budget"] = ok
         lo, hi = v.get("speedup_ci") or (v["speedup"], v["speedup"])
-        if not ok:
+        cov = v.get("int8_coverage")
+        if cov is not None and cov["quantized_compute_ops"] == 0:
+            v["verdict"] = (f"nothing quantized: none of the {cov['compute_ops']} compute ops runs as an INT8 kernel "
+                            f"(recipe {v['config'].get('mode', '?')} has no op to quantize here)")
+        elif not ok:
             v["verdict"] = f"over budget: {why}"
         elif hi < 1.0:
             v["verdict"] = f"slower than FP32 ({v['speedup']:.2f}x): {_slow_reason(v)}"
         elif lo <= 1.0:
             v["verdict"] = f"not faster than FP32 beyond noise ({v['speedup']:.2f}x, 95% CI {lo:.2f}-{hi:.2f})"
+        elif v["speedup"] < min_speedup:
+            v["verdict"] = f"only {v['speedup']:.2f}x faster (< {min_speedup:g}x): not worth INT8's accuracy risk"
         else:
             v["verdict"] = f"eligible: {v['speedup']:.2f}x faster (95% CI {lo:.2f}-{hi:.2f}); {why}"
             eligible.append(v)
     if not eligible:
-        return "fp32", "no INT8 variant is both within the accuracy budget and faster than FP32 beyond noise"
+        return "fp32", ("no INT8 variant is both within the accuracy budget and faster than FP32 beyond noise "
+                        f"by >= {min_speedup:g}x")
     best = max(eligible, key=lambda v: v["speedup"])
     return best["name"], best["verdict"].removeprefix("eligible: ")
 
 
-def machine_facts(session: SessionConfig) -> dict:
-    import onnxruntime as ort
-
-    cpu = detect_cpu()
-    return {"cpu": cpu.model, "isa": list(cpu.isa), "onnxruntime": ort.__version__,
-            "threads": effective_threads(session), "arch": cpu.arch, "logical_cores": cpu.logical_cores}
-
-
 def build_report(model_path: Path, model_proto, variants: list[dict], options: RunOptions, *,
                  target: str, notes: list[str], failed: list[dict]) -> dict:
-    recommended, reason = recommend(variants, options.budget)
+    recommended, reason = recommend(variants, options.budget, min_speedup=options.min_speedup)
     return {
         "schema": "edgequant.report/1",
         "machine": machine_facts(options.session),
