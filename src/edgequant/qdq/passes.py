@@ -135,3 +135,29 @@ def diagnose_float_node(node: onnx.NodeProto, idx: GraphIndex) -> str:
     if act_zp is not None and out_zp is not None and act_zp.dtype != out_zp.dtype:
         return "input and output quantized types differ"
     return "no ORT QDQ selector matched (unsupported attributes or types)"
+
+
+def drop_zero_bias_zero_points(model: onnx.ModelProto) -> int:
+    """Remove all-zero int32 zero points from bias DequantizeLinear nodes (optional input).
+
+    Per-channel quantization stores one int32 zero point per output channel for every
+    bias; they are always 0 and the input is optional, so this saves 4 bytes per channel
+    (about 2% of a mobilenet_v2) without changing any value. Returns nodes changed.
+    """
+    graph = model.graph
+    idx = GraphIndex.build(graph)
+    changed = 0
+    for dq in graph.node:
+        if dq.op_type != "DequantizeLinear" or len(dq.input) < 3 or not dq.input[2]:
+            continue
+        x, zp = idx.const(dq.input[0]), idx.const(dq.input[2])
+        if x is None or zp is None or x.dtype != np.int32 or np.any(zp):
+            continue
+        del dq.input[2]
+        changed += 1
+    if changed:
+        used = {i for n in graph.node for i in n.input}
+        keep = [t for t in graph.initializer if t.name in used or t.name in {o.name for o in graph.output}]
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+    return changed

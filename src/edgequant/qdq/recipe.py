@@ -18,7 +18,8 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 
 from edgequant.qdq.coverage import INT8_COMPUTE_OPS, coverage_of_graph, optimized_graph
 from edgequant.qdq.graph import GraphIndex, op_counts
-from edgequant.qdq.passes import activations_s8_to_u8, diagnose_float_node, fold_identity_qdq
+from edgequant.qdq.passes import (activations_s8_to_u8, diagnose_float_node, drop_zero_bias_zero_points,
+                                  fold_identity_qdq)
 from edgequant.qdq.prepare import prepare
 from edgequant.qdq.summary import QuantizationSummary
 
@@ -76,7 +77,7 @@ def quantize_static_optimized(
 
     Pipeline: opset >= 13 -> ``quant_pre_process`` (with fallbacks) -> ``quantize_static``
     (QDQ, our default extra options) -> exact graph fix-ups (identity DQ->Q removal; int8
-    activations rewritten to uint8 on x86) -> INT8 coverage of ORT's optimized graph, with
+    activations rewritten to uint8 on x86; all-zero bias zero points dropped) -> INT8 coverage of ORT's optimized graph, with
     a reason for every compute op that stays float. ``model_out`` is written atomically.
     """
     from onnxruntime.quantization import quantize_static
@@ -140,6 +141,9 @@ def _fix_up(model: onnx.ModelProto, activation_type: QuantType, s8_to_u8: bool |
     n = fold_identity_qdq(model)
     if n:
         summary.passes.append(f"fold_identity_qdq({n})")
+    n = drop_zero_bias_zero_points(model)
+    if n:
+        summary.passes.append(f"drop_zero_bias_zero_points({n})")
     want = s8_to_u8 if s8_to_u8 is not None else (is_x86() and activation_type == QuantType.QInt8)
     if want:
         n = activations_s8_to_u8(model)

@@ -1,0 +1,181 @@
+"""edgequant benchmark suite: FP32 vs ORT's default INT8 flow vs edgequant's recipes.
+
+    benchmarks/run.sh                 # exports models if needed, then runs this
+    .venv/bin/python benchmarks/run.py [--models resnet18,mobilenet_v2,encoder] [--quick]
+
+Writes benchmarks/results/results.json and RESULTS.md. Models come from
+benchmarks/export_models.py (torch, in benchmarks/.venv); quantized variants go to
+benchmarks/.work/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "src"))
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+
+from bench_data import samples  # noqa: E402
+from bench_report import fidelity, machine, outputs, profile, write_markdown  # noqa: E402
+from bench_timing import interleaved, speedup_ci  # noqa: E402
+from bench_variants import CNN_VARIANTS, ENCODER_VARIANTS  # noqa: E402
+from edgequant.qdq.coverage import coverage  # noqa: E402
+
+MODELS = {  # name: (input kind, variants, rounds at 1 thread, classifier?)
+    "resnet18": ("image", CNN_VARIANTS, 80, True),
+    "mobilenet_v2": ("image", CNN_VARIANTS, 200, True),
+    "encoder": ("tokens", ENCODER_VARIANTS, 60, False),
+}
+GOALS = {"resnet18": 1.75, "mobilenet_v2": 1.1, "encoder": 1.6}
+SIZE_GOAL = 3.9
+CALIB_N, EVAL_N = 32, 16
+
+
+def _qdq_left(cov) -> int:
+    return cov.op_counts.get("QuantizeLinear", 0) + cov.op_counts.get("DequantizeLinear", 0) \
+        + cov.op_counts.get("DynamicQuantizeLinear", 0)
+
+
+def _pooled(hidden: list[np.ndarray], feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    """Sentence embeddings (mask-weighted mean over tokens): what a MiniLM is used for."""
+    out = []
+    for h, f in zip(hidden, feeds):
+        m = f["attention_mask"][0].astype(np.float32)[:, None]
+        out.append((h[0] * m).sum(0) / m.sum())
+    return out
+
+
+def _out(path: str, feeds: list[dict[str, np.ndarray]], kind: str) -> list[np.ndarray]:
+    got = outputs(path, feeds)
+    return _pooled(got, feeds) if kind == "tokens" else got
+
+
+def bench_model(name: str, threads: list[int], quick: bool) -> dict:
+    kind, variants, rounds, classify = MODELS[name]
+    src = HERE / ".models" / f"{name}.onnx"
+    work = HERE / ".work" / name
+    work.mkdir(parents=True, exist_ok=True)
+    calib = samples(kind, 8 if quick else CALIB_N, seed=1)
+    evals = samples(kind, 4 if quick else EVAL_N, seed=1000)
+    paths = {"fp32": src}
+    info: dict[str, dict] = {"fp32": {"recipe": "original"}}
+    for vname, build in variants.items():
+        out = work / f"{vname}.onnx"
+        t0 = time.perf_counter()
+        info[vname] = build(src, out, calib)
+        info[vname]["quantize_seconds"] = time.perf_counter() - t0
+        paths[vname] = out
+        print(f"[{name}] built {vname} in {info[vname]['quantize_seconds']:.1f}s", flush=True)
+
+    ref = _pooled(outputs(str(src), evals), evals) if kind == "tokens" else outputs(str(src), evals)
+    res: dict = {"variants": {}, "source": str(src.relative_to(HERE.parent))}
+    size0 = src.stat().st_size
+    for vname, p in paths.items():
+        cov = coverage(p)
+        v = {"name": vname, "path": str(p.relative_to(HERE.parent)), "size_bytes": p.stat().st_size,
+             "compression": size0 / p.stat().st_size,
+             "coverage": {"quantized": cov.quantized_compute_ops, "total": cov.compute_ops,
+                          "float_nodes": cov.float_compute_nodes, "qdq_left": _qdq_left(cov),
+                          "ops": cov.op_counts},
+             "fidelity": None if vname == "fp32" else fidelity(ref, _out(str(p), evals, kind), classify),
+             "latency": {}, "speedup": {}, **info[vname]}
+        res["variants"][vname] = v
+
+    feeds = evals[0]
+    res["loadavg_before"] = os.getloadavg()
+    for t in threads:
+        n = max(10, (rounds if t == 1 else rounds * 2 // 3) // (5 if quick else 1))
+        timings = interleaved({k: str(p) for k, p in paths.items()}, feeds, threads=t, rounds=n)
+        for vname, tm in timings.items():
+            res["variants"][vname]["latency"][str(t)] = tm.summary()
+            if vname != "fp32":
+                res["variants"][vname]["speedup"][str(t)] = speedup_ci(timings["fp32"], tm)
+        print(f"[{name}] {t} thread(s): " + ", ".join(
+            f"{k} {tm.median:.2f}ms" for k, tm in timings.items()), flush=True)
+    res["loadavg_after"] = os.getloadavg()
+    eq = res["variants"]["edgequant"]
+    res["recipe"] = eq["recipe"]
+    s1 = eq["speedup"].get("1", {})
+    ok_fast = s1.get("ci95_low", 0) > 1.0
+    ok_acc = (eq["fidelity"] or {}).get("cosine", 0) >= 0.99
+    res["verdict"] = ("use edgequant INT8" if ok_fast and ok_acc else
+                      "keep FP32: INT8 not measurably faster" if not ok_fast else
+                      "keep FP32: INT8 output too far from FP32")
+    return res
+
+
+def goals(results: dict) -> list[dict]:
+    out = []
+    for name, mres in results["models"].items():
+        eq = mres["variants"]["edgequant"]
+        sp = eq["speedup"].get("1", {}).get("speedup", 0)
+        if name in GOALS:
+            out.append({"model": name, "goal": f">= {GOALS[name]}x at 1 thread", "measured": f"{sp:.2f}x",
+                        "met": sp >= GOALS[name]})
+        out.append({"model": name, "goal": "never below FP32 (1 and 2 threads)",
+                    "measured": ", ".join(f"{t}T {s['speedup']:.2f}x" for t, s in eq["speedup"].items()),
+                    "met": all(s["speedup"] >= 1.0 for s in eq["speedup"].values())})
+        out.append({"model": name, "goal": f">= {SIZE_GOAL}x smaller", "measured": f"{eq['compression']:.2f}x",
+                    "met": eq["compression"] >= SIZE_GOAL})
+        out.append({"model": name, "goal": "cosine >= 0.99 vs FP32",
+                    "measured": f"{eq['fidelity']['cosine']:.4f}", "met": eq["fidelity"]["cosine"] >= 0.99})
+    return out
+
+
+def worst_case_profile(results: dict, quick: bool) -> dict:
+    """Profile edgequant's model with the lowest 1-thread speedup, and its FP32 original."""
+    name = min(results["models"], key=lambda n: results["models"][n]["variants"]["edgequant"]["speedup"]["1"]["speedup"])
+    mres = results["models"][name]
+    kind = MODELS[name][0]
+    feeds = samples(kind, 1, seed=1000)[0]
+    runs = 5 if quick else 20
+    prof_dir = HERE / "results"
+    q = profile(str(HERE.parent / mres["variants"]["edgequant"]["path"]), feeds, 1, runs,
+                str(prof_dir / f"profile_{name}_edgequant"))
+    f = profile(str(HERE.parent / mres["variants"]["fp32"]["path"]), feeds, 1, runs,
+                str(prof_dir / f"profile_{name}_fp32"))
+    return {"model": name, "variant": "edgequant", "runs": runs, "total_ms": q["total_ms"], "ops": q["ops"],
+            "fp32_total_ms": f["total_ms"], "fp32_ops": f["ops"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--quick", action="store_true", help="few samples and rounds (smoke test)")
+    ap.add_argument("--out", default=str(HERE / "results"))
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    threads = [int(t) for t in args.threads.split(",")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"schema": "edgequant.benchmarks/1", "machine": machine(),
+               "config": {"threads": threads, "quick": args.quick,
+                          "rounds": {k: v[2] for k, v in MODELS.items()},
+                          "calibration_samples": CALIB_N, "eval_samples": EVAL_N,
+                          "inputs": "CNNs: synthetic images (smooth fields + shapes, ImageNet-normalized), seeded random "
+                                    "weights; encoder: real all-MiniLM-L6-v2 weights (when installed), English "
+                                    "sentences padded to 128, fidelity on mean-pooled sentence embeddings"},
+               "models": {}}
+    for name in args.models.split(","):
+        results["models"][name] = bench_model(name, threads, args.quick)
+    results["goals"] = goals(results)
+    results["profile"] = worst_case_profile(results, args.quick)
+    results["elapsed_s"] = time.perf_counter() - t0
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    write_markdown(results, out / "RESULTS.md")
+    print(f"wrote {out / 'RESULTS.md'} in {results['elapsed_s']:.0f}s")
+
+
+if __name__ == "__main__":
+    onnx_version = onnx.__version__  # fail early if the main venv isn't used
+    main()

@@ -1,0 +1,110 @@
+"""Transformer encoders: fuse with ``onnxruntime.transformers`` first, then quantize.
+
+Why fuse first: the fused graph has one ``Attention`` per layer (plus SkipLayerNormalization,
+BiasGelu, EmbedLayerNormalization), and dynamic quantization turns those into
+``QAttention`` / ``DynamicQuantizeMatMul`` / ``QEmbedLayerNormalization`` -- every compute op
+integer with few Q/DQ boundaries. Static QDQ on the fused graph can't reach the fused contrib
+ops (Attention stays float; weight-only ``DQ -> MatMul`` becomes MatMulNBits), so on CPUs
+dynamic is the recipe for encoders (see ``benchmarks/FINDINGS.md``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+from onnxruntime.quantization import QuantType
+
+from edgequant.qdq.coverage import coverage
+from edgequant.qdq.graph import op_counts
+from edgequant.qdq.summary import QuantizationSummary
+
+#: Ops we quantize dynamically in a fused encoder (Gather/EmbedLayerNormalization: embeddings).
+TRANSFORMER_DYNAMIC_OPS: tuple[str, ...] = ("MatMul", "Attention", "EmbedLayerNormalization", "Gather")
+
+
+@dataclass
+class FusionSummary:
+    """Which fused operators the transformer optimizer created."""
+
+    model_type: str
+    fused: dict[str, int] = field(default_factory=dict)
+    ops_before: dict[str, int] = field(default_factory=dict)
+    ops_after: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def attention_fused(self) -> bool:
+        return self.fused.get("Attention", 0) + self.fused.get("MultiHeadAttention", 0) > 0
+
+
+def fuse_transformer(model_in: str | Path, model_out: str | Path, *, model_type: str = "bert",
+                     num_heads: int = 0, hidden_size: int = 0) -> FusionSummary:
+    """Fuse attention/LayerNorm/GELU with ORT's transformer optimizer (python fusions only).
+
+    ``num_heads``/``hidden_size`` of 0 let the optimizer detect them from the graph.
+    ``opt_level=0``: we don't run ORT's session optimizer here (that path imports torch).
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    before = op_counts(onnx.load(os.fspath(model_in), load_external_data=False))
+    opt = optimize_model(os.fspath(model_in), model_type=model_type, num_heads=num_heads,
+                         hidden_size=hidden_size, opt_level=0)
+    stats = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+    Path(model_out).parent.mkdir(parents=True, exist_ok=True)
+    opt.save_model_to_file(os.fspath(model_out))
+    return FusionSummary(model_type, stats, before, op_counts(opt.model))
+
+
+def quantize_transformer_dynamic(model_in: str | Path, model_out: str | Path, *, fuse: bool = True,
+                                 model_type: str = "bert", num_heads: int = 0, hidden_size: int = 0,
+                                 per_channel: bool = True, reduce_range: bool = True,
+                                 weight_type: QuantType = QuantType.QInt8,
+                                 op_types: list[str] | None = None,
+                                 nodes_to_exclude: list[str] | None = None) -> QuantizationSummary:
+    """Fuse (optional) then dynamically quantize an encoder; report the INT8 coverage.
+
+    Defaults follow the x86-without-VNNI rule: per-channel int8 weights with reduce_range
+    (7-bit) so VPMADDUBSW can't saturate.
+    """
+    from onnxruntime.quantization import quantize_dynamic
+
+    model_in, model_out = Path(model_in), Path(model_out)
+    ops = list(op_types or TRANSFORMER_DYNAMIC_OPS)
+    summary = QuantizationSummary(
+        model_in=str(model_in), model_out=str(model_out),
+        config={"mode": "dynamic", "per_channel": per_channel, "reduce_range": reduce_range,
+                "weight_type": weight_type.name, "op_types": ops, "fuse": fuse, "model_type": model_type},
+        size_in_bytes=model_in.stat().st_size,
+        ops_before=op_counts(onnx.load(str(model_in), load_external_data=False)))
+    with tempfile.TemporaryDirectory(prefix="edgequant-tf-") as tmp:
+        src = model_in
+        if fuse:
+            src = Path(tmp) / "fused.onnx"
+            fusion = fuse_transformer(model_in, src, model_type=model_type, num_heads=num_heads,
+                                      hidden_size=hidden_size)
+            summary.passes.append("fuse_transformer(" + ", ".join(f"{k}={v}" for k, v in fusion.fused.items()) + ")")
+            if not fusion.attention_fused:
+                summary.warnings.append("attention was not fused; MatMuls still quantize but QAttention won't be used")
+        staged = Path(tmp) / "quantized.onnx"
+        quantize_dynamic(str(src), str(staged), op_types_to_quantize=ops, per_channel=per_channel,
+                         reduce_range=reduce_range, weight_type=weight_type,
+                         nodes_to_exclude=nodes_to_exclude or [],
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
+        summary.passes.append("quantize_dynamic")
+        summary.ops_after = op_counts(onnx.load(str(staged), load_external_data=False))
+        model_out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_out = model_out.with_name(model_out.name + ".tmp")
+        tmp_out.write_bytes(staged.read_bytes())
+        os.replace(tmp_out, model_out)
+    summary.size_out_bytes = model_out.stat().st_size
+    cov = coverage(model_out)
+    summary.quantized_compute_ops, summary.compute_ops = cov.quantized_compute_ops, cov.compute_ops
+    summary.optimized_ops = cov.op_counts
+    summary.float_compute_nodes = {n: "not quantized by dynamic quantization" for n in cov.float_compute_nodes}
+    if not summary.fully_quantized:
+        summary.warnings.append(f"{cov.compute_ops - cov.quantized_compute_ops} of {cov.compute_ops} "
+                                "compute ops stay float after ORT optimization")
+    return summary
