@@ -77,6 +77,7 @@ class RunOptions:
     # Below this, INT8's accuracy risk buys too little; also absorbs layout/cache effects that
     # make even an unchanged graph measure a few percent apart.
     min_speedup: float = 1.05
+    profile: bool = True                  # per-op kernel times, to explain slow variants
 
 
 @dataclass
@@ -125,6 +126,7 @@ def measure_candidates(candidates: Sequence[Candidate], eval_source, options: Ru
     from .measure.fidelity import collect, compare_outputs
     from .measure.latency import benchmark_interleaved
     from .measure.memory import baseline_rss_mb, measure_memory
+    from .measure.profile import op_time_profile
     from .qdq.coverage import coverage
 
     paths = [str(c.path) for c in candidates]
@@ -162,6 +164,7 @@ def measure_candidates(candidates: Sequence[Candidate], eval_source, options: Ru
             c = coverage(cand.path)
             cov = {"quantized_compute_ops": c.quantized_compute_ops, "compute_ops": c.compute_ops,
                    "float_compute_nodes": list(c.float_compute_nodes)}
+        profile = op_time_profile(cand.path, first.feeds, options.session) if options.profile else None
         variants.append({
             "name": cand.name, "path": str(cand.path), "config": {**cand.config, "session": options.session.to_dict()},
             "size_bytes": model_io.model_size_bytes(cand.path),
@@ -172,6 +175,7 @@ def measure_candidates(candidates: Sequence[Candidate], eval_source, options: Ru
             "speedup": timing.speedup.ratio, "speedup_ci": [timing.speedup.ci_low, timing.speedup.ci_high],
             "faster_than_noise": timing.speedup.faster_than_noise, "slower_than_noise": timing.speedup.slower_than_noise,
             "fidelity": fid, "accuracy": acc, "int8_coverage": cov, "notes": list(cand.notes),
+            "profile_us_by_op": profile,
         })
     if base is not None:
         for v in variants:
@@ -180,7 +184,14 @@ def measure_candidates(candidates: Sequence[Candidate], eval_source, options: Ru
 
 
 def _slow_reason(v: dict) -> str:
+    from .measure.profile import explain_profile
+
     cov = v.get("int8_coverage")
+    evidence = f" ({explain_profile(v['profile_us_by_op'])})" if v.get("profile_us_by_op") else ""
+    return _coverage_reason(cov) + evidence
+
+
+def _coverage_reason(cov: dict | None) -> str:
     if cov and cov["compute_ops"] and cov["quantized_compute_ops"] < cov["compute_ops"]:
         return (f"only {cov['quantized_compute_ops']}/{cov['compute_ops']} compute ops run as INT8 kernels "
                 "after ORT optimization; the rest pay Q/DQ overhead in float")
