@@ -31,7 +31,7 @@ def _offsets(b: flatbuffers.Builder, offsets: list[int]) -> int:
 
 
 def tiny_prelu_tflite() -> bytes:
-    """input [1,4,4,3] -> 1x1 identity CONV -> PRELU(alpha = DEQUANTIZE(fp16 [1,1,3])), as in face_landmark."""
+    """[1,4,4,3] -> 1x1 identity CONV -> PRELU(alpha = DEQUANTIZE(fp16 [1,1,3])), as in face_landmark."""
     b = flatbuffers.Builder(1024)
     raw = b.CreateNumpyVector(np.frombuffer(ALPHA.tobytes(), dtype=np.uint8))
     eye = np.eye(3, dtype=np.float32).reshape(3, 1, 1, 3)  # 1x1 identity conv, OHWI

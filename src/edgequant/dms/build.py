@@ -240,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     except EdgequantError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"error: {exc.filename or args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     for name, m in result["models"]["models"].items():
         v = m["verification"]
         diff = f"max |onnx - tflite| = {v['max_abs_diff']:.3g}" if v["status"] == "ok" \

@@ -59,7 +59,7 @@ def _canonical_order(graph: onnx.GraphProto) -> None:
     for field in (graph.initializer, graph.value_info):
         items = sorted(field, key=lambda t: t.name)
         copies = [type(t)() for t in items]
-        for c, t in zip(copies, items):
+        for c, t in zip(copies, items, strict=True):
             c.CopyFrom(t)
         del field[:]
         field.extend(copies)
@@ -80,7 +80,7 @@ def tflite_to_onnx(tflite_path: Path, onnx_path: Path, opset: int = TARGET_OPSET
                 tflite2onnx.convert(str(tflite_path), str(raw))
             model = onnx.load(str(raw))
     except (AssertionError, IndexError, ValueError, NotImplementedError) as exc:
-        raise EdgequantError(f"{tflite_path}: tflite2onnx failed: {type(exc).__name__}: {exc}")
+        raise EdgequantError(f"{tflite_path}: tflite2onnx failed: {type(exc).__name__}: {exc}") from None
     finally:
         logger.setLevel(level)
     current = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnxruntime as ort
 
+from ..errors import EdgequantError
 from . import geometry, stages
 from .geometry import Roi
 from .models import DETECTOR, FACE_LANDMARK, IRIS_LANDMARK
@@ -46,9 +47,18 @@ class Source:
     gain: float = 1.0
 
 
+def _skimage_data():  # type: ignore[no-untyped-def]
+    try:
+        from skimage import data
+    except ImportError:
+        raise EdgequantError("scikit-image is not installed (it ships the DMS images): "
+                             "pip install scikit-image==0.26.0") from None
+    return data
+
+
 def lfw() -> tuple[np.ndarray, np.ndarray]:
     """(200, 25, 25) float images in [0, 1] and labels (1 face, 0 non-face)."""
-    from skimage import data
+    data = _skimage_data()
 
     images = np.asarray(data.lfw_subset(), dtype=np.float32)
     labels = np.r_[np.ones(100, np.int64), np.zeros(len(images) - 100, np.int64)]
@@ -56,8 +66,7 @@ def lfw() -> tuple[np.ndarray, np.ndarray]:
 
 
 def astronaut() -> np.ndarray:
-    from skimage import data
-
+    data = _skimage_data()
     return stages.to_rgb01(data.astronaut())
 
 

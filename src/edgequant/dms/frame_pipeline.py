@@ -184,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     except EdgequantError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # onnxruntime raises its own types for unreadable models
+        print(f"error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}", file=sys.stderr)
+        return 1
     print(f"frame {image.shape[1]}x{image.shape[0]}, {args.threads} thread(s), "
           f"{args.warmup} warm-up + {args.runs} timed frames per variant")
     for name in variants:
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     if "int8" in results and results["int8"].mesh is not None and results["fp32"].mesh is not None:
         shift = np.linalg.norm(results["int8"].mesh[:, :2] - results["fp32"].mesh[:, :2], axis=1)
         iris = [np.hypot(a.iris_centre[0] - b.iris_centre[0], a.iris_centre[1] - b.iris_centre[1])
-                for a, b in zip(results["int8"].eyes, results["fp32"].eyes)]
+                for a, b in zip(results["int8"].eyes, results["fp32"].eyes, strict=True)]
         print(f"int8 vs fp32: speedup {stats['fp32'].median_ms / stats['int8'].median_ms:.2f}x  "
               f"mesh shift mean {shift.mean():.2f} px max {shift.max():.2f} px  "
               f"iris centre shift max {max(iris):.2f} px (image pixels)")

@@ -14,7 +14,7 @@ import onnxruntime as ort
 
 from . import blazeface, decisions, geometry
 from .geometry import Roi
-from .models import DETECTOR, FACE_LANDMARK, IRIS_LANDMARK, ModelSpec
+from .models import DETECTOR, ModelSpec
 
 
 def to_rgb01(image: np.ndarray) -> np.ndarray:
@@ -39,7 +39,7 @@ def run(session: ort.InferenceSession, sample: np.ndarray) -> dict[str, np.ndarr
     """Run one (C, H, W) sample with a batch axis of 1 added; outputs keep their batch axis."""
     feed = {session.get_inputs()[0].name: sample[None]}
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feed)))
+    return dict(zip(names, session.run(names, feed), strict=True))
 
 
 def detect(session: ort.InferenceSession, image: np.ndarray,
@@ -89,6 +89,3 @@ def load_sessions(detector: str, face_landmark: str, iris_landmark: str,
     make = lambda p: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])  # noqa: E731
     return Sessions(make(detector), make(face_landmark), make(iris_landmark))
 
-
-__all__ = ["Sessions", "load_sessions", "to_rgb01", "model_input", "run", "detect", "face_mesh",
-           "eye_rois", "iris_points", "FACE_LANDMARK", "IRIS_LANDMARK"]

@@ -66,7 +66,7 @@ def compare(tflite_path: Path, onnx_path: Path, samples: np.ndarray) -> Verifica
         x = sample[None].astype(np.float32)
         interp.set_tensor(tin["index"], _nchw_to_nhwc(x))
         interp.invoke()
-        got = dict(zip(onnx_names, sess.run(onnx_names, {in_name: x})))
+        got = dict(zip(onnx_names, sess.run(onnx_names, {in_name: x}), strict=True))
         for d in touts:
             ref = interp.get_tensor(d["index"])
             ours = _nchw_to_nhwc(got[d["name"]])
