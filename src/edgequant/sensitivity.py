@@ -1,0 +1,446 @@
+"""Per-node quantization sensitivity: which node *introduces* the INT8 error, on calibration data.
+
+Method (as onnxruntime's ``qdq_loss_debug``): expose every float activation of the FP32 model
+and of its static QDQ twin as graph outputs, run both on the same samples with graph
+optimization off, and compare each tensor's quantized value (the ``DequantizeLinear`` output
+the next op consumes) with its FP32 value as SQNR. A node's *drop* is the SQNR it loses
+relative to its inputs: ranking by drop names the node that creates the error instead of every
+node downstream of it. Statistics are accumulated per sample, so memory does not grow with the
+number of samples. Tensors whose range is dominated by outliers (raw detection regressors, one
+huge channel) are flagged: 8-bit per-tensor steps cannot resolve them, 16-bit or float can.
+
+Names refer to the *prepared* graph the quantizer saw (after ORT pre-processing), which is the
+namespace ``nodes_to_exclude`` and ``TensorQuantOverrides`` use.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import EdgequantError
+
+DQ_SUFFIX = "_DequantizeLinear_Output"
+Q_INPUT_SUFFIX = "_QuantizeLinear_Input"
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+#: Ops that carry real arithmetic whose weights or inputs quantization can damage.
+COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "MultiHeadAttention"})
+SQNR_CAP_DB = 100.0             # "no measurable error" (also the input SQNR of an unquantized graph input)
+OUTLIER_RATIO_FLAG = 16.0       # absmax / p99.9(|x|): 8-bit leaves <= 16 levels for 99.9% of the values
+CHANNEL_SPREAD_FLAG = 64.0      # max / median per-channel absmax: the median channel gets <= 4 levels
+RESERVOIR_PER_SAMPLE = 2048
+RESERVOIR_MAX = 65536
+
+
+def base_tensor(name: str) -> str:
+    """FP32 tensor name of a QDQ-model tensor (strips the quantizer's Q/DQ suffixes)."""
+    for suffix in (DQ_SUFFIX, Q_INPUT_SUFFIX):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def sqnr_from_sums(signal: float, noise: float) -> float:
+    """SQNR in dB from sum(x^2) and sum((x - q)^2), capped so JSON stays finite."""
+    if noise <= 0.0:
+        return SQNR_CAP_DB
+    if signal <= 0.0:
+        return -SQNR_CAP_DB
+    return float(min(SQNR_CAP_DB, 10.0 * math.log10(signal / noise)))
+
+
+@dataclass(frozen=True)
+class TensorRange:
+    """Range facts of one activation, and whether 8-bit per-tensor quantization can resolve it."""
+
+    name: str
+    sqnr_db: float
+    absmax: float
+    p999: float
+    outlier_ratio: float
+    channel_spread: float | None
+    graph_output: bool
+    flag: str | None          # why it needs 16-bit / float, or None
+
+
+@dataclass(frozen=True)
+class NodeSensitivity:
+    """How much quantization error one node of the QDQ graph adds."""
+
+    name: str
+    op_type: str
+    output_sqnr_db: float
+    input_sqnr_db: float
+    drop_db: float                    # input_sqnr_db - output_sqnr_db (>= 0): error this node introduces
+    weight_sqnr_db: float | None
+    cause: str                        # weights | activations | inherited
+    outputs: tuple[str, ...]
+    region: tuple[str, ...]           # nodes to exclude so this node really runs in float
+
+    def explain(self) -> str:
+        """One line for reports: why this node is sensitive."""
+        w = f", weights {self.weight_sqnr_db:.1f} dB" if self.weight_sqnr_db is not None else ""
+        return (f"{self.name} ({self.op_type}): output SQNR {self.output_sqnr_db:.1f} dB, "
+                f"{self.drop_db:.1f} dB below its inputs{w}; cause: {self.cause}")
+
+
+@dataclass
+class SensitivityReport:
+    """Nodes ranked by the error they introduce, plus tensors with outlier-dominated ranges."""
+
+    nodes: list[NodeSensitivity]          # ranked: largest drop first
+    tensors: dict[str, TensorRange]
+    samples: int
+    float_model: str
+    qdq_model: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def flagged(self) -> list[TensorRange]:
+        return [t for t in self.tensors.values() if t.flag]
+
+    def by_sqnr(self) -> list[NodeSensitivity]:
+        """Nodes by lowest output SQNR first (everything downstream of an error shows up here)."""
+        return sorted(self.nodes, key=lambda n: n.output_sqnr_db)
+
+    def node(self, name: str) -> NodeSensitivity | None:
+        return next((n for n in self.nodes if n.name == name), None)
+
+    def to_dict(self, top: int = 20) -> dict[str, Any]:
+        return {"samples": self.samples, "ranked": [asdict(n) for n in self.nodes[:top]],
+                "flagged_tensors": [asdict(t) for t in self.flagged], "notes": list(self.notes)}
+
+
+# ---- graph plumbing -------------------------------------------------------------------------
+
+def _float_tensors(model: onnx.ModelProto) -> set[str]:
+    """Names of float32 activations (not initializers) known from shape inference."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - contrib ops etc.: fall back to what the file declares
+        inferred = model
+    g = inferred.graph
+    inits = {t.name for t in g.initializer}
+    infos = [*g.value_info, *g.output, *g.input]
+    names = {vi.name for vi in infos if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    names |= {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return names - inits
+
+
+def expose_tensors(model_path: Path, out_path: Path, wanted: Iterable[str] | None = None) -> list[str]:
+    """Write a copy of the model whose graph outputs include every float activation; returns them."""
+    model = onnx.load(str(model_path))
+    available = _float_tensors(model)
+    produced = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    names = sorted((available & set(wanted)) if wanted is not None else available)
+    names = [n for n in names if n in produced]
+    existing = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in existing:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    onnx.save(model, str(out_path))
+    return names
+
+
+def _session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _weights_of(qdq: onnx.ModelProto, float_model: onnx.ModelProto) -> dict[str, float]:
+    """SQNR (dB) of each dequantized weight against the float initializer it came from."""
+    q_inits = {t.name: t for t in qdq.graph.initializer}
+    f_inits = {t.name: t for t in float_model.graph.initializer}
+    out: dict[str, float] = {}
+    for node in qdq.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in q_inits:
+            continue
+        qname = node.input[0]
+        fname = qname.removesuffix("_quantized")
+        if fname not in f_inits or len(node.input) < 2 or node.input[1] not in q_inits:
+            continue
+        w = numpy_helper.to_array(f_inits[fname]).astype(np.float64)
+        q = numpy_helper.to_array(q_inits[qname]).astype(np.float64)
+        scale = numpy_helper.to_array(q_inits[node.input[1]]).astype(np.float64)
+        zp = (numpy_helper.to_array(q_inits[node.input[2]]).astype(np.float64)
+              if len(node.input) > 2 and node.input[2] in q_inits else np.zeros_like(scale))
+        if w.shape != q.shape:
+            continue
+        if scale.size > 1:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            shape = [1] * q.ndim
+            shape[axis] = scale.size
+            scale, zp = scale.reshape(shape), zp.reshape(shape)
+        deq = (q - zp) * scale
+        out[node.output[0]] = sqnr_from_sums(float(np.sum(w * w)), float(np.sum((w - deq) ** 2)))
+    return out
+
+
+# ---- statistics -----------------------------------------------------------------------------
+
+@dataclass
+class _Acc:
+    """Running sums for one tensor: SQNR, range, per-channel absmax and a value reservoir."""
+
+    signal: float = 0.0
+    noise: float = 0.0
+    noise_raw: float | None = None      # before the output's own Q/DQ: error from inputs and weights
+    absmax: float = 0.0
+    channel_max: np.ndarray | None = None
+    channels_ok: bool = True
+    reservoir: list[np.ndarray] = field(default_factory=list)
+    kept: int = 0
+
+    def add(self, ref: np.ndarray, cand: np.ndarray | None, rng: np.random.Generator, *, ranges: bool,
+            raw: np.ndarray | None = None) -> None:
+        ref64 = ref.astype(np.float64, copy=False)
+        if cand is not None and cand.shape == ref.shape:
+            self.signal += float(np.sum(ref64 * ref64))
+            self.noise += float(np.sum((ref64 - cand.astype(np.float64, copy=False)) ** 2))
+        if raw is not None and raw.shape == ref.shape:
+            r64 = raw.astype(np.float64, copy=False)
+            # the quantizer drops a Relu whose clipping the output Q does: compare both readings
+            err = min(float(np.sum((ref64 - r64) ** 2)), float(np.sum((ref64 - np.maximum(r64, 0.0)) ** 2)))
+            self.noise_raw = (self.noise_raw or 0.0) + err
+        if not ranges or ref.size == 0:
+            return
+        mag = np.abs(ref)
+        self.absmax = max(self.absmax, float(mag.max()))
+        if ref.ndim >= 2 and self.channels_ok:
+            ch = np.moveaxis(mag, 1, 0).reshape(mag.shape[1], -1).max(axis=1)
+            if self.channel_max is None:
+                self.channel_max = ch
+            elif self.channel_max.shape == ch.shape:
+                self.channel_max = np.maximum(self.channel_max, ch)
+            else:
+                self.channels_ok = False
+        if self.kept < RESERVOIR_MAX:
+            flat = mag.ravel()
+            pick = flat if flat.size <= RESERVOIR_PER_SAMPLE else rng.choice(flat, RESERVOIR_PER_SAMPLE, replace=False)
+            self.reservoir.append(pick.astype(np.float32))
+            self.kept += pick.size
+
+    def range_facts(self) -> tuple[float, float, float | None]:
+        values = np.concatenate(self.reservoir) if self.reservoir else np.zeros(1, np.float32)
+        p999 = float(np.percentile(values, 99.9))
+        ratio = self.absmax / p999 if p999 > 0 else (math.inf if self.absmax > 0 else 1.0)
+        spread = None
+        if self.channels_ok and self.channel_max is not None and self.channel_max.size > 1:
+            med = float(np.median(self.channel_max))
+            spread = float(self.channel_max.max() / med) if med > 0 else None
+        return p999, float(min(ratio, 1e6)), spread
+
+
+def _range_flag(ratio: float, spread: float | None) -> str | None:
+    if ratio >= OUTLIER_RATIO_FLAG:
+        return (f"max |x| is {ratio:.0f}x its 99.9th percentile: 8-bit steps sized for the outliers "
+                "flatten everything else (raw regressor-like output)")
+    if spread is not None and spread >= CHANNEL_SPREAD_FLAG:
+        return (f"one channel's range is {spread:.0f}x the median channel's: per-tensor 8-bit steps "
+                "leave the other channels a few levels")
+    return None
+
+
+def _feeds(sample: Any) -> Mapping[str, np.ndarray]:
+    return sample if isinstance(sample, Mapping) else sample.feeds
+
+
+# ---- analysis -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _QdqNode:
+    name: str
+    op_type: str
+    inputs: tuple[str, ...]         # base (FP32) names of activation inputs
+    outputs: tuple[str, ...]        # base names of outputs
+    weights: tuple[str, ...]        # DQ outputs fed by initializers
+    quantized: bool                 # has a DQ input or a Q after an output
+
+
+def _qdq_nodes(qdq: onnx.ModelProto) -> list[_QdqNode]:
+    inits = {t.name for t in qdq.graph.initializer}
+    producer = {o: n for n in qdq.graph.node for o in n.output}
+    q_inputs = {n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
+    out: list[_QdqNode] = []
+    for n in qdq.graph.node:
+        if n.op_type in QDQ_OPS or not n.name:
+            continue
+        acts, weights, dq_in = [], [], False
+        for i in n.input:
+            if not i:
+                continue
+            p = producer.get(i)
+            if p is not None and p.op_type == "DequantizeLinear":
+                dq_in = True
+                if p.input[0] in inits:
+                    weights.append(i)
+                    continue
+            if i in inits:
+                continue
+            acts.append(base_tensor(i))
+        outs = tuple(base_tensor(o) for o in n.output)
+        quantized = dq_in or any(o in q_inputs for o in n.output)
+        out.append(_QdqNode(n.name, n.op_type, tuple(acts), outs, tuple(weights), quantized))
+    return out
+
+
+def _regions(nodes: Sequence[_QdqNode]) -> dict[str, tuple[str, ...]]:
+    """Nodes to exclude so a node really stays float in ORT.
+
+    Excluding only the node is not enough: ORT's session-time WeightBiasQuantization re-quantizes a
+    float Conv/Gemm that sits between a DequantizeLinear and a QuantizeLinear. Excluding the
+    node's quantized consumers too leaves its output unquantized, so no Q follows it.
+    """
+    consumers: dict[str, list[str]] = {}
+    for n in nodes:
+        for t in n.inputs:
+            consumers.setdefault(t, []).append(n.name)
+    quantized = {n.name for n in nodes if n.quantized}
+    regions = {}
+    for n in nodes:
+        nxt = [c for t in n.outputs for c in consumers.get(t, []) if c in quantized and c != n.name]
+        regions[n.name] = tuple(dict.fromkeys([n.name, *nxt]))
+    return regions
+
+
+def analyze(float_model: str | Path, qdq_model: str | Path, samples: Iterable[Any], *,
+            limit: int = 16, threads: int = 1, seed: int = 0) -> SensitivityReport:
+    """Compare every activation of ``qdq_model`` with ``float_model`` on up to ``limit`` samples."""
+    float_model, qdq_model = Path(float_model), Path(qdq_model)
+    fproto = onnx.load(str(float_model))
+    qproto = onnx.load(str(qdq_model))
+    nodes = _qdq_nodes(qproto)
+    graph_outputs = {o.name for o in fproto.graph.output}
+    wanted_base = {t for n in nodes for t in (*n.inputs, *n.outputs)}
+    q_names_all = _float_tensors(qproto)
+    # the quantized value of FP32 tensor T is T's DQ output when T was quantized, else T itself
+    q_for: dict[str, str] = {}
+    for t in wanted_base:
+        if t + DQ_SUFFIX in q_names_all:
+            q_for[t] = t + DQ_SUFFIX
+        elif t in q_names_all:
+            q_for[t] = t
+    dq_outputs = {o for n in qproto.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    quantized_tensors = {t for t, q in q_for.items() if q in dq_outputs}
+    # the value a node produced before its output was quantized (e.g. "g" or "y_QuantizeLinear_Input")
+    raw_for = {base_tensor(o): o for n in qproto.graph.node if n.op_type not in QDQ_OPS for o in n.output
+               if base_tensor(o) in quantized_tensors and o != q_for.get(base_tensor(o))}
+    with tempfile.TemporaryDirectory(prefix="edgequant-sens-") as tmp:
+        f_aug, q_aug = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx"
+        f_names = expose_tensors(float_model, f_aug, wanted_base)
+        q_names = expose_tensors(qdq_model, q_aug, set(q_for.values()) | set(raw_for.values()))
+        fs, qs = _session(f_aug, threads), _session(q_aug, threads)
+        f_inputs = {i.name for i in fs.get_inputs()}
+        q_inputs = {i.name for i in qs.get_inputs()}
+        rng = np.random.default_rng(seed)
+        acc: dict[str, _Acc] = {t: _Acc() for t in f_names}
+        count = 0
+        for sample in samples:
+            if count >= limit:
+                break
+            feeds = _feeds(sample)
+            fvals = dict(zip(f_names, fs.run(f_names, {k: v for k, v in feeds.items() if k in f_inputs})))
+            qvals = dict(zip(q_names, qs.run(q_names, {k: v for k, v in feeds.items() if k in q_inputs})))
+            for t, ref in fvals.items():
+                cand = qvals.get(q_for.get(t, ""))
+                raw = qvals.get(raw_for.get(t, ""))
+                acc[t].add(np.asarray(ref), None if cand is None else np.asarray(cand), rng,
+                           ranges=t in quantized_tensors, raw=None if raw is None else np.asarray(raw))
+            count += 1
+        del fs, qs
+    if count == 0:
+        raise EdgequantError(f"{float_model}: no calibration samples for the sensitivity analysis")
+    tensors = _tensor_ranges(acc, quantized_tensors, graph_outputs)
+    weight_sqnr = _weights_of(qproto, fproto)
+    ranked = _rank(nodes, acc, weight_sqnr)
+    notes = []
+    missing = [t for t in wanted_base if t not in acc]
+    if missing:
+        notes.append(f"{len(missing)} tensors of the QDQ graph have no FP32 counterpart (renamed by pre-processing)")
+    return SensitivityReport(ranked, tensors, count, str(float_model), str(qdq_model), notes)
+
+
+def _tensor_ranges(acc: Mapping[str, _Acc], quantized: set[str], graph_outputs: set[str]) -> dict[str, TensorRange]:
+    out = {}
+    for t, a in acc.items():
+        if t not in quantized:
+            continue
+        p999, ratio, spread = a.range_facts()
+        out[t] = TensorRange(t, sqnr_from_sums(a.signal, a.noise), a.absmax, p999, ratio, spread,
+                             t in graph_outputs, _range_flag(ratio, spread))
+    return out
+
+
+def _rank(nodes: Sequence[_QdqNode], acc: Mapping[str, _Acc], weight_sqnr: Mapping[str, float]) -> list[NodeSensitivity]:
+    regions = _regions(nodes)
+    result = []
+    for n in nodes:
+        if not n.quantized:
+            continue
+        outs = [sqnr_from_sums(acc[t].signal, acc[t].noise) for t in n.outputs if t in acc and acc[t].noise >= 0
+                and acc[t].signal > 0]
+        if not outs:
+            continue
+        ins = [sqnr_from_sums(acc[t].signal, acc[t].noise) for t in n.inputs if t in acc and acc[t].signal > 0]
+        out_db, in_db = min(outs), min(ins) if ins else SQNR_CAP_DB
+        drop = max(0.0, in_db - out_db)
+        w = [weight_sqnr[x] for x in n.weights if x in weight_sqnr]
+        w_db = min(w) if w else None
+        raws = [sqnr_from_sums(acc[t].signal, acc[t].noise_raw) for t in n.outputs
+                if t in acc and acc[t].noise_raw is not None and acc[t].signal > 0]
+        raw_db = min(raws) if raws else None
+        if drop < 1.0:
+            cause = "inherited"
+        elif raw_db is not None and raw_db > out_db + 3.0:
+            cause = "activations"       # fine before its output Q/DQ: the output's 8-bit range is the problem
+        elif n.weights:
+            cause = "weights"           # already wrong before the output is quantized
+        else:
+            cause = "activations"
+        result.append(NodeSensitivity(n.name, n.op_type, out_db, in_db, drop, w_db, cause, n.outputs, regions[n.name]))
+    return sorted(result, key=lambda s: (-s.drop_db, s.output_sqnr_db))
+
+
+# ---- one-call entry point -------------------------------------------------------------------
+
+def prepared_float_model(model_path: Path, work: Path, target: str = "auto") -> Path:
+    """The FP32 graph the static quantizer actually sees (same pre-processing, same names).
+
+    Mirrors ``quantize_model`` for static QDQ: edgequant's preparation, then the QDQ recipe's.
+    Falls back to the original model if either step fails (names then match less often).
+    """
+    from .qdq.prepare import prepare
+    from .quantize import _prepare, make_config
+
+    try:
+        first = _prepare(model_path, work, make_config("static", target), [])
+        sub = work / "qdq-prep"
+        sub.mkdir(exist_ok=True)
+        return prepare(first, sub, [], [])
+    except Exception:  # noqa: BLE001 - analysis still works on the original names, just less of it
+        return model_path
+
+
+def analyze_model(model_path: str | Path, qdq_model: str | Path, calibration, *, target: str = "auto",
+                  limit: int = 16, threads: int = 1) -> SensitivityReport:
+    """Sensitivity of ``qdq_model`` (a static QDQ quantization of ``model_path``) on ``calibration``."""
+    with tempfile.TemporaryDirectory(prefix="edgequant-prep-") as tmp:
+        ref = prepared_float_model(Path(model_path), Path(tmp), target)
+        report = analyze(ref, qdq_model, calibration, limit=limit, threads=threads)
+        if ref == Path(model_path):
+            report.notes.append("pre-processing the FP32 model failed; compared against the original graph")
+        report.float_model = str(model_path)
+        return report
