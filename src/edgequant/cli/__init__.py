@@ -50,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        cli.main(args=args, prog_name="edgequant", standalone_mode=False)
+        # Non-standalone click returns ctx.exit()'s code instead of raising it.
+        rv = cli.main(args=args, prog_name="edgequant", standalone_mode=False)
+        if isinstance(rv, int) and not isinstance(rv, bool):
+            return rv
     except click.exceptions.Exit as exc:
         return int(exc.exit_code or 0)
     except click.ClickException as exc:  # usage errors, bad paths given to click types

@@ -1,0 +1,88 @@
+import json
+
+import numpy as np
+import pytest
+
+import onnx_models
+from edgequant.errors import EdgequantError
+from edgequant.fleet import load_fleet, run_fleet
+
+
+@pytest.fixture
+def fleet_dir(tmp_path):
+    onnx_models.save(onnx_models.conv_net(opset=13, channels=32, size=16), tmp_path / "conv.onnx")
+    onnx_models.save(onnx_models.matmul_net(), tmp_path / "mlp.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "conv_calib.npz", input=rng.normal(0, 1, (8, 3, 16, 16)).astype(np.float32))
+    np.savez(tmp_path / "mlp_calib.npz", x=rng.normal(0, 1, (8, 64)).astype(np.float32))
+    return tmp_path
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+FLEET = """
+defaults: {runs: 5, warmup: 1, threads: 1}
+models:
+  - {name: conv, model: conv.onnx, calib: conv_calib.npz}
+  - {name: broken, model: missing.onnx, calib: conv_calib.npz}
+  - {name: mlp, model: mlp.onnx, calib: mlp_calib.npz, budget: {min_cosine: 0.98}}
+"""
+
+
+def test_failing_model_is_reported_and_others_go_on(fleet_dir):
+    fy = _write(fleet_dir / "fleet.yaml", FLEET)
+    out = fleet_dir / "out"
+    outcomes = {o.name: o for o in run_fleet(fy, out)}
+    assert outcomes["conv"].status == "done" and outcomes["mlp"].status == "done"
+    assert outcomes["broken"].status == "failed" and "missing.onnx" in outcomes["broken"].error
+    summary = json.loads((out / "fleet.json").read_text())
+    assert [r["name"] for r in summary["models"]] == ["conv", "broken", "mlp"]
+    html = (out / "index.html").read_text()
+    assert "conv/report.html" in html and "failed" in html
+    assert (out / "conv" / "report.json").is_file() and (out / "mlp" / "report.json").is_file()
+
+    # Re-run: finished models are skipped unless forced; the failed one is retried.
+    again = {o.name: o.status for o in run_fleet(fy, out)}
+    assert again == {"conv": "skipped", "broken": "failed", "mlp": "skipped"}
+    forced = {o.name: o.status for o in run_fleet(fy, out, force=True)}
+    assert forced["conv"] == "done"
+
+
+def test_changed_entry_is_rerun(fleet_dir):
+    fy = _write(fleet_dir / "fleet.yaml", "models:\n  - {name: mlp, model: mlp.onnx, calib: mlp_calib.npz, runs: 5, warmup: 1}\n")
+    out = fleet_dir / "out"
+    run_fleet(fy, out)
+    _write(fy, "models:\n  - {name: mlp, model: mlp.onnx, calib: mlp_calib.npz, runs: 6, warmup: 1}\n")
+    assert [o.status for o in run_fleet(fy, out)] == ["done"]
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("models: []", "non-empty 'models'"),
+    ("models:\n  - {name: a, model: m.onnx}", "'calib' is required"),
+    ("models:\n  - {name: a, model: m.onnx, calib: c.npz, colour: red}", "unknown key"),
+    ("models:\n  - {name: a, model: m.onnx, calib: c.npz, budget: {max_drop: high}}", "budget.max_drop"),
+    ("models:\n  - {name: a, model: m.onnx, calib: c.npz, target: riscv}", "target"),
+    ("models:\n  - {name: ../evil, model: m.onnx, calib: c.npz}", "name"),
+    ("models:\n  - {name: a, model: m.onnx, calib: c.npz}\n  - {name: a, model: n.onnx, calib: c.npz}", "duplicate"),
+    ("models: [unclosed", "not valid YAML"),
+])
+def test_invalid_yaml_gives_clear_errors(tmp_path, text, needle):
+    fy = _write(tmp_path / "f.yaml", text)
+    with pytest.raises(EdgequantError, match="f.yaml") as exc:
+        load_fleet(fy)
+    assert needle in str(exc.value)
+
+
+def test_cli_fleet_exit_code_and_summary(fleet_dir):
+    import subprocess
+    import sys
+
+    fy = _write(fleet_dir / "fleet.yaml", FLEET)
+    proc = subprocess.run([sys.executable, "-m", "edgequant", "fleet", str(fy), "-o", str(fleet_dir / "o")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1  # one model failed
+    assert "conv" in proc.stdout and "mlp" in proc.stdout and "failed" in proc.stdout
+    assert "Traceback" not in proc.stderr
