@@ -1,0 +1,161 @@
+"""`tune`: the fastest INT8 model within the accuracy budget, found by measurement.
+
+Public API (used by the CLI and ``fleet``)::
+
+    from edgequant.tune import TuneOptions, run_tune
+    report = run_tune(model, out_dir, calib="calib.npz", eval_spec="eval.npz",
+                      options=TuneOptions(run=RunOptions(...), time_budget_min=10), progress=print)
+
+Flow: FP32 reference on the eval data -> search (see :mod:`edgequant.tune.search`: defaults,
+diagnosis, calibration/range variants, greedy float fallback of the most sensitive nodes) with
+short interleaved trials -> FP32 and the best few candidates re-measured together with full
+runs and fresh-process memory -> report.json/html with the search trace, a Pareto plot and
+method advice. The result is never slower than FP32 or over budget: otherwise it is "fp32".
+Nothing here prints; ``progress`` receives one-line status messages.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import model as model_io
+from ..errors import EdgequantError
+from ..pipeline import Candidate, RunOptions, build_report, measure_candidates, open_sources
+from ..targets import resolve_target
+from .cache import TuneCache
+from .recipes import Recipe
+from .search import Search, SearchState
+from .trials import CalibSpec, Reference, Trial, TrialRunner, make_reference, quiet_logging
+
+__all__ = ["Recipe", "TuneOptions", "run_tune"]
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """Search settings on top of the run options (budget, target, session, final measurement)."""
+
+    run: RunOptions = field(default_factory=RunOptions)
+    time_budget_min: float | None = None
+    trial_runs: int = 30               # interleaved rounds per trial batch (final report: run.runs)
+    trial_warmup: int = 3
+    workers: int = 2                   # quantization processes (timing always runs here, sequentially)
+    max_candidates: int = 20
+    finalists: int = 3                 # best within-budget candidates re-measured for the report
+    sensitivity_samples: int = 16
+
+
+def _say(progress: Progress | None, msg: str) -> None:
+    if progress:
+        progress(msg)
+
+
+def _analyzer(model_path: Path, calib_src, options: TuneOptions, target: str, progress: Progress | None):
+    """Sensitivity of the static default model on the calibration data (None if it fails)."""
+    from ..sensitivity import analyze_model
+
+    def analyze(static: Trial):
+        _say(progress, f"per-node sensitivity on {options.sensitivity_samples} calibration samples")
+        try:
+            with quiet_logging():
+                return analyze_model(model_path, static.path, calib_src, target=target,
+                                     limit=options.sensitivity_samples,
+                                     threads=max(1, options.run.session.intra_op_threads))
+        except Exception as exc:  # noqa: BLE001 - the search goes on without a ranking
+            _say(progress, f"sensitivity analysis failed: {type(exc).__name__}: {exc}")
+            return None
+    return analyze
+
+
+def _finalists(state: SearchState, count: int) -> list[Trial]:
+    """Defaults (for the seed's comparison) plus the fastest within-budget, not-slower candidates."""
+    picks = [t for t in (state.get("dynamic"), state.get("static")) if t is not None and t.ok]
+    good = sorted((t for t in state.trials if t.ok and t.within_budget and t.not_slower),
+                  key=lambda t: -(t.speedup or 0.0))
+    if not good:  # show the best within-budget candidate anyway: the report says why it loses
+        good = sorted((t for t in state.trials if t.ok and t.within_budget), key=lambda t: -(t.speedup or 0.0))[:1]
+    for t in good[:count]:
+        if t not in picks:
+            picks.append(t)
+    return picks
+
+
+def _publish(trial: Trial, out_dir: Path, stem: str) -> Candidate:
+    """Copy a cached candidate next to the report under a readable name."""
+    from ..fsutil import atomic_path
+
+    dest = out_dir / f"{stem}.{trial.name}.onnx"
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(trial.path, tmp)
+    return Candidate(trial.name, dest, trial.recipe_dict, list(trial.notes))
+
+
+def run_tune(model: str | Path, out_dir: str | Path, *, calib: str, eval_spec: str | None = None,
+             options: TuneOptions | None = None, progress: Progress | None = None) -> dict:
+    """Search recipes for ``model``; write report.json + report.html into ``out_dir``; return the report."""
+    from ..report import write_report
+    from . import report as tune_report
+
+    started = time.monotonic()
+    options = options or TuneOptions()
+    run = options.run
+    model_path, out_dir = Path(model), Path(out_dir)
+    proto = model_io.load_model(model_path)
+    target = resolve_target(run.target).name
+    calib_src, eval_src = open_sources(proto, calib, eval_spec, run)
+    if calib_src is None:
+        raise EdgequantError(f"{model_path}: tune needs calibration data (--calib SRC)")
+    notes: list[str] = []
+    if eval_src is None:
+        eval_src, eval_spec = calib_src, calib
+        notes.append("no --eval data: accuracy was measured on the calibration samples (optimistic for static)")
+    if getattr(eval_src, "synthetic", False):
+        notes.append("evaluation data is synthetic (random): accuracy was not measured, only output fidelity")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    _say(progress, "running FP32 on the evaluation data")
+    ref: Reference = make_reference(model_path, eval_src, run.session, run.metric)
+    sha = model_io.sha256_file(model_path)
+    cache = TuneCache(out_dir, sha,
+                      calib_context={"spec": str(calib), "limit": run.calib_limit, "preprocess": repr(run.preprocess)},
+                      measure_context={"eval": str(eval_spec), "limit": run.eval_limit, "metric": run.metric,
+                                       "preprocess": repr(run.preprocess), "session": run.session.to_dict(),
+                                       "runs": options.trial_runs, "model": sha})
+    runner = TrialRunner(model_path, target, cache, CalibSpec(str(calib), run.calib_limit, run.preprocess), ref,
+                         eval_src, run.budget, run.session, trial_runs=options.trial_runs,
+                         trial_warmup=options.trial_warmup, workers=options.workers, progress=progress)
+    deadline = started + 60.0 * options.time_budget_min if options.time_budget_min is not None else None
+    search = Search(runner, target, _analyzer(model_path, calib_src, options, target, progress),
+                    deadline=deadline, max_candidates=options.max_candidates)
+    state = search.run()
+    notes.extend(state.notes)
+
+    finalists = _finalists(state, options.finalists)
+    _say(progress, f"final measurement: fp32 and {len(finalists)} candidates ({run.runs} interleaved rounds)")
+    candidates = [Candidate("fp32", model_path, {"mode": "fp32"})] + [_publish(t, out_dir, model_path.stem)
+                                                                      for t in finalists]
+    variants = measure_candidates(candidates, eval_src, run, progress)
+    failed = [{"name": t.name, "config": t.recipe_dict, "error": t.error} for t in state.trials if t.error]
+    report = build_report(model_path, proto, variants, run, target=target, notes=notes, failed=failed)
+    detail = tune_report.recommendation_detail(state, report["recommended"])
+    if detail:
+        report["recommendation_reason"] += f"; {detail}"
+    report["search_trace"] = tune_report.trace_rows(state, target)
+    report["pareto_plot"] = tune_report.pareto_plot(state, ref, report["recommended"])
+    report["advice"] = tune_report.advice(state, variants, report["recommended"])
+    report["tune"] = {
+        "candidates": len(state.trials), "quantized_now": runner.quantized_count,
+        "from_cache": sum(t.quantized_cached for t in state.trials),
+        "stopped": state.stopped, "time_budget_min": options.time_budget_min,
+        "elapsed_s": round(time.monotonic() - started, 1), "trial_runs": options.trial_runs,
+        "sensitivity": state.sensitivity.to_dict() if state.sensitivity else None,
+    }
+    if state.stopped:
+        report["notes"].append(f"search stopped early: {state.stopped}")
+    write_report(out_dir, report)
+    return report

@@ -1,0 +1,294 @@
+"""Trials: quantize a batch of recipes (process pool), then measure them against FP32.
+
+Quality (task metric or fidelity) is measured per candidate against FP32 outputs collected
+once; speed is one interleaved benchmark of FP32 and the whole batch, in this process, so every
+ratio in a batch comes from the same rounds. Quantization may run in worker processes; timing
+never does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import multiprocessing
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import model as model_io
+from ..errors import EdgequantError
+from ..measure.session import SessionConfig
+from ..quantize import QuantizeConfig, quantize_model
+from .cache import TuneCache
+from .recipes import Recipe
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CalibSpec:
+    """How a worker process re-opens the calibration data (sources don't cross processes)."""
+
+    spec: str
+    limit: int | None
+    preprocess: Any = None
+
+
+@dataclass(frozen=True)
+class QuantizeJob:
+    model_path: Path
+    out_path: Path
+    config: QuantizeConfig
+    calib: CalibSpec
+
+
+@contextmanager
+def quiet_logging():
+    """onnxruntime's quantizer logs warnings on the root logger and its histogram calibrators
+    print to stdout; tune reports through notes and the progress callback only."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def run_quantize_job(job: QuantizeJob) -> dict:
+    """Quantize one recipe (runs in a worker process or inline); never raises for recipe errors."""
+    from ..data import open_source
+
+    try:
+        with quiet_logging():
+            calib = None
+            if job.config.mode == "static":
+                proto = model_io.load_model(job.model_path)
+                calib = open_source(job.calib.spec, model_io.graph_inputs(proto), preprocess=job.calib.preprocess,
+                                    limit=job.calib.limit)
+            if job.out_path.exists():
+                job.out_path.unlink()  # a stale partial entry (no quantize.json): redo it
+            res = quantize_model(job.model_path, job.out_path, job.config, calib)
+        return {"ok": True, "warnings": list(res.warnings), "notes": list(res.notes)}
+    except EdgequantError as exc:
+        return {"ok": False, "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - one recipe's crash must not end the search
+        return {"ok": False, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
+
+
+def quantize_batch(jobs: Sequence[QuantizeJob], workers: int) -> list[dict]:
+    """Run jobs in up to ``workers`` (max 2) spawned processes, or inline for one job/worker."""
+    workers = max(1, min(2, workers, len(jobs)))
+    if workers == 1:
+        return [run_quantize_job(j) for j in jobs]
+    # spawn, not fork: forking a process that holds onnxruntime thread pools can deadlock
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(run_quantize_job, jobs))
+
+
+@dataclass
+class Reference:
+    """FP32 outputs over the evaluation data, collected once for every trial."""
+
+    path: Path
+    outputs: dict
+    labels: Any
+    metric: Callable | None
+    fp32_result: Any
+    fp32_accuracy: dict | None
+    feeds: dict
+    fidelity_label: str
+
+
+@dataclass
+class Trial:
+    """One candidate of the search, measured (or why not)."""
+
+    recipe: Recipe
+    recipe_dict: dict
+    path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+    fidelity: dict | None = None
+    accuracy: dict | None = None
+    coverage: dict | None = None
+    speedup: float | None = None
+    speedup_ci: tuple[float, float] | None = None
+    within_budget: bool = False
+    budget_why: str = ""
+    quantized_cached: bool = False
+    measured_cached: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.recipe.name
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.fidelity is not None
+
+    @property
+    def faster(self) -> bool:
+        return self.speedup_ci is not None and self.speedup_ci[0] > 1.0
+
+    @property
+    def not_slower(self) -> bool:
+        return self.speedup_ci is not None and self.speedup_ci[1] >= 1.0
+
+    def outcome(self) -> str:
+        """Plain words for the search trace."""
+        cached = " (cached)" if self.measured_cached else ""
+        if self.error:
+            return f"failed: {self.error}"
+        if not self.within_budget:
+            return f"over budget: {self.budget_why}{cached}"
+        lo, hi = self.speedup_ci or (0.0, 0.0)
+        if lo > 1.0:
+            return f"within budget, {self.speedup:.2f}x faster (95% CI {lo:.2f}-{hi:.2f}){cached}"
+        if hi < 1.0:
+            return f"within budget but slower than FP32 ({self.speedup:.2f}x){cached}"
+        return f"within budget, not faster than FP32 beyond noise ({self.speedup:.2f}x){cached}"
+
+
+def make_reference(model_path: Path, eval_src, session: SessionConfig, metric_spec: str | None) -> Reference:
+    """Run FP32 once over the evaluation data; pick the task metric if there is one."""
+    from ..measure.accuracy import load_metric
+    from ..measure.fidelity import collect
+    from ..pipeline import _accuracy_entry
+
+    collected = collect([str(model_path)], eval_src, session)
+    outputs = collected.outputs[0]
+    metric = None
+    if not getattr(eval_src, "synthetic", False) and (metric_spec or collected.labels is not None):
+        metric = load_metric(metric_spec or "top1")
+    fp32_result = metric(outputs, collected.labels, outputs) if metric else None
+    first = next(iter(eval_src))
+    return Reference(model_path, outputs, collected.labels, metric, fp32_result,
+                     _accuracy_entry(fp32_result, fp32_result) if fp32_result else None,
+                     dict(first.feeds), "metric" if metric else "fidelity")
+
+
+def measure_quality(path: Path, ref: Reference, eval_src, session: SessionConfig) -> dict:
+    """Fidelity, task metric and INT8 coverage of one candidate."""
+    from ..measure.fidelity import collect, compare_outputs
+    from ..pipeline import _accuracy_entry
+    from ..qdq.coverage import coverage
+
+    outs = collect([str(path)], eval_src, session).outputs[0]
+    fid = compare_outputs(ref.outputs, outs).to_dict()
+    acc = None
+    if ref.metric is not None:
+        acc = _accuracy_entry(ref.metric(outs, ref.labels, ref.outputs), ref.fp32_result)
+    cov = coverage(path)
+    return {"fidelity": fid, "accuracy": acc,
+            "coverage": {"quantized_compute_ops": cov.quantized_compute_ops, "compute_ops": cov.compute_ops,
+                         "float_compute_nodes": list(cov.float_compute_nodes)}}
+
+
+def time_batch(paths: Sequence[Path], ref: Reference, session: SessionConfig, *, runs: int,
+               warmup: int) -> list[tuple[float, float, float]]:
+    """(speedup, ci_low, ci_high) of each path against FP32, all interleaved in one benchmark."""
+    from ..measure.latency import benchmark_interleaved
+
+    bench = benchmark_interleaved([str(ref.path), *map(str, paths)], ref.feeds, session, warmup=warmup, runs=runs)
+    return [(t.speedup.ratio, t.speedup.ci_low, t.speedup.ci_high) for t in bench.models[1:]]
+
+
+@dataclass
+class TrialRunner:
+    """Quantizes and measures batches of recipes, through the cache."""
+
+    model_path: Path
+    target: str
+    cache: TuneCache
+    calib: CalibSpec
+    ref: Reference
+    eval_src: Any
+    budget: Any
+    session: SessionConfig
+    trial_runs: int = 30
+    trial_warmup: int = 3
+    workers: int = 2
+    progress: Progress | None = None
+    quantized_count: int = 0
+
+    def _say(self, msg: str) -> None:
+        if self.progress:
+            self.progress(msg)
+
+    def run(self, recipes: Sequence[Recipe]) -> list[Trial]:
+        trials = [Trial(r, r.to_dict(self.target)) for r in recipes]
+        self._quantize(trials)
+        for t in trials:
+            if t.error is None:
+                self._quality(t)
+        self._speed([t for t in trials if t.error is None and t.speedup is None])
+        for t in trials:
+            if t.error is None:
+                t.within_budget, t.budget_why = self.budget.check(self.ref.fp32_accuracy, t.accuracy, t.fidelity)
+        return trials
+
+    def _quantize(self, trials: Sequence[Trial]) -> None:
+        todo = []
+        for t in trials:
+            t.path = self.cache.model_path(t.recipe_dict)
+            done = self.cache.quantized(t.recipe_dict)
+            if done is not None:
+                t.quantized_cached = True
+                t.error = done.get("error")
+                t.notes = [*done.get("warnings", []), *done.get("notes", [])]
+            else:
+                todo.append(t)
+        if not todo:
+            return
+        names = ", ".join(t.name for t in todo)
+        self._say(f"quantizing {names}" + (f" ({min(2, self.workers, len(todo))} workers)" if len(todo) > 1 else ""))
+        jobs = [QuantizeJob(self.model_path, t.path, t.recipe.config(self.target), self.calib) for t in todo]
+        for t, res in zip(todo, quantize_batch(jobs, self.workers)):
+            self.quantized_count += 1
+            if not res["ok"]:
+                t.error = res["error"]
+            else:
+                t.notes = [*res["warnings"], *res["notes"]]
+            self.cache.store_quantized(t.recipe_dict, res)
+
+    def _quality(self, t: Trial) -> None:
+        cached = self.cache.measured(t.recipe_dict)
+        if cached is not None:
+            t.measured_cached = True
+            self._apply(t, cached)
+            return
+        self._say(f"measuring {t.name} on the evaluation data")
+        try:
+            m = measure_quality(t.path, self.ref, self.eval_src, self.session)
+        except EdgequantError as exc:
+            t.error = str(exc)
+            return
+        self._apply(t, m)
+
+    @staticmethod
+    def _apply(t: Trial, m: dict) -> None:
+        t.fidelity, t.accuracy, t.coverage = m["fidelity"], m["accuracy"], m["coverage"]
+        if m.get("speed"):
+            t.speedup, t.speedup_ci = m["speed"]["ratio"], tuple(m["speed"]["ci"])
+
+    def _speed(self, trials: Sequence[Trial]) -> None:
+        if not trials:
+            return
+        self._say(f"timing {', '.join(t.name for t in trials)} interleaved with FP32 ({self.trial_runs} rounds)")
+        try:
+            results = time_batch([t.path for t in trials], self.ref, self.session,
+                                 runs=self.trial_runs, warmup=self.trial_warmup)
+        except EdgequantError as exc:
+            for t in trials:
+                t.error = str(exc)
+            return
+        for t, (ratio, lo, hi) in zip(trials, results):
+            t.speedup, t.speedup_ci = ratio, (lo, hi)
+            self.cache.store_measured(t.recipe_dict, {
+                "fidelity": t.fidelity, "accuracy": t.accuracy, "coverage": t.coverage,
+                "speed": {"ratio": ratio, "ci": [lo, hi], "runs": self.trial_runs}})
