@@ -1,0 +1,79 @@
+"""`edgequant tune`: search recipes for the fastest INT8 model within the accuracy budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from ..pipeline import Budget, RunOptions
+from ..targets import TARGETS
+from . import cli
+from .report_view import make_console, print_report
+from .run_cmd import budget_options, session_option
+
+
+def trace_table(report: dict) -> Table:
+    """The search trace: every candidate, in the order tried."""
+    t = Table(title="search trace", title_justify="left")
+    for col in ("#", "candidate", "recipe", "speedup", "accuracy / fidelity", "INT8", "outcome"):
+        t.add_column(col, justify="right" if col in ("#", "speedup") else "left", overflow="fold")
+    for i, row in enumerate(report.get("search_trace", []), start=1):
+        sp = row.get("speedup")
+        t.add_row(str(i), row["name"], row["recipe_summary"], "–" if sp is None else f"{sp:.2f}x",
+                  row["quality_summary"], row.get("coverage_summary") or "–", row["outcome"],
+                  style="green" if row["name"] == report["recommended"] else None)
+    return t
+
+
+@cli.command("tune")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--calib", required=True, help="Calibration data source.")
+@click.option("--eval", "eval_spec", required=True, help="Evaluation data source (labels optional).")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
+              help="Output folder (default: reports/<model name>-tune).")
+@click.option("--target", type=click.Choice(["auto", *TARGETS]), default="auto", show_default=True)
+@click.option("--metric", default=None, help="Task metric: top1 or module:function.")
+@click.option("--preprocess", default=None, help="Preprocessing spec for image-folder sources.")
+@budget_options
+@session_option
+@click.option("--time-budget", type=click.FloatRange(min=0), default=None,
+              help="Stop the search after MIN minutes and report what was found.")
+@click.option("--runs", type=click.IntRange(min=2), default=100, show_default=True,
+              help="Interleaved rounds of the final measurement.")
+@click.option("--trial-runs", type=click.IntRange(min=2), default=30, show_default=True,
+              help="Interleaved rounds per search trial.")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 2), default=2, show_default=True,
+              help="Processes that quantize candidates (timing always runs in one process).")
+@click.option("--max-candidates", type=click.IntRange(min=2), default=20, show_default=True)
+@click.option("--calib-limit", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--eval-limit", type=click.IntRange(min=1), default=None)
+def tune(model: Path, calib: str, eval_spec: str, out: Path | None, target: str, metric: str | None,
+         preprocess: str | None, max_drop: float, max_abs_drop: float | None, threads: int,
+         time_budget: float | None, runs: int, trial_runs: int, warmup: int, workers: int,
+         max_candidates: int, calib_limit: int, eval_limit: int | None) -> None:
+    """Find the fastest quantized MODEL within the accuracy budget, by measurement."""
+    from ..data import Preprocess
+    from ..measure.session import SessionConfig
+    from ..tune import TuneOptions, run_tune
+
+    run = RunOptions(
+        target=target, budget=Budget(max_drop=max_drop, max_abs_drop=max_abs_drop),
+        session=SessionConfig(intra_op_threads=threads), warmup=warmup, runs=runs, metric=metric,
+        preprocess=Preprocess.parse(preprocess) if preprocess else None, calib_limit=calib_limit,
+        eval_limit=eval_limit)
+    options = TuneOptions(run=run, time_budget_min=time_budget, trial_runs=trial_runs, workers=workers,
+                          max_candidates=max_candidates)
+    out = out or Path("reports") / f"{model.stem}-tune"
+    err = make_console(stderr=True)
+    with err.status("starting") as status:
+        report = run_tune(model, out, calib=calib, eval_spec=eval_spec, options=options,
+                          progress=lambda msg: status.update(msg))
+    console = make_console()
+    console.print(trace_table(report))
+    print_report(report, console)
+    if report.get("advice"):
+        console.print(f"[bold]advice:[/] {report['advice']}")
+    console.print(f"wrote {out / 'report.json'} and {out / 'report.html'}")
