@@ -1,0 +1,127 @@
+"""`tune`: the sensitive node goes to float, impossible budgets end in fp32 + QAT advice, re-runs resume.
+
+Timings are never asserted (2 noisy cores); only that the pick is never over budget or slower.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+
+from edgequant.cli import main
+from edgequant.pipeline import Budget, RunOptions
+from edgequant.tune import TuneOptions, run_tune
+from edgequant.tune import trials as trials_mod
+from test_tune_helpers import data_for, sensitive_mlp
+
+FAST = RunOptions(target="x86-avx2", runs=20, warmup=2, memory_runs=2)
+
+
+def _options(**kw) -> TuneOptions:
+    run = kw.pop("run", FAST)
+    return TuneOptions(run=run, trial_runs=10, trial_warmup=1, workers=kw.pop("workers", 1), **kw)
+
+
+@pytest.fixture
+def sensitive(tmp_path: Path) -> tuple[Path, Path, Path]:
+    path = tmp_path / "sensitive.onnx"
+    onnx.save(sensitive_mlp(), str(path))
+    calib, evals = data_for(path, tmp_path)
+    return path, calib, evals
+
+
+def _check_pick_is_honest(report: dict) -> None:
+    rec = report["recommended"]
+    if rec != "fp32":
+        v = next(v for v in report["variants"] if v["name"] == rec)
+        assert v["within_budget"] and v["speedup_ci"][0] > 1.0
+
+
+def test_tune_keeps_the_sensitive_node_float(sensitive, tmp_path: Path) -> None:
+    model, calib, evals = sensitive
+    out = tmp_path / "out"
+    messages: list[str] = []
+    report = run_tune(model, out, calib=str(calib), eval_spec=str(evals), options=_options(workers=2),
+                      progress=messages.append)
+    assert (out / "report.json").is_file() and (out / "report.html").is_file()
+    assert json.loads((out / "report.json").read_text())["recommended"] == report["recommended"]
+    assert messages and any("quantizing" in m for m in messages)
+
+    trace = {row["name"]: row for row in report["search_trace"]}
+    assert not trace["static"]["within_budget"]                # ORT defaults destroy mm2
+    assert report["tune"]["sensitivity"]["ranked"][0]["name"].startswith("mm2")
+    passing = [r for r in report["search_trace"] if r["within_budget"] and r["float_nodes"]]
+    assert passing, report["search_trace"]
+    best = passing[0]
+    assert any(n.startswith("mm2") for n in best["float_nodes"])
+    assert not any(n.startswith(("mm1", "mm4")) for n in best["float_nodes"])  # the rest stays INT8
+    assert best["coverage"]["quantized_compute_ops"] >= 2
+    assert "mm2" in best["recipe_summary"] and best["recipe"]["exclude"] == best["float_nodes"]
+
+    # the within-budget fallback is re-measured in the final table even when it loses on speed
+    assert best["name"] in {v["name"] for v in report["variants"]}
+    _check_pick_is_honest(report)
+    if report["recommended"] != "fp32":
+        assert "kept in float" in report["recommendation_reason"] and "mm2" in report["recommendation_reason"]
+    assert report["pareto_plot"].startswith("data:image/png;base64,")
+    html = (out / "report.html").read_text()
+    assert "Search trace" in html and "Method advice" in html
+    assert "QAT" in report["advice"]  # the seed's rule is always cited
+
+
+def test_impossible_budget_gives_fp32_and_qat_advice(sensitive, tmp_path: Path) -> None:
+    model, calib, evals = sensitive
+    run = RunOptions(target="x86-avx2", runs=10, warmup=1, measure_memory=True, memory_runs=2,
+                     budget=Budget(max_abs_drop=-1.0))  # even FP32 itself would not meet it
+    report = run_tune(model, tmp_path / "out", calib=str(calib), eval_spec=str(evals),
+                      options=_options(run=run, max_candidates=8))
+    assert report["recommended"] == "fp32"
+    assert not any(r["within_budget"] for r in report["search_trace"])
+    assert "No post-training candidate met" in report["advice"] and "QAT" in report["advice"]
+    assert len(report["search_trace"]) <= 8
+
+
+def test_time_budget_stops_gracefully(sensitive, tmp_path: Path) -> None:
+    model, calib, evals = sensitive
+    report = run_tune(model, tmp_path / "out", calib=str(calib), eval_spec=str(evals),
+                      options=_options(time_budget_min=0.0))
+    assert report["recommended"] == "fp32" and report["search_trace"] == []
+    assert report["tune"]["stopped"].startswith("time budget")
+    assert any("stopped early" in n for n in report["notes"])
+
+
+def test_rerun_resumes_from_cache(sensitive, tmp_path: Path, monkeypatch) -> None:
+    model, calib, evals = sensitive
+    out = tmp_path / "out"
+    first = run_tune(model, out, calib=str(calib), eval_spec=str(evals), options=_options())
+    assert first["tune"]["quantized_now"] == first["tune"]["candidates"] > 2
+    cached = sorted((out / ".tune-cache").glob("*/model.onnx"))
+    mtimes = {p: p.stat().st_mtime_ns for p in cached}
+
+    calls: list[str] = []
+    real = trials_mod.quantize_model
+    monkeypatch.setattr(trials_mod, "quantize_model", lambda *a, **k: calls.append(str(a[1])) or real(*a, **k))
+    second = run_tune(model, out, calib=str(calib), eval_spec=str(evals), options=_options())
+    assert calls == []
+    assert second["tune"]["quantized_now"] == 0
+    assert second["tune"]["from_cache"] == second["tune"]["candidates"] == first["tune"]["candidates"]
+    assert all("(cached)" in r["outcome"] for r in second["search_trace"] if r["within_budget"] is not None)
+    assert {p: p.stat().st_mtime_ns for p in cached} == mtimes
+    assert [r["name"] for r in second["search_trace"]] == [r["name"] for r in first["search_trace"]]
+
+
+def test_cli_tune(sensitive, tmp_path: Path, capsys) -> None:
+    model, calib, evals = sensitive
+    out = tmp_path / "cli"
+    rc = main(["tune", str(model), "--calib", str(calib), "--eval", str(evals), "-o", str(out), "--runs", "5",
+               "--trial-runs", "5", "--warmup", "1", "--workers", "1", "--target", "x86-avx2",
+               "--max-candidates", "3"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "search trace" in text and "recommended:" in text and "advice:" in text
+    assert (out / "report.json").is_file()
+    assert main(["tune", str(tmp_path / "missing.onnx"), "--calib", str(calib), "--eval", str(evals)]) != 0
+    assert "missing.onnx" in capsys.readouterr().err
