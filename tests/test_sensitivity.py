@@ -8,12 +8,17 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from test_tune_helpers import _init, data_for, sensitive_mlp
 
 from edgequant import model as model_io
 from edgequant.data import open_source
 from edgequant.quantize import make_config, quantize_model
-from edgequant.sensitivity import SQNR_CAP_DB, analyze_model, base_tensor, sqnr_from_sums
-from test_tune_helpers import _init, data_for, sensitive_mlp
+from edgequant.sensitivity import (
+    SQNR_CAP_DB,
+    analyze_model,
+    base_tensor,
+    sqnr_from_sums,
+)
 
 
 def _static(model: Path, calib: Path, out: Path) -> tuple[Path, object]:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import onnx
 import pytest
+from test_tune_helpers import data_for, sensitive_mlp
 
 from edgequant.cli import main
 from edgequant.pipeline import Budget, RunOptions
 from edgequant.tune import TuneOptions, run_tune
 from edgequant.tune import trials as trials_mod
-from test_tune_helpers import data_for, sensitive_mlp
 
 FAST = RunOptions(target="x86-avx2", runs=20, warmup=2, memory_runs=2)
 

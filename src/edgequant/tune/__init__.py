@@ -24,12 +24,25 @@ from pathlib import Path
 
 from .. import model as model_io
 from ..errors import EdgequantError
-from ..pipeline import Candidate, RunOptions, build_report, measure_candidates, open_sources
+from ..pipeline import (
+    Candidate,
+    RunOptions,
+    build_report,
+    measure_candidates,
+    open_sources,
+)
 from ..targets import resolve_target
 from .cache import TuneCache
 from .recipes import Recipe
 from .search import Search, SearchState
-from .trials import CalibSpec, Reference, Trial, TrialRunner, make_reference, quiet_logging
+from .trials import (
+    CalibSpec,
+    Reference,
+    Trial,
+    TrialRunner,
+    make_reference,
+    quiet_logging,
+)
 
 __all__ = ["Recipe", "TuneOptions", "run_tune"]
 

@@ -16,6 +16,7 @@ from ..targets import resolve_target
 
 #: Our key in a recipe's extra options: 16-bit activations for these tensors (TensorQuantOverrides).
 INT16_KEY = "TensorQuantOverrides"
+_SHORT = {"uint8": "U8", "int8": "S8", "uint16": "U16", "int16": "S16"}   # U8S8 = uint8 activations, int8 weights
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,7 @@ class Recipe:
         if c.mode == "dynamic":
             parts = [f"dynamic {c.weight_type} weights", f"ops {','.join(c.op_types or ())}"]
         else:
-            parts = [f"static {c.quant_format.upper()} {c.activation_type[0]}{c.activation_type[-1]}"
-                     f"/{c.weight_type[0]}{c.weight_type[-1]}",
+            parts = [f"static {c.quant_format.upper()} {_SHORT[c.activation_type]}{_SHORT[c.weight_type]}",
                      c.calib_method + (f" {c.calib_percentile:g}" if c.calib_method == "percentile" else "")]
         parts.append("per-channel" if c.per_channel else "per-tensor")
         if c.reduce_range:
