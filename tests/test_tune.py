@@ -56,9 +56,9 @@ def test_tune_keeps_the_sensitive_node_float(sensitive, tmp_path: Path) -> None:
     passing = [r for r in report["search_trace"] if r["within_budget"] and r["float_nodes"]]
     assert passing, report["search_trace"]
     best = passing[0]
-    assert any(n.startswith("mm2") for n in best["float_nodes"])
-    assert not any(n.startswith(("mm1", "mm4")) for n in best["float_nodes"])  # the rest stays INT8
-    assert best["coverage"]["quantized_compute_ops"] >= 2
+    # mm2 plus the one neighbour ORT needs float to honour it; the rest stays INT8
+    assert sorted(n.split("/")[0] for n in best["float_nodes"]) == ["mm1", "mm2"]
+    assert best["coverage"]["quantized_compute_ops"] == 2
     assert "mm2" in best["recipe_summary"] and best["recipe"]["exclude"] == best["float_nodes"]
 
     # the within-budget fallback is re-measured in the final table even when it loses on speed

@@ -88,7 +88,7 @@ class NodeSensitivity:
     def explain(self) -> str:
         """One line for reports: why this node is sensitive."""
         w = f", weights {self.weight_sqnr_db:.1f} dB" if self.weight_sqnr_db is not None else ""
-        return (f"{self.name} ({self.op_type}): output SQNR {self.output_sqnr_db:.1f} dB, "
+        return (f"{self.op_type} whose output SQNR is {self.output_sqnr_db:.1f} dB, "
                 f"{self.drop_db:.1f} dB below its inputs{w}; cause: {self.cause}")
 
 
@@ -268,17 +268,19 @@ class _QdqNode:
     outputs: tuple[str, ...]        # base names of outputs
     weights: tuple[str, ...]        # DQ outputs fed by initializers
     quantized: bool                 # has a DQ input or a Q after an output
+    weight_params: int = 0          # elements of its quantized weights: the INT8 work lost if it goes float
 
 
 def _qdq_nodes(qdq: onnx.ModelProto) -> list[_QdqNode]:
     inits = {t.name for t in qdq.graph.initializer}
+    sizes = {t.name: int(np.prod(t.dims)) if t.dims else 1 for t in qdq.graph.initializer}
     producer = {o: n for n in qdq.graph.node for o in n.output}
     q_inputs = {n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
     out: list[_QdqNode] = []
     for n in qdq.graph.node:
         if n.op_type in QDQ_OPS or not n.name:
             continue
-        acts, weights, dq_in = [], [], False
+        acts, weights, dq_in, params = [], [], False, 0
         for i in n.input:
             if not i:
                 continue
@@ -287,13 +289,14 @@ def _qdq_nodes(qdq: onnx.ModelProto) -> list[_QdqNode]:
                 dq_in = True
                 if p.input[0] in inits:
                     weights.append(i)
+                    params += sizes[p.input[0]]
                     continue
             if i in inits:
                 continue
             acts.append(base_tensor(i))
         outs = tuple(base_tensor(o) for o in n.output)
         quantized = dq_in or any(o in q_inputs for o in n.output)
-        out.append(_QdqNode(n.name, n.op_type, tuple(acts), outs, tuple(weights), quantized))
+        out.append(_QdqNode(n.name, n.op_type, tuple(acts), outs, tuple(weights), quantized, params))
     return out
 
 
@@ -301,18 +304,38 @@ def _regions(nodes: Sequence[_QdqNode]) -> dict[str, tuple[str, ...]]:
     """Nodes to exclude so a node really stays float in ORT.
 
     Excluding only the node is not enough: ORT's session-time WeightBiasQuantization re-quantizes a
-    float Conv/Gemm that sits between a DequantizeLinear and a QuantizeLinear. Excluding the
-    node's quantized consumers too leaves its output unquantized, so no Q follows it.
+    float Conv/Gemm whose input comes from a DequantizeLinear and whose output goes to a
+    QuantizeLinear, and the quantizer rewires *every* consumer of a quantized tensor, excluded or
+    not. So one side of the node must stay float: its outputs (exclude their quantized consumers)
+    or its inputs (exclude their producers and their other consumers). The side that takes fewer
+    weights out of INT8 wins.
     """
+    by_name = {n.name: n for n in nodes}
+    quantized = {n.name for n in nodes if n.quantized}
     consumers: dict[str, list[str]] = {}
+    producer: dict[str, str] = {}
     for n in nodes:
         for t in n.inputs:
             consumers.setdefault(t, []).append(n.name)
-    quantized = {n.name for n in nodes if n.quantized}
+        for t in n.outputs:
+            producer[t] = n.name
+
+    def float_tensors(tensors: Sequence[str]) -> list[str]:
+        side: list[str] = []
+        for t in tensors:
+            side += [c for c in consumers.get(t, []) if c in quantized]
+            if producer.get(t) in quantized:
+                side.append(producer[t])
+        return side
+
+    def cost(names: Sequence[str]) -> int:
+        return sum(by_name[x].weight_params for x in set(names))
+
     regions = {}
     for n in nodes:
-        nxt = [c for t in n.outputs for c in consumers.get(t, []) if c in quantized and c != n.name]
-        regions[n.name] = tuple(dict.fromkeys([n.name, *nxt]))
+        out_side = list(dict.fromkeys([n.name, *float_tensors(n.outputs)]))
+        in_side = list(dict.fromkeys([n.name, *float_tensors(n.inputs)]))
+        regions[n.name] = tuple(in_side if n.inputs and cost(in_side) < cost(out_side) else out_side)
     return regions
 
 

@@ -148,8 +148,8 @@ def fallback_recipe(base: Recipe, nodes: Sequence[NodeSensitivity], *, sixteen_b
             continue
         exclude.extend(n.region)
         for other in n.region[1:]:
-            reasons.setdefault(other, f"consumes {n.name}'s output; kept float too, else onnxruntime "
-                                      f"re-quantizes {n.name}'s weights when it loads the model")
+            reasons.setdefault(other, f"neighbour of {n.name}, kept float with it: onnxruntime re-quantizes "
+                                      "a float Conv/Gemm between quantized neighbours when it loads the model")
     kind = "int16" if sixteen_bit else "float"
     return base.renamed(
         f"{base.name}+{kind}{len(nodes)}", stage="fallback",

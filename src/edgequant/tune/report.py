@@ -130,9 +130,10 @@ def advice(state: SearchState, variants: Sequence[dict], recommended: str) -> st
                     else f"as {chosen.name} ({chosen.recipe.why})")
             msg.append(f"Static quantization won {kind}" + (
                 " (dynamic was also within budget but slower)." if dyn_ok else "."))
-            detail = recommendation_detail(state, recommended)
-            if detail:
-                msg.append(f"It meets the budget only with some nodes out of INT8 — {detail}.")
+            out_of_int8 = [*chosen.recipe.exclude, *chosen.recipe.int16_tensors]
+            if out_of_int8:
+                msg.append(f"It meets the budget only with {len(out_of_int8)} node(s)/tensor(s) out of INT8 "
+                           f"({', '.join(out_of_int8)}; reasons in the recommendation); the rest runs INT8.")
     elif not within:
         best = max((t for t in state.trials if t.ok), key=quality_score, default=None)
         best_txt = f" (closest: {best.name}, {quality_summary(best)})" if best else ""
