@@ -123,14 +123,12 @@ def write_markdown(results: dict, path: Path) -> None:
     prof = results.get("profile")
     if prof:
         lines += ["", f"## Profile of the worst case: {prof['model']} / {prof['variant']} at 1 thread", "",
-                  f"ORT profiler, {prof['runs']} runs, kernel time {prof['total_ms']:.2f} ms/run "
-                  "(FP32 profile beside it for the same ops).", "",
-                  "| op | ms/run | share | nodes | FP32 op | FP32 ms/run |", "|---|---|---|---|---|---|"]
-        fp = prof.get("fp32_ops", [])
-        for i, row in enumerate(prof["ops"][:12]):
-            f = fp[i] if i < len(fp) else None
-            lines.append(f"| {row['op']} | {row['ms_per_run']:.2f} | {row['share'] * 100:.0f}% | {row['nodes']} | "
-                         f"{f['op'] if f else ''} | {f['ms_per_run']:.2f} |" if f else
-                         f"| {row['op']} | {row['ms_per_run']:.2f} | {row['share'] * 100:.0f}% | {row['nodes']} | | |")
+                  f"ORT profiler, {prof['runs']} runs; kernel time per run: INT8 {prof['total_ms']:.2f} ms, "
+                  f"FP32 {prof['fp32_total_ms']:.2f} ms (kernel-level speedup "
+                  f"{prof['fp32_total_ms'] / max(prof['total_ms'], 1e-9):.2f}x).", ""]
+        for title, rows in (("INT8 (edgequant)", prof["ops"]), ("FP32", prof["fp32_ops"])):
+            lines += [f"{title}:", "", "| op | ms/run | share | nodes |", "|---|---|---|---|"]
+            lines += [f"| {r['op']} | {r['ms_per_run']:.2f} | {r['share'] * 100:.0f}% | {r['nodes']} |" for r in rows[:10]]
+            lines.append("")
     lines += ["", "See `benchmarks/FINDINGS.md` for why the ORT default flow is slow and what limits the rest.", ""]
     path.write_text("\n".join(lines))
