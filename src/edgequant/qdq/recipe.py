@@ -99,7 +99,7 @@ def quantize_static_optimized(
     )
     summary.ops_before = op_counts(onnx.load(str(model_in), load_external_data=False))
     if is_x86() and not has_vnni() and weight_type == QuantType.QInt8 and not reduce_range:
-        summary.warnings.append("x86 without VNNI: U8S8 without reduce_range can saturate (VPMADDUBSW); "
+        summary.warnings.append("x86 without VNNI: int8 weights without reduce_range can saturate (VPMADDUBSW); "
                                 "use reduce_range=True or weight_type=QUInt8 and check accuracy")
 
     with tempfile.TemporaryDirectory(prefix="edgequant-qdq-") as tmp:
