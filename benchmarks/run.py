@@ -138,7 +138,8 @@ def worst_case_profile(results: dict, quick: bool) -> dict:
     kind = MODELS[name][0]
     feeds = samples(kind, 1, seed=1000)[0]
     runs = 5 if quick else 20
-    prof_dir = HERE / "results"
+    prof_dir = HERE / ".work" / "profiles"
+    prof_dir.mkdir(parents=True, exist_ok=True)
     q = profile(str(HERE.parent / mres["variants"]["edgequant"]["path"]), feeds, 1, runs,
                 str(prof_dir / f"profile_{name}_edgequant"))
     f = profile(str(HERE.parent / mres["variants"]["fp32"]["path"]), feeds, 1, runs,
