@@ -80,7 +80,7 @@ def test_impossible_budget_gives_fp32_and_qat_advice(sensitive, tmp_path: Path) 
                       options=_options(run=run, max_candidates=8))
     assert report["recommended"] == "fp32"
     assert not any(r["within_budget"] for r in report["search_trace"])
-    assert "No post-training candidate met" in report["advice"] and "QAT" in report["advice"]
+    assert "No post-training candidate that runs INT8 met" in report["advice"] and "QAT" in report["advice"]
     assert len(report["search_trace"]) <= 8
 
 

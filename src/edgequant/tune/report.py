@@ -115,7 +115,9 @@ def recommendation_detail(state: SearchState, recommended: str) -> str | None:
 
 def advice(state: SearchState, variants: Sequence[dict], recommended: str) -> str:
     """Method advice grounded in what was measured, in the seed's terms."""
-    within = [t for t in state.trials if t.ok and t.within_budget]
+    # a candidate whose compute all stayed float (e.g. dynamic on a conv net) is no INT8 answer
+    within = [t for t in state.trials if t.ok and t.within_budget
+              and (t.coverage is None or t.coverage["quantized_compute_ops"] > 0)]
     chosen = state.get(recommended)
     msg: list[str] = []
     if chosen is not None:
@@ -137,7 +139,7 @@ def advice(state: SearchState, variants: Sequence[dict], recommended: str) -> st
     elif not within:
         best = max((t for t in state.trials if t.ok), key=quality_score, default=None)
         best_txt = f" (closest: {best.name}, {quality_summary(best)})" if best else ""
-        msg.append(f"No post-training candidate met the accuracy budget{best_txt}. This model is "
+        msg.append(f"No post-training candidate that runs INT8 met the accuracy budget{best_txt}. This model is "
                    "accuracy-sensitive: the seed's rule says QAT — quantization-aware training — or a looser budget.")
     else:
         names = ", ".join(t.name for t in within[:4])
