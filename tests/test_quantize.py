@@ -66,3 +66,17 @@ def test_refuses_to_overwrite_input(conv_model):
     with pytest.raises(EdgequantError, match="output path is the input"):
         quantize_model(conv_model, conv_model, make_config("dynamic"))
     assert conv_model.read_bytes() == before
+
+
+def test_transformer_detection():
+    from onnx import helper
+
+    from edgequant.quantize import looks_like_transformer
+
+    import onnx_models
+
+    assert not looks_like_transformer(onnx_models.matmul_net())
+    nodes = [helper.make_node("MatMul", ["a", "b"], [f"m{i}"]) for i in range(4)]
+    nodes += [helper.make_node("Softmax", ["m0"], ["s"]), helper.make_node("LayerNormalization", ["s", "g"], ["ln"])]
+    graph = helper.make_graph(nodes, "t", [], [])
+    assert looks_like_transformer(helper.make_model(graph))

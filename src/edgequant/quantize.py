@@ -231,10 +231,32 @@ def _ort_op_types(config: QuantizeConfig) -> list[str] | None:
     return [op for op in config.op_types if not (config.mode == "dynamic" and op == "Gemm")] or None
 
 
-def _run_dynamic(src: Path, out: Path, config: QuantizeConfig) -> None:
+def looks_like_transformer(model: onnx.ModelProto) -> bool:
+    """Attention blocks: Softmax between MatMuls, plus LayerNorm (fused op or ReduceMean form)."""
+    ops = [n.op_type for n in model.graph.node]
+    has_norm = "LayerNormalization" in ops or ops.count("ReduceMean") >= 2
+    return "Softmax" in ops and ops.count("MatMul") >= 4 and has_norm
+
+
+def _run_dynamic(src: Path, out: Path, config: QuantizeConfig, notes: list[str]) -> None:
     from onnxruntime.quantization import quantize_dynamic
 
-    extra = {"MatMulConstBOnly": True, **config.extra_options}
+    fuse = config.extra_options.get("FuseTransformer", "auto")
+    if fuse is True or (fuse == "auto" and looks_like_transformer(onnx.load(str(src), load_external_data=False))):
+        # Fused Attention/SkipLayerNorm/Gelu become QAttention/DynamicQuantizeMatMul with few
+        # boundaries; unfused, the encoder is mostly float glue around quantized MatMuls.
+        from .qdq.transformers import quantize_transformer_dynamic
+
+        default_ops = config.op_types in (None, DYNAMIC_DEFAULT_OPS)
+        summary = quantize_transformer_dynamic(
+            src, out, per_channel=config.per_channel, reduce_range=config.reduce_range,
+            weight_type=_qtype(config.weight_type), nodes_to_exclude=list(config.exclude) or None,
+            op_types=None if default_ops else _ort_op_types(config))
+        notes.append("transformer encoder: " + "; ".join(summary.passes))
+        notes.extend(summary.warnings)
+        return
+
+    extra = {"MatMulConstBOnly": True, **{k: v for k, v in config.extra_options.items() if k != "FuseTransformer"}}
     quantize_dynamic(str(src), str(out), op_types_to_quantize=_ort_op_types(config),
                      per_channel=config.per_channel, reduce_range=config.reduce_range,
                      weight_type=_qtype(config.weight_type), nodes_to_exclude=list(config.exclude),
@@ -331,7 +353,7 @@ def quantize_model(
         raw_out = work / "quantized.onnx"
         try:
             if config.mode == "dynamic":
-                _run_dynamic(prepared, raw_out, config)
+                _run_dynamic(prepared, raw_out, config, notes)
             else:
                 from .data import calibration_reader
 
