@@ -70,13 +70,15 @@ def pareto_plot(state: SearchState, ref: Reference, recommended: str) -> str | N
     if not ok:
         return None
     label, y = _quality_axis(ref, ok)
+    front = pareto_front(ok)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for t in ok:
         color = "#16a34a" if t.within_budget else "#dc2626"
         ax.scatter([t.speedup], [y(t)], s=36, zorder=3, facecolors=color if t.within_budget else "none",
                    edgecolors=color)
-        ax.annotate(t.name, (t.speedup, y(t)), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    front = pareto_front(ok)
+        if t in front or t.within_budget or t.name in (recommended, "static", "dynamic"):
+            # label what matters; the rest are named in the trace table (labels would pile up)
+            ax.annotate(t.name, (t.speedup, y(t)), textcoords="offset points", xytext=(4, 3), fontsize=7)
     if len(front) > 1:
         ax.plot([t.speedup for t in front], [y(t) for t in front], color="#2563eb", lw=1, ls="-", zorder=2,
                 label="Pareto front")
