@@ -80,3 +80,26 @@ def test_transformer_detection():
     nodes += [helper.make_node("Softmax", ["m0"], ["s"]), helper.make_node("LayerNormalization", ["s", "g"], ["ln"])]
     graph = helper.make_graph(nodes, "t", [], [])
     assert looks_like_transformer(helper.make_model(graph))
+
+
+def test_static_calibration_sees_every_sample(tmp_path):
+    """Regression: the activation range must include an outlier in the first of 64 samples."""
+    import onnx
+    from onnx import numpy_helper
+
+    import onnx_models
+    from edgequant.data import open_source
+    from edgequant.model import graph_inputs
+
+    model = onnx_models.save(onnx_models.matmul_net(), tmp_path / "m.onnx")
+    x = np.random.default_rng(0).uniform(-1, 1, (64, 64)).astype(np.float32)
+    x[0, 0] = 50.0
+    np.savez(tmp_path / "c.npz", x=x)
+    src = open_source(tmp_path / "c.npz", graph_inputs(onnx.load(str(model))))
+    out = tmp_path / "q.onnx"
+    quantize_model(model, out, make_config("static", "x86-avx2"), src)
+    q = onnx.load(str(out))
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    qnode = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")
+    scale = float(inits[qnode.input[1]])
+    assert scale * 255 >= 50.0  # uint8 range covers [-1, 50]

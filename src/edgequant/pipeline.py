@@ -112,7 +112,7 @@ def quantize_variants(model_path: Path, out_dir: Path, specs: Sequence[tuple[str
     return made, failed
 
 
-def _accuracy_entry(result, fp32_result) -> dict:
+def accuracy_entry(result, fp32_result) -> dict:
     drop = (fp32_result.value - result.value) if result.higher_is_better else (result.value - fp32_result.value)
     rel = drop / abs(fp32_result.value) if fp32_result.value else None
     return {"metric": result.name, "value": float(result.value), "drop": float(drop),
@@ -158,7 +158,7 @@ def measure_candidates(candidates: Sequence[Candidate], eval_source, options: Ru
         acc = None
         if metric:
             res = metric(collected.outputs[i], collected.labels, reference)
-            acc = _accuracy_entry(res, fp32_metric)
+            acc = accuracy_entry(res, fp32_metric)
         cov = None
         if i > 0:
             c = coverage(cand.path)

@@ -191,7 +191,8 @@ def _preprocess(src: Path, dst: Path, notes: list[str], *, optimize: bool) -> Pa
     return src
 
 
-def _prepare(model_path: Path, work: Path, config: QuantizeConfig, notes: list[str]) -> Path:
+def prepare_model(model_path: Path, work: Path, config: QuantizeConfig, notes: list[str]) -> Path:
+    """The quantizer-ready copy of the model (opset, Gemm rewrite, ORT pre-processing) under ``work``."""
     model = model_io.load_model(model_path)
     min_opset = 13 if (config.per_channel or config.mode == "static") else 11
     opset = model_io.default_opset(model)
@@ -268,10 +269,9 @@ def _static_extra_options(config: QuantizeConfig, opset: int) -> dict:
         "WeightSymmetric": config.weight_symmetric,
         "ActivationSymmetric": config.activation_symmetric,
     }
-    if config.calib_method == "minmax":
-        # ORT's MinMax calibrator otherwise keeps every sample's activations until the end;
-        # folding ranges every 32 samples keeps calibration memory flat in the sample count.
-        extra["CalibMaxIntermediateOutputs"] = 32
+    # Not CalibMaxIntermediateOutputs: in ORT 1.32 MinMaxCalibrater drops each full chunk
+    # without folding its ranges in, so only the last partial chunk would be calibrated.
+    # ORT keeps all samples' activations until the end instead; calib_limit bounds that.
     if config.calib_method == "percentile":
         extra["CalibPercentile"] = config.calib_percentile
     if config.activation_type in ("uint16", "int16") and opset < 21:
@@ -349,7 +349,7 @@ def quantize_model(
         warnings.append("calibrating on synthetic random data: activation ranges will not match real inputs")
     with tempfile.TemporaryDirectory(prefix="edgequant-") as tmp:
         work = Path(tmp)
-        prepared = _prepare(model_path, work, config, notes)
+        prepared = prepare_model(model_path, work, config, notes)
         raw_out = work / "quantized.onnx"
         try:
             if config.mode == "dynamic":

@@ -446,10 +446,10 @@ def prepared_float_model(model_path: Path, work: Path, target: str = "auto") -> 
     Falls back to the original model if either step fails (names then match less often).
     """
     from .qdq.prepare import prepare
-    from .quantize import _prepare, make_config
+    from .quantize import make_config, prepare_model
 
     try:
-        first = _prepare(model_path, work, make_config("static", target), [])
+        first = prepare_model(model_path, work, make_config("static", target), [])
         sub = work / "qdq-prep"
         sub.mkdir(exist_ok=True)
         return prepare(first, sub, [], [])

@@ -158,7 +158,7 @@ def make_reference(model_path: Path, eval_src, session: SessionConfig, metric_sp
     """Run FP32 once over the evaluation data; pick the task metric if there is one."""
     from ..measure.accuracy import load_metric
     from ..measure.fidelity import collect
-    from ..pipeline import _accuracy_entry
+    from ..pipeline import accuracy_entry
 
     collected = collect([str(model_path)], eval_src, session)
     outputs = collected.outputs[0]
@@ -168,21 +168,21 @@ def make_reference(model_path: Path, eval_src, session: SessionConfig, metric_sp
     fp32_result = metric(outputs, collected.labels, outputs) if metric else None
     first = next(iter(eval_src))
     return Reference(model_path, outputs, collected.labels, metric, fp32_result,
-                     _accuracy_entry(fp32_result, fp32_result) if fp32_result else None,
+                     accuracy_entry(fp32_result, fp32_result) if fp32_result else None,
                      dict(first.feeds), "metric" if metric else "fidelity")
 
 
 def measure_quality(path: Path, ref: Reference, eval_src, session: SessionConfig) -> dict:
     """Fidelity, task metric and INT8 coverage of one candidate."""
     from ..measure.fidelity import collect, compare_outputs
-    from ..pipeline import _accuracy_entry
+    from ..pipeline import accuracy_entry
     from ..qdq.coverage import coverage
 
     outs = collect([str(path)], eval_src, session).outputs[0]
     fid = compare_outputs(ref.outputs, outs).to_dict()
     acc = None
     if ref.metric is not None:
-        acc = _accuracy_entry(ref.metric(outs, ref.labels, ref.outputs), ref.fp32_result)
+        acc = accuracy_entry(ref.metric(outs, ref.labels, ref.outputs), ref.fp32_result)
     cov = coverage(path)
     return {"fidelity": fid, "accuracy": acc,
             "coverage": {"quantized_compute_ops": cov.quantized_compute_ops, "compute_ops": cov.compute_ops,
