@@ -318,7 +318,7 @@ def apply_float_nodes(qmodel: onnx.ModelProto, float_nodes: Iterable[str],
                 continue
             const = idx.const(dq.input[0])
             if const is not None:
-                orig_name = i[: -len("_DequantizeLinear_Output")] if i.endswith("_DequantizeLinear_Output") else i
+                orig_name = i.removesuffix("_DequantizeLinear_Output")
                 value = _dequantize(dq, idx)
                 orig = originals.get(orig_name)
                 if orig is not None:
@@ -570,9 +570,7 @@ def _leaked(path: Path, float_nodes: set[str]) -> list[str]:
     out = []
     for name in sorted(float_nodes):
         n = by_name.get(name)
-        if n is None or n.op_type.startswith("QLinear") or n.op_type in {"QGemm", "QAttention"}:
-            out.append(name)
-        elif any((p := idx.producer.get(i)) is not None and p.op_type == "QuantizeLinear" for i in n.input):
+        if n is None or n.op_type.startswith("QLinear") or n.op_type in {"QGemm", "QAttention"} or any((p := idx.producer.get(i)) is not None and p.op_type == "QuantizeLinear" for i in n.input):
             out.append(name)
     return out
 
