@@ -194,6 +194,15 @@ def run_fleet(fleet_path: str | Path, out_dir: str | Path, *, force: bool = Fals
     return outcomes
 
 
+def best_int8_attempt(variants: list[dict]) -> dict | None:
+    """The INT8 variant worth showing next to FP32: the recommended one if any, else the fastest
+    within budget, else the fastest that quantized anything (so a fp32 verdict shows its cause)."""
+    real = [v for v in variants[1:] if not (v.get("int8_coverage") or {}).get("quantized_compute_ops") == 0]
+    within = [v for v in real if v.get("within_budget")]
+    pool = within or real
+    return max(pool, key=lambda v: v["speedup"]) if pool else None
+
+
 def fleet_summary(outcomes: list[FleetOutcome]) -> dict:
     """One row per model: FP32 vs the recommended variant (the seed's 4.1 table, measured)."""
     rows = []
@@ -203,7 +212,7 @@ def fleet_summary(outcomes: list[FleetOutcome]) -> dict:
             r = o.report
             by_name = {v["name"]: v for v in r["variants"]}
             fp32, rec = by_name["fp32"], by_name.get(r["recommended"], by_name["fp32"])
-            best_int8 = max((v for v in r["variants"][1:]), key=lambda v: v["speedup"], default=None)
+            best_int8 = best_int8_attempt(r["variants"])
             row.update({
                 "recommended": r["recommended"], "reason": r.get("recommendation_reason", ""),
                 "fp32_ms": fp32["latency_ms"]["p50"], "recommended_ms": rec["latency_ms"]["p50"],
@@ -214,7 +223,9 @@ def fleet_summary(outcomes: list[FleetOutcome]) -> dict:
                 "variants": [{"name": v["name"], "p50_ms": v["latency_ms"]["p50"], "speedup": v["speedup"],
                               "within_budget": v.get("within_budget"), "verdict": v.get("verdict", ""),
                               "accuracy": v.get("accuracy")} for v in r["variants"]],
-                "fastest_int8": best_int8["name"] if best_int8 else None,
+                "best_int8": ({"name": best_int8["name"], "speedup": best_int8["speedup"],
+                               "accuracy": best_int8.get("accuracy"), "fidelity": best_int8["fidelity"],
+                               "verdict": best_int8.get("verdict", "")} if best_int8 else None),
                 "machine": r["machine"], "report": f"{o.name}/report.html"})
         rows.append(row)
     return {"schema": "edgequant.fleet/1", "models": rows}

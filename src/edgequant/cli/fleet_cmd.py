@@ -13,19 +13,29 @@ from .report_view import make_console
 
 def summary_table(summary: dict) -> Table:
     t = Table(title="fleet: FP32 vs recommended (measured here)", title_justify="left")
-    for col in ("model", "status", "FP32 ms", "rec. ms", "speedup", "size MB", "peak MB", "accuracy", "recommended"):
+    for col in ("model", "status", "FP32 ms", "rec. ms", "speedup", "size MB", "peak MB", "accuracy", "recommended",
+                "best INT8 tried"):
         t.add_column(col, justify="left" if col in ("model", "status", "recommended") else "right", overflow="fold")
     for r in summary["models"]:
         if r.get("fp32_ms") is None:
-            t.add_row(r["name"], f"[red]{r['status']}[/]: {r.get('error') or ''}", *[""] * 7)
+            t.add_row(r["name"], f"[red]{r['status']}[/]: {r.get('error') or ''}", *[""] * 8)
             continue
         acc = r.get("accuracy")
         acc_s = (f"{r['fp32_accuracy']['value']:.3f} -> {acc['value']:.3f}" if acc and r.get("fp32_accuracy")
                  else f"cos {r['fidelity']['cosine']:.4f}")
         t.add_row(r["name"], r["status"], f"{r['fp32_ms']:.2f}", f"{r['recommended_ms']:.2f}", f"{r['speedup']:.2f}x",
                   f"{r['fp32_mb']:.2f} -> {r['recommended_mb']:.2f}",
-                  f"{r['fp32_peak_mb']:.0f} -> {r['recommended_peak_mb']:.0f}", acc_s, r["recommended"])
+                  f"{r['fp32_peak_mb']:.0f} -> {r['recommended_peak_mb']:.0f}", acc_s, r["recommended"],
+                  _attempt(r.get("best_int8")))
     return t
+
+
+def _attempt(b: dict | None) -> str:
+    if not b:
+        return "-"
+    acc = b.get("accuracy")
+    quality = f"{acc['metric']} {acc['value']:.3f}" if acc else f"cos {b['fidelity']['cosine']:.3f}"
+    return f"{b['name']} {b['speedup']:.2f}x, {quality}"
 
 
 @cli.command("fleet")
@@ -47,6 +57,9 @@ def fleet(fleet_yaml: Path, out: Path, force: bool) -> None:
     for r in summary["models"]:
         if r.get("reason"):
             con.print(f"[bold]{r['name']}[/] -> {r['recommended']}: {r['reason']}")
+            b = r.get("best_int8")
+            if b and r["recommended"] == "fp32":
+                con.print(f"    best INT8 tried, {b['name']}: {b['verdict']}")
     con.print(f"wrote {out / 'index.html'} and one report per model under {out}/")
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:

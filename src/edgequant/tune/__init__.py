@@ -88,10 +88,11 @@ def _analyzer(model_path: Path, calib_src, options: TuneOptions, target: str, pr
 def _finalists(state: SearchState, count: int) -> list[Trial]:
     """Defaults (for the seed's comparison) plus the fastest within-budget, not-slower candidates."""
     picks = [t for t in (state.get("dynamic"), state.get("static")) if t is not None and t.ok]
-    good = sorted((t for t in state.trials if t.ok and t.within_budget and t.not_slower),
-                  key=lambda t: -(t.speedup or 0.0))
+    fastest_first = sorted((t for t in state.trials if t.ok and t.within_budget and t not in picks),
+                           key=lambda t: -(t.speedup or 0.0))
+    good = [t for t in fastest_first if t.not_slower]
     if not good:  # show the best within-budget candidate anyway: the report says why it loses
-        good = sorted((t for t in state.trials if t.ok and t.within_budget), key=lambda t: -(t.speedup or 0.0))[:1]
+        good = fastest_first[:1]
     for t in good[:count]:
         if t not in picks:
             picks.append(t)
