@@ -20,6 +20,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m edgequant.dms.build --out .cache/dms
 	$(BIN)/edgequant fleet examples/dms/fleet.yaml -o reports/demo
+	$(BIN)/python -m edgequant.dms.frame_pipeline --fleet-dir reports/demo --runs 50
 
 test: $(STAMP)
 	$(BIN)/python -m edgequant.dms.build --out .cache/dms

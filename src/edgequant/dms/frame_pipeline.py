@@ -152,12 +152,31 @@ def _describe(name: str, res: FrameResult, stats: LatencyStats) -> str:
             f"{stats.median_ms:.2f} ms  p95 {stats.p95_ms:.2f} ms  [{stages_txt}]")
 
 
+def recommended_paths(fleet_dir: Path, fp32_paths: tuple[Path, Path, Path]) -> tuple[Path, Path, Path]:
+    """Each FP32 model's recommended variant from an ``edgequant fleet`` output folder."""
+    import json
+
+    chosen: dict[str, Path] = {}
+    for rep in sorted(Path(fleet_dir).glob("*/report.json")):
+        report = json.loads(rep.read_text())
+        by_name = {v["name"]: v for v in report["variants"]}
+        rec = by_name.get(report["recommended"])
+        if rec is not None:
+            chosen[Path(report["model"]["path"]).name] = Path(rec["path"])
+    missing = [p.name for p in fp32_paths if p.name not in chosen]
+    if missing:
+        raise EdgequantError(f"{fleet_dir}: no fleet report for {', '.join(missing)}")
+    return tuple(chosen[p.name] for p in fp32_paths)  # type: ignore[return-value]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgequant.dms.frame_pipeline", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models-dir", type=Path, default=Path(".cache/dms/models"),
                    help="folder with the three FP32 .onnx models")
     p.add_argument("--int8-dir", type=Path, help="folder with the INT8 models to compare")
+    p.add_argument("--fleet-dir", type=Path,
+                   help="compare against the models each `edgequant fleet` report recommends")
     p.add_argument("--image", type=Path, help="frame to run (default: skimage astronaut)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--runs", type=int, default=100)
@@ -179,6 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.int8_dir is not None:
             variants["int8"] = stages.load_sessions(*map(str, model_paths(args.int8_dir)),
                                                     threads=args.threads)
+        elif args.fleet_dir is not None:
+            fp32 = model_paths(args.models_dir)
+            rec = recommended_paths(args.fleet_dir, fp32)
+            print("recommended chain: " + ", ".join(
+                f"{a.name} -> {'fp32 (unchanged)' if a.resolve() == b.resolve() else b.name}" for a, b in zip(fp32, rec)))
+            if any(a.resolve() != b.resolve() for a, b in zip(fp32, rec)):
+                variants["int8"] = stages.load_sessions(*map(str, rec), threads=args.threads)
         results = {n: run_frame(s, image) for n, s in variants.items()}
         stats = time_frames(variants, image, args.warmup, args.runs)
     except EdgequantError as exc:
