@@ -220,14 +220,21 @@ class CostModel:
 
     @classmethod
     def fit(cls, plan: QdqPlan, fp32_profile: Mapping[str, float], int8_profile: Mapping[str, float],
-            numel: Mapping[str, int]) -> CostModel:
+            numel: Mapping[str, int], aliases: Mapping[str, str] | None = None) -> CostModel:
         """Per-unit times from the two profiles; the boundary cost closes the gap to the measured totals.
 
-        A unit missing from one profile (fused away under another name) is taken as equally fast
-        in both, so the search never bets on an unmeasured node.
+        ``aliases`` maps profile names (after suffix stripping) to unit names, e.g. the output tensor
+        name ORT's NCHWc pass gives a fused Conv+Clip (:func:`profile_aliases`). A unit missing
+        from one profile is taken as equally fast in both, so the search never bets on an
+        unmeasured node.
         """
-        f = {_base(k): v for k, v in _merge(fp32_profile).items()}
-        q = {_base(k): v for k, v in _merge(int8_profile).items()}
+        al = dict(aliases or {})
+        f: dict[str, float] = defaultdict(float)
+        for k, v in _merge(fp32_profile).items():
+            f[al.get(k, k)] += v
+        q: dict[str, float] = defaultdict(float)
+        for k, v in _merge(int8_profile).items():
+            q[al.get(k, k)] += v
         fp32_us, int8_us = {}, {}
         for u in plan.units:
             a, b = f.get(u), q.get(u)
@@ -241,6 +248,27 @@ class CostModel:
         extra = int8_total - sum(int8_us.values()) - constant
         per_el = max(extra, 0.0) / b_full if b_full else 0.0
         return cls(plan, fp32_us, int8_us, dict(numel), constant, per_el)
+
+
+FUSABLE_ACTIVATIONS = frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh"})
+
+
+def profile_aliases(model: onnx.ModelProto) -> dict[str, str]:
+    """Profile names -> node names: ORT's layout passes name a node after its output tensor, and
+    a Conv fused with its activation appears under the activation's name or output."""
+    idx = GraphIndex.build(model.graph)
+    al: dict[str, str] = {}
+    for n in model.graph.node:
+        target = n.name
+        if n.op_type in FUSABLE_ACTIVATIONS and n.input:
+            p = idx.producer.get(n.input[0])
+            if p is not None and p.op_type in {"Conv", "Gemm", "MatMul"} and len(idx.consumers.get(n.input[0], [])) == 1:
+                target = p.name
+                al[n.name] = target
+        for o in n.output:
+            if o and o != n.name:
+                al.setdefault(o, target)
+    return al
 
 
 def _base(name: str) -> str:
@@ -503,7 +531,7 @@ def quantize_selective(
         fp32_prof, int8_prof = prof(model_in), prof(full)
         numel = _numel(fp32_model)
         numel.update({k: v for k, v in _numel(qmodel).items() if k not in numel})
-        cm = CostModel.fit(plan, fp32_prof, int8_prof, numel)
+        cm = CostModel.fit(plan, fp32_prof, int8_prof, numel, profile_aliases(fp32_model) | profile_aliases(qmodel))
         summary.boundary_us_per_element = cm.boundary_us_per_element
         summary.profile_totals_ms = {"fp32": sum(fp32_prof.values()) / 1e3, "int8_full": sum(int8_prof.values()) / 1e3}
 

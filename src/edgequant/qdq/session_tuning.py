@@ -83,10 +83,12 @@ class SessionTuning:
     best: str = "default"
     best_config: dict[str, Any] = field(default_factory=dict)
     loadavg: tuple[float, ...] = ()
+    #: the cross-thread group: default at each count and each count's winner, same rounds
+    final: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "rounds": self.rounds, "best": self.best, "best_config": self.best_config,
-                "loadavg": list(self.loadavg),
+                "loadavg": list(self.loadavg), "final": self.final,
                 "timings": [t.__dict__ | {"ci95": list(t.ci95)} for t in self.timings]}
 
 
@@ -166,6 +168,8 @@ def tune_session(model_path: str | Path, feeds: Mapping[str, np.ndarray], *,
         best, best_sp = lowest, 1.0
         for k, v in times.items():
             sp = paired_speedup(ref, v)
+            res.final[k] = {"median_ms": float(np.median(v)), "speedup": sp.ratio, "ci95_low": sp.ci_low,
+                            "ci95_high": sp.ci_high}
             if k != lowest and sp.ratio >= min_gain and sp.ci_low > 1.0 and sp.ratio > best_sp:
                 best, best_sp = k, sp.ratio
         # cross-thread ratios come from the final group; within-count ratios from their own group
