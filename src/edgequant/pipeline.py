@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import model as model_io
 from .errors import EdgequantError
+from .metrics import accuracy_entry
 from .measure.session import SessionConfig
 from .quantize import QuantizeConfig, QuantizeResult, make_config, quantize_model
 from .measure.machine import machine_facts
@@ -110,13 +111,6 @@ def quantize_variants(model_path: Path, out_dir: Path, specs: Sequence[tuple[str
             continue
         made.append(Candidate(name, out, config.to_dict(), [*res.warnings, *res.notes]))
     return made, failed
-
-
-def accuracy_entry(result, fp32_result) -> dict:
-    drop = (fp32_result.value - result.value) if result.higher_is_better else (result.value - fp32_result.value)
-    rel = drop / abs(fp32_result.value) if fp32_result.value else None
-    return {"metric": result.name, "value": float(result.value), "drop": float(drop),
-            "drop_relative": rel, "higher_is_better": result.higher_is_better, "details": result.details}
 
 
 def measure_candidates(candidates: Sequence[Candidate], eval_source, options: RunOptions,

@@ -12,19 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import EdgequantError
+from ..metrics import accuracy_entry
 from . import cli
-
-
-def accuracy_entry(result: Any, reference: Any | None) -> dict[str, Any]:
-    """A metric result, with its drop against the reference model's result (positive = worse)."""
-    entry: dict[str, Any] = {"metric": result.name, "value": float(result.value),
-                             "higher_is_better": bool(result.higher_is_better), "details": dict(result.details),
-                             "reference_value": None, "drop": None, "drop_relative": None}
-    if reference is not None:
-        ref = float(reference.value)
-        drop = ref - float(result.value) if result.higher_is_better else float(result.value) - ref
-        entry.update(reference_value=ref, drop=drop, drop_relative=(drop / abs(ref)) if ref else None)
-    return entry
 
 
 def _fmt(v: float | None, spec: str = ".4f") -> str:

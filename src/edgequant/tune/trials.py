@@ -158,7 +158,7 @@ def make_reference(model_path: Path, eval_src, session: SessionConfig, metric_sp
     """Run FP32 once over the evaluation data; pick the task metric if there is one."""
     from ..measure.accuracy import load_metric
     from ..measure.fidelity import collect
-    from ..pipeline import accuracy_entry
+    from ..metrics import accuracy_entry
 
     collected = collect([str(model_path)], eval_src, session)
     outputs = collected.outputs[0]
@@ -175,7 +175,7 @@ def make_reference(model_path: Path, eval_src, session: SessionConfig, metric_sp
 def measure_quality(path: Path, ref: Reference, eval_src, session: SessionConfig) -> dict:
     """Fidelity, task metric and INT8 coverage of one candidate."""
     from ..measure.fidelity import collect, compare_outputs
-    from ..pipeline import accuracy_entry
+    from ..metrics import accuracy_entry
     from ..qdq.coverage import coverage
 
     outs = collect([str(path)], eval_src, session).outputs[0]
