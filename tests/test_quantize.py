@@ -103,3 +103,21 @@ def test_static_calibration_sees_every_sample(tmp_path):
     qnode = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")
     scale = float(inits[qnode.input[1]])
     assert scale * 255 >= 50.0  # uint8 range covers [-1, 50]
+
+
+@pytest.mark.parametrize("target, expected", [("arm64", np.int8), ("x86-avx2", np.uint8)])
+def test_int8_activations_follow_the_target_not_the_host(tmp_path, conv_model, conv_calib, target, expected):
+    """arm64 models keep int8 activations even when quantized on x86; x86 gets the exact u8 rewrite."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgequant.data import open_source
+    from edgequant.model import graph_inputs
+
+    src = open_source(conv_calib, graph_inputs(onnx.load(str(conv_model))))
+    out = tmp_path / f"{target}.onnx"
+    quantize_model(conv_model, out, make_config("static", target, activation_type="int8"), src)
+    m = onnx.load(str(out))
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    zps = {inits[n.input[2]].dtype for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[2] in inits}
+    assert zps == {np.dtype(expected)}

@@ -300,6 +300,11 @@ def _run_static(src: Path, out: Path, config: QuantizeConfig, reader, notes: lis
         # QDQ placement decides whether ORT's fusions fire: this recipe also verifies coverage
         # on ORT's optimized graph and explains every compute op left in float.
         from .qdq import quantize_static_optimized
+        from .qdq.recipe import S8_TO_U8_KEY
+
+        # ORT's x86 fusions need uint8 activations; other targets keep what was asked for,
+        # whatever machine this runs on.
+        extra.setdefault(S8_TO_U8_KEY, config.target.startswith("x86"))
 
         summary = quantize_static_optimized(
             src, out, reader, per_channel=config.per_channel, reduce_range=config.reduce_range,
