@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,7 @@ def _source(value: str, base: Path) -> str:
     if value.startswith("random:"):
         return value
     p = Path(value)
-    return str(p if p.is_absolute() else (base / p))
+    return os.path.normpath(p if p.is_absolute() else (base / p))
 
 
 def _number(where: str, value, *, lo: float | None = None, integer: bool = False):
