@@ -163,3 +163,21 @@ def test_cost_model_end_points_match_profiles_and_search_is_legal(tmp_path: Path
     f, cost = search_float_nodes(cm)
     assert f == {"A"} and not sandwiched(plan, f)   # A reads the graph input: legal alone
     assert cost < min(cm.cost(set()), cm.cost(set(plan.units)))
+
+
+def test_winner_must_be_confirmed_in_a_second_ab_run(tmp_path: Path) -> None:
+    """The best of several noisy candidates is flattered: a winner that a second run doesn't confirm loses."""
+    src = _model(tmp_path / "m.onnx", with_prelu=True)
+    calls = []
+
+    def flaky(paths: dict[str, Path]) -> dict[str, dict[str, float]]:
+        calls.append(list(paths))
+        lucky = 1.3 if len(calls) == 1 else 1.0
+        return {n: {"median_ms": 1.0, "speedup": 1.0 if n == "fp32" else lucky,
+                    "ci95_low": 1.0 if n == "fp32" else lucky - 0.05, "ci95_high": 1.0 if n == "fp32" else lucky + 0.05}
+                for n in paths}
+
+    s = quantize_selective(src, tmp_path / "sel.onnx", Reader, feeds=FEEDS, profiler=fake_profiler, timer=flaky)
+    assert len(calls) == 2 and calls[1][0] == "fp32" and len(calls[1]) == 2
+    assert not s.found and not (tmp_path / "sel.onnx").exists()
+    assert any("not confirmed" in w for w in s.warnings)

@@ -407,8 +407,12 @@ def _remove_dead_qdq(m: onnx.ModelProto) -> None:
 # --------------------------------------------------------------------------- measurement
 
 def node_profile(model_path: str | Path, feeds: Mapping[str, np.ndarray], session_config: Any = None, *,
-                 warmup: int = 5, runs: int = 30) -> dict[str, float]:
-    """Mean kernel time per run (us) of every node, from ORT's profiler (warm-up runs excluded)."""
+                 warmup: int = 5, runs: int | None = None, seconds: float = 3.0) -> dict[str, float]:
+    """Per-node kernel time (us, median over runs) from ORT's profiler, warm-up runs excluded.
+
+    Medians, not means: on a shared machine a burst of load hits a few runs, not the node.
+    ``runs=None`` profiles for about ``seconds`` (30..300 runs).
+    """
     import onnxruntime as ort
 
     from edgequant.measure.session import SessionConfig, session_options
@@ -419,19 +423,22 @@ def node_profile(model_path: str | Path, feeds: Mapping[str, np.ndarray], sessio
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(tmp, "p")
         sess = ort.InferenceSession(str(model_path), so, providers=list(cfg.providers))
+        t0 = time.perf_counter()
         for _ in range(warmup):
             sess.run(None, dict(feeds))
+        if runs is None:
+            per_run = (time.perf_counter() - t0) / max(warmup, 1)
+            runs = int(min(300, max(30, seconds / max(per_run, 1e-6))))
         for _ in range(runs):
             sess.run(None, dict(feeds))
         events = json.loads(Path(sess.end_profiling()).read_text())
-    # skip the warm-up runs: model_run events delimit runs
-    runs_ev = sorted(e["ts"] for e in events if e.get("name") == "model_run")
-    t0 = runs_ev[warmup] if len(runs_ev) > warmup else 0
-    per: dict[str, float] = defaultdict(float)
+    starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+    t_first = starts[warmup] if len(starts) > warmup else 0
+    per: dict[str, list[float]] = defaultdict(list)
     for e in events:
-        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time") and e.get("ts", 0) >= t0:
-            per[e["name"][: -len("_kernel_time")]] += float(e.get("dur", 0)) / runs
-    return dict(per)
+        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time") and e.get("ts", 0) >= t_first:
+            per[e["name"][: -len("_kernel_time")]].append(float(e.get("dur", 0)))
+    return {k: float(np.median(v)) * len(v) / runs for k, v in per.items()}
 
 
 def interleaved_timer(feeds: Mapping[str, np.ndarray], session_config: Any = None, *, rounds: int = 60,
@@ -497,8 +504,8 @@ def quantize_selective(
     base_options: dict[str, Any] | None = None,
     session_config: Any = None,
     time_budget_s: float = 120.0,
-    rounds: int = 60,
-    profile_runs: int = 30,
+    rounds: int | None = None,
+    profile_runs: int | None = None,
     min_speedup: float = 1.02,
     profiler: Profiler | None = None,
     timer: Timer | None = None,
@@ -510,7 +517,9 @@ def quantize_selective(
     ``feeds`` is one input sample for profiling and timing; ``session_config`` an
     :class:`edgequant.measure.session.SessionConfig` (default: 1 intra-op thread). The model is
     written only when a candidate's speedup over FP32 is >= ``min_speedup`` with its 95% interval
-    above 1. ``profiler``/``timer`` replace the ORT measurements (tests).
+    above 1, in the candidates' A/B run *and* in a second A/B run of the winner alone against FP32
+    (the best of several noisy candidates is flattered). ``rounds`` defaults to what fits the
+    time budget; ``profiler``/``timer`` replace the ORT measurements (tests).
     """
     from edgequant.qdq.recipe import quantize_static_optimized
 
@@ -560,7 +569,8 @@ def quantize_selective(
         cand_info["fp32"] = {"name": "fp32", "float_nodes": sorted(plan.units), "estimated_ms": cm.cost(set(plan.units)) / 1e3}
 
         remaining = time_budget_s - (time.perf_counter() - t_start)
-        timing = (timer or interleaved_timer(feeds, session_config, rounds=_rounds(rounds, remaining, fp32_prof, len(paths))))(paths)
+        n_rounds = _rounds(rounds, 0.6 * remaining, fp32_prof, len(paths))
+        timing = (timer or interleaved_timer(feeds, session_config, rounds=n_rounds))(paths)
         for name, t in timing.items():
             cand_info[name].update(t)
         summary.candidates = [cand_info[n] for n in paths]
@@ -569,6 +579,17 @@ def quantize_selective(
                                "int8_us": cm.int8_us[u], "float_in_selective": u in best_f} for u in plan.units]
         if ok:
             win = max(ok, key=lambda n: timing[n]["speedup"])
+            # winner's curse: the best of several noisy candidates is flattered; confirm it alone vs FP32
+            remaining = time_budget_s - (time.perf_counter() - t_start)
+            confirm = (timer or interleaved_timer(feeds, session_config,
+                                                  rounds=_rounds(rounds, remaining, fp32_prof, 2)))(
+                {"fp32": model_in, win: paths[win]})[win]
+            cand_info[win]["confirmation"] = confirm
+            if not (confirm["speedup"] >= min_speedup and confirm["ci95_low"] > 1.0):
+                ok = []
+                summary.warnings.append(f"{win} was not confirmed in a second A/B run: {confirm['speedup']:.2f}x "
+                                        f"[{confirm['ci95_low']:.2f}-{confirm['ci95_high']:.2f}]")
+        if ok:
             f = specs[win]
             summary.found, summary.chosen = True, win
             summary.float_nodes, summary.int8_nodes = sorted(f), sorted(set(plan.units) - f)
@@ -585,9 +606,12 @@ def quantize_selective(
     return summary
 
 
-def _rounds(rounds: int, remaining_s: float, fp32_prof: Mapping[str, float], n_models: int) -> int:
+def _rounds(rounds: int | None, remaining_s: float, fp32_prof: Mapping[str, float], n_models: int) -> int:
+    """``rounds`` if given, else as many as fit in ``remaining_s`` (30..400)."""
+    if rounds is not None:
+        return rounds
     per_round_s = max(sum(fp32_prof.values()) / 1e6, 1e-4) * n_models * 1.5
-    return int(max(10, min(rounds, remaining_s / per_round_s if remaining_s > 0 else 10)))
+    return int(max(30, min(400, remaining_s / per_round_s if remaining_s > 0 else 30)))
 
 
 def _leaked(path: Path, float_nodes: set[str]) -> list[str]:
