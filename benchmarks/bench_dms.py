@@ -75,3 +75,37 @@ def edgequant_selective(feeds_one: dict[str, np.ndarray], time_budget_s: float =
             facts["recipe"] += " -> no faster INT8 model found, FP32 kept"
         return facts
     return build
+
+
+def fp32_prelu_decomposed(src: Path, out: Path, calib) -> dict:
+    """FP32, PRelu rewritten as Relu/Sub/Mul/Add (exact; works around ORT 1.32's slow PRelu)."""
+    import onnx
+
+    from edgequant.qdq.selective import decompose_prelu
+
+    m = onnx.load(str(src))
+    n = decompose_prelu(m)
+    onnx.save(m, str(out))
+    return {"recipe": f"edgequant.qdq.selective.decompose_prelu (FP32, {n} PRelu rewritten)"}
+
+
+def selective_on_prelu_decomposed(feeds_one: dict[str, np.ndarray], time_budget_s: float = 45.0):
+    """Selective INT8 on the PRelu-decomposed graph (its float islands are cheaper)."""
+    import tempfile
+
+    import onnx
+
+    from edgequant.qdq.selective import decompose_prelu
+
+    inner = edgequant_selective(feeds_one, time_budget_s)
+
+    def build(src: Path, out: Path, calib) -> dict:
+        with tempfile.TemporaryDirectory() as tmp:
+            m = onnx.load(str(src))
+            decompose_prelu(m)
+            dec = Path(tmp) / "decomposed.onnx"
+            onnx.save(m, str(dec))
+            facts = inner(dec, out, calib)
+        facts["recipe"] = "decompose_prelu + " + facts["recipe"].replace("FP32 kept", "decomposed FP32 kept")
+        return facts
+    return build

@@ -28,7 +28,8 @@ MODELS = {  # label: (fp32 path, int8 path, feeds factory, rounds)
     "mobilenet_v2": (".models/mobilenet_v2.onnx", ".work/mobilenet_v2/edgequant.onnx", "image", 80),
     "encoder": (".work/encoder/fp32_fused.onnx", ".work/encoder/edgequant.onnx", "tokens", 30),
     "encoder (unfused fp32 / static QDQ int8)": (".models/encoder.onnx", ".work/encoder/ort_default_static.onnx", "tokens", 30),
-    "face_landmark": (str(DMS / "models/face_landmark.onnx"), ".work/dms/face_landmark/edgequant.onnx", "dms", 100),
+    "face_landmark": (str(DMS / "models/face_landmark.onnx"), ".work/face_landmark/edgequant.onnx", "dms", 100),
+    "iris_landmark": (str(DMS / "models/iris_landmark.onnx"), ".work/iris_landmark/edgequant.onnx", "dms", 100),
 }
 
 

@@ -44,6 +44,7 @@ MODELS = {  # name: (input kind, variants, rounds at 1 thread, classifier?)
 SELECTIVE_TOO = ("mobilenet_v2",)  # the CNN whose depthwise/stem convs are slower in INT8
 DMS_MODELS = ("face_landmark", "iris_landmark", "face_detection_short_range")
 DMS_ROUNDS = 200
+PRELU_MODELS = ("face_landmark", "iris_landmark")
 for _name in DMS_MODELS:  # variants need the model's own feeds (selective times on them): built lazily
     MODELS[_name] = ("dms", None, DMS_ROUNDS, False)
 #: The variant each model's verdict and goals are judged on.
@@ -88,6 +89,9 @@ def bench_model(name: str, threads: list[int], quick: bool) -> dict:
         variants = {"ort_default_static": ort_default_static,
                     "edgequant": edgequant_static(reduce_range=True),
                     "edgequant_selective": bench_dms.edgequant_selective(evals[0], 20 if quick else 45)}
+        if name in PRELU_MODELS:
+            variants["fp32_prelu_decomposed"] = bench_dms.fp32_prelu_decomposed
+            variants["selective_prelu_decomposed"] = bench_dms.selective_on_prelu_decomposed(evals[0], 20 if quick else 45)
     else:
         calib = samples(kind, 8 if quick else CALIB_N, seed=1)
         evals = samples(kind, 4 if quick else EVAL_N, seed=1000)

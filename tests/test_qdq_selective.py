@@ -181,3 +181,15 @@ def test_winner_must_be_confirmed_in_a_second_ab_run(tmp_path: Path) -> None:
     assert len(calls) == 2 and calls[1][0] == "fp32" and len(calls[1]) == 2
     assert not s.found and not (tmp_path / "sel.onnx").exists()
     assert any("not confirmed" in w for w in s.warnings)
+
+
+def test_decompose_prelu_is_exact(tmp_path: Path) -> None:
+    from edgequant.qdq.selective import decompose_prelu
+
+    src = _model(tmp_path / "m.onnx", with_prelu=True)
+    m = onnx.load(str(src))
+    assert decompose_prelu(m) == 1
+    assert not any(n.op_type == "PRelu" for n in m.graph.node)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(tmp_path / "d.onnx"))
+    np.testing.assert_allclose(_run(tmp_path / "d.onnx"), _run(src), rtol=1e-6, atol=1e-5)

@@ -33,9 +33,12 @@ def test_deployment_config_builds_a_session(kind: str, tmp_path: Path) -> None:
 
 
 def test_deployment_config_threads_override_and_unknown_kind() -> None:
-    two = deployment_session_config("cnn-int8", threads=2)
-    assert two["intra_op_threads"] == 2 and two["allow_spinning"] is False
+    assert deployment_session_config("cnn-int8", threads=2)["intra_op_threads"] == 2
     assert deployment_session_config("cnn-int8")["graph_optimization"] == "all"
+    shared = deployment_session_config("cnn-fp32", shared_cores=True)
+    assert shared["intra_op_threads"] == 1 and shared["allow_spinning"] is False
+    assert deployment_session_config("transformer-int8", pipeline=True)["allow_spinning"] is False
+    assert "allow_spinning" not in deployment_session_config("cnn-int8")
     with pytest.raises(ValueError, match="unknown model kind"):
         deployment_session_config("gpu")
 

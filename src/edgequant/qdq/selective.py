@@ -73,7 +73,7 @@ class QdqPlan:
     pairs: dict[str, tuple[str | None, list[str]]]
     inputs_of: dict[str, list[str]]            # unit -> activation tensors it reads via a DQ
     outputs_of: dict[str, list[str]]           # node -> pair tensors it produces
-    graph_output_tensors: set[str] = field(default_factory=set)
+    graph_output_tensors: set[str] = field(default_factory=set)   # pair tensors whose DQ is a graph output
     feeds_float_consumer: dict[str, bool] = field(default_factory=dict)  # pair tensor read raw by a float op
 
     def islands(self) -> list[list[str]]:
@@ -131,6 +131,7 @@ def analyse(qmodel: onnx.ModelProto, optimized_extended: onnx.ModelProto) -> Qdq
     outputs_of: dict[str, list[str]] = defaultdict(list)
     pairs: dict[str, tuple[str | None, list[str]]] = {}
     raw_float_read: dict[str, bool] = defaultdict(bool)
+    to_output: set[str] = set()
     for n in g.node:
         if n.op_type in QDQ_OPS:
             continue
@@ -164,11 +165,14 @@ def analyse(qmodel: onnx.ModelProto, optimized_extended: onnx.ModelProto) -> Qdq
                 cons = cons + [c.name for c in idx.consumers.get(dq.output[0], [])]
         pname = prod.name if prod is not None else None
         pairs[t] = (pname, cons)
+        if any(dq.op_type == "DequantizeLinear" and dq.output[0] in {o.name for o in g.output}
+               for dq in idx.consumers.get(q.output[0], [])):
+            to_output.add(t)
         if pname is not None and t not in outputs_of[pname]:
             outputs_of[pname].append(t)
         raw_float_read[t] = any(c.op_type != "QuantizeLinear" for c in idx.consumers.get(t, []))
     return QdqPlan(units=units, op_type=op_type, float_ops=float_ops, pairs=pairs, inputs_of=inputs_of,
-                   outputs_of=dict(outputs_of), graph_output_tensors={o.name for o in g.output},
+                   outputs_of=dict(outputs_of), graph_output_tensors=to_output,
                    feeds_float_consumer=dict(raw_float_read))
 
 
@@ -178,16 +182,18 @@ def sandwiched(plan: QdqPlan, float_nodes: set[str]) -> list[str]:
     bad = []
     for u in float_nodes:
         dq_in = any(plan.pairs.get(t, (None, []))[0] in int8 for t in plan.inputs_of.get(u, []))
-        q_out = any(c in int8 for t in plan.outputs_of.get(u, []) for c in plan.pairs[t][1])
+        # a pair feeding a graph output keeps its Q (the output name is the DQ's), so it counts as INT8
+        q_out = any(c in int8 for t in plan.outputs_of.get(u, []) for c in plan.pairs[t][1]) \
+            or any(t in plan.graph_output_tensors for t in plan.outputs_of.get(u, []))
         if dq_in and q_out:
             bad.append(u)
     return sorted(bad)
 
 
-def boundary_elements(plan: QdqPlan, float_nodes: set[str], numel: Mapping[str, int]) -> int:
-    """Elements that cross a float/INT8 boundary (a standalone Q or DQ, plus its layout Transpose)."""
+def boundaries(plan: QdqPlan, float_nodes: set[str], numel: Mapping[str, int]) -> tuple[int, int]:
+    """(count, elements) of standalone Q/DQ at float/INT8 boundaries (each with its layout Transpose)."""
     int8 = set(plan.units) - float_nodes
-    total = 0
+    count = total = 0
     default = int(np.median(list(numel.values()))) if numel else 1
     for t, (prod, cons) in plan.pairs.items():
         n = numel.get(t, default)
@@ -195,8 +201,15 @@ def boundary_elements(plan: QdqPlan, float_nodes: set[str], numel: Mapping[str, 
         any_int8 = any(c in int8 for c in cons)
         any_float = any(c not in int8 for c in cons) or t in plan.graph_output_tensors \
             or plan.feeds_float_consumer.get(t, False)
-        total += n * ((not prod_int8 and any_int8) + (prod_int8 and any_float))
-    return total
+        k = (not prod_int8 and any_int8) + (prod_int8 and any_float)
+        count += k
+        total += n * k
+    return count, total
+
+
+def boundary_elements(plan: QdqPlan, float_nodes: set[str], numel: Mapping[str, int]) -> int:
+    """Elements that cross a float/INT8 boundary (a standalone Q or DQ, plus its layout Transpose)."""
+    return boundaries(plan, float_nodes, numel)[1]
 
 
 # --------------------------------------------------------------------------- cost model + search
@@ -211,12 +224,14 @@ class CostModel:
     numel: dict[str, int]
     constant_us: float           # float-only ops + FP32 layout reorders (same in every variant)
     boundary_us_per_element: float
+    boundary_us_fixed: float = 0.0   # per standalone Q/DQ (+ Transpose): kernel launch, layout change
 
     def cost(self, float_nodes: set[str]) -> float:
         units = self.plan.units
+        count, elements = boundaries(self.plan, float_nodes, self.numel)
         return (self.constant_us
                 + sum(self.fp32_us[u] if u in float_nodes else self.int8_us[u] for u in units)
-                + self.boundary_us_per_element * boundary_elements(self.plan, float_nodes, self.numel))
+                + self.boundary_us_per_element * elements + self.boundary_us_fixed * count)
 
     @classmethod
     def fit(cls, plan: QdqPlan, fp32_profile: Mapping[str, float], int8_profile: Mapping[str, float],
@@ -244,10 +259,11 @@ class CostModel:
             int8_us[u] = b if b is not None else a
         fp32_total, int8_total = sum(fp32_profile.values()), sum(int8_profile.values())
         constant = max(fp32_total - sum(fp32_us.values()), 0.0)
-        b_full = boundary_elements(plan, set(), numel)
-        extra = int8_total - sum(int8_us.values()) - constant
-        per_el = max(extra, 0.0) / b_full if b_full else 0.0
-        return cls(plan, fp32_us, int8_us, dict(numel), constant, per_el)
+        n_full, b_full = boundaries(plan, set(), numel)
+        extra = max(int8_total - sum(int8_us.values()) - constant, 0.0)
+        fixed = min(_fixed_qdq_cost(int8_profile, numel), extra / n_full if n_full else 0.0)
+        per_el = max(extra - fixed * n_full, 0.0) / b_full if b_full else 0.0
+        return cls(plan, fp32_us, int8_us, dict(numel), constant, per_el, fixed)
 
 
 FUSABLE_ACTIVATIONS = frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh"})
@@ -269,6 +285,24 @@ def profile_aliases(model: onnx.ModelProto) -> dict[str, str]:
             if o and o != n.name:
                 al.setdefault(o, target)
     return al
+
+
+_QDQ_NAME = re.compile(r"^(.*)_(QuantizeLinear|DequantizeLinear)(_\d+)?$")
+
+
+def _fixed_qdq_cost(int8_profile: Mapping[str, float], numel: Mapping[str, int]) -> float:
+    """Intercept of ``time = a + b * elements`` over the standalone Q/DQ nodes of the INT8 profile:
+    what a boundary costs regardless of its size (0 when there are too few points)."""
+    xs, ys = [], []
+    for name, us in int8_profile.items():
+        m = _QDQ_NAME.match(_base(name))
+        if m and m.group(1) in numel:
+            xs.append(numel[m.group(1)])
+            ys.append(us)
+    if len(xs) < 4 or len(set(xs)) < 2:
+        return 0.0
+    _slope, a = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
+    return float(max(a, 0.0))
 
 
 def _base(name: str) -> str:
@@ -442,18 +476,27 @@ def node_profile(model_path: str | Path, feeds: Mapping[str, np.ndarray], sessio
 
 
 def interleaved_timer(feeds: Mapping[str, np.ndarray], session_config: Any = None, *, rounds: int = 60,
-                      warmup: int = 5) -> Timer:
-    """A :data:`Timer` that runs each model once per round, rotating the order (paired bootstrap CI)."""
-    from edgequant.measure.latency import benchmark_interleaved
-    from edgequant.measure.session import SessionConfig
+                      warmup: int = 5, seed: int = 0) -> Timer:
+    """A :data:`Timer`: every model once per round in a fresh random order (a fixed rotation gives
+    each model the same predecessor every round, a bias of ~2% on small models), one process,
+    paired bootstrap interval of the ratio of medians against the first model."""
+    from edgequant.measure.latency import paired_speedup
+    from edgequant.measure.session import SessionConfig, make_session
+    from edgequant.qdq.session_tuning import _interleave
 
     cfg = session_config or SessionConfig(intra_op_threads=1)
 
     def timer(paths: dict[str, Path]) -> dict[str, dict[str, float]]:
         names = list(paths)
-        res = benchmark_interleaved([paths[n] for n in names], dict(feeds), cfg, warmup=warmup, runs=rounds)
-        return {n: {"median_ms": t.stats.p50, "speedup": t.speedup.ratio, "ci95_low": t.speedup.ci_low,
-                    "ci95_high": t.speedup.ci_high} for n, t in zip(names, res.models)}
+        sessions = {n: make_session(paths[n], cfg) for n in names}
+        times = _interleave(sessions, feeds, rounds, warmup, seed)
+        ref = times[names[0]]
+        out = {}
+        for n in names:
+            sp = paired_speedup(ref, times[n])
+            out[n] = {"median_ms": float(np.median(times[n])), "speedup": sp.ratio, "ci95_low": sp.ci_low,
+                      "ci95_high": sp.ci_high, "rounds": rounds}
+        return out
     return timer
 
 
@@ -486,6 +529,7 @@ class SelectiveSummary:
     candidates: list[dict[str, Any]] = field(default_factory=list)
     node_table: list[dict[str, Any]] = field(default_factory=list)   # per unit: fp32/int8 us, decision
     boundary_us_per_element: float = 0.0
+    boundary_us_fixed: float = 0.0
     profile_totals_ms: dict[str, float] = field(default_factory=dict)
     base: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -542,6 +586,7 @@ def quantize_selective(
         numel.update({k: v for k, v in _numel(qmodel).items() if k not in numel})
         cm = CostModel.fit(plan, fp32_prof, int8_prof, numel, profile_aliases(fp32_model) | profile_aliases(qmodel))
         summary.boundary_us_per_element = cm.boundary_us_per_element
+        summary.boundary_us_fixed = cm.boundary_us_fixed
         summary.profile_totals_ms = {"fp32": sum(fp32_prof.values()) / 1e3, "int8_full": sum(int8_prof.values()) / 1e3}
 
         best_f, best_cost = search_float_nodes(cm)
@@ -635,5 +680,36 @@ def _why_not(cm: CostModel, timing: Mapping[str, Mapping[str, float]], best_cost
     measured = f"; best measured {best} {timing[best]['speedup']:.2f}x" if best else ""
     return (f"no faster INT8 model found: INT8 kernels save {gain / 1e3:.2f} ms/run over FP32 in total "
             f"({len(slower)}/{len(units)} nodes are slower in INT8), while each float/INT8 boundary costs "
-            f"{cm.boundary_us_per_element * 1e3:.2f} ns/element; estimated best mix {best_cost / 1e3:.2f} ms vs FP32 "
+            f"{cm.boundary_us_fixed:.1f} us + {cm.boundary_us_per_element * 1e3:.2f} ns/element; estimated best mix {best_cost / 1e3:.2f} ms vs FP32 "
             f"{cm.cost(set(units)) / 1e3:.2f} ms{measured}")
+
+
+# --------------------------------------------------------------------------- FP32 rewrite
+
+def decompose_prelu(model: onnx.ModelProto) -> int:
+    """Rewrite every ``PRelu(x, alpha)`` as ``Relu(x) + alpha * (x - Relu(x))`` (exact).
+
+    Why: onnxruntime 1.32's PRelu kernel is ~3x slower than 1.24's on per-channel alphas
+    (face_landmark: 23 PRelu 1.78 ms vs 0.55 ms per run at 1 thread), while Relu/Sub/Mul/Add
+    run at memory speed; MediaPipe's face and iris models have 23 and 53 of them. There is no
+    INT8 PRelu in ORT (only QLinearLeakyRelu, scalar alpha), so this is an FP32 speed fix, not an
+    INT8 enabler. Mutates ``model``; returns the number of PRelu nodes rewritten.
+    """
+    g = model.graph
+    new: list[onnx.NodeProto] = []
+    count = 0
+    for n in g.node:
+        if n.op_type != "PRelu":
+            new.append(n)
+            continue
+        x, a = n.input[0], n.input[1]
+        y = n.output[0]
+        base = n.name or y
+        new += [onnx.helper.make_node("Relu", [x], [f"{y}__pos"], name=f"{base}__relu"),
+                onnx.helper.make_node("Sub", [x, f"{y}__pos"], [f"{y}__neg"], name=f"{base}__sub"),
+                onnx.helper.make_node("Mul", [f"{y}__neg", a], [f"{y}__sneg"], name=f"{base}__mul"),
+                onnx.helper.make_node("Add", [f"{y}__pos", f"{y}__sneg"], [y], name=f"{base}__add")]
+        count += 1
+    del g.node[:]
+    g.node.extend(new)
+    return count

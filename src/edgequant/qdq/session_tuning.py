@@ -38,36 +38,46 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "gelu_approximation": {"config_entries": {"optimization.enable_gelu_approximation": "1"}},
 }
 
-#: What won in benchmarks/session_sweep.py on this machine class (results/SESSION_TUNING.md): keys
-#: are model kinds, values SessionConfig fields layered on ``SessionConfig()``. At 1 thread no
-#: option beat ORT's defaults outside the noise for FP32 or INT8 (arena, denormals, x64quantprecision,
-#: qdqisint8allowed on u8 models, dynamic_block_base: all within +-2%), and EXTENDED instead of ALL
-#: lost 16-53% (no NCHWc for FP32 convs, no NHWC QLinearConv), so the level stays "all". One thread
-#: won on the shared 2-core box; with more threads, spinning off won (see deployment_session_config).
-#: ``optimization.enable_gelu_approximation`` gave the INT8 encoder +2% but changes numerics: not a default.
-#: ``session.qdqisint8allowed=1`` made ORT's default S8S8 resnet18 5x slower on x86: never set it there.
+#: What won in benchmarks/session_sweep.py on this machine class (results/SESSION_TUNING.md; AMD EPYC
+#: AVX2 no VNNI, 2 cores, ORT 1.32): keys are model kinds, values SessionConfig fields layered on
+#: ``SessionConfig()``.
+#: * graph level ALL: EXTENDED (no NCHWc for FP32 convs, no NHWC QLinearConv) lost 17-50% on the CNNs
+#:   (FP32 and INT8) and tied on the fused encoder.
+#: * threads: all physical cores (ORT's default, 0) won on a quiet machine (2 vs 1: FP32 1.8-1.9x,
+#:   INT8 1.25-1.55x); on a loaded box 2 threads lost to 1 (earlier sweep): pass ``shared_cores``.
+#: * spinning off: 1.05-1.2x better at 2 threads whenever several sessions take turns on the same
+#:   cores (their spinning workers steal the core from the next session), i.e. a DMS frame pipeline
+#:   running detector -> mesh -> iris; neutral at 1 thread.
+#: * no effect outside +-2% at 1 thread: arena off, denormal-as-zero, dynamic_block_base=4,
+#:   x64quantprecision, qdqisint8allowed on u8-activation models. ``optimization.enable_gelu_approximation``
+#:   +2% on the encoder but changes numerics: not a default. ``session.qdqisint8allowed=1`` made ORT's
+#:   default S8S8 resnet18 5x slower on x86 (int8-activation kernels): never set it there.
 MEASURED_WINNERS: dict[str, dict[str, Any]] = {
-    "cnn-int8": {"intra_op_threads": 1, "graph_optimization": "all"},
-    "cnn-fp32": {"intra_op_threads": 1, "graph_optimization": "all"},
-    "transformer-int8": {"intra_op_threads": 1, "graph_optimization": "all"},
-    "transformer-fp32": {"intra_op_threads": 1, "graph_optimization": "all"},
+    "cnn-int8": {"graph_optimization": "all", "intra_op_threads": 0},
+    "cnn-fp32": {"graph_optimization": "all", "intra_op_threads": 0},
+    "transformer-int8": {"graph_optimization": "all", "intra_op_threads": 0},
+    "transformer-fp32": {"graph_optimization": "all", "intra_op_threads": 0},
 }
 
 
-def deployment_session_config(model_kind: str = "cnn-int8", *, threads: int | None = None) -> dict[str, Any]:
+def deployment_session_config(model_kind: str = "cnn-int8", *, threads: int | None = None,
+                              shared_cores: bool = False, pipeline: bool = False) -> dict[str, Any]:
     """SessionConfig fields to deploy a model of ``model_kind`` with (``cnn-int8``, ``cnn-fp32``,
-    ``transformer-int8``, ``transformer-fp32``).
+    ``transformer-int8``, ``transformer-fp32``), from the measured winners above.
 
-    ``threads`` overrides the measured thread count; above 1 thread spinning is turned off
-    (measured: 1.1-1.4x faster than spinning at 2 threads when the cores are shared). Use as
-    ``SessionConfig(**deployment_session_config("cnn-int8"))``.
+    ``threads`` overrides the thread count (default: ORT's, one per physical core);
+    ``shared_cores``: other processes load the cores -> 1 thread, no spinning; ``pipeline``:
+    several sessions run one after another on the same cores (e.g. a DMS frame) -> no spinning.
+    Use as ``SessionConfig(**deployment_session_config("cnn-int8"))``.
     """
     if model_kind not in MEASURED_WINNERS:
         raise ValueError(f"unknown model kind {model_kind!r}; expected one of {', '.join(MEASURED_WINNERS)}")
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in MEASURED_WINNERS[model_kind].items()}
+    if shared_cores:
+        out["intra_op_threads"] = 1
     if threads is not None:
         out["intra_op_threads"] = threads
-    if out.get("intra_op_threads", 0) != 1:
+    if shared_cores or pipeline:
         out["allow_spinning"] = False
     return out
 
