@@ -198,7 +198,8 @@ def run_fleet(fleet_path: str | Path, out_dir: str | Path, *, force: bool = Fals
 def best_int8_attempt(variants: list[dict]) -> dict | None:
     """The INT8 variant worth showing next to FP32: the recommended one if any, else the fastest
     within budget, else the fastest that quantized anything (so a fp32 verdict shows its cause)."""
-    real = [v for v in variants[1:] if not (v.get("int8_coverage") or {}).get("quantized_compute_ops") == 0]
+    real = [v for v in variants[1:] if v["config"].get("mode") != "fp32-opt"
+            and not (v.get("int8_coverage") or {}).get("quantized_compute_ops") == 0]
     within = [v for v in real if v.get("within_budget")]
     pool = within or real
     return max(pool, key=lambda v: v["speedup"]) if pool else None

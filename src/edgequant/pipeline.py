@@ -154,7 +154,7 @@ def measure_candidates(candidates: Sequence[Candidate], eval_source, options: Ru
             res = metric(collected.outputs[i], collected.labels, reference)
             acc = accuracy_entry(res, fp32_metric)
         cov = None
-        if i > 0:
+        if cand.config.get("mode") in ("dynamic", "static"):
             c = coverage(cand.path)
             cov = {"quantized_compute_ops": c.quantized_compute_ops, "compute_ops": c.compute_ops,
                    "float_compute_nodes": list(c.float_compute_nodes)}
@@ -182,6 +182,8 @@ def _slow_reason(v: dict) -> str:
 
     cov = v.get("int8_coverage")
     evidence = f" ({explain_profile(v['profile_us_by_op'])})" if v.get("profile_us_by_op") else ""
+    if v["config"].get("mode") == "fp32-opt":
+        return "the rewritten FP32 graph is not faster on this CPU" + evidence
     return _coverage_reason(cov) + evidence
 
 
@@ -252,6 +254,26 @@ def build_report(model_path: Path, model_proto, variants: list[dict], options: R
     }
 
 
+def fp32_rewrite_candidate(model_path: Path, proto, out_dir: Path) -> list[Candidate]:
+    """The ``fp32-opt`` variant: the model after edgequant's exact FP32 rewrites, if any applied.
+
+    It competes with the INT8 variants on the same rule: on CPUs where INT8 does not pay, a
+    faster exact FP32 graph is the honest best answer.
+    """
+    import onnx
+
+    from .rewrites import apply_exact_rewrites
+
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(proto)
+    notes = apply_exact_rewrites(rewritten)
+    if not notes:
+        return []
+    out = out_dir / f"{model_path.stem}.fp32-opt.onnx"
+    model_io.save_model(rewritten, out, inputs=(model_path,))
+    return [Candidate("fp32-opt", out, {"mode": "fp32-opt", "rewrites": notes}, list(notes))]
+
+
 def open_sources(model_proto, calib: str | None, eval_spec: str | None, options: RunOptions):
     from .data import open_source
 
@@ -287,6 +309,7 @@ def run_pipeline(model_path: str | Path, out_dir: str | Path, *, calib: str, eva
     for f in failed:
         notes.append(f"variant {f['name']} failed: {f['error']}")
     fp32 = Candidate("fp32", model_path, {"mode": "fp32"})
+    made = [*fp32_rewrite_candidate(model_path, proto, out_dir), *made]
     measured = measure_candidates([fp32, *made], eval_src, options, progress)
     report = build_report(model_path, proto, measured, options, target=target, notes=notes, failed=failed)
     write_report(out_dir, report)

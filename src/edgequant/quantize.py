@@ -192,8 +192,12 @@ def _preprocess(src: Path, dst: Path, notes: list[str], *, optimize: bool) -> Pa
 
 
 def prepare_model(model_path: Path, work: Path, config: QuantizeConfig, notes: list[str]) -> Path:
-    """The quantizer-ready copy of the model (opset, Gemm rewrite, ORT pre-processing) under ``work``."""
+    """The quantizer-ready copy of the model (exact FP32 rewrites, opset, Gemm rewrite, ORT
+    pre-processing) under ``work``."""
+    from .rewrites import apply_exact_rewrites
+
     model = model_io.load_model(model_path)
+    notes.extend(apply_exact_rewrites(model))
     min_opset = 13 if (config.per_channel or config.mode == "static") else 11
     opset = model_io.default_opset(model)
     if opset < min_opset:

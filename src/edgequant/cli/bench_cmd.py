@@ -127,7 +127,7 @@ def _size_memory_table(entries: list[dict[str, Any]], memory: bool) -> Table:
                    "(default: CPUExecutionProvider).")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed runs per model.")
 @click.option("--runs", type=click.IntRange(min=2), default=100, show_default=True,
-              help="Timed rounds; each round runs every model once, in rotating order.")
+              help="Timed rounds; each round runs every model once, in a random order.")
 @click.option("--input", "input_spec", default=None,
               help=f"Input data source; one sample is used (default: {DEFAULT_INPUT}, synthetic).")
 @click.option("--preprocess", default=None, help="Preprocessing spec when --input is an image folder.")

@@ -2,7 +2,7 @@
 
 Timing model A for a minute and then model B compares A's minute with B's minute: a burst of
 background load, a thermal or frequency change lands on one model only. Here every model runs
-once per *round* (A B C, then B C A, then C A B: the order rotates to cancel order effects), so
+once per *round* (in a fresh random order each round, to cancel order effects), so
 each round is a paired observation taken under the same conditions. A model's speedup over the
 first model is the ratio of medians, with a paired bootstrap confidence interval over rounds;
 ``faster_than_noise`` is true only when the whole interval lies above 1.
@@ -139,16 +139,21 @@ class BenchResult:
                 "interleaved": True, "wall_s": self.wall_s, "models": models}
 
 
-def round_order(n_models: int, round_index: int) -> list[int]:
-    """Model order in a round: rotated by one each round (A B C, B C A, C A B, ...)."""
-    k = round_index % n_models
-    return list(range(k, n_models)) + list(range(k))
+def round_order(n_models: int, round_index: int, seed: int = 0) -> list[int]:
+    """Model order in a round: a seeded random permutation per round.
+
+    A fixed rotation gives every model the same predecessor each round, whose cache and
+    frequency footprint then biases it (two copies of one model read 1.02x apart); a fresh
+    permutation spreads those effects over all models.
+    """
+    rng = np.random.default_rng([seed, round_index])
+    return [int(i) for i in rng.permutation(n_models)]
 
 
 def benchmark_interleaved(model_paths: Sequence[str | Path], feeds_per_model: FeedsArg,
                           cfg: SessionConfig | None = None, *, warmup: int = 10, runs: int = 100,
                           confidence: float = 0.95, resamples: int = 1000, seed: int = 0) -> BenchResult:
-    """Time every model ``runs`` times, interleaved in rotating rounds, in this process.
+    """Time every model ``runs`` times, interleaved in randomly ordered rounds, in this process.
 
     All sessions are created (and their feeds checked) before any timing; each model then gets
     ``warmup`` untimed runs. ``time.perf_counter_ns`` brackets ``session.run`` only, and the
@@ -183,7 +188,7 @@ def benchmark_interleaved(model_paths: Sequence[str | Path], feeds_per_model: Fe
     clock = time.perf_counter_ns
     try:
         for r in range(runs):
-            for i in round_order(n, r):
+            for i in round_order(n, r, seed):
                 sess, f = sessions[i], feeds[i]
                 t0 = clock()
                 sess.run(None, f)
