@@ -79,6 +79,8 @@ class RunOptions:
     # make even an unchanged graph measure a few percent apart.
     min_speedup: float = 1.05
     profile: bool = True                  # per-op kernel times, to explain slow variants
+    selective: bool = False               # also search INT8/FP32 mixes by per-node timing
+    selective_budget_s: float = 90.0
 
 
 @dataclass
@@ -274,6 +276,29 @@ def fp32_rewrite_candidate(model_path: Path, proto, out_dir: Path) -> list[Candi
     return [Candidate("fp32-opt", out, {"mode": "fp32-opt", "rewrites": notes}, list(notes))]
 
 
+def selective_candidate(model_path: Path, out_dir: Path, config: QuantizeConfig, calib, feeds: dict,
+                        options: RunOptions) -> tuple[list[Candidate], str]:
+    """Keep INT8 only on the nodes where it measurably pays (``qdq.selective``); explains a miss."""
+    from .data import calibration_reader
+    from .qdq.selective import quantize_selective
+    from .quantize import _static_extra_options, static_qdq_kwargs
+
+    out = out_dir / f"{model_path.stem}.selective.onnx"
+    kwargs = static_qdq_kwargs(config, _static_extra_options(config, 13))
+    kwargs.pop("nodes_to_exclude", None)
+    kwargs.pop("op_types", None)
+    summary = quantize_selective(model_path, out, lambda: calibration_reader(calib), feeds=feeds,
+                                 base_options=kwargs, session_config=options.session,
+                                 time_budget_s=options.selective_budget_s, min_speedup=options.min_speedup)
+    if not summary.found:
+        return [], f"selective INT8: {summary.reason}"
+    if not summary.float_nodes:
+        return [], "selective INT8: no node is faster in float, so full INT8 (the static variant) is the best mix"
+    note = f"selective INT8 keeps {len(summary.float_nodes)} node(s) in float: {', '.join(summary.float_nodes[:8])}"
+    return [Candidate("selective", out, {**config.to_dict(), "mode": "static", "selective": True,
+                                         "float_nodes": summary.float_nodes}, [note])], note
+
+
 def open_sources(model_proto, calib: str | None, eval_spec: str | None, options: RunOptions):
     from .data import open_source
 
@@ -308,6 +333,13 @@ def run_pipeline(model_path: str | Path, out_dir: str | Path, *, calib: str, eva
     made, failed = quantize_variants(model_path, out_dir, specs, calib_src, progress)
     for f in failed:
         notes.append(f"variant {f['name']} failed: {f['error']}")
+    if options.selective and calib_src is not None:
+        static_cfg = next((c for n, c in specs if c.mode == "static"), make_config("static", target))
+        if progress:
+            progress("selective INT8: per-node timing of FP32 vs INT8")
+        sel, note = selective_candidate(model_path, out_dir, static_cfg, calib_src, next(iter(eval_src)).feeds, options)
+        made.extend(sel)
+        notes.append(note)
     fp32 = Candidate("fp32", model_path, {"mode": "fp32"})
     made = [*fp32_rewrite_candidate(model_path, proto, out_dir), *made]
     measured = measure_candidates([fp32, *made], eval_src, options, progress)

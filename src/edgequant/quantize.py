@@ -310,11 +310,7 @@ def _run_static(src: Path, out: Path, config: QuantizeConfig, reader, notes: lis
         # whatever machine this runs on.
         extra.setdefault(S8_TO_U8_KEY, config.target.startswith("x86"))
 
-        summary = quantize_static_optimized(
-            src, out, reader, per_channel=config.per_channel, reduce_range=config.reduce_range,
-            activation_type=_qtype(config.activation_type), weight_type=_qtype(config.weight_type),
-            calibrate_method=_calib_method(config.calib_method), nodes_to_exclude=list(config.exclude) or None,
-            op_types=list(config.op_types) if config.op_types else None, extra_options=extra)
+        summary = quantize_static_optimized(src, out, reader, **static_qdq_kwargs(config, extra))
         notes.extend(f"{name} stays float: {why}" for name, why in summary.float_compute_nodes.items())
         notes.extend(w for w in summary.warnings if "VPMADDUBSW" not in w)  # config_warnings says it already
         return
@@ -325,6 +321,14 @@ def _run_static(src: Path, out: Path, config: QuantizeConfig, reader, notes: lis
         activation_type=_qtype(config.activation_type), weight_type=_qtype(config.weight_type),
         nodes_to_exclude=list(config.exclude), calibrate_method=_calib_method(config.calib_method),
         extra_options=extra)
+
+
+def static_qdq_kwargs(config: QuantizeConfig, extra: dict) -> dict:
+    """``quantize_static_optimized`` keyword arguments for ``config`` (shared with selective)."""
+    return dict(per_channel=config.per_channel, reduce_range=config.reduce_range,
+                activation_type=_qtype(config.activation_type), weight_type=_qtype(config.weight_type),
+                calibrate_method=_calib_method(config.calib_method), nodes_to_exclude=list(config.exclude) or None,
+                op_types=list(config.op_types) if config.op_types else None, extra_options=extra)
 
 
 def _check_static_shapes(model_path: Path) -> None:

@@ -41,11 +41,13 @@ def budget_options(f):
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
 @click.option("--calib-limit", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--eval-limit", type=click.IntRange(min=1), default=None)
+@click.option("--selective/--no-selective", default=False, show_default=True,
+              help="Also search INT8/FP32 mixes by per-node timing (adds up to ~90 s).")
 @click.option("--min-speedup", type=click.FloatRange(min=1.0), default=1.05, show_default=True,
               help="Smallest speedup over FP32 worth recommending INT8 for.")
 def run(model: Path, calib: str, eval_spec: str | None, out: Path | None, target: str, metric: str | None,
         preprocess: str | None, max_drop: float, max_abs_drop: float | None, threads: int, runs: int,
-        warmup: int, calib_limit: int, eval_limit: int | None, min_speedup: float) -> None:
+        warmup: int, calib_limit: int, eval_limit: int | None, min_speedup: float, selective: bool) -> None:
     """Quantize MODEL dynamically and statically, measure all three side by side, recommend one."""
     from ..data import Preprocess
     from ..measure.session import SessionConfig
@@ -54,7 +56,7 @@ def run(model: Path, calib: str, eval_spec: str | None, out: Path | None, target
         target=target, budget=Budget(max_drop=max_drop, max_abs_drop=max_abs_drop),
         session=SessionConfig(intra_op_threads=threads), warmup=warmup, runs=runs, metric=metric,
         preprocess=Preprocess.parse(preprocess) if preprocess else None, calib_limit=calib_limit,
-        eval_limit=eval_limit, min_speedup=min_speedup)
+        eval_limit=eval_limit, min_speedup=min_speedup, selective=selective)
     out = out or Path("reports") / model.stem
     err = make_console(stderr=True)
     with err.status("starting") as status:
