@@ -23,7 +23,7 @@ from .pipeline import Budget, RunOptions, run_pipeline
 from .targets import TARGETS
 
 _ENTRY_KEYS = {"name", "model", "calib", "eval", "preprocess", "metric", "budget", "tune", "target",
-               "threads", "runs", "warmup", "calib_limit", "eval_limit", "time_budget"}
+               "threads", "runs", "warmup", "calib_limit", "eval_limit", "time_budget", "selective"}
 _DEFAULT_KEYS = _ENTRY_KEYS - {"name", "model", "calib", "eval"}
 _BUDGET_KEYS = {"max_drop", "max_abs_drop", "min_agreement", "min_cosine"}
 
@@ -101,7 +101,8 @@ def _entry(fleet_path: Path, i: int, raw: dict, defaults: dict) -> FleetEntry:
     options = RunOptions(
         target=target, budget=budget, session=SessionConfig(intra_op_threads=ints.get("threads", 1)),
         warmup=ints.get("warmup", 10), runs=ints.get("runs", 100), metric=metric, preprocess=preprocess,
-        calib_limit=ints.get("calib_limit", 200), eval_limit=ints.get("eval_limit"))
+        calib_limit=ints.get("calib_limit", 200), eval_limit=ints.get("eval_limit"),
+        selective=bool(merged.get("selective", False)))
     return FleetEntry(name=name, model=Path(_source(raw["model"], base)), calib=_source(raw["calib"], base),
                       eval=_source(raw["eval"], base) if raw.get("eval") else None, options=options,
                       tune=bool(merged.get("tune", False)),
