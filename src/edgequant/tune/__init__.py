@@ -26,6 +26,7 @@ from .. import model as model_io
 from ..errors import EdgequantError
 from ..pipeline import (
     Candidate,
+    fp32_rewrite_candidate,
     RunOptions,
     build_report,
     measure_candidates,
@@ -151,8 +152,9 @@ def run_tune(model: str | Path, out_dir: str | Path, *, calib: str, eval_spec: s
 
     finalists = _finalists(state, options.finalists)
     _say(progress, f"final measurement: fp32 and {len(finalists)} candidates ({run.runs} interleaved rounds)")
-    candidates = [Candidate("fp32", model_path, {"mode": "fp32"})] + [_publish(t, out_dir, model_path.stem)
-                                                                      for t in finalists]
+    candidates = ([Candidate("fp32", model_path, {"mode": "fp32"})]
+                  + fp32_rewrite_candidate(model_path, proto, out_dir)   # exact rewrites compete too
+                  + [_publish(t, out_dir, model_path.stem) for t in finalists])
     variants = measure_candidates(candidates, eval_src, run, progress)
     failed = [{"name": t.name, "config": t.recipe_dict, "error": t.error} for t in state.trials if t.error]
     report = build_report(model_path, proto, variants, run, target=target, notes=notes, failed=failed)

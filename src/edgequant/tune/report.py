@@ -150,6 +150,9 @@ def advice(state: SearchState, variants: Sequence[dict], recommended: str) -> st
         if fewest and not any(not (t.recipe.exclude or t.recipe.int16_tensors) for t in within):
             msg.append("Post-training quantization meets the budget only with nodes kept in float, which costs the "
                        "speed: QAT would let those layers stay INT8.")
+    if recommended == "fp32-opt":
+        msg.insert(0, "The fastest model within budget is fp32-opt: the FP32 graph after edgequant's exact "
+                      "rewrites, faster than every INT8 candidate measured here.")
     if state.stopped:
         msg.append(f"The search stopped early ({state.stopped}); results are what was found by then.")
     msg.append(f"Seed rule: {SEED_RULE}.")
