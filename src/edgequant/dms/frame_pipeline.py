@@ -162,7 +162,10 @@ def recommended_paths(fleet_dir: Path, fp32_paths: tuple[Path, Path, Path]) -> t
         by_name = {v["name"]: v for v in report["variants"]}
         rec = by_name.get(report["recommended"])
         if rec is not None:
-            chosen[Path(report["model"]["path"]).name] = Path(rec["path"])
+            path = Path(rec["path"])
+            if not path.is_file() and (rep.parent / path.name).is_file():
+                path = rep.parent / path.name  # reports store paths relative to where fleet ran
+            chosen[Path(report["model"]["path"]).name] = path
     missing = [p.name for p in fp32_paths if p.name not in chosen]
     if missing:
         raise EdgequantError(f"{fleet_dir}: no fleet report for {', '.join(missing)}")
@@ -204,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             print("recommended chain: " + ", ".join(
                 f"{a.name} -> {'fp32 (unchanged)' if a.resolve() == b.resolve() else b.name}" for a, b in zip(fp32, rec)))
             if any(a.resolve() != b.resolve() for a, b in zip(fp32, rec)):
-                variants["int8"] = stages.load_sessions(*map(str, rec), threads=args.threads)
+                variants["rec"] = stages.load_sessions(*map(str, rec), threads=args.threads)
         results = {n: run_frame(s, image) for n, s in variants.items()}
         stats = time_frames(variants, image, args.warmup, args.runs)
     except EdgequantError as exc:
@@ -217,11 +220,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.warmup} warm-up + {args.runs} timed frames per variant")
     for name in variants:
         print(_describe(name, results[name], stats[name]))
-    if "int8" in results and results["int8"].mesh is not None and results["fp32"].mesh is not None:
-        shift = np.linalg.norm(results["int8"].mesh[:, :2] - results["fp32"].mesh[:, :2], axis=1)
+    other = next((n for n in ("int8", "rec") if n in results), None)  # rec: the fleet's recommended chain
+    if other and results[other].mesh is not None and results["fp32"].mesh is not None:
+        shift = np.linalg.norm(results[other].mesh[:, :2] - results["fp32"].mesh[:, :2], axis=1)
         iris = [np.hypot(a.iris_centre[0] - b.iris_centre[0], a.iris_centre[1] - b.iris_centre[1])
-                for a, b in zip(results["int8"].eyes, results["fp32"].eyes, strict=True)]
-        print(f"int8 vs fp32: speedup {stats['fp32'].median_ms / stats['int8'].median_ms:.2f}x  "
+                for a, b in zip(results[other].eyes, results["fp32"].eyes, strict=True)]
+        print(f"{other} vs fp32: speedup {stats['fp32'].median_ms / stats[other].median_ms:.2f}x  "
               f"mesh shift mean {shift.mean():.2f} px max {shift.max():.2f} px  "
               f"iris centre shift max {max(iris):.2f} px (image pixels)")
     return 0
