@@ -7,7 +7,6 @@ and notes travel back in :class:`QuantizeResult` for the caller to show.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -168,29 +167,6 @@ def _gemm_to_matmul(model: onnx.ModelProto) -> int:
     return rewritten
 
 
-def _preprocess(src: Path, dst: Path, notes: list[str], *, optimize: bool) -> Path:
-    """ORT's recommended pre-processing (symbolic shape inference + optimization).
-
-    Symbolic shape inference fails on many real models; fall back to ONNX shape inference, and
-    to the unprocessed model if even that fails, saying so in the notes.
-    """
-    from onnxruntime.quantization import quant_pre_process
-
-    quiet = logging.getLogger("onnxruntime.quantization")
-    for skip_symbolic in (False, True):
-        try:
-            quant_pre_process(str(src), str(dst), skip_optimization=not optimize,
-                              skip_symbolic_shape=skip_symbolic)
-            if skip_symbolic:
-                notes.append("symbolic shape inference failed; used ONNX shape inference only")
-            return dst
-        except Exception as exc:  # noqa: BLE001 - ORT raises many types here
-            quiet.debug("pre-processing failed: %s", exc)
-            last = exc
-    notes.append(f"pre-processing skipped ({type(last).__name__}: {str(last).splitlines()[0][:120]})")
-    return src
-
-
 def prepare_model(model_path: Path, work: Path, config: QuantizeConfig, notes: list[str]) -> Path:
     """The quantizer-ready copy of the model (exact FP32 rewrites, opset, Gemm rewrite, ORT
     pre-processing) under ``work``."""
@@ -209,8 +185,10 @@ def prepare_model(model_path: Path, work: Path, config: QuantizeConfig, notes: l
             notes.append(f"{n} Gemm rewritten as MatMul+Add for dynamic quantization")
     staged = work / "staged.onnx"
     onnx.save_model(model, str(staged))
-    # ORT-level optimization before dynamic quantization would fuse MatMul+Add back into Gemm.
-    return _preprocess(staged, work / "prepared.onnx", notes, optimize=config.mode == "static")
+    from .qdq.prepare import preprocess
+
+    passes: list[str] = []
+    return preprocess(staged, work / "prepared.onnx", passes, notes, optimize=config.mode == "static")
 
 
 # ---- recipes -------------------------------------------------------------------------------
@@ -310,7 +288,7 @@ def _run_static(src: Path, out: Path, config: QuantizeConfig, reader, notes: lis
         # whatever machine this runs on.
         extra.setdefault(S8_TO_U8_KEY, config.target.startswith("x86"))
 
-        summary = quantize_static_optimized(src, out, reader, **static_qdq_kwargs(config, extra))
+        summary = quantize_static_optimized(src, out, reader, prepared=True, **static_qdq_kwargs(config, extra))
         notes.extend(f"{name} stays float: {why}" for name, why in summary.float_compute_nodes.items())
         notes.extend(w for w in summary.warnings if "VPMADDUBSW" not in w)  # config_warnings says it already
         return

@@ -26,19 +26,24 @@ def prepare(model_in: Path, work: Path, passes: list[str], warnings: list[str]) 
         passes.append(f"upgrade_opset({before}->{MIN_QDQ_OPSET})")
     onnx.save(model, str(upgraded))
     del model
+    return preprocess(upgraded, work / "preprocessed.onnx", passes, warnings)
 
+
+def preprocess(src: Path, dst: Path, passes: list[str], warnings: list[str], *, optimize: bool = True) -> Path:
+    """``quant_pre_process`` into ``dst``, retrying without symbolic shape inference; ``src``
+    itself when both fail. ``optimize=False`` skips ORT's graph optimization (dynamic mode:
+    it would fuse MatMul+Add back into Gemm)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    pre = work / "preprocessed.onnx"
     attempts = [("quant_pre_process", {}),
                 ("quant_pre_process(skip_symbolic_shape)", {"skip_symbolic_shape": True})]
     for label, kwargs in attempts:
         try:
-            quant_pre_process(str(upgraded), str(pre), **kwargs)
-            passes.append(label + ": BatchNorm/constant folding, shape inference")
-            return pre
+            quant_pre_process(str(src), str(dst), skip_optimization=not optimize, **kwargs)
+            passes.append(label + (": BatchNorm/constant folding, shape inference" if optimize else ": shape inference"))
+            return dst
         except Exception as exc:  # ORT raises many types here; keep going with less.
             log.debug("%s failed: %s", label, exc)
             warnings.append(f"{label} failed: {str(exc).splitlines()[0][:200]}")
     warnings.append("quantizing the model without ORT pre-processing")
-    return upgraded
+    return src

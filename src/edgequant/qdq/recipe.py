@@ -72,8 +72,12 @@ def quantize_static_optimized(
     nodes_to_exclude: list[str] | None = None,
     op_types: list[str] | None = None,
     extra_options: dict | None = None,
+    prepared: bool = False,
 ) -> QuantizationSummary:
     """Quantize ``model_in`` to a QDQ model at ``model_out`` whose compute ops fuse in ORT.
+
+    ``prepared=True``: ``model_in`` already went through opset upgrade and ``quant_pre_process``
+    (as :func:`edgequant.quantize.prepare_model` does), so it is not pre-processed twice.
 
     Pipeline: opset >= 13 -> ``quant_pre_process`` (with fallbacks) -> ``quantize_static``
     (QDQ, our default extra options) -> exact graph fix-ups (identity DQ->Q removal; int8
@@ -104,7 +108,7 @@ def quantize_static_optimized(
 
     with tempfile.TemporaryDirectory(prefix="edgequant-qdq-") as tmp:
         work = Path(tmp)
-        src = prepare(model_in, work, summary.passes, summary.warnings)
+        src = model_in if prepared else prepare(model_in, work, summary.passes, summary.warnings)
         qpath = work / "quantized.onnx"
         quantize_static(
             str(src), str(qpath), calibration_reader, quant_format=QuantFormat.QDQ,
