@@ -26,15 +26,27 @@ def budget_options(f):
     return f
 
 
+def model_and_data_options(*, eval_required: bool, default_out: str):
+    """MODEL, its data sources, output folder, target and metric: shared by run and tune."""
+    def apply(f):
+        for option in reversed([
+            click.argument("model", type=click.Path(path_type=Path)),
+            click.option("--calib", required=True, help="Calibration data source."),
+            click.option("--eval", "eval_spec", required=eval_required, default=None,
+                         help="Evaluation data source (labels optional)."),
+            click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
+                         help=f"Output folder (default: {default_out})."),
+            click.option("--target", type=click.Choice(["auto", *TARGETS]), default="auto", show_default=True),
+            click.option("--metric", default=None, help="Task metric: top1 or module:function."),
+            click.option("--preprocess", default=None, help="Preprocessing spec for image-folder sources."),
+        ]):
+            f = option(f)
+        return f
+    return apply
+
+
 @cli.command("run")
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option("--calib", required=True, help="Calibration data source.")
-@click.option("--eval", "eval_spec", default=None, help="Evaluation data source (labels optional).")
-@click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
-              help="Output folder (default: reports/<model name>).")
-@click.option("--target", type=click.Choice(["auto", *TARGETS]), default="auto", show_default=True)
-@click.option("--metric", default=None, help="Task metric: top1 or module:function.")
-@click.option("--preprocess", default=None, help="Preprocessing spec for image-folder sources.")
+@model_and_data_options(eval_required=False, default_out="reports/<model name>")
 @budget_options
 @session_option
 @click.option("--runs", type=click.IntRange(min=2), default=100, show_default=True)

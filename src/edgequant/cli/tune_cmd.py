@@ -8,10 +8,9 @@ import click
 from rich.table import Table
 
 from ..pipeline import Budget, RunOptions
-from ..targets import TARGETS
 from . import cli
 from .report_view import make_console, print_report
-from .run_cmd import budget_options, session_option
+from .run_cmd import budget_options, model_and_data_options, session_option
 
 
 def trace_table(report: dict) -> Table:
@@ -28,14 +27,7 @@ def trace_table(report: dict) -> Table:
 
 
 @cli.command("tune")
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option("--calib", required=True, help="Calibration data source.")
-@click.option("--eval", "eval_spec", required=True, help="Evaluation data source (labels optional).")
-@click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
-              help="Output folder (default: reports/<model name>-tune).")
-@click.option("--target", type=click.Choice(["auto", *TARGETS]), default="auto", show_default=True)
-@click.option("--metric", default=None, help="Task metric: top1 or module:function.")
-@click.option("--preprocess", default=None, help="Preprocessing spec for image-folder sources.")
+@model_and_data_options(eval_required=True, default_out="reports/<model name>-tune")
 @budget_options
 @session_option
 @click.option("--time-budget", type=click.FloatRange(min=0), default=None,
