@@ -182,3 +182,17 @@ def test_run_selective_reports_its_outcome(tmp_path, heavy_conv, conv_calib):
     sel_notes = [n for n in report["notes"] if n.startswith("selective INT8")]
     # Either a real mix was found and measured, or the report says why not: never silent.
     assert ("selective" in names) != bool(sel_notes)
+
+
+def test_unwritable_output_is_one_line(tmp_path, heavy_conv):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    assert_clean_failure(edgequant("quantize", heavy_conv, "-o", blocker / "x.onnx", "--mode", "dynamic"),
+                         "x.onnx", "cannot write")
+
+
+def test_bad_metric_fails_before_any_work(tmp_path, heavy_conv, conv_calib):
+    out = tmp_path / "never"
+    assert_clean_failure(edgequant("run", heavy_conv, "--calib", conv_calib, "--metric", "nosuch_mod:fn", "-o", out),
+                         "nosuch_mod")
+    assert not out.exists()

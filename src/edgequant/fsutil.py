@@ -27,8 +27,11 @@ def refuse_overwrite(out: str | Path, *inputs: str | Path) -> None:
 def atomic_path(out: str | Path) -> Iterator[Path]:
     """Yield a temporary path in the destination folder; rename it onto ``out`` on success."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as exc:
+        raise EdgequantError(f"{out}: cannot write here ({exc.strerror or exc})") from None
     os.close(fd)
     tmp_p = Path(tmp)
     umask = os.umask(0)

@@ -317,6 +317,10 @@ def run_pipeline(model_path: str | Path, out_dir: str | Path, *, calib: str, eva
 
     options = options or RunOptions()
     model_path, out_dir = Path(model_path), Path(out_dir)
+    if options.metric:
+        from .measure.accuracy import load_metric
+
+        load_metric(options.metric)  # a typo fails now, not after quantizing
     proto = model_io.load_model(model_path)
     target = resolve_target(options.target).name
     calib_src, eval_src = open_sources(proto, calib, eval_spec, options)
