@@ -7,11 +7,11 @@ from typing import Any
 
 import click
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
 from ..errors import EdgequantError
 from . import cli
+from .report_view import make_console
 
 DEFAULT_INPUT = "random:1"
 MEMORY_MAX_WARMUP = 5   # peak RSS settles after the first runs (arena growth); no need for all runs
@@ -171,8 +171,8 @@ def bench(models: tuple[Path, ...], threads: int, inter_op: int, graph_opt: str,
     paths = [str(m) for m in models]
     sizes: dict[str, int] = {}
 
-    out = Console()
-    err = Console(stderr=True)
+    out = make_console()
+    err = make_console(stderr=True)
     machine = machine_facts(cfg)
     out.print(f"machine: {describe_machine(machine)}")
 

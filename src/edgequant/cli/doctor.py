@@ -6,11 +6,11 @@ import json
 import platform
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from ..targets import RULES, auto_target, detect_cpu
 from . import cli
+from .report_view import make_console
 
 
 def doctor_facts() -> dict:
@@ -37,4 +37,4 @@ def doctor(as_json: bool) -> None:
     for key in ("cpu", "arch", "logical_cores", "isa", "vnni", "python", "onnxruntime", "providers", "target", "why"):
         value = facts[key]
         table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
-    Console().print(table)
+    make_console().print(table)

@@ -8,12 +8,12 @@ from typing import Any
 
 import click
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
 from ..errors import EdgequantError
 from ..metrics import accuracy_entry
 from . import cli
+from .report_view import make_console
 
 
 def _fmt(v: float | None, spec: str = ".4f") -> str:
@@ -94,7 +94,7 @@ def eval_(model: Path, data_spec: str, reference: Path | None, metric: str | Non
 
     cfg = SessionConfig(intra_op_threads=threads)
     paths = [str(reference), str(model)] if reference is not None else [str(model)]
-    err = Console(stderr=True)
+    err = make_console(stderr=True)
     with err.status(f"running {len(paths)} model(s) on {source.count or '?'} sample(s)"):
         got = collect(paths, source, cfg)
     ref_out = got.outputs[0] if reference is not None else None
@@ -105,7 +105,7 @@ def eval_(model: Path, data_spec: str, reference: Path | None, metric: str | Non
         ref_result = metric_fn(ref_out, got.labels, ref_out) if ref_out is not None else None
         accuracy = accuracy_entry(metric_fn(cand_out, got.labels, ref_out), ref_result)
 
-    out = Console()
+    out = make_console()
     machine = machine_facts(cfg)
     out.print(f"machine: {describe_machine(machine)}")
     out.print(f"model: {model}" + (f"  reference: {reference}" if reference is not None else "")

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from .. import model as model_io
 from . import cli
+from .report_view import make_console
 
 
 def inspect_facts(path: Path) -> dict:
@@ -42,7 +42,7 @@ def inspect(model: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(facts, indent=2))
         return
-    con = Console()
+    con = make_console()
     con.print(f"[bold]{facts['path']}[/]  opset {facts['opset']}  {facts['size_bytes'] / 1e6:.2f} MB  "
               f"producer {facts['producer'] or '-'}")
     io = Table("", "name", "dtype", "shape", box=None)

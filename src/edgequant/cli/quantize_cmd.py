@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .. import model as model_io
 from ..quantize import ACTIVATION_TYPES, CALIB_METHODS, FORMATS, WEIGHT_TYPES, make_config, quantize_model
 from ..targets import TARGETS
 from . import cli
+from .report_view import make_console
 
 
 def _split_ops(value: str | None) -> tuple[str, ...] | None:
@@ -45,7 +45,7 @@ def quantize(model: Path, out: Path, mode: str, calib: str | None, preprocess: s
                          activation_type=activation_type, weight_type=weight_type, calib_method=calib_method,
                          calib_percentile=percentile, op_types=_split_ops(op_types), exclude=exclude,
                          calib_limit=calib_limit)
-    err = Console(stderr=True)
+    err = make_console(stderr=True)
     source = None
     if mode == "static":
         if not calib:
@@ -66,7 +66,7 @@ def quantize(model: Path, out: Path, mode: str, calib: str | None, preprocess: s
         err.print(f"[yellow]warning:[/] {w}")
     for n in result.notes:
         err.print(f"[dim]note: {n}[/]")
-    Console().print(
+    make_console().print(
         f"wrote {result.path}  {result.input_size_bytes / 1e6:.2f} MB -> {result.output_size_bytes / 1e6:.2f} MB "
         f"({result.compression:.2f}x smaller)  mode={config.mode} target={config.target} "
         f"format={config.quant_format} per_channel={config.per_channel} reduce_range={config.reduce_range} "
