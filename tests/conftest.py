@@ -27,3 +27,16 @@ def conv_calib(tmp_path: Path) -> Path:
     path = tmp_path / "calib.npz"
     np.savez(path, input=rng.normal(0, 1, (16, 3, 16, 16)).astype(np.float32))
     return path
+
+
+@pytest.fixture
+def sensitive(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """An MLP with one layer that 8-bit quantization destroys, with calibration/eval data."""
+    import onnx
+
+    from test_tune_helpers import data_for, sensitive_mlp
+
+    path = tmp_path / "sensitive.onnx"
+    onnx.save(sensitive_mlp(), str(path))
+    calib, evals = data_for(path, tmp_path)
+    return path, calib, evals

@@ -1,7 +1,6 @@
-import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, numpy_helper
 
 import onnx_models
 from edgequant import model as model_io

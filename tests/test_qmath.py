@@ -99,7 +99,6 @@ def test_error_metrics_known_values():
 
 def test_matches_onnxruntime_quantize_linear():
     """Our quantize must agree bit-for-bit with ORT's QuantizeLinear (round half to even)."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 

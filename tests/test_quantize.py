@@ -3,7 +3,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edgequant import model as model_io
 from edgequant.errors import EdgequantError
 from edgequant.quantize import make_config, quantize_model
 

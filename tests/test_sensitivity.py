@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from test_tune_helpers import _init, data_for, sensitive_mlp
+from test_tune_helpers import _init
 
 from edgequant import model as model_io
 from edgequant.data import open_source
@@ -26,13 +26,6 @@ def _static(model: Path, calib: Path, out: Path) -> tuple[Path, object]:
     quantize_model(model, out, make_config("static", "x86-avx2", extra_options={"CalibMaxIntermediateOutputs": None}), src)
     return out, src
 
-
-@pytest.fixture
-def sensitive(tmp_path: Path) -> tuple[Path, Path, Path]:
-    path = tmp_path / "sensitive.onnx"
-    onnx.save(sensitive_mlp(), str(path))
-    calib, evals = data_for(path, tmp_path)
-    return path, calib, evals
 
 
 def test_helpers() -> None:

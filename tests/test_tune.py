@@ -8,9 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import onnx
-import pytest
-from test_tune_helpers import data_for, sensitive_mlp
 
 from edgequant.cli import main
 from edgequant.pipeline import Budget, RunOptions
@@ -24,13 +21,6 @@ def _options(**kw) -> TuneOptions:
     run = kw.pop("run", FAST)
     return TuneOptions(run=run, trial_runs=10, trial_warmup=1, workers=kw.pop("workers", 1), **kw)
 
-
-@pytest.fixture
-def sensitive(tmp_path: Path) -> tuple[Path, Path, Path]:
-    path = tmp_path / "sensitive.onnx"
-    onnx.save(sensitive_mlp(), str(path))
-    calib, evals = data_for(path, tmp_path)
-    return path, calib, evals
 
 
 def _check_pick_is_honest(report: dict) -> None:

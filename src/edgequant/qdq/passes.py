@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, version_converter
+from onnx import numpy_helper
 
 from edgequant.qdq.graph import GraphIndex, opset_of
 
@@ -18,10 +18,9 @@ MIN_QDQ_OPSET = 13
 
 def upgrade_opset(model: onnx.ModelProto, min_opset: int = MIN_QDQ_OPSET) -> tuple[onnx.ModelProto, int]:
     """Return the model converted to at least ``min_opset`` and the opset it had before."""
-    before = opset_of(model)
-    if before >= min_opset:
-        return model, before
-    return version_converter.convert_version(model, min_opset), before
+    from edgequant.model import upgrade_opset as upgrade_checked
+
+    return upgrade_checked(model, min_opset), opset_of(model)
 
 
 def _is_activation_q(node: onnx.NodeProto, idx: GraphIndex) -> bool:

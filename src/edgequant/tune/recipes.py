@@ -39,11 +39,6 @@ class Recipe:
     def config(self, target: str) -> QuantizeConfig:
         """The quantizer settings; 16-bit tensors become ORT ``TensorQuantOverrides``."""
         extra: dict = {}
-        if self.mode == "static":
-            # onnxruntime 1.32's MinMax calibrator *discards* the collected ranges every
-            # CalibMaxIntermediateOutputs samples (and fails when the count is a multiple of it):
-            # keep every sample's ranges so calibration sees all of its data.
-            extra["CalibMaxIntermediateOutputs"] = None
         if self.int16_tensors:
             from onnxruntime.quantization import QuantType
 
