@@ -14,7 +14,16 @@ from test_measure_fixtures import mlp  # noqa: E402
 
 from edgequant.errors import EdgequantError
 from edgequant.measure.accuracy import load_metric, top1
-from edgequant.measure.fidelity import collect, collect_outputs, compare_outputs, top1_agreement
+from edgequant.devices.cpu import CpuDevice
+from edgequant.measure.fidelity import compare_outputs, top1_agreement
+
+
+def collect(paths, samples):
+    return CpuDevice().outputs(paths, samples)
+
+
+def collect_outputs(path, samples):
+    return collect([path], samples).outputs[0]
 from edgequant.metrics import MetricResult
 
 

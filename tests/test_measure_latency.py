@@ -12,9 +12,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_measure_fixtures import mlp  # noqa: E402
 
 from edgequant.errors import EdgequantError
-from edgequant.measure.latency import (LatencyStats, benchmark_interleaved, paired_speedup, round_order,
-                                       threads_sweep)
-from edgequant.measure.session import SessionConfig, make_session
+from edgequant.devices.cpu import CpuDevice
+from edgequant.devices.cpu_session import open_session as make_session
+from edgequant.measure.latency import LatencyStats, paired_speedup, round_order
+from edgequant.measure.session import SessionConfig
+
+
+def benchmark_interleaved(paths, feeds, cfg=None, **kwargs):
+    """The CPU device's interleaved timing job (what every benchmark in the product runs)."""
+    return CpuDevice(cfg).time_interleaved(paths, feeds, **kwargs)
 
 
 def test_stats_match_numpy() -> None:
@@ -102,14 +108,6 @@ def test_feeds_forms(tmp_path: Path) -> None:
         benchmark_interleaved([a, b], {"x": x}, warmup=0, runs=3)
     with pytest.raises(EdgequantError, match="inputs do not match"):
         benchmark_interleaved([a], {"x": np.ones((1, 3), np.float32)}, warmup=0, runs=3)
-
-
-def test_threads_sweep(tmp_path: Path) -> None:
-    a = mlp(tmp_path / "a.onnx")
-    out = threads_sweep([a], {"x": np.ones((1, 16), np.float32)}, None, [1, 2], warmup=0, runs=3)
-    assert sorted(out) == [1, 2] and out[2].config.intra_op_threads == 2
-    with pytest.raises(EdgequantError):
-        threads_sweep([a], {"x": np.ones((1, 16), np.float32)}, None, [0])
 
 
 def test_session_errors_name_the_file(tmp_path: Path) -> None:

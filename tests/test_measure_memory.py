@@ -1,4 +1,4 @@
-"""Peak memory measured in fresh subprocesses."""
+"""Peak memory measured in fresh subprocesses (the CPU device's memory job)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_measure_fixtures import big_table, mlp  # noqa: E402
 
 from edgequant.errors import EdgequantError
-from edgequant.measure.memory import baseline_rss_mb, measure_memory
+from edgequant.devices.cpu import CpuDevice
+
+baseline_rss_mb = CpuDevice().baseline_memory
+measure_memory = CpuDevice().peak_memory
 
 
 def test_bigger_model_bigger_delta(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from edgequant.qdq.coverage import coverage_of_graph
+from edgequant.measure.coverage import coverage_of_graph
 from edgequant.qdq.passes import drop_zero_bias_zero_points, fold_identity_qdq, upgrade_opset
 
 

@@ -51,11 +51,11 @@ def quantize(model: str | Path, out: str | Path, *, mode: str, calib: str | None
 def bench(models: Sequence[str | Path], *, input: str = "random:1", threads: int = 1, warmup: int = 10,
           runs: int = 100, session: SessionConfig | None = None):
     """Interleaved latency of ``models`` (speedups relative to the first)."""
+    from .devices import local_cpu
     from .measure.feeds import SourceFeeds
-    from .measure.latency import benchmark_interleaved
 
     cfg = session or SessionConfig(intra_op_threads=threads)
-    return benchmark_interleaved([str(m) for m in models], SourceFeeds(input), cfg, warmup=warmup, runs=runs)
+    return local_cpu(cfg).time_interleaved([str(m) for m in models], SourceFeeds(input), warmup=warmup, runs=runs)
 
 
 def evaluate(model: str | Path, data: str, *, reference: str | Path | None = None, metric: str | None = None,
@@ -63,13 +63,14 @@ def evaluate(model: str | Path, data: str, *, reference: str | Path | None = Non
     """Fidelity against ``reference`` and the task metric (when labels or a metric exist)."""
     from .data import open_source
     from .measure.accuracy import load_metric
-    from .measure.fidelity import collect, compare_outputs
+    from .devices import local_cpu
+    from .measure.fidelity import compare_outputs
 
     cfg = session or SessionConfig()
     proto = model_io.load_model(model)
     source = open_source(data, model_io.graph_inputs(proto), preprocess=preprocess, limit=limit)
     paths = [str(reference), str(model)] if reference else [str(model)]
-    collected = collect(paths, source, cfg)
+    collected = local_cpu(cfg).outputs(paths, source)
     out: dict = {"model": str(model), "samples": collected.count}
     ref_out = collected.outputs[0] if reference else None
     cand = collected.outputs[-1]

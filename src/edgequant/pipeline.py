@@ -81,6 +81,13 @@ class RunOptions:
     profile: bool = True                  # per-op kernel times, to explain slow variants
     selective: bool = False               # also search INT8/FP32 mixes by per-node timing
     selective_budget_s: float = 90.0
+    device: str = "cpu"                   # where variants run and are measured (edgequant.devices)
+
+    def make_device(self):
+        """The device every measurement of this run goes through, with this run's session."""
+        from .devices import get_device
+
+        return get_device(self.device, self.session)
 
 
 @dataclass
@@ -119,16 +126,13 @@ def measure_candidates(candidates: Sequence[Candidate], eval_source, options: Ru
                        progress: Progress | None = None) -> list[dict]:
     """Measure every candidate (first = FP32 reference) the same way; returns variant dicts."""
     from .measure.accuracy import load_metric
-    from .measure.fidelity import collect, compare_outputs
-    from .measure.latency import benchmark_interleaved
-    from .measure.memory import baseline_rss_mb, measure_memory
-    from .measure.profile import op_time_profile
-    from .qdq.coverage import coverage
+    from .measure.fidelity import compare_outputs
 
+    device = options.make_device()
     paths = [str(c.path) for c in candidates]
     if progress:
         progress(f"running {len(paths)} models on {getattr(eval_source, 'count', '?')} samples")
-    collected = collect(paths, eval_source, options.session)
+    collected = device.outputs(paths, eval_source)
     reference = collected.outputs[0]
     metric = None
     if not getattr(eval_source, "synthetic", False) and (options.metric or collected.labels is not None):
@@ -138,9 +142,9 @@ def measure_candidates(candidates: Sequence[Candidate], eval_source, options: Ru
     if progress:
         progress(f"timing {len(paths)} models interleaved ({options.runs} rounds)")
     first = next(iter(eval_source))
-    bench = benchmark_interleaved(paths, first.feeds, options.session, warmup=options.warmup, runs=options.runs)
+    bench = device.time_interleaved(paths, first.feeds, warmup=options.warmup, runs=options.runs)
 
-    base = baseline_rss_mb() if options.measure_memory else None
+    base = device.baseline_memory() if options.measure_memory else None
     variants = []
     for i, cand in enumerate(candidates):
         timing = bench.models[i]
@@ -148,19 +152,14 @@ def measure_candidates(candidates: Sequence[Candidate], eval_source, options: Ru
         if options.measure_memory:
             if progress:
                 progress(f"peak memory of {cand.name} (fresh process)")
-            memory = measure_memory(cand.path, first.feeds, options.session, runs=options.memory_runs,
-                                    baseline_mb=base)
+            memory = device.peak_memory(cand.path, first.feeds, runs=options.memory_runs, baseline_mb=base)
         fid = compare_outputs(reference, collected.outputs[i]).to_dict()
         acc = None
         if metric:
             res = metric(collected.outputs[i], collected.labels, reference)
             acc = accuracy_entry(res, fp32_metric)
-        cov = None
-        if cand.config.get("mode") in ("dynamic", "static"):
-            c = coverage(cand.path)
-            cov = {"quantized_compute_ops": c.quantized_compute_ops, "compute_ops": c.compute_ops,
-                   "float_compute_nodes": list(c.float_compute_nodes)}
-        profile = op_time_profile(cand.path, first.feeds, options.session) if options.profile else None
+        cov = device.coverage(cand.path).to_dict() if cand.config.get("mode") in ("dynamic", "static") else None
+        profile = device.profile_ops(cand.path, first.feeds) if options.profile else None
         variants.append({
             "name": cand.name, "path": str(cand.path), "config": {**cand.config, "session": options.session.to_dict()},
             "size_bytes": model_io.model_size_bytes(cand.path),

@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import onnx
-from onnx import helper, numpy_helper
 
 from . import model as model_io
 from .errors import EdgequantError
 from .fsutil import refuse_overwrite
+from .qdq.prepare import prepare
 from .targets import RULES, TargetRule, resolve_target
 
 MODES = ("dynamic", "static")
@@ -49,7 +49,13 @@ class QuantizeConfig:
     activation_symmetric: bool = False
     weight_symmetric: bool = True
     calib_limit: int | None = None
-    extra_options: dict = field(default_factory=dict)
+    fuse_transformer: bool | None = None      # dynamic: fuse attention blocks first (None: when it looks like one)
+    extra_options: dict = field(default_factory=dict)   # passed to onnxruntime's quantizer, and only there
+
+    @property
+    def activations_to_uint8(self) -> bool:
+        """x86 targets: rewrite int8 activation Q/DQ to uint8 so ORT's x86 QDQ fusions fire."""
+        return self.target.startswith("x86")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -72,6 +78,7 @@ def make_config(
     op_types: tuple[str, ...] | list[str] | None = None,
     exclude: tuple[str, ...] | list[str] = (),
     calib_limit: int | None = None,
+    fuse_transformer: bool | None = None,
     extra_options: dict | None = None,
 ) -> QuantizeConfig:
     """Target rule defaults, overridden by whatever the caller set explicitly (None = rule)."""
@@ -101,7 +108,7 @@ def make_config(
         reduce_range=rr, activation_type=act if mode == "static" else "uint8", weight_type=wt,
         calib_method=calib_method, calib_percentile=calib_percentile, op_types=ops,
         exclude=tuple(exclude), weight_symmetric=rule.weight_symmetric, calib_limit=calib_limit,
-        extra_options=dict(extra_options or {}))
+        fuse_transformer=fuse_transformer, extra_options=dict(extra_options or {}))
 
 
 @dataclass
@@ -131,64 +138,6 @@ def config_warnings(config: QuantizeConfig) -> list[str]:
         out.append("U8S8 without reduce_range on x86 without VNNI can saturate (VPMADDUBSW); "
                    f"rule for {rule.name}: {rule.why}")
     return out
-
-
-# ---- preparation ---------------------------------------------------------------------------
-
-def _gemm_to_matmul(model: onnx.ModelProto) -> int:
-    """Rewrite plain Gemm (alpha=beta=1, no transA) as MatMul + Add so dynamic quantization,
-    whose integer-op registry has no Gemm, still covers fully connected layers."""
-    inits = {t.name: t for t in model.graph.initializer}
-    new_nodes, rewritten = [], 0
-    for node in model.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (node.op_type != "Gemm" or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0
-                or attrs.get("beta", 1.0) != 1.0 or node.input[1] not in inits):
-            new_nodes.append(node)
-            continue
-        b_name = node.input[1]
-        if attrs.get("transB", 0):
-            b = numpy_helper.to_array(inits[b_name]).T.copy()
-            b_name = b_name + "_transposed"
-            model.graph.initializer.append(numpy_helper.from_array(b, b_name))
-        has_bias = len(node.input) > 2 and node.input[2]
-        mm_out = node.output[0] + "_matmul" if has_bias else node.output[0]
-        new_nodes.append(helper.make_node("MatMul", [node.input[0], b_name], [mm_out], name=f"{node.name}_MatMul"))
-        if has_bias:
-            new_nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=f"{node.name}_Add"))
-        rewritten += 1
-    if rewritten:
-        del model.graph.node[:]
-        model.graph.node.extend(new_nodes)
-        used = {i for n in model.graph.node for i in n.input}
-        keep = [t for t in model.graph.initializer if t.name in used]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
-    return rewritten
-
-
-def prepare_model(model_path: Path, work: Path, config: QuantizeConfig, notes: list[str]) -> Path:
-    """The quantizer-ready copy of the model (exact FP32 rewrites, opset, Gemm rewrite, ORT
-    pre-processing) under ``work``."""
-    from .rewrites import apply_exact_rewrites
-
-    model = model_io.load_model(model_path)
-    notes.extend(apply_exact_rewrites(model))
-    min_opset = 13 if (config.per_channel or config.mode == "static") else 11
-    opset = model_io.default_opset(model)
-    if opset < min_opset:
-        model = model_io.upgrade_opset(model, min_opset, path=model_path)
-        notes.append(f"opset upgraded {opset} -> {min_opset} (per-channel DequantizeLinear needs >= 13)")
-    if config.mode == "dynamic" and "Gemm" in (config.op_types or ()):
-        n = _gemm_to_matmul(model)
-        if n:
-            notes.append(f"{n} Gemm rewritten as MatMul+Add for dynamic quantization")
-    staged = work / "staged.onnx"
-    onnx.save_model(model, str(staged))
-    from .qdq.prepare import preprocess
-
-    passes: list[str] = []
-    return preprocess(staged, work / "prepared.onnx", passes, notes, optimize=config.mode == "static")
 
 
 # ---- recipes -------------------------------------------------------------------------------
@@ -224,8 +173,8 @@ def looks_like_transformer(model: onnx.ModelProto) -> bool:
 def _run_dynamic(src: Path, out: Path, config: QuantizeConfig, notes: list[str]) -> None:
     from onnxruntime.quantization import quantize_dynamic
 
-    fuse = config.extra_options.get("FuseTransformer", "auto")
-    if fuse is True or (fuse == "auto" and looks_like_transformer(onnx.load(str(src), load_external_data=False))):
+    fuse = config.fuse_transformer
+    if fuse or (fuse is None and looks_like_transformer(onnx.load(str(src), load_external_data=False))):
         # Fused Attention/SkipLayerNorm/Gelu become QAttention/DynamicQuantizeMatMul with few
         # boundaries; unfused, the encoder is mostly float glue around quantized MatMuls.
         from .qdq.transformers import quantize_transformer_dynamic
@@ -239,7 +188,7 @@ def _run_dynamic(src: Path, out: Path, config: QuantizeConfig, notes: list[str])
         notes.extend(summary.warnings)
         return
 
-    extra = {"MatMulConstBOnly": True, **{k: v for k, v in config.extra_options.items() if k != "FuseTransformer"}}
+    extra = {"MatMulConstBOnly": True, **config.extra_options}
     quantize_dynamic(str(src), str(out), op_types_to_quantize=_ort_op_types(config),
                      per_channel=config.per_channel, reduce_range=config.reduce_range,
                      weight_type=_qtype(config.weight_type), nodes_to_exclude=list(config.exclude),
@@ -282,15 +231,10 @@ def _run_static(src: Path, out: Path, config: QuantizeConfig, reader, notes: lis
         # QDQ placement decides whether ORT's fusions fire: this recipe also verifies coverage
         # on ORT's optimized graph and explains every compute op left in float.
         from .qdq import quantize_static_optimized
-        from .qdq.recipe import S8_TO_U8_KEY
-
-        # ORT's x86 fusions need uint8 activations; other targets keep what was asked for,
-        # whatever machine this runs on.
-        extra.setdefault(S8_TO_U8_KEY, config.target.startswith("x86"))
 
         summary = quantize_static_optimized(src, out, reader, prepared=True, **static_qdq_kwargs(config, extra))
         notes.extend(f"{name} stays float: {why}" for name, why in summary.float_compute_nodes.items())
-        notes.extend(w for w in summary.warnings if "VPMADDUBSW" not in w)  # config_warnings says it already
+        notes.extend(summary.warnings)
         return
     quantize_static(
         str(src), str(out), calibration_data_reader=reader, quant_format=QuantFormat.QOperator,
@@ -301,9 +245,15 @@ def _run_static(src: Path, out: Path, config: QuantizeConfig, reader, notes: lis
         extra_options=extra)
 
 
-def static_qdq_kwargs(config: QuantizeConfig, extra: dict) -> dict:
-    """``quantize_static_optimized`` keyword arguments for ``config`` (shared with selective)."""
+def static_qdq_kwargs(config: QuantizeConfig, extra: dict | None = None) -> dict:
+    """``quantize_static_optimized`` keyword arguments for ``config`` (shared with selective).
+
+    ``extra`` defaults to the ORT options this config implies at opset 13 (selective prepares
+    the model itself)."""
+    if extra is None:
+        extra = _static_extra_options(config, 13)
     return dict(per_channel=config.per_channel, reduce_range=config.reduce_range,
+                activations_to_uint8=config.activations_to_uint8,
                 activation_type=_qtype(config.activation_type), weight_type=_qtype(config.weight_type),
                 calibrate_method=_calib_method(config.calib_method), nodes_to_exclude=list(config.exclude) or None,
                 op_types=list(config.op_types) if config.op_types else None, extra_options=extra)
@@ -340,7 +290,10 @@ def quantize_model(
         warnings.append("calibrating on synthetic random data: activation ranges will not match real inputs")
     with tempfile.TemporaryDirectory(prefix="edgequant-") as tmp:
         work = Path(tmp)
-        prepared = prepare_model(model_path, work, config, notes)
+        prep = prepare(model_path, work, mode=config.mode, per_channel=config.per_channel,
+                       gemm_to_matmul=config.mode == "dynamic" and "Gemm" in (config.op_types or ()))
+        notes.extend([*prep.notes, *prep.warnings])
+        prepared = prep.path
         raw_out = work / "quantized.onnx"
         try:
             if config.mode == "dynamic":

@@ -15,6 +15,7 @@ namespace ``nodes_to_exclude`` and ``TensorQuantOverrides`` use.
 
 from __future__ import annotations
 
+import itertools
 import math
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -150,14 +151,12 @@ def expose_tensors(model_path: Path, out_path: Path, wanted: Iterable[str] | Non
     return names
 
 
-def _session(path: Path, threads: int):
-    import onnxruntime as ort
+def _device(threads: int):
+    """The CPU device with graph optimization off: every intermediate tensor stays observable."""
+    from .devices import local_cpu
+    from .measure.session import SessionConfig
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return local_cpu(SessionConfig(graph_optimization="disable", intra_op_threads=threads))
 
 
 def _weights_of(qdq: onnx.ModelProto, float_model: onnx.ModelProto) -> dict[str, float]:
@@ -252,10 +251,6 @@ def _range_flag(ratio: float, spread: float | None) -> str | None:
         return (f"one channel's range is {spread:.0f}x the median channel's: per-tensor 8-bit steps "
                 "leave the other channels a few levels")
     return None
-
-
-def _feeds(sample: Any) -> Mapping[str, np.ndarray]:
-    return sample if isinstance(sample, Mapping) else sample.feeds
 
 
 # ---- analysis -------------------------------------------------------------------------------
@@ -365,25 +360,18 @@ def analyze(float_model: str | Path, qdq_model: str | Path, samples: Iterable[An
         f_aug, q_aug = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx"
         f_names = expose_tensors(float_model, f_aug, wanted_base)
         q_names = expose_tensors(qdq_model, q_aug, set(q_for.values()) | set(raw_for.values()))
-        fs, qs = _session(f_aug, threads), _session(q_aug, threads)
-        f_inputs = {i.name for i in fs.get_inputs()}
-        q_inputs = {i.name for i in qs.get_inputs()}
         rng = np.random.default_rng(seed)
         acc: dict[str, _Acc] = {t: _Acc() for t in f_names}
         count = 0
-        for sample in samples:
-            if count >= limit:
-                break
-            feeds = _feeds(sample)
-            fvals = dict(zip(f_names, fs.run(f_names, {k: v for k, v in feeds.items() if k in f_inputs})))
-            qvals = dict(zip(q_names, qs.run(q_names, {k: v for k, v in feeds.items() if k in q_inputs})))
+        runs = _device(threads).iter_outputs([f_aug, q_aug], itertools.islice(samples, limit),
+                                             outputs=[f_names, q_names])
+        for (fvals, qvals), _label in runs:
             for t, ref in fvals.items():
                 cand = qvals.get(q_for.get(t, ""))
                 raw = qvals.get(raw_for.get(t, ""))
                 acc[t].add(np.asarray(ref), None if cand is None else np.asarray(cand), rng,
                            ranges=t in quantized_tensors, raw=None if raw is None else np.asarray(raw))
             count += 1
-        del fs, qs
     if count == 0:
         raise EdgequantError(f"{float_model}: no calibration samples for the sensitivity analysis")
     tensors = _tensor_ranges(acc, quantized_tensors, graph_outputs)
@@ -440,19 +428,15 @@ def _rank(nodes: Sequence[_QdqNode], acc: Mapping[str, _Acc], weight_sqnr: Mappi
 # ---- one-call entry point -------------------------------------------------------------------
 
 def prepared_float_model(model_path: Path, work: Path, target: str = "auto") -> Path:
-    """The FP32 graph the static quantizer actually sees (same pre-processing, same names).
+    """The FP32 graph the static quantizer actually sees (the same :func:`~edgequant.qdq.prepare.prepare`).
 
-    Mirrors ``quantize_model`` for static QDQ: edgequant's preparation, then the QDQ recipe's.
-    Falls back to the original model if either step fails (names then match less often).
+    Falls back to the original model if preparation fails (names then match less often).
     """
     from .qdq.prepare import prepare
-    from .quantize import make_config, prepare_model
+    from .targets import resolve_target
 
     try:
-        first = prepare_model(model_path, work, make_config("static", target), [])
-        sub = work / "qdq-prep"
-        sub.mkdir(exist_ok=True)
-        return prepare(first, sub, [], [])
+        return prepare(model_path, work, mode="static", per_channel=resolve_target(target).per_channel).path
     except Exception:  # noqa: BLE001 - analysis still works on the original names, just less of it
         return model_path
 

@@ -146,9 +146,8 @@ def bench(models: tuple[Path, ...], threads: int, inter_op: int, graph_opt: str,
     from ..fsutil import write_text_atomic
     from ..measure.serialize import dumps
     from ..measure.feeds import SourceFeeds
-    from ..measure.latency import benchmark_interleaved
+    from ..devices import local_cpu
     from ..measure.machine import describe_machine, machine_facts
-    from ..measure.memory import baseline_rss_mb, measure_memory
     from ..measure.session import SessionConfig
     from ..model import model_size_bytes
 
@@ -180,7 +179,7 @@ def bench(models: tuple[Path, ...], threads: int, inter_op: int, graph_opt: str,
     with err.status("benchmarking") as status:
         for t in sweep:
             status.update(f"timing {len(paths)} model(s) interleaved, {t} thread(s): {warmup} warm-up, {runs} rounds")
-            res = benchmark_interleaved(paths, feeds, cfg.with_(intra_op_threads=t), warmup=warmup, runs=runs)
+            res = local_cpu(cfg.with_(intra_op_threads=t)).time_interleaved(paths, feeds, warmup=warmup, runs=runs)
             # after the sessions exist: onnxruntime has already rejected unreadable models by name
             sizes = sizes or {p: model_size_bytes(p) for p in paths}
             sweep_results.append({"threads": t, "wall_s": res.wall_s, "models": _model_entries(res, sizes)})
@@ -188,10 +187,11 @@ def bench(models: tuple[Path, ...], threads: int, inter_op: int, graph_opt: str,
         base = None
         if memory:
             status.update("peak memory: bare onnxruntime baseline (fresh process)")
-            base = baseline_rss_mb()
+            device = local_cpu(cfg)
+            base = device.baseline_memory()
             for e in entries:
                 status.update(f"peak memory of {e['path']} (fresh process)")
-                mem = measure_memory(e["path"], feeds.by_path[e["path"]], cfg, warmup=min(warmup, MEMORY_MAX_WARMUP),
+                mem = device.peak_memory(e["path"], feeds.by_path[e["path"]], warmup=min(warmup, MEMORY_MAX_WARMUP),
                                      runs=min(runs, MEMORY_MAX_RUNS), baseline_mb=base)
                 e["peak_memory_mb"], e["memory_delta_mb"] = mem.peak_rss_mb, mem.delta_mb
 

@@ -70,7 +70,8 @@ def eval_(model: Path, data_spec: str, reference: Path | None, metric: str | Non
     from ..fsutil import write_text_atomic
     from ..measure.serialize import dumps
     from ..measure.accuracy import load_metric
-    from ..measure.fidelity import collect, compare_outputs
+    from ..devices import local_cpu
+    from ..measure.fidelity import compare_outputs
     from ..measure.machine import describe_machine, machine_facts
     from ..measure.session import SessionConfig
     from ..model import graph_inputs, load_model, sha256_file
@@ -96,7 +97,7 @@ def eval_(model: Path, data_spec: str, reference: Path | None, metric: str | Non
     paths = [str(reference), str(model)] if reference is not None else [str(model)]
     err = make_console(stderr=True)
     with err.status(f"running {len(paths)} model(s) on {source.count or '?'} sample(s)"):
-        got = collect(paths, source, cfg)
+        got = local_cpu(cfg).outputs(paths, source)
     ref_out = got.outputs[0] if reference is not None else None
     cand_out = got.outputs[-1]
     fidelity = compare_outputs(ref_out, cand_out) if ref_out is not None else None

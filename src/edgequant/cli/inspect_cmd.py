@@ -24,7 +24,7 @@ def inspect_facts(path: Path) -> dict:
         "op_counts": info.op_counts, "quantized": info.is_quantized, "int8_coverage": None,
     }
     if info.is_quantized:
-        from ..qdq.coverage import int8_coverage
+        from ..qdq import int8_coverage
 
         quantized, compute, float_nodes = int8_coverage(path)
         facts["int8_coverage"] = {"quantized_compute_ops": quantized, "compute_ops": compute,

@@ -84,8 +84,9 @@ class Sessions:
 def load_sessions(detector: str, face_landmark: str, iris_landmark: str,
                   threads: int = 0) -> Sessions:
     """ONNX Runtime CPU sessions (threads=0 lets ORT choose)."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    make = lambda p: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])  # noqa: E731
-    return Sessions(make(detector), make(face_landmark), make(iris_landmark))
+    from ..devices import local_cpu
+    from ..measure.session import SessionConfig
+
+    device = local_cpu(SessionConfig(intra_op_threads=threads))
+    return Sessions(device.open(detector), device.open(face_landmark), device.open(iris_landmark))
 

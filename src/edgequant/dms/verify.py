@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
+from ..devices import local_cpu
 
 from ..errors import EdgequantError
 
@@ -54,7 +54,7 @@ def compare(tflite_path: Path, onnx_path: Path, samples: np.ndarray) -> Verifica
     interp = Interpreter(model_path=str(tflite_path))
     interp.allocate_tensors()
     (tin,), touts = interp.get_input_details(), interp.get_output_details()
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    sess = local_cpu().open(onnx_path)
     in_name = sess.get_inputs()[0].name
     onnx_names = [o.name for o in sess.get_outputs()]
     missing = sorted({d["name"] for d in touts} - set(onnx_names))

@@ -1,7 +1,9 @@
-"""Honest measurement: interleaved latency, peak memory in a fresh process, fidelity, accuracy.
+"""Honest measurement: statistics over what devices return (interleaved latency, peak memory,
+fidelity, accuracy, INT8 coverage).
 
-Measurement code never quantizes. Names are loaded lazily so that the memory probe child
-(``python -m edgequant.measure._memprobe``) imports nothing but numpy and onnxruntime.
+Measurement code never quantizes and never loads a model: devices (``edgequant.devices``) run
+the jobs. Names are loaded lazily so that the memory probe child imports nothing but numpy and
+onnxruntime.
 """
 
 from __future__ import annotations
@@ -10,12 +12,12 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "SessionConfig": "session", "make_session": "session", "effective_threads": "session",
+    "SessionConfig": "session", "effective_threads": "session",
     "LatencyStats": "latency", "Speedup": "latency", "ModelTiming": "latency", "BenchResult": "latency",
-    "benchmark_interleaved": "latency", "paired_speedup": "latency", "threads_sweep": "latency",
-    "MemoryResult": "memory", "measure_memory": "memory", "baseline_rss_mb": "memory",
-    "Fidelity": "fidelity", "OutputFidelity": "fidelity", "Collected": "fidelity", "collect": "fidelity",
-    "collect_outputs": "fidelity", "compare_outputs": "fidelity", "top1_agreement": "fidelity",
+    "paired_speedup": "latency", "bench_result": "latency",
+    "MemoryResult": "memory", "Coverage": "coverage", "coverage_of_graph": "coverage",
+    "Fidelity": "fidelity", "OutputFidelity": "fidelity", "Collected": "fidelity",
+    "compare_outputs": "fidelity", "top1_agreement": "fidelity",
     "top1": "accuracy", "load_metric": "accuracy",
     "feeds_from_source": "feeds", "session_inputs": "feeds",
 }

@@ -158,3 +158,17 @@ def load_metric(spec: str) -> Metric:
         return BUILTIN[spec]
     fn = _import_target(spec)
     return _wrap(fn, spec.rpartition(":")[2])
+
+
+def choose_metric(spec: str | None, *, has_labels: bool, synthetic: bool) -> Metric | None:
+    """The one rule for which task metric a run uses.
+
+    Synthetic (random) inputs: none, since task accuracy on noise means nothing. Otherwise the
+    metric the user named, else ``top1`` when the data has labels, else none (the budget then
+    judges agreement with FP32).
+    """
+    if synthetic:
+        return None
+    if spec:
+        return load_metric(spec)
+    return BUILTIN["top1"] if has_labels else None

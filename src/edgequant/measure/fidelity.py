@@ -11,15 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import EdgequantError
 from ..qmath import cosine, max_abs_error, sqnr_db
-from .feeds import select, session_inputs
-from .session import SessionConfig, make_session
 
 
 @dataclass(frozen=True)
@@ -31,7 +28,7 @@ class Collected:
     count: int
 
 
-def _feeds_of(sample: Any) -> tuple[Mapping[str, np.ndarray], Any]:
+def feeds_of(sample: Any) -> tuple[Mapping[str, np.ndarray], Any]:
     """Accept ``data.Sample`` objects (``.feeds``/``.label``) or plain feed dicts."""
     if isinstance(sample, Mapping):
         return sample, None
@@ -46,33 +43,21 @@ def _stack(name: str, runs: list[np.ndarray], model: str) -> np.ndarray:
     return np.stack(runs)
 
 
-def collect(model_paths: Sequence[str | Path], samples: Iterable[Any], cfg: SessionConfig | None = None,
-            ) -> Collected:
-    """Run every model on every sample in one pass over ``samples`` (it may be a stream)."""
-    cfg = cfg or SessionConfig()
-    paths = [str(p) for p in model_paths]
-    sessions = [make_session(p, cfg) for p in paths]
-    specs = [session_inputs(s) for s in sessions]
-    names = [[o.name for o in s.get_outputs()] for s in sessions]
-    per_run: list[dict[str, list[np.ndarray]]] = [{n: [] for n in ns} for ns in names]
+def stack_outputs(model_paths: Sequence[str], per_sample: Iterable[tuple[list[dict[str, np.ndarray]], Any]],
+                  ) -> Collected:
+    """Stack a device's per-sample outputs (see ``Device.iter_outputs``) along a new first axis."""
+    per_run: list[dict[str, list[np.ndarray]]] = [{} for _ in model_paths]
     labels: list[Any] = []
     count = 0
-    for sample in samples:
-        feeds, label = _feeds_of(sample)
+    for outs, label in per_sample:
         labels.append(label)
-        for i, sess in enumerate(sessions):
-            f = select(feeds, specs[i], model=paths[i])
-            try:
-                values = sess.run(names[i], f)
-            except Exception as exc:  # noqa: BLE001 - ORT raises many types
-                first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-                raise EdgequantError(f"{paths[i]}: inference failed on sample {count}: {first.strip()[:300]}") from None
-            for n, v in zip(names[i], values):
-                per_run[i][n].append(np.asarray(v))
+        for i, values in enumerate(outs):
+            for n, v in values.items():
+                per_run[i].setdefault(n, []).append(np.asarray(v))
         count += 1
     if count == 0:
         raise EdgequantError("the data source produced no samples")
-    outputs = tuple({n: _stack(n, runs, paths[i]) for n, runs in d.items()} for i, d in enumerate(per_run))
+    outputs = tuple({n: _stack(n, runs, model_paths[i]) for n, runs in d.items()} for i, d in enumerate(per_run))
     stacked_labels = None
     if all(lb is not None for lb in labels):
         try:
@@ -80,12 +65,6 @@ def collect(model_paths: Sequence[str | Path], samples: Iterable[Any], cfg: Sess
         except ValueError:
             raise EdgequantError("labels change shape across samples; cannot stack them") from None
     return Collected(outputs=outputs, labels=stacked_labels, count=count)
-
-
-def collect_outputs(model_path: str | Path, samples: Iterable[Any], cfg: SessionConfig | None = None,
-                    ) -> dict[str, np.ndarray]:
-    """One model's outputs over ``samples``, stacked along a new first axis (see module doc)."""
-    return collect([model_path], samples, cfg).outputs[0]
 
 
 @dataclass(frozen=True)

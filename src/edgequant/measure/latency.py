@@ -6,12 +6,13 @@ once per *round* (in a fresh random order each round, to cancel order effects), 
 each round is a paired observation taken under the same conditions. A model's speedup over the
 first model is the ratio of medians, with a paired bootstrap confidence interval over rounds;
 ``faster_than_noise`` is true only when the whole interval lies above 1.
+
+Devices run the rounds (``Device.time_interleaved``); this module turns their times into
+statistics, so every device is judged by the same rule.
 """
 
 from __future__ import annotations
 
-import gc
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgequantError
-from .feeds import FeedsArg, resolve_feeds, session_inputs
-from .session import SessionConfig, make_session
+from .session import SessionConfig
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,10 @@ class Speedup:
     @property
     def slower_than_noise(self) -> bool:
         return self.ci_high < 1.0
+
+    def accepts(self, min_speedup: float) -> bool:
+        """The one acceptance rule: at least ``min_speedup`` faster, whole interval above 1."""
+        return self.ratio >= min_speedup and self.ci_low > 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"ratio": self.ratio, "ci": [self.ci_low, self.ci_high], "confidence": self.confidence,
@@ -150,70 +154,20 @@ def round_order(n_models: int, round_index: int, seed: int = 0) -> list[int]:
     return [int(i) for i in rng.permutation(n_models)]
 
 
-def benchmark_interleaved(model_paths: Sequence[str | Path], feeds_per_model: FeedsArg,
-                          cfg: SessionConfig | None = None, *, warmup: int = 10, runs: int = 100,
-                          confidence: float = 0.95, resamples: int = 1000, seed: int = 0) -> BenchResult:
-    """Time every model ``runs`` times, interleaved in randomly ordered rounds, in this process.
+def bench_result(model_paths: Sequence[str], times_ms: np.ndarray, cfg: SessionConfig, *, warmup: int,
+                 runs: int, wall_s: float, confidence: float = 0.95, resamples: int = 1000,
+                 seed: int = 0) -> BenchResult:
+    """Statistics of an interleaved run: ``times_ms[i, r]`` is model ``i``'s time in round ``r``."""
+    timings = []
+    for i, p in enumerate(model_paths):
+        sp = paired_speedup(times_ms[0], times_ms[i], confidence=confidence, resamples=resamples, seed=seed)
+        timings.append(ModelTiming(path=str(p), stats=LatencyStats.from_samples(times_ms[i]), speedup=sp))
+    return BenchResult(models=tuple(timings), config=cfg, warmup=warmup, runs=runs, wall_s=wall_s)
 
-    All sessions are created (and their feeds checked) before any timing; each model then gets
-    ``warmup`` untimed runs. ``time.perf_counter_ns`` brackets ``session.run`` only, and the
-    garbage collector is paused while timing so a collection cannot land inside a run.
-    """
-    if not model_paths:
-        raise EdgequantError("no models to benchmark")
+
+def check_run_counts(warmup: int, runs: int) -> None:
+    """The one check every timing job makes before it loads anything."""
     if runs < 2:
         raise EdgequantError(f"--runs must be at least 2 (got {runs})")
     if warmup < 0:
         raise EdgequantError(f"--warmup must be >= 0 (got {warmup})")
-    cfg = cfg or SessionConfig()
-    paths = [str(p) for p in model_paths]
-    sessions = [make_session(p, cfg) for p in paths]
-    feeds = resolve_feeds(feeds_per_model, paths, [session_inputs(s) for s in sessions])
-
-    n = len(sessions)
-    times = np.zeros((n, runs), dtype=np.int64)
-    start = time.perf_counter()
-    for i, (sess, f) in enumerate(zip(sessions, feeds)):
-        try:
-            for _ in range(warmup):
-                sess.run(None, f)
-            if warmup == 0:  # still surface run-time errors before timing starts
-                sess.run(None, f)
-        except Exception as exc:  # noqa: BLE001 - ORT raises many types
-            first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-            raise EdgequantError(f"{paths[i]}: inference failed: {first.strip()[:400]}") from None
-
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    clock = time.perf_counter_ns
-    try:
-        for r in range(runs):
-            for i in round_order(n, r, seed):
-                sess, f = sessions[i], feeds[i]
-                t0 = clock()
-                sess.run(None, f)
-                times[i, r] = clock() - t0
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    wall = time.perf_counter() - start
-
-    ms = times / 1e6
-    timings = []
-    for i, p in enumerate(paths):
-        sp = paired_speedup(ms[0], ms[i], confidence=confidence, resamples=resamples, seed=seed)
-        timings.append(ModelTiming(path=p, stats=LatencyStats.from_samples(ms[i]), speedup=sp))
-    return BenchResult(models=tuple(timings), config=cfg, warmup=warmup, runs=runs, wall_s=wall)
-
-
-def threads_sweep(model_paths: Sequence[str | Path], feeds_per_model: FeedsArg,
-                  cfg: SessionConfig | None, threads: Sequence[int], *, warmup: int = 10,
-                  runs: int = 100, **kwargs: Any) -> dict[int, BenchResult]:
-    """One interleaved benchmark per intra-op thread count (speedups within each count)."""
-    cfg = cfg or SessionConfig()
-    bad = [t for t in threads if not isinstance(t, int) or t < 1]
-    if bad or not threads:
-        raise EdgequantError(f"thread counts must be integers >= 1 (got {list(threads)})")
-    return {t: benchmark_interleaved(model_paths, feeds_per_model, cfg.with_(intra_op_threads=t),
-                                     warmup=warmup, runs=runs, **kwargs)
-            for t in threads}

@@ -1,47 +1,46 @@
-"""Where the time goes: per-op-type kernel time from onnxruntime's own profiler.
+"""Where the time goes: onnxruntime profiler events turned into per-op-type and per-node times.
 
 Used to explain a slow INT8 variant with evidence (e.g. float islands between Q/DQ pairs, or
-QuantizeLinear/DequantizeLinear time) instead of a guess.
+QuantizeLinear/DequantizeLinear time) instead of a guess. Devices produce the events
+(``Device.profile_ops`` / ``Device.profile_nodes``); this module only reads them.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from collections import Counter
-from collections.abc import Mapping
-from pathlib import Path
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from .session import SessionConfig, session_options
-
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+_KERNEL = "_kernel_time"
 
 
-def op_time_profile(model_path: str | Path, feeds: Mapping[str, np.ndarray], cfg: SessionConfig | None = None,
-                    *, warmup: int = 5, runs: int = 20) -> dict[str, float]:
-    """Mean kernel time per run (microseconds) for each op type, largest first."""
-    import onnxruntime as ort
+def op_type_times(events: Sequence[Mapping[str, Any]], total_runs: int) -> dict[str, float]:
+    """Mean kernel time per run (us) for each op type, largest first.
 
-    cfg = cfg or SessionConfig()
-    with tempfile.TemporaryDirectory(prefix="edgequant-prof-") as tmp:
-        so = session_options(cfg)
-        so.enable_profiling = True
-        so.profile_file_prefix = os.path.join(tmp, "profile")
-        sess = ort.InferenceSession(str(model_path), sess_options=so, providers=list(cfg.providers))
-        for _ in range(warmup):
-            sess.run(None, dict(feeds))
-        for _ in range(runs):
-            sess.run(None, dict(feeds))
-        events = json.loads(Path(sess.end_profiling()).read_text())
+    Warm-up runs are included; they are few, and only the shares matter for explanations.
+    """
     totals: Counter[str] = Counter()
     for e in events:
-        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"):
+        if e.get("cat") == "Node" and str(e.get("name", "")).endswith(_KERNEL):
             totals[e.get("args", {}).get("op_name", "?")] += float(e.get("dur", 0))
-    # Warm-up runs are profiled too; they are few, and only the shares matter for explanations.
-    return {op: us / (warmup + runs) for op, us in totals.most_common()}
+    return {op: us / max(total_runs, 1) for op, us in totals.most_common()}
+
+
+def node_times(events: Sequence[Mapping[str, Any]], warmup: int, runs: int) -> dict[str, float]:
+    """Per-node kernel time (us per run) after the warm-up runs: median x calls per run.
+
+    Medians, not means: on a shared machine a burst of load hits a few runs, not the node.
+    """
+    starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+    t_first = starts[warmup] if len(starts) > warmup else 0
+    per: dict[str, list[float]] = defaultdict(list)
+    for e in events:
+        if e.get("cat") == "Node" and str(e.get("name", "")).endswith(_KERNEL) and e.get("ts", 0) >= t_first:
+            per[e["name"][: -len(_KERNEL)]].append(float(e.get("dur", 0)))
+    return {k: float(np.median(v)) * len(v) / runs for k, v in per.items()}
 
 
 def explain_profile(profile: Mapping[str, float], *, top: int = 4) -> str:
@@ -53,4 +52,3 @@ def explain_profile(profile: Mapping[str, float], *, top: int = 4) -> str:
     qdq = sum(profile.get(op, 0.0) for op in QDQ_OPS)
     return (f"kernel time {total / 1000:.2f} ms/run: " + ", ".join(parts)
             + (f"; quantize/dequantize {qdq / total:.0%} of it" if qdq else ""))
-

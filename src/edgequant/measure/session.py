@@ -1,6 +1,6 @@
 """Inference-session settings (seed section 3.1) as one typed, reportable value.
 
-Every measurement builds its sessions through :func:`make_session` so that latency, memory and
+Every device job builds its sessions from one :class:`SessionConfig` so that latency, memory and
 fidelity runs use exactly the options the report names. This module imports only onnxruntime
 (not onnx) so that the memory probe's baseline process stays comparable to its model process.
 """
@@ -8,7 +8,6 @@ fidelity runs use exactly the options the report names. This module imports only
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
@@ -91,31 +90,6 @@ def session_options(cfg: SessionConfig) -> ort.SessionOptions:
     for key, value in cfg.config_entries.items():
         so.add_session_config_entry(key, value)
     return so
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
-    return line[:400]
-
-
-def make_session(path: str | Path, cfg: SessionConfig | None = None) -> ort.InferenceSession:
-    """Create an inference session; any failure becomes one EdgequantError naming the file."""
-    cfg = cfg or SessionConfig()
-    p = Path(path)
-    if not p.exists():
-        raise EdgequantError(f"{p}: no such file")
-    if not p.is_file():
-        raise EdgequantError(f"{p}: not a file")
-    available = ort.get_available_providers()
-    missing = [name for name in cfg.providers if name not in available]
-    if missing:
-        raise EdgequantError(f"{p}: execution provider {', '.join(missing)} is not available in this "
-                             f"onnxruntime build (available: {', '.join(available)})")
-    try:
-        return ort.InferenceSession(str(p), sess_options=session_options(cfg), providers=list(cfg.providers))
-    except Exception as exc:  # ORT raises Fail/InvalidGraph/InvalidProtobuf/NoSuchFile/RuntimeError...
-        raise EdgequantError(f"{p}: onnxruntime cannot load the model: {_first_line(exc)}") from None
 
 
 def effective_threads(cfg: SessionConfig) -> int:

@@ -22,14 +22,28 @@ exactly), then *verifies* on ORT's optimized graph that every Conv/Gemm/MatMul b
 integer kernel and names the reason for any that didn't. Findings: ``benchmarks/FINDINGS.md``.
 
 On x86 without VNNI pass ``reduce_range=True`` (7-bit weights) or ``weight_type=QUInt8`` to
-avoid VPMADDUBSW saturation; the summary warns otherwise. ``extra_options`` are passed to ORT
-(after our defaults: ``DefaultTensorType=FLOAT``, per-channel MatMul on axis 1), plus
-``EdgequantActivationsS8ToU8`` (True/False; default: on for int8 activations on x86).
+avoid VPMADDUBSW saturation (``edgequant.quantize`` warns from the target rule). ``extra_options``
+go to ORT and only there (after our defaults: ``DefaultTensorType=FLOAT``, per-channel MatMul on
+axis 1); ``activations_to_uint8`` (default: on for int8 activations on x86 targets) and
+``target`` are edgequant's own.
 Transformer encoders: see :mod:`edgequant.qdq.transformers` (fuse first, then dynamic).
 """
 
-from edgequant.qdq.coverage import Coverage, coverage, int8_coverage
+from edgequant.measure.coverage import Coverage
 from edgequant.qdq.recipe import quantize_static_optimized
 from edgequant.qdq.summary import QuantizationSummary
 
 __all__ = ["Coverage", "QuantizationSummary", "coverage", "int8_coverage", "quantize_static_optimized"]
+
+
+def coverage(model_path) -> Coverage:
+    """INT8 coverage of ``model_path`` on this machine's CPU device (ORT's optimized graph)."""
+    from edgequant.devices import local_cpu
+
+    return local_cpu().coverage(model_path)
+
+
+def int8_coverage(model_path) -> tuple[int, int, list[str]]:
+    """``(quantized_compute_ops, compute_ops, float compute node names)`` after ORT optimization."""
+    c = coverage(model_path)
+    return c.quantized_compute_ops, c.compute_ops, c.float_compute_nodes

@@ -1,38 +1,68 @@
-"""Pre-quantization: opset upgrade and ORT's ``quant_pre_process`` with graceful fallbacks.
+"""The one preparation path: the FP32 graph every quantizer (and the sensitivity analysis) sees.
 
-``quant_pre_process`` folds BatchNorm into Conv and other constants (ORT basic level) and
-adds shapes the quantizer needs; its symbolic shape inference fails on many real models, so
-we retry without it and, as a last resort, quantize the un-preprocessed model.
+Steps, each recorded: edgequant's exact FP32 rewrites (PRelu -> Relu form) -> opset upgrade
+(per-channel DequantizeLinear needs 13) -> for dynamic Gemm quantization, Gemm -> MatMul + Add
+-> ORT's ``quant_pre_process`` (BatchNorm/constant folding and shape inference) with graceful
+fallbacks: its symbolic shape inference fails on many real models, so we retry without it and,
+as a last resort, quantize the un-preprocessed model.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
+from onnx import helper, numpy_helper
 
-from edgequant.qdq.passes import MIN_QDQ_OPSET, upgrade_opset
+from edgequant import model as model_io
 
 log = logging.getLogger(__name__)
 
 
-def prepare(model_in: Path, work: Path, passes: list[str], warnings: list[str]) -> Path:
-    """Write a quantization-ready copy of ``model_in`` under ``work`` and return its path."""
-    model = onnx.load(str(model_in))
-    model, before = upgrade_opset(model)
-    upgraded = work / "upgraded.onnx"
-    if before < MIN_QDQ_OPSET:
-        passes.append(f"upgrade_opset({before}->{MIN_QDQ_OPSET})")
-    onnx.save(model, str(upgraded))
+@dataclass
+class Prepared:
+    """A quantizer-ready copy of a model and what was done to get it."""
+
+    path: Path
+    passes: list[str] = field(default_factory=list)      # machine-readable steps (summaries)
+    notes: list[str] = field(default_factory=list)       # what a user should know
+    warnings: list[str] = field(default_factory=list)    # steps that failed and were skipped
+
+
+def prepare(model_path: Path, work: Path, *, mode: str = "static", per_channel: bool = True,
+            gemm_to_matmul: bool = False, exact_rewrites: bool = True) -> Prepared:
+    """Write the quantizer-ready copy of ``model_path`` under ``work`` (a per-run temp folder).
+
+    ``mode="dynamic"`` skips ORT's graph optimization (it would fuse MatMul+Add back into Gemm).
+    """
+    from edgequant.rewrites import apply_exact_rewrites
+
+    out = Prepared(Path(model_path))
+    model = model_io.load_model(model_path)
+    if exact_rewrites:
+        out.notes.extend(apply_exact_rewrites(model))
+    min_opset = 13 if (per_channel or mode == "static") else 11
+    opset = model_io.default_opset(model)
+    if opset < min_opset:
+        model = model_io.upgrade_opset(model, min_opset, path=model_path)
+        out.passes.append(f"upgrade_opset({opset}->{min_opset})")
+        out.notes.append(f"opset upgraded {opset} -> {min_opset} (per-channel DequantizeLinear needs >= 13)")
+    if gemm_to_matmul:
+        n = _gemm_to_matmul(model)
+        if n:
+            out.notes.append(f"{n} Gemm rewritten as MatMul+Add for dynamic quantization")
+    staged = work / "staged.onnx"
+    onnx.save_model(model, str(staged))
     del model
-    return preprocess(upgraded, work / "preprocessed.onnx", passes, warnings)
+    out.path = preprocess(staged, work / "prepared.onnx", out.passes, out.warnings, optimize=mode == "static")
+    return out
 
 
 def preprocess(src: Path, dst: Path, passes: list[str], warnings: list[str], *, optimize: bool = True) -> Path:
     """``quant_pre_process`` into ``dst``, retrying without symbolic shape inference; ``src``
-    itself when both fail. ``optimize=False`` skips ORT's graph optimization (dynamic mode:
-    it would fuse MatMul+Add back into Gemm)."""
+    itself when both fail. ``optimize=False`` skips ORT's graph optimization."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     attempts = [("quant_pre_process", {}),
@@ -44,6 +74,39 @@ def preprocess(src: Path, dst: Path, passes: list[str], warnings: list[str], *, 
             return dst
         except Exception as exc:  # ORT raises many types here; keep going with less.
             log.debug("%s failed: %s", label, exc)
-            warnings.append(f"{label} failed: {str(exc).splitlines()[0][:200]}")
+            first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            warnings.append(f"{label} failed: {first.strip()[:200]}")
     warnings.append("quantizing the model without ORT pre-processing")
     return src
+
+
+def _gemm_to_matmul(model: onnx.ModelProto) -> int:
+    """Rewrite plain Gemm (alpha=beta=1, no transA) as MatMul + Add so dynamic quantization,
+    whose integer-op registry has no Gemm, still covers fully connected layers."""
+    inits = {t.name: t for t in model.graph.initializer}
+    new_nodes, rewritten = [], 0
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != "Gemm" or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0
+                or attrs.get("beta", 1.0) != 1.0 or node.input[1] not in inits):
+            new_nodes.append(node)
+            continue
+        b_name = node.input[1]
+        if attrs.get("transB", 0):
+            b = numpy_helper.to_array(inits[b_name]).T.copy()
+            b_name = b_name + "_transposed"
+            model.graph.initializer.append(numpy_helper.from_array(b, b_name))
+        has_bias = len(node.input) > 2 and node.input[2]
+        mm_out = node.output[0] + "_matmul" if has_bias else node.output[0]
+        new_nodes.append(helper.make_node("MatMul", [node.input[0], b_name], [mm_out], name=f"{node.name}_MatMul"))
+        if has_bias:
+            new_nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=f"{node.name}_Add"))
+        rewritten += 1
+    if rewritten:
+        del model.graph.node[:]
+        model.graph.node.extend(new_nodes)
+        used = {i for n in model.graph.node for i in n.input}
+        keep = [t for t in model.graph.initializer if t.name in used]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+    return rewritten

@@ -7,7 +7,6 @@ defaults are what they are (uint8 activations on x86, our own S8->U8 rewrite, co
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,30 +15,14 @@ from typing import Any
 import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
 
-from edgequant.qdq.coverage import INT8_COMPUTE_OPS, coverage_of_graph, optimized_graph
+from edgequant.measure.coverage import INT8_COMPUTE_OPS, coverage_of_graph
 from edgequant.qdq.graph import GraphIndex, op_counts
 from edgequant.qdq.passes import (activations_s8_to_u8, diagnose_float_node, drop_zero_bias_zero_points,
                                   fold_identity_qdq)
 from edgequant.qdq.prepare import prepare
 from edgequant.qdq.summary import QuantizationSummary
 
-#: edgequant's own keys in ``extra_options`` (removed before calling ORT).
-S8_TO_U8_KEY = "EdgequantActivationsS8ToU8"   # None/absent: auto (x86), True, False
-
 _PROTOBUF_LIMIT = 2_000_000_000
-
-
-def is_x86() -> bool:
-    return platform.machine().lower() in {"x86_64", "amd64", "i386", "i686", "x86"}
-
-
-def has_vnni() -> bool:
-    """AVX512-VNNI or AVX-VNNI present (Linux /proc/cpuinfo; False when unknown)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 def default_extra_options(per_channel: bool) -> dict[str, Any]:
@@ -73,13 +56,19 @@ def quantize_static_optimized(
     op_types: list[str] | None = None,
     extra_options: dict | None = None,
     prepared: bool = False,
+    activations_to_uint8: bool | None = None,
+    target: str = "auto",
+    device: Any = None,
 ) -> QuantizationSummary:
     """Quantize ``model_in`` to a QDQ model at ``model_out`` whose compute ops fuse in ORT.
 
-    ``prepared=True``: ``model_in`` already went through opset upgrade and ``quant_pre_process``
-    (as :func:`edgequant.quantize.prepare_model` does), so it is not pre-processed twice.
+    ``prepared=True``: ``model_in`` already went through :func:`edgequant.qdq.prepare.prepare`
+    (as :func:`edgequant.quantize.quantize_model` does), so it is not prepared twice.
+    ``activations_to_uint8``: rewrite int8 activations to uint8 (default: for x86 ``target``s,
+    where ORT's QDQ fusions need uint8; ``auto`` is this machine's target). ``device`` checks the
+    INT8 coverage (default: this machine's CPU device).
 
-    Pipeline: opset >= 13 -> ``quant_pre_process`` (with fallbacks) -> ``quantize_static``
+    Pipeline: :func:`~edgequant.qdq.prepare.prepare` -> ``quantize_static``
     (QDQ, our default extra options) -> exact graph fix-ups (identity DQ->Q removal; int8
     activations rewritten to uint8 on x86; all-zero bias zero points dropped) -> INT8 coverage of ORT's optimized graph, with
     a reason for every compute op that stays float. ``model_out`` is written atomically.
@@ -88,9 +77,11 @@ def quantize_static_optimized(
 
     _check_reader(calibration_reader)
     model_in, model_out = Path(model_in), Path(model_out)
-    user_opts = dict(extra_options or {})
-    s8_to_u8 = user_opts.pop(S8_TO_U8_KEY, None)
-    opts = {**default_extra_options(per_channel), **user_opts}
+    opts = {**default_extra_options(per_channel), **dict(extra_options or {})}
+    if activations_to_uint8 is None:
+        from edgequant.targets import resolve_target
+
+        activations_to_uint8 = resolve_target(target).name.startswith("x86") and activation_type == QuantType.QInt8
     summary = QuantizationSummary(
         model_in=str(model_in), model_out=str(model_out),
         config={"format": "QDQ", "per_channel": per_channel, "reduce_range": reduce_range,
@@ -102,13 +93,16 @@ def quantize_static_optimized(
         size_in_bytes=model_in.stat().st_size,
     )
     summary.ops_before = op_counts(onnx.load(str(model_in), load_external_data=False))
-    if is_x86() and not has_vnni() and weight_type == QuantType.QInt8 and not reduce_range:
-        summary.warnings.append("x86 without VNNI: int8 weights without reduce_range can saturate (VPMADDUBSW); "
-                                "use reduce_range=True or weight_type=QUInt8 and check accuracy")
 
     with tempfile.TemporaryDirectory(prefix="edgequant-qdq-") as tmp:
         work = Path(tmp)
-        src = model_in if prepared else prepare(model_in, work, summary.passes, summary.warnings)
+        if prepared:
+            src = model_in
+        else:
+            prep = prepare(model_in, work, mode="static", per_channel=per_channel)
+            summary.passes += prep.passes
+            summary.warnings += prep.warnings
+            src = prep.path
         qpath = work / "quantized.onnx"
         quantize_static(
             str(src), str(qpath), calibration_reader, quant_format=QuantFormat.QDQ,
@@ -120,7 +114,7 @@ def quantize_static_optimized(
         )
         summary.passes.append("quantize_static(QDQ)")
         model = onnx.load(str(qpath))
-        _fix_up(model, activation_type, s8_to_u8, summary)
+        _fix_up(model, activations_to_uint8, summary)
         staged = work / "final.onnx"
         big = model.ByteSize() > _PROTOBUF_LIMIT
         onnx.save(model, str(staged), save_as_external_data=big,
@@ -135,12 +129,15 @@ def quantize_static_optimized(
         os.replace(tmp_out, model_out)
 
     summary.size_out_bytes = model_out.stat().st_size
-    _record_coverage(model_out, summary, list(nodes_to_exclude or []))
+    if device is None:
+        from edgequant.devices import local_cpu
+
+        device = local_cpu()
+    _record_coverage(model_out, summary, list(nodes_to_exclude or []), device)
     return summary
 
 
-def _fix_up(model: onnx.ModelProto, activation_type: QuantType, s8_to_u8: bool | None,
-            summary: QuantizationSummary) -> None:
+def _fix_up(model: onnx.ModelProto, activations_to_uint8: bool, summary: QuantizationSummary) -> None:
     """Exact post-quantization rewrites; each one that changed something is recorded."""
     n = fold_identity_qdq(model)
     if n:
@@ -148,14 +145,13 @@ def _fix_up(model: onnx.ModelProto, activation_type: QuantType, s8_to_u8: bool |
     n = drop_zero_bias_zero_points(model)
     if n:
         summary.passes.append(f"drop_zero_bias_zero_points({n})")
-    want = s8_to_u8 if s8_to_u8 is not None else (is_x86() and activation_type == QuantType.QInt8)
-    if want:
+    if activations_to_uint8:
         n = activations_s8_to_u8(model)
         summary.passes.append(f"activations_s8_to_u8({n} tensors)")
 
 
-def _record_coverage(model_out: Path, summary: QuantizationSummary, excluded: list[str]) -> None:
-    optimized = optimized_graph(model_out, "extended")
+def _record_coverage(model_out: Path, summary: QuantizationSummary, excluded: list[str], device: Any) -> None:
+    optimized = device.optimized_graph(model_out, "extended")
     cov = coverage_of_graph(optimized)
     idx = GraphIndex.build(optimized.graph)
     by_name = {n.name: n for n in optimized.graph.node}
@@ -163,7 +159,7 @@ def _record_coverage(model_out: Path, summary: QuantizationSummary, excluded: li
     summary.compute_ops = cov.compute_ops
     summary.float_compute_nodes = {name: (diagnose_float_node(by_name[name], idx) if name in by_name else "unknown")
                                    for name in cov.float_compute_nodes}
-    summary.optimized_ops = coverage_of_graph(optimized_graph(model_out, "all")).op_counts
+    summary.optimized_ops = coverage_of_graph(device.optimized_graph(model_out, "all")).op_counts
     ignored = sorted(n.name for n in optimized.graph.node if n.name in set(excluded) and n.op_type in INT8_COMPUTE_OPS)
     if ignored:
         summary.warnings.append(

@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 from onnxruntime.quantization import QuantType
 
-from edgequant.qdq.coverage import coverage
+from edgequant.devices import local_cpu
 from edgequant.qdq.graph import op_counts
 from edgequant.qdq.summary import QuantizationSummary
 
@@ -100,7 +100,7 @@ def quantize_transformer_dynamic(model_in: str | Path, model_out: str | Path, *,
         tmp_out.write_bytes(staged.read_bytes())
         os.replace(tmp_out, model_out)
     summary.size_out_bytes = model_out.stat().st_size
-    cov = coverage(model_out)
+    cov = local_cpu().coverage(model_out)
     summary.quantized_compute_ops, summary.compute_ops = cov.quantized_compute_ops, cov.compute_ops
     summary.optimized_ops = cov.op_counts
     summary.float_compute_nodes = {n: "not quantized by dynamic quantization" for n in cov.float_compute_nodes}

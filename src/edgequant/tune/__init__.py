@@ -134,7 +134,8 @@ def run_tune(model: str | Path, out_dir: str | Path, *, calib: str, eval_spec: s
     out_dir.mkdir(parents=True, exist_ok=True)
 
     _say(progress, "running FP32 on the evaluation data")
-    ref: Reference = make_reference(model_path, eval_src, run.session, run.metric)
+    device = run.make_device()
+    ref: Reference = make_reference(model_path, eval_src, device, run.metric)
     sha = model_io.sha256_file(model_path)
     cache = TuneCache(out_dir, sha,
                       calib_context={"spec": str(calib), "limit": run.calib_limit, "preprocess": repr(run.preprocess)},
@@ -142,7 +143,7 @@ def run_tune(model: str | Path, out_dir: str | Path, *, calib: str, eval_spec: s
                                        "preprocess": repr(run.preprocess), "session": run.session.to_dict(),
                                        "runs": options.trial_runs, "model": sha})
     runner = TrialRunner(model_path, target, cache, CalibSpec(str(calib), run.calib_limit, run.preprocess), ref,
-                         eval_src, run.budget, run.session, trial_runs=options.trial_runs,
+                         eval_src, run.budget, device, trial_runs=options.trial_runs,
                          trial_warmup=options.trial_warmup, workers=options.workers, progress=progress)
     deadline = started + 60.0 * options.time_budget_min if options.time_budget_min is not None else None
     search = Search(runner, target, _analyzer(model_path, calib_src, options, target, progress),

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import model as model_io
+from ..devices.base import Device
 from ..errors import EdgequantError
-from ..measure.session import SessionConfig
 from ..quantize import QuantizeConfig, quantize_model
 from .cache import TuneCache
 from .recipes import Recipe
@@ -154,13 +154,12 @@ class Trial:
         return f"within budget, not faster than FP32 beyond noise ({self.speedup:.2f}x){cached}"
 
 
-def make_reference(model_path: Path, eval_src, session: SessionConfig, metric_spec: str | None) -> Reference:
+def make_reference(model_path: Path, eval_src, device: Device, metric_spec: str | None) -> Reference:
     """Run FP32 once over the evaluation data; pick the task metric if there is one."""
     from ..measure.accuracy import load_metric
-    from ..measure.fidelity import collect
     from ..metrics import accuracy_entry
 
-    collected = collect([str(model_path)], eval_src, session)
+    collected = device.outputs([str(model_path)], eval_src)
     outputs = collected.outputs[0]
     metric = None
     if not getattr(eval_src, "synthetic", False) and (metric_spec or collected.labels is not None):
@@ -172,29 +171,23 @@ def make_reference(model_path: Path, eval_src, session: SessionConfig, metric_sp
                      dict(first.feeds), "metric" if metric else "fidelity")
 
 
-def measure_quality(path: Path, ref: Reference, eval_src, session: SessionConfig) -> dict:
+def measure_quality(path: Path, ref: Reference, eval_src, device: Device) -> dict:
     """Fidelity, task metric and INT8 coverage of one candidate."""
-    from ..measure.fidelity import collect, compare_outputs
+    from ..measure.fidelity import compare_outputs
     from ..metrics import accuracy_entry
-    from ..qdq.coverage import coverage
 
-    outs = collect([str(path)], eval_src, session).outputs[0]
+    outs = device.outputs([str(path)], eval_src).outputs[0]
     fid = compare_outputs(ref.outputs, outs).to_dict()
     acc = None
     if ref.metric is not None:
         acc = accuracy_entry(ref.metric(outs, ref.labels, ref.outputs), ref.fp32_result)
-    cov = coverage(path)
-    return {"fidelity": fid, "accuracy": acc,
-            "coverage": {"quantized_compute_ops": cov.quantized_compute_ops, "compute_ops": cov.compute_ops,
-                         "float_compute_nodes": list(cov.float_compute_nodes)}}
+    return {"fidelity": fid, "accuracy": acc, "coverage": device.coverage(path).to_dict()}
 
 
-def time_batch(paths: Sequence[Path], ref: Reference, session: SessionConfig, *, runs: int,
+def time_batch(paths: Sequence[Path], ref: Reference, device: Device, *, runs: int,
                warmup: int) -> list[tuple[float, float, float]]:
     """(speedup, ci_low, ci_high) of each path against FP32, all interleaved in one benchmark."""
-    from ..measure.latency import benchmark_interleaved
-
-    bench = benchmark_interleaved([str(ref.path), *map(str, paths)], ref.feeds, session, warmup=warmup, runs=runs)
+    bench = device.time_interleaved([str(ref.path), *map(str, paths)], ref.feeds, warmup=warmup, runs=runs)
     return [(t.speedup.ratio, t.speedup.ci_low, t.speedup.ci_high) for t in bench.models[1:]]
 
 
@@ -209,7 +202,7 @@ class TrialRunner:
     ref: Reference
     eval_src: Any
     budget: Any
-    session: SessionConfig
+    device: Device
     trial_runs: int = 30
     trial_warmup: int = 3
     workers: int = 2
@@ -264,7 +257,7 @@ class TrialRunner:
             return
         self._say(f"measuring {t.name} on the evaluation data")
         try:
-            m = measure_quality(t.path, self.ref, self.eval_src, self.session)
+            m = measure_quality(t.path, self.ref, self.eval_src, self.device)
         except EdgequantError as exc:
             t.error = str(exc)
             return
@@ -281,7 +274,7 @@ class TrialRunner:
             return
         self._say(f"timing {', '.join(t.name for t in trials)} interleaved with FP32 ({self.trial_runs} rounds)")
         try:
-            results = time_batch([t.path for t in trials], self.ref, self.session,
+            results = time_batch([t.path for t in trials], self.ref, self.device,
                                  runs=self.trial_runs, warmup=self.trial_warmup)
         except EdgequantError as exc:
             for t in trials:

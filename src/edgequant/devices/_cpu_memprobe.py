@@ -1,8 +1,8 @@
-"""Child process of :mod:`edgequant.measure.memory`; prints one JSON line on stdout.
+"""Child process of :mod:`edgequant.devices.cpu_memory`; prints one JSON line on stdout.
 
-``python -m edgequant.measure._memprobe baseline`` imports what the model probe imports
-(numpy, onnxruntime, the session module) and reports its peak RSS.
-``python -m edgequant.measure._memprobe model MODEL INPUTS.npz CONFIG_JSON WARMUP RUNS`` also
+``python -m edgequant.devices._cpu_memprobe baseline`` imports what the model probe imports
+(numpy, onnxruntime, the session modules) and reports its peak RSS.
+``python -m edgequant.devices._cpu_memprobe model MODEL INPUTS.npz CONFIG_JSON WARMUP RUNS`` also
 loads the model, warms it up and runs it, then reports its peak RSS.
 Inputs come through an ``.npz`` read with ``allow_pickle=False``; nothing is ever unpickled.
 """
@@ -15,7 +15,8 @@ import sys
 import numpy as np
 import onnxruntime  # noqa: F401 - imported by both modes so the baseline includes it
 
-from edgequant.measure.session import SessionConfig, make_session
+from edgequant.devices.cpu_session import open_session
+from edgequant.measure.session import SessionConfig
 
 
 def peak_rss_mb() -> tuple[float, str]:
@@ -56,7 +57,7 @@ def main(argv: list[str]) -> int:
         model, inputs, config, warmup, runs = argv[1], argv[2], argv[3], int(argv[4]), int(argv[5])
         with np.load(inputs, allow_pickle=False) as npz:
             feeds = {k: npz[k] for k in npz.files}
-        session = make_session(model, SessionConfig.from_dict(json.loads(config)))
+        session = open_session(model, SessionConfig.from_dict(json.loads(config)))
         for _ in range(warmup + runs):
             session.run(None, feeds)
     else:

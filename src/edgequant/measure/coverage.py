@@ -2,17 +2,16 @@
 
 Counting Q/DQ nodes in the saved file says little: QDQ models are executed by fusing
 ``DQ -> op -> Q`` groups into integer kernels during ORT's graph optimization, and groups
-that don't match a selector stay in float with the DQ nodes left behind. So we let ORT
-optimize the model and count the node types of the graph it would actually run.
+that don't match a selector stay in float with the DQ nodes left behind. So the device lets
+its runtime optimize the model (``Device.coverage``) and this module counts the node types of
+the graph it would actually run.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -43,27 +42,10 @@ class Coverage:
     def ratio(self) -> float:
         return self.quantized_compute_ops / self.compute_ops if self.compute_ops else 1.0
 
-
-def optimized_graph(model_path: str | Path, level: str = "all",
-                    save_to: str | Path | None = None) -> onnx.ModelProto:
-    """Return the graph ORT's CPU provider would execute at the given optimization level.
-
-    ``level`` is "basic", "extended" or "all" ("all" adds the x86 NCHWc/NHWC layout passes,
-    which is what a default session runs).
-    """
-    import onnxruntime as ort
-
-    levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-    with tempfile.TemporaryDirectory(prefix="edgequant-opt-") as tmp:
-        out = Path(save_to) if save_to else Path(tmp) / "optimized.onnx"
-        so = ort.SessionOptions()
-        so.graph_optimization_level = levels[level]
-        so.optimized_model_filepath = os.fspath(out)
-        so.log_severity_level = 3
-        ort.InferenceSession(os.fspath(model_path), so, providers=["CPUExecutionProvider"])
-        return onnx.load(os.fspath(out), load_external_data=False)
+    def to_dict(self) -> dict[str, Any]:
+        """report.json's ``int8_coverage`` object."""
+        return {"quantized_compute_ops": self.quantized_compute_ops, "compute_ops": self.compute_ops,
+                "float_compute_nodes": list(self.float_compute_nodes)}
 
 
 def _walk(graph: onnx.GraphProto):
@@ -88,22 +70,3 @@ def coverage_of_graph(model: onnx.ModelProto) -> Coverage:
         elif node.op_type in FLOAT_COMPUTE_OPS:
             float_nodes.append(node.name or f"<{node.op_type}>")
     return Coverage(quantized, quantized + len(float_nodes), float_nodes, dict(counts))
-
-
-def coverage(model_path: str | Path, level: str = "extended") -> Coverage:
-    """INT8 coverage of ``model_path`` after ORT's CPU graph optimization.
-
-    The QDQ fusions run at the EXTENDED level; ALL only adds layout passes (NCHWc/NHWC) that
-    don't change which ops are integer but rename float nodes, so EXTENDED keeps the
-    original node names in ``float_compute_nodes``.
-    """
-    return coverage_of_graph(optimized_graph(model_path, level))
-
-
-def int8_coverage(model_path: str | Path) -> tuple[int, int, list[str]]:
-    """``(quantized_compute_ops, compute_ops, float compute node names)`` after ORT optimization.
-
-    Stable helper for ``edgequant inspect`` and report.json's ``int8_coverage``.
-    """
-    c = coverage(model_path)
-    return c.quantized_compute_ops, c.compute_ops, c.float_compute_nodes

@@ -1,0 +1,210 @@
+"""The local CPU device: onnxruntime's CPU execution provider on this machine.
+
+The only place (with its memory probe child) where a model is loaded and run. Latency is real
+here, so ``can_time`` is true; the machine facts come from ``targets.detect_cpu``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from ..errors import EdgequantError
+from ..measure.coverage import Coverage, coverage_of_graph
+from ..measure.feeds import resolve_feeds, select, session_inputs
+from ..measure.fidelity import feeds_of
+from ..measure.latency import BenchResult, bench_result, check_run_counts, round_order
+from ..measure.memory import MemoryResult
+from ..measure.profile import node_times, op_type_times
+from ..measure.session import SessionConfig, session_options
+from . import cpu_memory
+from .base import Device, DeviceFacts, Feeds
+from .cpu_session import open_session
+
+#: Graph optimization levels for :meth:`CpuDevice.optimized_graph`.
+_OPT_LEVELS = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+               "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+
+
+def _inference_error(path: str, exc: BaseException, where: str = "") -> EdgequantError:
+    first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    return EdgequantError(f"{path}: inference failed{where}: {first.strip()[:400]}")
+
+
+class CpuDevice(Device):
+    """onnxruntime's CPU EP in this process (memory: in a fresh child process)."""
+
+    name = "cpu"
+    kind = "cpu"
+
+    def __init__(self, session: SessionConfig | None = None) -> None:
+        self.session = session or SessionConfig()
+
+    def __repr__(self) -> str:
+        return f"CpuDevice({self.session!r})"
+
+    def facts(self) -> DeviceFacts:
+        from ..targets import detect_cpu
+
+        cpu = detect_cpu()
+        return DeviceFacts(self.name, self.kind, True,
+                           f"onnxruntime {ort.__version__} CPU EP on {cpu.model} ({' '.join(cpu.isa) or cpu.arch})",
+                           can_time=True)
+
+    def with_session(self, session: SessionConfig) -> CpuDevice:
+        return CpuDevice(session)
+
+    def open(self, model_path: str | Path, session: SessionConfig | None = None) -> ort.InferenceSession:
+        """A loaded model for in-process applications that run one frame at a time (DMS demo)."""
+        return open_session(model_path, session or self.session)
+
+    # ---- outputs ----------------------------------------------------------------------------
+
+    def iter_outputs(self, model_paths: Sequence[str | Path], samples: Iterable[Any],
+                     outputs: Sequence[Sequence[str]] | None = None,
+                     ) -> Iterator[tuple[list[dict[str, np.ndarray]], Any]]:
+        paths = [str(p) for p in model_paths]
+        sessions = [open_session(p, self.session) for p in paths]
+        specs = [session_inputs(s) for s in sessions]
+        names = [list(outputs[i]) if outputs is not None else [o.name for o in s.get_outputs()]
+                 for i, s in enumerate(sessions)]
+        for count, sample in enumerate(samples):
+            feeds, label = feeds_of(sample)
+            per_model = []
+            for i, sess in enumerate(sessions):
+                f = select(feeds, specs[i], model=paths[i])
+                try:
+                    values = sess.run(names[i], f)
+                except Exception as exc:  # noqa: BLE001 - ORT raises many types
+                    raise _inference_error(paths[i], exc, f" on sample {count}") from None
+                per_model.append(dict(zip(names[i], values)))
+            yield per_model, label
+
+    # ---- timing -----------------------------------------------------------------------------
+
+    def time_interleaved(self, model_paths: Sequence[str | Path], feeds: Any, *, warmup: int = 10,
+                         runs: int = 100, seed: int = 0, confidence: float = 0.95, resamples: int = 1000,
+                         sessions: Sequence[SessionConfig] | None = None) -> BenchResult:
+        """All sessions are created (and their feeds checked) before any timing; each model then
+        gets ``warmup`` untimed runs. ``time.perf_counter_ns`` brackets ``session.run`` only, and
+        the garbage collector is paused while timing so a collection cannot land inside a run."""
+        if not model_paths:
+            raise EdgequantError("no models to benchmark")
+        check_run_counts(warmup, runs)
+        paths = [str(p) for p in model_paths]
+        configs = list(sessions) if sessions is not None else [self.session] * len(paths)
+        if len(configs) != len(paths):
+            raise EdgequantError(f"got {len(configs)} session settings for {len(paths)} models")
+        loaded = [open_session(p, c) for p, c in zip(paths, configs)]
+        feed_list = resolve_feeds(feeds, paths, [session_inputs(s) for s in loaded])
+
+        n = len(loaded)
+        times = np.zeros((n, runs), dtype=np.int64)
+        start = time.perf_counter()
+        for i, (sess, f) in enumerate(zip(loaded, feed_list)):
+            try:
+                for _ in range(max(warmup, 1)):  # at least one: surface run-time errors before timing
+                    sess.run(None, f)
+            except Exception as exc:  # noqa: BLE001 - ORT raises many types
+                raise _inference_error(paths[i], exc) from None
+
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        clock = time.perf_counter_ns
+        try:
+            for r in range(runs):
+                for i in round_order(n, r, seed):
+                    sess, f = loaded[i], feed_list[i]
+                    t0 = clock()
+                    sess.run(None, f)
+                    times[i, r] = clock() - t0
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        return bench_result(paths, times / 1e6, configs[0], warmup=warmup, runs=runs,
+                            wall_s=time.perf_counter() - start, confidence=confidence,
+                            resamples=resamples, seed=seed)
+
+    # ---- profiles ---------------------------------------------------------------------------
+
+    def _profile_events(self, model_path: str | Path, feeds: Feeds, warmup: int, runs: int | None,
+                        seconds: float) -> tuple[list[dict], int]:
+        """ORT profiler events of ``warmup`` + ``runs`` runs (``runs=None``: about ``seconds``)."""
+        with tempfile.TemporaryDirectory(prefix="edgequant-prof-") as tmp:
+            so = session_options(self.session)
+            so.enable_profiling = True
+            so.profile_file_prefix = os.path.join(tmp, "profile")
+            sess = open_session(model_path, self.session, options=so)
+            t0 = time.perf_counter()
+            for _ in range(warmup):
+                sess.run(None, dict(feeds))
+            if runs is None:
+                per_run = (time.perf_counter() - t0) / max(warmup, 1)
+                runs = int(min(300, max(30, seconds / max(per_run, 1e-6))))
+            for _ in range(runs):
+                sess.run(None, dict(feeds))
+            events = json.loads(Path(sess.end_profiling()).read_text())
+        return events, runs
+
+    def profile_ops(self, model_path: str | Path, feeds: Feeds, *, warmup: int = 5,
+                    runs: int = 20) -> dict[str, float]:
+        events, runs = self._profile_events(model_path, feeds, warmup, runs, 0.0)
+        return op_type_times(events, warmup + runs)
+
+    def profile_nodes(self, model_path: str | Path, feeds: Feeds, *, warmup: int = 5,
+                      runs: int | None = None, seconds: float = 3.0) -> dict[str, float]:
+        events, runs = self._profile_events(model_path, feeds, warmup, runs, seconds)
+        return node_times(events, warmup, runs)
+
+    # ---- memory -----------------------------------------------------------------------------
+
+    def baseline_memory(self) -> float:
+        return cpu_memory.baseline_rss_mb()
+
+    def peak_memory(self, model_path: str | Path, feeds: Feeds, *, warmup: int = 3, runs: int = 10,
+                    baseline_mb: float | None = None) -> MemoryResult:
+        return cpu_memory.measure_memory(model_path, feeds, self.session, warmup=warmup, runs=runs,
+                                         baseline_mb=baseline_mb)
+
+    # ---- graph facts ------------------------------------------------------------------------
+
+    def optimized_graph(self, model_path: str | Path, level: str = "all",
+                        save_to: str | Path | None = None) -> onnx.ModelProto:
+        """The graph ORT's CPU provider would execute at ``level`` (basic | extended | all).
+
+        "all" adds the x86 NCHWc/NHWC layout passes, which is what a default session runs.
+        """
+        with tempfile.TemporaryDirectory(prefix="edgequant-opt-") as tmp:
+            out = Path(save_to) if save_to else Path(tmp) / "optimized.onnx"
+            so = ort.SessionOptions()
+            so.graph_optimization_level = _OPT_LEVELS[level]
+            so.optimized_model_filepath = os.fspath(out)
+            so.log_severity_level = 3
+            open_session(model_path, SessionConfig(), options=so)
+            return onnx.load(os.fspath(out), load_external_data=False)
+
+    def coverage(self, model_path: str | Path, level: str = "extended") -> Coverage:
+        """INT8 coverage after ORT's CPU graph optimization.
+
+        The QDQ fusions run at the EXTENDED level; ALL only adds layout passes (NCHWc/NHWC) that
+        don't change which ops are integer but rename float nodes, so EXTENDED keeps the
+        original node names in ``float_compute_nodes``.
+        """
+        return coverage_of_graph(self.optimized_graph(model_path, level))
+
+
+def local_cpu(session: SessionConfig | None = None) -> CpuDevice:
+    """This machine's CPU device (graph facts such as coverage do not depend on the session)."""
+    return CpuDevice(session)
+
