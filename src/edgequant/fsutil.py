@@ -52,3 +52,19 @@ def write_bytes_atomic(out: str | Path, data: bytes) -> None:
 
 def write_text_atomic(out: str | Path, text: str) -> None:
     write_bytes_atomic(out, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def scratch_cwd(folder: str | Path) -> Iterator[Path]:
+    """Run third-party code with ``folder`` (a per-run temp folder) as the working directory.
+
+    onnxruntime's symbolic shape inference saves ``sym_shape_infer_temp.onnx`` plus a uuid-named
+    ``.data`` file into the current directory whenever inference is incomplete, and never
+    removes them (tens of MB per run). Only code that gets absolute paths may run in here.
+    """
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield Path(folder)
+    finally:
+        os.chdir(previous)

@@ -16,7 +16,7 @@ import onnx
 
 from . import model as model_io
 from .errors import EdgequantError
-from .fsutil import refuse_overwrite
+from .fsutil import refuse_overwrite, scratch_cwd
 from .qdq.prepare import prepare
 from .targets import RULES, TargetRule, resolve_target
 
@@ -180,10 +180,11 @@ def _run_dynamic(src: Path, out: Path, config: QuantizeConfig, notes: list[str])
         from .qdq.transformers import quantize_transformer_dynamic
 
         default_ops = config.op_types in (None, DYNAMIC_DEFAULT_OPS)
-        summary = quantize_transformer_dynamic(
-            src, out, per_channel=config.per_channel, reduce_range=config.reduce_range,
-            weight_type=_qtype(config.weight_type), nodes_to_exclude=list(config.exclude) or None,
-            op_types=None if default_ops else _ort_op_types(config))
+        with scratch_cwd(out.parent):  # the optimizer's shape inference writes into the cwd
+            summary = quantize_transformer_dynamic(
+                src.resolve(), out.resolve(), per_channel=config.per_channel, reduce_range=config.reduce_range,
+                weight_type=_qtype(config.weight_type), nodes_to_exclude=list(config.exclude) or None,
+                op_types=None if default_ops else _ort_op_types(config))
         notes.append("transformer encoder: " + "; ".join(summary.passes))
         notes.extend(summary.warnings)
         return

@@ -17,6 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgequant import model as model_io
+from edgequant.fsutil import scratch_cwd
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +68,11 @@ def preprocess(src: Path, dst: Path, passes: list[str], warnings: list[str], *, 
 
     attempts = [("quant_pre_process", {}),
                 ("quant_pre_process(skip_symbolic_shape)", {"skip_symbolic_shape": True})]
+    src, dst = Path(src).resolve(), Path(dst).resolve()
     for label, kwargs in attempts:
         try:
-            quant_pre_process(str(src), str(dst), skip_optimization=not optimize, **kwargs)
+            with scratch_cwd(dst.parent):
+                quant_pre_process(str(src), str(dst), skip_optimization=not optimize, **kwargs)
             passes.append(label + (": BatchNorm/constant folding, shape inference" if optimize else ": shape inference"))
             return dst
         except Exception as exc:  # ORT raises many types here; keep going with less.
