@@ -81,12 +81,12 @@ def fp32_prelu_decomposed(src: Path, out: Path, calib) -> dict:
     """FP32, PRelu rewritten as Relu/Sub/Mul/Add (exact; works around ORT 1.32's slow PRelu)."""
     import onnx
 
-    from edgequant.qdq.selective import decompose_prelu
+    from edgequant.rewrites import decompose_prelu
 
     m = onnx.load(str(src))
     n = decompose_prelu(m)
     onnx.save(m, str(out))
-    return {"recipe": f"edgequant.qdq.selective.decompose_prelu (FP32, {n} PRelu rewritten)"}
+    return {"recipe": f"edgequant.rewrites.decompose_prelu (FP32, {n} PRelu rewritten)"}
 
 
 def selective_on_prelu_decomposed(feeds_one: dict[str, np.ndarray], time_budget_s: float = 45.0):
@@ -95,7 +95,7 @@ def selective_on_prelu_decomposed(feeds_one: dict[str, np.ndarray], time_budget_
 
     import onnx
 
-    from edgequant.qdq.selective import decompose_prelu
+    from edgequant.rewrites import decompose_prelu
 
     inner = edgequant_selective(feeds_one, time_budget_s)
 

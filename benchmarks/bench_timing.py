@@ -7,24 +7,24 @@ the speedup CI reflect the noise the comparison actually saw.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
+from edgequant.devices import local_cpu
+from edgequant.measure.latency import paired_speedup
+from edgequant.measure.session import SessionConfig
+
+
+def session_config(threads: int) -> SessionConfig:
+    """What every benchmark session uses: ALL optimizations, sequential, one inter-op thread."""
+    return SessionConfig(intra_op_threads=threads, inter_op_threads=1, graph_optimization="all")
+
 
 def make_session(path: str, threads: int, profile_prefix: str | None = None) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    if profile_prefix:
-        so.enable_profiling = True
-        so.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    """A session on the product's CPU device (outputs, profiles)."""
+    return local_cpu(session_config(threads)).open(path, profile_prefix=profile_prefix)
 
 
 @dataclass
@@ -46,33 +46,14 @@ class Timing:
 
 def interleaved(paths: dict[str, str], feeds: dict[str, np.ndarray], threads: int, rounds: int,
                 warmup: int = 5, seed: int = 0) -> dict[str, Timing]:
-    """Time every model once per round, in a fresh (seeded) random order each round.
-
-    A fixed rotation keeps each model's predecessor the same in every round, so cache or
-    thread-spin effects of one model land on the same neighbour (a control with two copies of
-    one model read 1.02x [1.01-1.02] that way); a random order spreads them over all.
-    """
-    sessions = {k: make_session(p, threads) for k, p in paths.items()}
-    names = list(sessions)
-    for _ in range(warmup):
-        for k in names:
-            sessions[k].run(None, feeds)
-    times: dict[str, list[float]] = {k: [] for k in names}
-    rng = np.random.default_rng(seed)
-    for _ in range(rounds):
-        for i in rng.permutation(len(names)):
-            k = names[i]
-            t0 = time.perf_counter()
-            sessions[k].run(None, feeds)
-            times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: Timing(k, np.asarray(v)) for k, v in times.items()}
+    """Every model once per round, in a fresh (seeded) random order each round: the product's
+    own interleaved job (``CpuDevice.time_interleaved``), so benchmarks measure as edgequant does."""
+    res = local_cpu(session_config(threads)).time_interleaved(list(paths.values()), feeds, warmup=warmup,
+                                                              runs=rounds, seed=seed)
+    return {k: Timing(k, np.asarray(m.stats.samples_ms)) for k, m in zip(paths, res.models)}
 
 
 def speedup_ci(ref: Timing, cand: Timing, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
     """Median(ref)/median(cand) and a 95% paired bootstrap interval over rounds."""
-    rng = np.random.default_rng(seed)
-    a, b = ref.samples_ms, cand.samples_ms
-    idx = rng.integers(0, a.size, (n_boot, a.size))
-    boots = np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    return {"speedup": ref.median / cand.median, "ci95_low": float(lo), "ci95_high": float(hi)}
+    sp = paired_speedup(ref.samples_ms, cand.samples_ms, resamples=n_boot, seed=seed)
+    return {"speedup": sp.ratio, "ci95_low": sp.ci_low, "ci95_high": sp.ci_high}

@@ -22,7 +22,10 @@ from onnxruntime.quantization import QuantFormat, QuantType, quantize_static  # 
 from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: E402
 
 from bench_data import ListReader, samples  # noqa: E402
-from edgequant.qdq.coverage import coverage_of_graph, optimized_graph  # noqa: E402
+from edgequant.devices import local_cpu  # noqa: E402
+from edgequant.measure.coverage import coverage_of_graph  # noqa: E402
+
+optimized_graph = local_cpu().optimized_graph
 
 VARIANTS = {
     "ORT default (S8S8 per-tensor)": {},

@@ -34,7 +34,7 @@ from bench_variants import (
     ort_default_static,
 )
 
-from edgequant.qdq.coverage import coverage
+from edgequant.qdq import coverage
 
 MODELS = {  # name: (input kind, variants, rounds at 1 thread, classifier?)
     "resnet18": ("image", CNN_VARIANTS, 80, True),

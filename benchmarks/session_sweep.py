@@ -4,7 +4,7 @@
 
 Needs the models built by run.sh (benchmarks/.models, benchmarks/.work/<model>/edgequant.onnx).
 For each model it times every (threads, setting) pair interleaved in one process
-(edgequant.qdq.session_tuning.tune_session) and writes results/session_tuning.json and
+(edgequant.tune.session_settings.tune_session) and writes results/session_tuning.json and
 results/SESSION_TUNING.md.
 """
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from bench_data import samples
 from bench_report import machine
 
-from edgequant.qdq.session_tuning import CANDIDATES, tune_session
+from edgequant.tune.session_settings import CANDIDATES, tune_session
 
 COMMON = ["default", "no_spinning", "no_arena", "extended", "denormal_as_zero", "dynamic_block_base_4"]
 INT8_ONLY = ["qdq_int8_allowed", "x64quantprecision"]
@@ -44,7 +44,7 @@ def write_md(res: dict, path: Path) -> None:
     lines = ["# Session settings sweep", "",
              f"`benchmarks/session_sweep.py` ({res['elapsed_s']:.0f} s). CPU: {m['cpu']} ({m['cores']} cores), "
              f"ISA {', '.join(m['isa'])}; onnxruntime {m['onnxruntime']}.",
-             "Every (threads, setting) pair of one model runs once per round, order rotated, one process;",
+             "Every (threads, setting) pair of one model runs once per round in a fresh random order, one process;",
              "speedup = median of `default@1T` / median of the setting, 95% paired bootstrap interval.",
              "A setting 'wins' only if >= 1.02x with the interval above 1.", ""]
     for label, r in res["models"].items():
@@ -80,7 +80,7 @@ def main() -> None:
         r = tune_session(path, feeds, candidates={n: CANDIDATES[n] for n in names}, threads=(1, 2),
                          rounds=max(5, rounds // (5 if args.quick else 1)))
         res["models"][label] = r.to_dict()
-        print(f"{label}: best {r.best}; " + ", ".join(f"{t.name} {t.speedup:.2f}x" for t in r.timings), flush=True)
+        print(f"{label}: best {r.best}; " + ", ".join(f"{t.name} {t.speedup.ratio:.2f}x" for t in r.timings), flush=True)
     res["elapsed_s"] = time.perf_counter() - t0
     out = Path(args.out)
     (out / "session_tuning.json").write_text(json.dumps(res, indent=2))

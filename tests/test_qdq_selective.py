@@ -1,4 +1,4 @@
-"""Selective INT8: decision logic (with a deterministic fake profiler/timer) and the Q/DQ post-pass."""
+"""Selective INT8: decision logic (with a deterministic fake profiler/timer or device) and the Q/DQ post-pass."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgequant.qdq.coverage import optimized_graph
+from edgequant.devices import CpuDevice, local_cpu
+from edgequant.measure.latency import LatencyStats, ModelTiming, Speedup, bench_result
+from edgequant.measure.session import SessionConfig
 from edgequant.qdq.selective import (
     CostModel,
     analyse,
@@ -19,6 +20,11 @@ from edgequant.qdq.selective import (
     sandwiched,
     search_float_nodes,
 )
+from edgequant.rewrites import decompose_prelu
+
+
+def optimized_graph(path: Path, level: str) -> onnx.ModelProto:
+    return local_cpu().optimized_graph(path, level)
 
 RNG = np.random.default_rng(0)
 SHAPE = (1, 8, 16, 16)
@@ -81,13 +87,15 @@ def fake_profiler(path: Path) -> dict[str, float]:
             "A_DequantizeLinear": 10.0, "P_QuantizeLinear": 10.0, "C_DequantizeLinear": 10.0}
 
 
+def timing(path: Path, speedup: float, half_width: float) -> ModelTiming:
+    """A timed model: median 1/speedup ms, speedup interval ``speedup +- half_width``."""
+    return ModelTiming(str(path), LatencyStats.from_samples([1.0 / speedup] * 3),
+                       Speedup(speedup, speedup - half_width, speedup + half_width, 0.95, 1000))
+
+
 def timer_from(speedups: dict[str, float]):
-    def timer(paths: dict[str, Path]) -> dict[str, dict[str, float]]:
-        out = {}
-        for name in paths:
-            s = speedups.get(name, 0.9) if name != "fp32" else 1.0
-            out[name] = {"median_ms": 1.0 / s, "speedup": s, "ci95_low": s * 0.98, "ci95_high": s * 1.02}
-        return out
+    def timer(paths: dict[str, Path], rounds: int) -> dict[str, ModelTiming]:
+        return {name: timing(p, speedups.get(name, 0.9) if name != "fp32" else 1.0, 0.02) for name, p in paths.items()}
     return timer
 
 
@@ -97,9 +105,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _run(path: Path) -> np.ndarray:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, FEEDS)[0]
+    return local_cpu().open(path).run(None, FEEDS)[0]
 
 
 def test_decision_keeps_int8_where_it_pays_and_float_where_it_does_not(tmp_path: Path) -> None:
@@ -109,7 +115,8 @@ def test_decision_keeps_int8_where_it_pays_and_float_where_it_does_not(tmp_path:
                            timer=timer_from({"int8_full": 0.9, "selective": 1.4, "selective_islands": 1.3}))
     assert s.found and s.chosen == "selective"
     assert s.float_nodes == ["A"]
-    assert s.int8_nodes == ["B", "C"]
+    # prepare() rewrites PRelu exactly as Relu/Sub/Mul/Add; ORT fuses its Relu, Mul and Add to INT8
+    assert s.int8_nodes == ["B", "C", "P__add", "P__mul", "P__relu"]
     ops = {n.name: n.op_type for n in optimized_graph(out, "extended").graph.node}
     assert ops["A"] == "Conv"                      # really float in the graph ORT runs
     assert ops["B"] == "QLinearConv" and ops["C"] == "QLinearConv"
@@ -125,7 +132,7 @@ def test_no_faster_model_reports_why_and_writes_nothing(tmp_path: Path) -> None:
     assert not s.found and s.chosen == "fp32"
     assert s.reason.startswith("no faster INT8 model found")
     assert not out.exists()
-    assert {r["node"] for r in s.node_table} == {"A", "B", "C"}
+    assert {r["node"] for r in s.node_table} == {"A", "B", "C", "P__add", "P__mul", "P__relu"}
 
 
 def test_float_region_between_int8_convs_is_not_requantized(tmp_path: Path) -> None:
@@ -170,12 +177,10 @@ def test_winner_must_be_confirmed_in_a_second_ab_run(tmp_path: Path) -> None:
     src = _model(tmp_path / "m.onnx", with_prelu=True)
     calls = []
 
-    def flaky(paths: dict[str, Path]) -> dict[str, dict[str, float]]:
+    def flaky(paths: dict[str, Path], rounds: int) -> dict[str, ModelTiming]:
         calls.append(list(paths))
         lucky = 1.3 if len(calls) == 1 else 1.0
-        return {n: {"median_ms": 1.0, "speedup": 1.0 if n == "fp32" else lucky,
-                    "ci95_low": 1.0 if n == "fp32" else lucky - 0.05, "ci95_high": 1.0 if n == "fp32" else lucky + 0.05}
-                for n in paths}
+        return {n: timing(p, 1.0 if n == "fp32" else lucky, 0.0 if n == "fp32" else 0.05) for n, p in paths.items()}
 
     s = quantize_selective(src, tmp_path / "sel.onnx", Reader, feeds=FEEDS, profiler=fake_profiler, timer=flaky)
     assert len(calls) == 2 and calls[1][0] == "fp32" and len(calls[1]) == 2
@@ -184,8 +189,6 @@ def test_winner_must_be_confirmed_in_a_second_ab_run(tmp_path: Path) -> None:
 
 
 def test_decompose_prelu_is_exact(tmp_path: Path) -> None:
-    from edgequant.qdq.selective import decompose_prelu
-
     src = _model(tmp_path / "m.onnx", with_prelu=True)
     m = onnx.load(str(src))
     assert decompose_prelu(m) == 1
@@ -193,3 +196,70 @@ def test_decompose_prelu_is_exact(tmp_path: Path) -> None:
     onnx.checker.check_model(m)
     onnx.save(m, str(tmp_path / "d.onnx"))
     np.testing.assert_allclose(_run(tmp_path / "d.onnx"), _run(src), rtol=1e-6, atol=1e-5)
+
+
+def test_speedup_inside_the_noise_is_not_accepted(tmp_path: Path) -> None:
+    """1.4x is not enough when the interval reaches below 1 (``Speedup.accepts``)."""
+    src = _model(tmp_path / "m.onnx", with_prelu=True)
+
+    def noisy(paths: dict[str, Path], rounds: int) -> dict[str, ModelTiming]:
+        return {n: timing(p, 1.0 if n == "fp32" else 1.4, 0.0 if n == "fp32" else 0.45) for n, p in paths.items()}
+
+    s = quantize_selective(src, tmp_path / "sel.onnx", Reader, feeds=FEEDS, profiler=fake_profiler, timer=noisy)
+    assert not s.found and not (tmp_path / "sel.onnx").exists()
+    assert all("confirmation" not in c for c in s.candidates)
+
+
+class ScriptedCpu(CpuDevice):
+    """The CPU device with scripted profiles and latencies, recording the jobs it was given."""
+
+    MS = {"m.onnx": 1.0, "int8_full.onnx": 1.2, "selective.onnx": 0.7, "selective_islands.onnx": 0.8}
+
+    def __init__(self) -> None:
+        super().__init__(SessionConfig(intra_op_threads=1))
+        self.profiled: list[tuple[str, int | None]] = []
+        self.timed: list[tuple[list[str], int, int]] = []
+
+    def profile_nodes(self, model_path, feeds, *, warmup=5, runs=None, seconds=3.0):
+        self.profiled.append((Path(model_path).name, runs))
+        return fake_profiler(Path(model_path))
+
+    def time_interleaved(self, model_paths, feeds, *, warmup=10, runs=100, seed=0, confidence=0.95,
+                         resamples=1000, sessions=None):
+        names = [Path(p).name for p in model_paths]
+        self.timed.append((names, runs, warmup))
+        jitter = 1.0 + 0.01 * np.random.default_rng(seed).standard_normal(runs)   # shared per round
+        times = np.array([self.MS[n] * jitter for n in names])
+        return bench_result([str(p) for p in model_paths], times, self.session, warmup=warmup, runs=runs, wall_s=0.0)
+
+
+def test_measurements_go_through_the_device_and_base_options_pass_through(tmp_path: Path, monkeypatch) -> None:
+    import edgequant.qdq.recipe as recipe
+
+    seen: dict = {}
+    real = recipe.quantize_static_optimized
+
+    def spy(model_in, model_out, reader, **kwargs):
+        seen.update(kwargs)
+        return real(model_in, model_out, reader, **kwargs)
+
+    monkeypatch.setattr(recipe, "quantize_static_optimized", spy)
+    src = _model(tmp_path / "m.onnx", with_prelu=True)
+    out = tmp_path / "sel.onnx"
+    dev = ScriptedCpu()
+    s = quantize_selective(src, out, Reader, feeds=FEEDS, device=dev, rounds=12, profile_runs=7,
+                           base_options={"activations_to_uint8": True, "target": "x86-avx2"})
+    assert seen["activations_to_uint8"] is True and seen["target"] == "x86-avx2" and seen["reduce_range"] is True
+    assert seen["device"] is dev
+    assert any(p.startswith("activations_s8_to_u8") for p in s.base["passes"])
+    assert dev.profiled == [("m.onnx", 7), ("int8_full.onnx", 7)]
+    # one interleaved job over every candidate (FP32 first), then the winner alone against FP32
+    assert dev.timed[0] == (["m.onnx", "int8_full.onnx", "selective.onnx"], 12, 5)
+    assert dev.timed[1][0] == ["m.onnx", "selective.onnx"]
+    assert s.found and s.chosen == "selective" and out.exists()
+    by_name = {c["name"]: c for c in s.candidates}
+    sel = by_name["selective"]
+    assert sel["speedup"] == pytest.approx(1 / 0.7, rel=0.02) and sel["ci95_low"] > 1.0 and sel["rounds"] == 12
+    assert sel["median_ms"] == pytest.approx(0.7, rel=0.05)
+    assert sel["confirmation"]["speedup"] == pytest.approx(1 / 0.7, rel=0.02)
+    assert by_name["int8_full"]["ci95_high"] < 1.0

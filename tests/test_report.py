@@ -4,27 +4,30 @@ import json
 import pytest
 
 from edgequant.errors import EdgequantError
-from edgequant.pipeline import Budget, recommend
+from edgequant.measure.coverage import Coverage
+from edgequant.measure.fidelity import Fidelity
+from edgequant.measure.latency import LatencyStats, Speedup
+from edgequant.measure.memory import MemoryResult
+from edgequant.variant import Variant
+from edgequant.verdict import Budget, recommend
 from edgequant.report import read_report, validate_report, write_report
 
 
 def _variant(name, speedup, ci, *, cosine=0.999, agree=None, acc=None, cov=None):
-    return {
-        "name": name, "path": f"/m/{name}.onnx", "config": {"mode": name}, "size_bytes": 1000,
-        "latency_ms": {"mean": 2.0 / speedup, "std": 0.1, "min": 1.0, "max": 3.0, "p50": 2.0 / speedup,
-                       "p95": 2.5, "p99": 2.9},
-        "latency_samples_ms": [2.0 / speedup] * 5, "throughput_per_s": 500.0 * speedup,
-        "peak_memory_mb": 50.0, "speedup": speedup, "speedup_ci": list(ci),
-        "fidelity": {"cosine": cosine, "sqnr_db": 30.0, "max_abs_err": 0.1, "top1_agreement": agree},
-        "accuracy": acc, "int8_coverage": cov,
-    }
+    samples = [2.0 / speedup] * 5
+    return Variant(
+        name=name, path=f"/m/{name}.onnx", config={"mode": name}, size_bytes=1000,
+        latency=LatencyStats.from_samples(samples), speed=Speedup(speedup, ci[0], ci[1], 0.95, 1000),
+        fidelity=Fidelity(cosine=cosine, sqnr_db=30.0, max_abs_err=0.1, top1_agreement=agree),
+        accuracy=acc, coverage=Coverage(cov["quantized_compute_ops"], cov["compute_ops"], []) if cov else None,
+        memory=MemoryResult(50.0, 40.0, 10.0))
 
 
 def _report(variants):
     return {"schema": "edgequant.report/1",
             "machine": {"cpu": "test cpu", "isa": ["avx2"], "onnxruntime": "1.32.0", "threads": 1},
             "model": {"path": "/m/<b>evil</b>.onnx", "sha256": "a" * 64, "opset": 13},
-            "variants": variants, "recommended": "fp32"}
+            "variants": [v.to_dict() if isinstance(v, Variant) else v for v in variants], "recommended": "fp32"}
 
 
 def test_recommends_fastest_within_budget():
@@ -39,7 +42,7 @@ def test_over_budget_variant_is_never_recommended_even_if_fastest():
           _variant("static", 1.8, (1.7, 1.9), acc=acc(0.80, 0.10))]
     name, _ = recommend(vs, Budget(max_drop=0.01))
     assert name == "dynamic"
-    assert vs[2]["verdict"].startswith("over budget")
+    assert vs[2].verdict.startswith("over budget")
 
 
 def test_fp32_fallback_when_nothing_is_faster_beyond_noise():
@@ -47,8 +50,8 @@ def test_fp32_fallback_when_nothing_is_faster_beyond_noise():
           _variant("static", 0.6, (0.55, 0.65), cov={"quantized_compute_ops": 3, "compute_ops": 20})]
     name, reason = recommend(vs, Budget())
     assert name == "fp32" and "faster than FP32 beyond noise" in reason
-    assert "not faster than FP32 beyond noise" in vs[1]["verdict"]
-    assert "slower than FP32" in vs[2]["verdict"] and "3/20" in vs[2]["verdict"]
+    assert "not faster than FP32 beyond noise" in vs[1].verdict
+    assert "slower than FP32" in vs[2].verdict and "3/20" in vs[2].verdict
 
 
 def test_budget_without_labels_uses_agreement_then_cosine():
@@ -77,8 +80,8 @@ def test_schema_rejects_missing_keys():
 def test_write_report_json_and_html(tmp_path):
     vs = [_variant("fp32", 1.0, (1, 1)), _variant("dyn<script>", 1.3, (1.2, 1.4)),
           _variant("static", 1.8, (1.7, 1.9), acc=None)]
-    vs[0]["fidelity"]["sqnr_db"] = float("inf")
     rep = _report(vs)
+    rep["variants"][0]["fidelity"]["sqnr_db"] = float("inf")
     rep["recommended"] = "static"
     json_path, html_path = write_report(tmp_path, rep)
     loaded = read_report(json_path)
@@ -98,7 +101,7 @@ def test_variant_with_nothing_quantized_is_not_recommended():
     vs = [_variant("fp32", 1.0, (1.0, 1.0)),
           _variant("dynamic", 1.1, (1.06, 1.12), cov={"quantized_compute_ops": 0, "compute_ops": 37})]
     assert recommend(vs, Budget())[0] == "fp32"
-    assert vs[1]["verdict"].startswith("nothing quantized")
+    assert vs[1].verdict.startswith("nothing quantized")
 
 
 def test_tiny_speedups_are_not_worth_int8():

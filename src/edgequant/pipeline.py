@@ -1,7 +1,8 @@
-"""FP32 -> dynamic -> static, measured side by side, and the recommendation rule.
+"""FP32 -> dynamic -> static, measured side by side on a device, then recommended.
 
-Data flows one way: sources -> quantized variants -> measurements (fidelity/accuracy, latency,
-memory, coverage) -> recommendation -> report dict. ``tune`` and ``fleet`` reuse these steps.
+Data flows one way: sources -> quantized candidates -> device measurements (outputs, latency,
+memory, coverage) -> typed :class:`~edgequant.variant.Variant` records -> recommendation
+(:mod:`edgequant.verdict`) -> report dict. ``tune`` and ``fleet`` reuse these steps.
 """
 
 from __future__ import annotations
@@ -11,55 +12,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import model as model_io
+from .data import DataSource
 from .errors import EdgequantError
-from .metrics import accuracy_entry
-from .measure.session import SessionConfig
-from .quantize import QuantizeConfig, QuantizeResult, make_config, quantize_model
 from .measure.machine import machine_facts
+from .measure.session import SessionConfig
+from .metrics import accuracy_entry
+from .quantize import QuantizeConfig, QuantizeResult, make_config, quantize_model
+from .variant import Candidate, Variant
+from .verdict import Budget, recommend
+
+__all__ = ["Budget", "Candidate", "RunOptions", "RunSetup", "Variant", "build_report", "measure_candidates",
+           "open_run", "recommend", "run_pipeline"]
 
 Progress = Callable[[str], None]
 
 
-@dataclass(frozen=True)
-class Budget:
-    """How much accuracy an INT8 variant may lose.
-
-    With a task metric: ``max_abs_drop`` (in the metric's units) when set, else ``max_drop`` as a
-    fraction of the FP32 value. Without one (no labels): top-1 agreement with FP32 >= ``min_agreement``
-    for classifier-like outputs, else output cosine >= ``min_cosine``.
-    """
-
-    max_drop: float = 0.01
-    max_abs_drop: float | None = None
-    min_agreement: float = 0.99
-    min_cosine: float = 0.99
-
-    def describe(self) -> str:
-        task = (f"task metric drop <= {self.max_abs_drop:g} (absolute)" if self.max_abs_drop is not None
-                else f"task metric drop <= {self.max_drop:.1%} of FP32")
-        return (f"{task}; without a task metric: top-1 agreement >= {self.min_agreement:g} "
-                f"or output cosine >= {self.min_cosine:g}")
-
-    def check(self, fp32_accuracy: dict | None, accuracy: dict | None, fidelity: dict) -> tuple[bool, str]:
-        """(within budget, why) for one variant."""
-        if accuracy is not None and fp32_accuracy is not None:
-            drop, ref = accuracy["drop"], fp32_accuracy["value"]
-            if self.max_abs_drop is not None:
-                limit = self.max_abs_drop
-            elif abs(ref) > 0:
-                limit = self.max_drop * abs(ref)
-            else:
-                limit = None  # a relative budget of a zero reference means nothing: use fidelity
-            if limit is not None:
-                ok = drop <= limit + 1e-12
-                return ok, f"{accuracy['metric']} drop {drop:.4g} {'<=' if ok else '>'} budget {limit:.4g}"
-        agree = fidelity.get("top1_agreement")
-        if agree is not None:
-            ok = agree >= self.min_agreement
-            return ok, f"top-1 agreement with FP32 {agree:.3f} {'>=' if ok else '<'} {self.min_agreement:g}"
-        cos = fidelity["cosine"]
-        ok = cos >= self.min_cosine
-        return ok, f"output cosine {cos:.4f} {'>=' if ok else '<'} {self.min_cosine:g}"
+def _say(progress: Progress | None, msg: str) -> None:
+    if progress:
+        progress(msg)
 
 
 @dataclass(frozen=True)
@@ -90,16 +60,6 @@ class RunOptions:
         return get_device(self.device, self.session)
 
 
-@dataclass
-class Candidate:
-    """A model to measure: the FP32 original or a quantized variant."""
-
-    name: str
-    path: Path
-    config: dict
-    notes: list[str] = field(default_factory=list)
-
-
 def default_variants(target: str) -> list[tuple[str, QuantizeConfig]]:
     """The seed's pipeline: dynamic (weights only) and static (weights + activations)."""
     return [("dynamic", make_config("dynamic", target)), ("static", make_config("static", target))]
@@ -110,8 +70,7 @@ def quantize_variants(model_path: Path, out_dir: Path, specs: Sequence[tuple[str
     """Quantize each spec; a failing recipe is recorded, not fatal."""
     made, failed = [], []
     for name, config in specs:
-        if progress:
-            progress(f"quantizing {name}")
+        _say(progress, f"quantizing {name}")
         out = out_dir / f"{model_path.stem}.{name}.onnx"
         try:
             res: QuantizeResult = quantize_model(model_path, out, config, calib if config.mode == "static" else None)
@@ -122,134 +81,65 @@ def quantize_variants(model_path: Path, out_dir: Path, specs: Sequence[tuple[str
     return made, failed
 
 
-def measure_candidates(candidates: Sequence[Candidate], eval_source, options: RunOptions,
-                       progress: Progress | None = None) -> list[dict]:
-    """Measure every candidate (first = FP32 reference) the same way; returns variant dicts."""
-    from .measure.accuracy import load_metric
+def measure_candidates(candidates: Sequence[Candidate], eval_source: DataSource, options: RunOptions,
+                       progress: Progress | None = None) -> list[Variant]:
+    """Measure every candidate (first = FP32 reference) the same way on the run's device."""
+    from .measure.accuracy import choose_metric
     from .measure.fidelity import compare_outputs
 
     device = options.make_device()
     paths = [str(c.path) for c in candidates]
-    if progress:
-        progress(f"running {len(paths)} models on {getattr(eval_source, 'count', '?')} samples")
+    _say(progress, f"running {len(paths)} models on {eval_source.count or '?'} samples")
     collected = device.outputs(paths, eval_source)
     reference = collected.outputs[0]
-    metric = None
-    if not getattr(eval_source, "synthetic", False) and (options.metric or collected.labels is not None):
-        metric = load_metric(options.metric or "top1")
+    metric = choose_metric(options.metric, has_labels=collected.labels is not None, synthetic=eval_source.synthetic)
     fp32_metric = metric(reference, collected.labels, reference) if metric else None
 
-    if progress:
-        progress(f"timing {len(paths)} models interleaved ({options.runs} rounds)")
+    _say(progress, f"timing {len(paths)} models interleaved ({options.runs} rounds)")
     first = next(iter(eval_source))
     bench = device.time_interleaved(paths, first.feeds, warmup=options.warmup, runs=options.runs)
 
     base = device.baseline_memory() if options.measure_memory else None
     variants = []
     for i, cand in enumerate(candidates):
-        timing = bench.models[i]
         memory = None
         if options.measure_memory:
-            if progress:
-                progress(f"peak memory of {cand.name} (fresh process)")
+            _say(progress, f"peak memory of {cand.name} (fresh process)")
             memory = device.peak_memory(cand.path, first.feeds, runs=options.memory_runs, baseline_mb=base)
-        fid = compare_outputs(reference, collected.outputs[i]).to_dict()
         acc = None
         if metric:
-            res = metric(collected.outputs[i], collected.labels, reference)
-            acc = accuracy_entry(res, fp32_metric)
-        cov = device.coverage(cand.path).to_dict() if cand.config.get("mode") in ("dynamic", "static") else None
-        profile = device.profile_ops(cand.path, first.feeds) if options.profile else None
-        variants.append({
-            "name": cand.name, "path": str(cand.path), "config": {**cand.config, "session": options.session.to_dict()},
-            "size_bytes": model_io.model_size_bytes(cand.path),
-            "latency_ms": timing.stats.to_dict(), "latency_samples_ms": list(timing.stats.samples_ms),
-            "throughput_per_s": timing.stats.throughput_per_s,
-            "peak_memory_mb": memory.peak_rss_mb if memory else float("nan"),
-            "memory_delta_mb": memory.delta_mb if memory else None,
-            "speedup": timing.speedup.ratio, "speedup_ci": [timing.speedup.ci_low, timing.speedup.ci_high],
-            "faster_than_noise": timing.speedup.faster_than_noise, "slower_than_noise": timing.speedup.slower_than_noise,
-            "fidelity": fid, "accuracy": acc, "int8_coverage": cov, "notes": list(cand.notes),
-            "profile_us_by_op": profile,
-        })
-    if base is not None:
-        for v in variants:
-            v["memory_baseline_mb"] = base
+            acc = accuracy_entry(metric(collected.outputs[i], collected.labels, reference), fp32_metric)
+        variants.append(Variant(
+            name=cand.name, path=str(cand.path), config={**cand.config, "session": options.session.to_dict()},
+            size_bytes=model_io.model_size_bytes(cand.path),
+            latency=bench.models[i].stats, speed=bench.models[i].speedup,
+            fidelity=compare_outputs(reference, collected.outputs[i]), accuracy=acc,
+            coverage=device.coverage(cand.path) if cand.mode in ("dynamic", "static") else None,
+            memory=memory, notes=list(cand.notes),
+            profile_us_by_op=device.profile_ops(cand.path, first.feeds) if options.profile else None))
     return variants
 
 
-def _slow_reason(v: dict) -> str:
-    from .measure.profile import explain_profile
-
-    cov = v.get("int8_coverage")
-    evidence = f" ({explain_profile(v['profile_us_by_op'])})" if v.get("profile_us_by_op") else ""
-    if v["config"].get("mode") == "fp32-opt":
-        return "the rewritten FP32 graph is not faster on this CPU" + evidence
-    return _coverage_reason(cov) + evidence
-
-
-def _coverage_reason(cov: dict | None) -> str:
-    if cov and cov["compute_ops"] and cov["quantized_compute_ops"] < cov["compute_ops"]:
-        return (f"only {cov['quantized_compute_ops']}/{cov['compute_ops']} compute ops run as INT8 kernels "
-                "after ORT optimization; the rest pay Q/DQ overhead in float")
-    if cov and cov["compute_ops"] == 0:
-        return "no compute op runs as an INT8 kernel"
-    return "INT8 kernels plus quantize/dequantize overhead do not beat FP32 on this CPU"
-
-
-def recommend(variants: list[dict], budget: Budget, *, min_speedup: float = 1.05) -> tuple[str, str]:
-    """Fastest INT8 variant that is within budget and faster than FP32 beyond noise (95% CI above
-    1) by at least ``min_speedup``, else fp32. A variant with no INT8 compute op is not INT8.
-
-    Annotates each variant with ``within_budget`` and a plain-words ``verdict``.
-    """
-    fp32 = variants[0]
-    fp32["within_budget"], fp32["verdict"] = True, "reference"
-    eligible = []
-    for v in variants[1:]:
-        ok, why = budget.check(fp32.get("accuracy"), v.get("accuracy"), v["fidelity"])
-        v["within_budget"] = ok
-        lo, hi = v.get("speedup_ci") or (v["speedup"], v["speedup"])
-        cov = v.get("int8_coverage")
-        if cov is not None and cov["quantized_compute_ops"] == 0:
-            v["verdict"] = (f"nothing quantized: none of the {cov['compute_ops']} compute ops runs as an INT8 kernel "
-                            f"(recipe {v['config'].get('mode', '?')} has no op to quantize here)")
-        elif not ok:
-            v["verdict"] = f"over budget: {why}"
-        elif hi < 1.0:
-            v["verdict"] = f"slower than FP32 ({v['speedup']:.2f}x): {_slow_reason(v)}"
-        elif lo <= 1.0:
-            v["verdict"] = f"not faster than FP32 beyond noise ({v['speedup']:.2f}x, 95% CI {lo:.2f}-{hi:.2f})"
-        elif v["speedup"] < min_speedup:
-            v["verdict"] = f"only {v['speedup']:.2f}x faster (< {min_speedup:g}x): not worth INT8's accuracy risk"
-        else:
-            v["verdict"] = f"eligible: {v['speedup']:.2f}x faster (95% CI {lo:.2f}-{hi:.2f}); {why}"
-            eligible.append(v)
-    if not eligible:
-        return "fp32", ("no INT8 variant is both within the accuracy budget and faster than FP32 beyond noise "
-                        f"by >= {min_speedup:g}x")
-    best = max(eligible, key=lambda v: v["speedup"])
-    return best["name"], best["verdict"].removeprefix("eligible: ")
-
-
-def build_report(model_path: Path, model_proto, variants: list[dict], options: RunOptions, *,
+def build_report(model_path: Path, model_proto, variants: list[Variant], options: RunOptions, *,
                  target: str, notes: list[str], failed: list[dict]) -> dict:
+    """Recommend (annotating the variants) and serialize: report.json's object."""
     recommended, reason = recommend(variants, options.budget, min_speedup=options.min_speedup)
     return {
         "schema": "edgequant.report/1",
         "machine": machine_facts(options.session),
         "model": {"path": str(model_path), "sha256": model_io.sha256_file(model_path),
                   "opset": model_io.default_opset(model_proto)},
-        "variants": variants,
+        "variants": [v.to_dict() for v in variants],
         "recommended": recommended,
         "recommendation_reason": reason,
         "target": target,
+        "device": options.make_device().facts().report_entry(),
         "budget": {"max_drop": options.budget.max_drop, "max_abs_drop": options.budget.max_abs_drop,
                    "min_agreement": options.budget.min_agreement, "min_cosine": options.budget.min_cosine,
                    "description": options.budget.describe()},
         "failed_variants": failed,
         "notes": notes,
-        "memory_baseline_mb": variants[0].get("memory_baseline_mb"),
+        "memory_baseline_mb": variants[0].memory.baseline_rss_mb if variants[0].memory else None,
         "measurement": {"warmup": options.warmup, "runs": options.runs, "interleaved": True,
                         "session": options.session.to_dict()},
     }
@@ -280,14 +170,14 @@ def selective_candidate(model_path: Path, out_dir: Path, config: QuantizeConfig,
     """Keep INT8 only on the nodes where it measurably pays (``qdq.selective``); explains a miss."""
     from .data import calibration_reader
     from .qdq.selective import quantize_selective
-    from .quantize import _static_extra_options, static_qdq_kwargs
+    from .quantize import static_qdq_kwargs
 
     out = out_dir / f"{model_path.stem}.selective.onnx"
-    kwargs = static_qdq_kwargs(config, _static_extra_options(config, 13))
+    kwargs = static_qdq_kwargs(config)
     kwargs.pop("nodes_to_exclude", None)
     kwargs.pop("op_types", None)
     summary = quantize_selective(model_path, out, lambda: calibration_reader(calib), feeds=feeds,
-                                 base_options=kwargs, session_config=options.session,
+                                 base_options=kwargs, device=options.make_device(),
                                  time_budget_s=options.selective_budget_s, min_speedup=options.min_speedup)
     if not summary.found:
         return [], f"selective INT8: {summary.reason}"
@@ -298,13 +188,49 @@ def selective_candidate(model_path: Path, out_dir: Path, config: QuantizeConfig,
                                          "float_nodes": summary.float_nodes}, [note])], note
 
 
-def open_sources(model_proto, calib: str | None, eval_spec: str | None, options: RunOptions):
-    from .data import open_source
+@dataclass
+class RunSetup:
+    """What run and tune both start from: the checked model, its target, the opened data."""
 
-    inputs = model_io.graph_inputs(model_proto)
+    model_path: Path
+    out_dir: Path
+    proto: object                  # onnx.ModelProto
+    target: str
+    calib: DataSource | None
+    eval: DataSource
+    eval_spec: str | None
+    notes: list[str]
+
+
+def open_run(model_path: str | Path, out_dir: str | Path, calib: str | None, eval_spec: str | None,
+             options: RunOptions) -> RunSetup:
+    """The shared opening of run and tune: fail fast on a bad metric, model or data, before any work."""
+    from .data import open_source
+    from .targets import resolve_target
+
+    if options.metric:
+        from .measure.accuracy import load_metric
+
+        load_metric(options.metric)  # a typo fails now, not after quantizing
+    model_path, out_dir = Path(model_path), Path(out_dir)
+    proto = model_io.load_model(model_path)
+    target = resolve_target(options.target).name
+    inputs = model_io.graph_inputs(proto)
     calib_src = open_source(calib, inputs, preprocess=options.preprocess, limit=options.calib_limit) if calib else None
     eval_src = open_source(eval_spec, inputs, preprocess=options.preprocess, limit=options.eval_limit) if eval_spec else None
-    return calib_src, eval_src
+    notes: list[str] = []
+    if eval_src is None:
+        if calib_src is None:
+            raise EdgequantError(f"{model_path}: needs calibration data (--calib SRC)")
+        eval_src, eval_spec = calib_src, calib
+        notes.append("no --eval data: accuracy and fidelity were measured on the calibration samples "
+                     "(optimistic for static)")
+    if eval_src.synthetic:
+        notes.append("evaluation data is synthetic (random): accuracy was not measured, only output fidelity")
+    elif not eval_src.has_labels and not options.metric:
+        notes.append("evaluation data has no labels: the budget is judged on agreement with FP32 outputs")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return RunSetup(model_path, out_dir, proto, target, calib_src, eval_src, eval_spec, notes)
 
 
 def run_pipeline(model_path: str | Path, out_dir: str | Path, *, calib: str, eval_spec: str | None = None,
@@ -312,34 +238,18 @@ def run_pipeline(model_path: str | Path, out_dir: str | Path, *, calib: str, eva
                  progress: Progress | None = None) -> dict:
     """FP32 -> dynamic -> static: quantize, measure side by side, recommend, write the report."""
     from .report import write_report
-    from .targets import resolve_target
 
     options = options or RunOptions()
-    model_path, out_dir = Path(model_path), Path(out_dir)
-    if options.metric:
-        from .measure.accuracy import load_metric
-
-        load_metric(options.metric)  # a typo fails now, not after quantizing
-    proto = model_io.load_model(model_path)
-    target = resolve_target(options.target).name
-    calib_src, eval_src = open_sources(proto, calib, eval_spec, options)
-    notes: list[str] = []
-    if eval_src is None:
-        eval_src = calib_src
-        notes.append("no --eval data: fidelity was measured on the calibration samples (optimistic for static)")
-    if getattr(eval_src, "synthetic", False):
-        notes.append("evaluation data is synthetic (random): accuracy was not measured, only output fidelity")
-    elif not getattr(eval_src, "has_labels", False) and not options.metric:
-        notes.append("evaluation data has no labels: the budget is judged on agreement with FP32 outputs")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    setup = open_run(model_path, out_dir, calib, eval_spec, options)
+    model_path, out_dir, proto, target = setup.model_path, setup.out_dir, setup.proto, setup.target
+    calib_src, eval_src, notes = setup.calib, setup.eval, setup.notes
     specs = list(variants) if variants is not None else default_variants(target)
     made, failed = quantize_variants(model_path, out_dir, specs, calib_src, progress)
     for f in failed:
         notes.append(f"variant {f['name']} failed: {f['error']}")
     if options.selective and calib_src is not None:
         static_cfg = next((c for n, c in specs if c.mode == "static"), make_config("static", target))
-        if progress:
-            progress("selective INT8: per-node timing of FP32 vs INT8")
+        _say(progress, "selective INT8: per-node timing of FP32 vs INT8")
         sel, note = selective_candidate(model_path, out_dir, static_cfg, calib_src, next(iter(eval_src)).feeds, options)
         made.extend(sel)
         notes.append(note)

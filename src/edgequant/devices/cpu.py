@@ -65,9 +65,16 @@ class CpuDevice(Device):
     def with_session(self, session: SessionConfig) -> CpuDevice:
         return CpuDevice(session)
 
-    def open(self, model_path: str | Path, session: SessionConfig | None = None) -> ort.InferenceSession:
-        """A loaded model for in-process applications that run one frame at a time (DMS demo)."""
-        return open_session(model_path, session or self.session)
+    def open(self, model_path: str | Path, session: SessionConfig | None = None, *,
+             profile_prefix: str | None = None) -> ort.InferenceSession:
+        """A loaded model for in-process applications that run one frame at a time (DMS demo,
+        benchmark scripts); ``profile_prefix`` turns on ORT's profiler trace there."""
+        cfg = session or self.session
+        so = session_options(cfg)
+        if profile_prefix:
+            so.enable_profiling = True
+            so.profile_file_prefix = profile_prefix
+        return open_session(model_path, cfg, options=so)
 
     # ---- outputs ----------------------------------------------------------------------------
 

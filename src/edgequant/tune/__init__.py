@@ -26,13 +26,12 @@ from .. import model as model_io
 from ..errors import EdgequantError
 from ..pipeline import (
     Candidate,
-    fp32_rewrite_candidate,
     RunOptions,
     build_report,
+    fp32_rewrite_candidate,
     measure_candidates,
-    open_sources,
+    open_run,
 )
-from ..targets import resolve_target
 from .cache import TuneCache
 from .recipes import Recipe
 from .search import Search, SearchState
@@ -119,19 +118,11 @@ def run_tune(model: str | Path, out_dir: str | Path, *, calib: str, eval_spec: s
     started = time.monotonic()
     options = options or TuneOptions()
     run = options.run
-    model_path, out_dir = Path(model), Path(out_dir)
-    proto = model_io.load_model(model_path)
-    target = resolve_target(run.target).name
-    calib_src, eval_src = open_sources(proto, calib, eval_spec, run)
-    if calib_src is None:
-        raise EdgequantError(f"{model_path}: tune needs calibration data (--calib SRC)")
-    notes: list[str] = []
-    if eval_src is None:
-        eval_src, eval_spec = calib_src, calib
-        notes.append("no --eval data: accuracy was measured on the calibration samples (optimistic for static)")
-    if getattr(eval_src, "synthetic", False):
-        notes.append("evaluation data is synthetic (random): accuracy was not measured, only output fidelity")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    setup = open_run(model, out_dir, calib, eval_spec, run)
+    if setup.calib is None:
+        raise EdgequantError(f"{setup.model_path}: tune needs calibration data (--calib SRC)")
+    model_path, out_dir, proto, target = setup.model_path, setup.out_dir, setup.proto, setup.target
+    calib_src, eval_src, eval_spec, notes = setup.calib, setup.eval, setup.eval_spec, setup.notes
 
     _say(progress, "running FP32 on the evaluation data")
     device = run.make_device()

@@ -9,21 +9,24 @@ convs and NHWC for QLinearConv; EXTENDED keeps NCHW), and config entries such as
 (paired rounds, bootstrap interval) and keeps ORT's defaults unless a setting is faster outside
 the noise. :func:`deployment_session_config` returns the settings that won in
 ``benchmarks/results/SESSION_TUNING.md`` on an AVX2 no-VNNI EPYC (2 cores).
+
+Timing goes through a device (``Device.time_interleaved`` with one session setting per entry of
+the same model); a setting wins by the one acceptance rule, :meth:`Speedup.accepts`.
 """
 
 from __future__ import annotations
 
-import gc
-import time
+import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgequant.measure.latency import paired_speedup
-from edgequant.measure.session import SessionConfig, make_session
+from ..devices.base import Device
+from ..measure.latency import ModelTiming, Speedup
+from ..measure.session import SessionConfig
 
 #: Candidate settings, as changes to a baseline SessionConfig (name -> SessionConfig fields).
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -84,12 +87,18 @@ def deployment_session_config(model_kind: str = "cnn-int8", *, threads: int | No
 
 @dataclass
 class SettingTiming:
+    """One setting's latencies and its speedup over ``default`` at the lowest thread count."""
+
     name: str
     config: dict[str, Any]
     median_ms: float
     p90_ms: float
-    speedup: float            # vs the baseline setting at the same thread count
-    ci95: tuple[float, float]
+    speedup: Speedup
+
+    def to_dict(self) -> dict[str, Any]:
+        """session_tuning.json's timing entry (``speedup`` the ratio, ``ci95`` its interval)."""
+        return {"name": self.name, "config": self.config, "median_ms": self.median_ms, "p90_ms": self.p90_ms,
+                "speedup": self.speedup.ratio, "ci95": [self.speedup.ci_low, self.speedup.ci_high]}
 
 
 @dataclass
@@ -108,7 +117,7 @@ class SessionTuning:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "rounds": self.rounds, "best": self.best, "best_config": self.best_config,
                 "loadavg": list(self.loadavg), "final": self.final,
-                "timings": [t.__dict__ | {"ci95": list(t.ci95)} for t in self.timings]}
+                "timings": [t.to_dict() for t in self.timings]}
 
 
 def _apply(base: SessionConfig, changes: Mapping[str, Any]) -> SessionConfig:
@@ -118,90 +127,73 @@ def _apply(base: SessionConfig, changes: Mapping[str, Any]) -> SessionConfig:
     return base.with_(**ch)
 
 
-def _interleave(sessions: Mapping[str, Any], feeds: Mapping[str, np.ndarray], rounds: int, warmup: int,
-                seed: int) -> dict[str, np.ndarray]:
-    """Each session once per round in a fresh random order (a fixed rotation would always put the
-    same session right after a spinning multi-thread one)."""
-    names = list(sessions)
-    for k in names:
-        for _ in range(warmup):
-            sessions[k].run(None, dict(feeds))
-    rng = np.random.default_rng(seed)
-    times = {k: np.zeros(rounds) for k in names}
-    gc_on = gc.isenabled()
-    gc.disable()
-    try:
-        for r in range(rounds):
-            for i in rng.permutation(len(names)):
-                k = names[i]
-                t0 = time.perf_counter_ns()
-                sessions[k].run(None, dict(feeds))
-                times[k][r] = (time.perf_counter_ns() - t0) / 1e6
-    finally:
-        if gc_on:
-            gc.enable()
-    return times
+def _fastest(timings: Mapping[str, ModelTiming], ref: str, min_gain: float) -> str:
+    """The accepted setting with the largest speedup over ``ref``, else ``ref``."""
+    ok = [k for k, t in timings.items() if k != ref and t.speedup.accepts(min_gain)]
+    return max(ok, key=lambda k: timings[k].speedup.ratio, default=ref)
+
+
+def _scaled(sp: Speedup, factor: float) -> Speedup:
+    return replace(sp, ratio=sp.ratio * factor, ci_low=sp.ci_low * factor, ci_high=sp.ci_high * factor)
 
 
 def tune_session(model_path: str | Path, feeds: Mapping[str, np.ndarray], *,
                  candidates: Mapping[str, Mapping[str, Any]] | None = None,
                  threads: Sequence[int] = (1,), base: SessionConfig | None = None,
-                 rounds: int = 60, warmup: int = 5, min_gain: float = 1.02, seed: int = 0) -> SessionTuning:
-    """Time candidate settings of one model interleaved; return the fastest.
+                 rounds: int = 60, warmup: int = 5, min_gain: float = 1.02, seed: int = 0,
+                 device: Device | None = None) -> SessionTuning:
+    """Time candidate settings of one model interleaved on ``device``; return the fastest.
 
     One interleaved group per thread count (settings vs ``default`` at that count), then, with
     several thread counts, one more group with ``default`` at each count and the best setting of
     each count, so thread counts are compared in the same rounds too. A setting wins only when it
-    is ``min_gain`` faster than ``default`` with its 95% paired-bootstrap interval above 1.
-    Speedups in the result are relative to ``default`` at the lowest thread count.
+    is ``min_gain`` faster than ``default`` with its 95% paired-bootstrap interval above 1
+    (:meth:`Speedup.accepts`). Speedups in the result are relative to ``default`` at the lowest
+    thread count. ``device`` defaults to this machine's CPU; ``base`` is the settings every
+    candidate changes (default ``SessionConfig()``).
     """
-    import os
+    if device is None:
+        from ..devices import local_cpu
 
+        device = local_cpu()
     cands = {"default": {}, **dict(candidates or CANDIDATES)}
     base = base or SessionConfig()
     res = SessionTuning(model=str(model_path), rounds=rounds)
     configs: dict[str, SessionConfig] = {}
+
+    def timed(names: list[str], group_seed: int) -> dict[str, ModelTiming]:
+        """One interleaved job: the model once per setting; speedups vs ``names[0]``."""
+        result = device.time_interleaved([model_path] * len(names), feeds, warmup=warmup, runs=rounds,
+                                         seed=group_seed, sessions=[configs[k] for k in names])
+        return dict(zip(names, result.models))
+
     group_best: list[str] = []
-    all_times: dict[str, np.ndarray] = {}
+    all_timings: dict[str, ModelTiming] = {}
     for gi, t in enumerate(sorted(threads)):
         group = {f"{n}@{t}T": _apply(base.with_(intra_op_threads=t), ch) for n, ch in cands.items()}
         configs.update(group)
-        sessions = {k: make_session(model_path, c) for k, c in group.items()}
-        times = _interleave(sessions, feeds, rounds, warmup, seed + gi)
-        del sessions
-        ref = f"default@{t}T"
-        best, best_sp = ref, 1.0
-        for k, v in times.items():
-            sp = paired_speedup(times[ref], v)
-            if k != ref and sp.ratio >= min_gain and sp.ci_low > 1.0 and sp.ratio > best_sp:
-                best, best_sp = k, sp.ratio
-        group_best.append(best)
-        all_times.update(times)
+        timings = timed(list(group), seed + gi)   # "default@tT" first: the group's reference
+        group_best.append(_fastest(timings, f"default@{t}T", min_gain))
+        all_timings.update(timings)
     lowest = f"default@{min(threads)}T"
+    # cross-thread ratios come from the final group; within-count ratios from their own group
+    factor: dict[str, float] = {}
     if len(threads) > 1:
-        final = sorted(set(group_best) | {f"default@{t}T" for t in threads})
-        sessions = {k: make_session(model_path, configs[k]) for k in final}
-        times = _interleave(sessions, feeds, rounds, warmup, seed + 99)
-        del sessions
-        ref = times[lowest]
-        best, best_sp = lowest, 1.0
-        for k, v in times.items():
-            sp = paired_speedup(ref, v)
-            res.final[k] = {"median_ms": float(np.median(v)), "speedup": sp.ratio, "ci95_low": sp.ci_low,
-                            "ci95_high": sp.ci_high}
-            if k != lowest and sp.ratio >= min_gain and sp.ci_low > 1.0 and sp.ratio > best_sp:
-                best, best_sp = k, sp.ratio
-        # cross-thread ratios come from the final group; within-count ratios from their own group
-        scale = {k: float(np.median(times[k]) / np.median(ref)) for k in times}
+        rest = sorted((set(group_best) | {f"default@{t}T" for t in threads}) - {lowest})
+        final = timed([lowest, *rest], seed + 99)
+        best = _fastest(final, lowest, min_gain)
+        for k, v in final.items():
+            res.final[k] = {"median_ms": v.stats.p50, "speedup": v.speedup.ratio, "ci95_low": v.speedup.ci_low,
+                            "ci95_high": v.speedup.ci_high}
+        factor = {k: v.speedup.ratio for k, v in final.items()}   # default@tT relative to default@lowest
     else:
-        best, scale = group_best[0], {}
-    for k, v in all_times.items():
-        t = k.rsplit("@", 1)[1]
-        own_ref = all_times[f"default@{t}"]
-        sp = paired_speedup(own_ref, v)
-        factor = 1.0 / scale.get(f"default@{t}", 1.0)  # default@tT relative to default@lowest
-        res.timings.append(SettingTiming(k, configs[k].to_dict(), float(np.median(v)), float(np.percentile(v, 90)),
-                                         sp.ratio * factor, (sp.ci_low * factor, sp.ci_high * factor)))
+        best = group_best[0]
+    for k, v in all_timings.items():
+        samples = np.asarray(v.stats.samples_ms)
+        own_default = f"default@{k.rsplit('@', 1)[1]}"
+        res.timings.append(SettingTiming(k, configs[k].to_dict(), float(np.median(samples)),
+                                         float(np.percentile(samples, 90)),
+                                         _scaled(v.speedup, factor.get(own_default, 1.0))))
     res.best = best
     res.best_config = configs[best].to_dict()
     res.loadavg = os.getloadavg()

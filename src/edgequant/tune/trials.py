@@ -22,6 +22,7 @@ from typing import Any
 from .. import model as model_io
 from ..devices.base import Device
 from ..errors import EdgequantError
+from ..measure.latency import Speedup
 from ..quantize import QuantizeConfig, quantize_model
 from .cache import TuneCache
 from .recipes import Recipe
@@ -116,8 +117,7 @@ class Trial:
     fidelity: dict | None = None
     accuracy: dict | None = None
     coverage: dict | None = None
-    speedup: float | None = None
-    speedup_ci: tuple[float, float] | None = None
+    speed: Speedup | None = None          # vs FP32, from the trial batch's interleaved rounds
     within_budget: bool = False
     budget_why: str = ""
     quantized_cached: bool = False
@@ -132,12 +132,20 @@ class Trial:
         return self.error is None and self.fidelity is not None
 
     @property
+    def speedup(self) -> float | None:
+        return self.speed.ratio if self.speed is not None else None
+
+    @property
+    def speedup_ci(self) -> tuple[float, float] | None:
+        return (self.speed.ci_low, self.speed.ci_high) if self.speed is not None else None
+
+    @property
     def faster(self) -> bool:
-        return self.speedup_ci is not None and self.speedup_ci[0] > 1.0
+        return self.speed is not None and self.speed.faster_than_noise
 
     @property
     def not_slower(self) -> bool:
-        return self.speedup_ci is not None and self.speedup_ci[1] >= 1.0
+        return self.speed is not None and not self.speed.slower_than_noise
 
     def outcome(self) -> str:
         """Plain words for the search trace."""
@@ -156,14 +164,12 @@ class Trial:
 
 def make_reference(model_path: Path, eval_src, device: Device, metric_spec: str | None) -> Reference:
     """Run FP32 once over the evaluation data; pick the task metric if there is one."""
-    from ..measure.accuracy import load_metric
+    from ..measure.accuracy import choose_metric
     from ..metrics import accuracy_entry
 
     collected = device.outputs([str(model_path)], eval_src)
     outputs = collected.outputs[0]
-    metric = None
-    if not getattr(eval_src, "synthetic", False) and (metric_spec or collected.labels is not None):
-        metric = load_metric(metric_spec or "top1")
+    metric = choose_metric(metric_spec, has_labels=collected.labels is not None, synthetic=eval_src.synthetic)
     fp32_result = metric(outputs, collected.labels, outputs) if metric else None
     first = next(iter(eval_src))
     return Reference(model_path, outputs, collected.labels, metric, fp32_result,
@@ -185,10 +191,10 @@ def measure_quality(path: Path, ref: Reference, eval_src, device: Device) -> dic
 
 
 def time_batch(paths: Sequence[Path], ref: Reference, device: Device, *, runs: int,
-               warmup: int) -> list[tuple[float, float, float]]:
-    """(speedup, ci_low, ci_high) of each path against FP32, all interleaved in one benchmark."""
+               warmup: int) -> list[Speedup]:
+    """Each path's speedup over FP32, all interleaved in one benchmark."""
     bench = device.time_interleaved([str(ref.path), *map(str, paths)], ref.feeds, warmup=warmup, runs=runs)
-    return [(t.speedup.ratio, t.speedup.ci_low, t.speedup.ci_high) for t in bench.models[1:]]
+    return [t.speedup for t in bench.models[1:]]
 
 
 @dataclass
@@ -219,7 +225,7 @@ class TrialRunner:
         for t in trials:
             if t.error is None:
                 self._quality(t)
-        self._speed([t for t in trials if t.error is None and t.speedup is None])
+        self._speed([t for t in trials if t.error is None and t.speed is None])
         for t in trials:
             if t.error is None:
                 t.within_budget, t.budget_why = self.budget.check(self.ref.fp32_accuracy, t.accuracy, t.fidelity)
@@ -267,7 +273,8 @@ class TrialRunner:
     def _apply(t: Trial, m: dict) -> None:
         t.fidelity, t.accuracy, t.coverage = m["fidelity"], m["accuracy"], m["coverage"]
         if m.get("speed"):
-            t.speedup, t.speedup_ci = m["speed"]["ratio"], tuple(m["speed"]["ci"])
+            sp = m["speed"]
+            t.speed = Speedup(sp["ratio"], sp["ci"][0], sp["ci"][1], sp.get("confidence", 0.95), sp.get("resamples", 1000))
 
     def _speed(self, trials: Sequence[Trial]) -> None:
         if not trials:
@@ -280,8 +287,9 @@ class TrialRunner:
             for t in trials:
                 t.error = str(exc)
             return
-        for t, (ratio, lo, hi) in zip(trials, results):
-            t.speedup, t.speedup_ci = ratio, (lo, hi)
+        for t, sp in zip(trials, results):
+            t.speed = sp
             self.cache.store_measured(t.recipe_dict, {
                 "fidelity": t.fidelity, "accuracy": t.accuracy, "coverage": t.coverage,
-                "speed": {"ratio": ratio, "ci": [lo, hi], "runs": self.trial_runs}})
+                "speed": {"ratio": sp.ratio, "ci": [sp.ci_low, sp.ci_high], "confidence": sp.confidence,
+                          "resamples": sp.resamples, "runs": self.trial_runs}})
