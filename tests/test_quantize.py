@@ -120,3 +120,34 @@ def test_int8_activations_follow_the_target_not_the_host(tmp_path, conv_model, c
     inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
     zps = {inits[n.input[2]].dtype for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[2] in inits}
     assert zps == {np.dtype(expected)}
+
+
+def test_quantize_job_is_picklable_and_runs_in_a_fresh_process(tmp_path):
+    """The job remote workers get: plain data that pickles, re-opens its calibration data itself."""
+    import multiprocessing
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor
+
+    from edgequant.jobs import CalibSpec, QuantizeJob, run_quantize_job
+    from edgequant.quantize import make_config
+
+    import onnx_models
+
+    model = onnx_models.save(onnx_models.conv_net(opset=13, channels=8, size=8), tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(0).normal(0, 1, (4, 3, 8, 8)).astype(np.float32))
+    job = QuantizeJob(model, tmp_path / "m.int8.onnx", make_config("static", "x86-avx2"),
+                      CalibSpec(str(tmp_path / "calib.npz"), None))
+    assert pickle.loads(pickle.dumps(job)) == job
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        res = pool.submit(run_quantize_job, job).result()
+    assert res["ok"], res
+    assert "QLinearConv" in {n.op_type for n in _optimized_ops(job.out_path)}
+    bad = QuantizeJob(model, tmp_path / "bad.onnx", job.config, CalibSpec(str(tmp_path / "missing.npz"), None))
+    out = run_quantize_job(bad)
+    assert not out["ok"] and "missing.npz" in out["error"]
+
+
+def _optimized_ops(path):
+    from edgequant.devices import local_cpu
+
+    return local_cpu().optimized_graph(path, "extended").graph.node

@@ -12,7 +12,7 @@ from pathlib import Path
 from edgequant.cli import main
 from edgequant.pipeline import Budget, RunOptions
 from edgequant.tune import TuneOptions, run_tune
-from edgequant.tune import trials as trials_mod
+from edgequant import jobs as jobs_mod
 
 FAST = RunOptions(target="x86-avx2", runs=20, warmup=2, memory_runs=2)
 
@@ -92,8 +92,8 @@ def test_rerun_resumes_from_cache(sensitive, tmp_path: Path, monkeypatch) -> Non
     mtimes = {p: p.stat().st_mtime_ns for p in cached}
 
     calls: list[str] = []
-    real = trials_mod.quantize_model
-    monkeypatch.setattr(trials_mod, "quantize_model", lambda *a, **k: calls.append(str(a[1])) or real(*a, **k))
+    real = jobs_mod.quantize_model
+    monkeypatch.setattr(jobs_mod, "quantize_model", lambda *a, **k: calls.append(str(a[1])) or real(*a, **k))
     second = run_tune(model, out, calib=str(calib), eval_spec=str(evals), options=_options())
     assert calls == []
     assert second["tune"]["quantized_now"] == 0

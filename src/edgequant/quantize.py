@@ -287,7 +287,7 @@ def quantize_model(
     if config.target == "qnn":
         _check_static_shapes(model_path)
     warnings, notes = config_warnings(config), []
-    if calibration is not None and getattr(calibration, "synthetic", False) and config.mode == "static":
+    if calibration is not None and calibration.synthetic and config.mode == "static":
         warnings.append("calibrating on synthetic random data: activation ranges will not match real inputs")
     with tempfile.TemporaryDirectory(prefix="edgequant-") as tmp:
         work = Path(tmp)

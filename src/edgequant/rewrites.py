@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import onnx
 
+from .graph_pass import GraphPass, PassContext, run_passes
+
 
 def decompose_prelu(model: onnx.ModelProto) -> int:
     """Rewrite every ``PRelu(x, alpha)`` as ``Relu(x) + alpha * (x - Relu(x))`` (exact).
@@ -38,11 +40,19 @@ def decompose_prelu(model: onnx.ModelProto) -> int:
     return count
 
 
+class DecomposePRelu(GraphPass):
+    name = "decompose_prelu"
+    description = ("PRelu rewritten as Relu(x) + alpha*(x - Relu(x)) (exact; onnxruntime's per-channel PRelu "
+                   "kernel is several times slower than these element-wise ops)")
+
+    def run(self, model: onnx.ModelProto, context: PassContext) -> int:
+        return decompose_prelu(model)
+
+
+#: The exact FP32 rewrites applied before quantizing (and offered as ``fp32-opt``).
+EXACT_REWRITES: tuple[GraphPass, ...] = (DecomposePRelu(),)
+
+
 def apply_exact_rewrites(model: onnx.ModelProto) -> list[str]:
     """Rewrite ``model`` in place; returns one note per rewrite that changed something."""
-    notes = []
-    n = decompose_prelu(model)
-    if n:
-        notes.append(f"{n} PRelu rewritten as Relu(x) + alpha*(x - Relu(x)) (exact; onnxruntime's "
-                     "per-channel PRelu kernel is several times slower than these element-wise ops)")
-    return notes
+    return [f"{r.changed} {r.description}" for r in run_passes(model, EXACT_REWRITES) if r.changed]

@@ -42,6 +42,7 @@ at a time, so memory does not grow with the number of samples.
 """
 
 from .preprocess import Preprocess
-from .sources import DataSource, Sample, calibration_reader, open_source, stack_feeds
+from .readers import calibration_reader, stack_feeds
+from .sources import DataSource, Sample, open_source
 
 __all__ = ["DataSource", "Preprocess", "Sample", "calibration_reader", "open_source", "stack_feeds"]

@@ -103,8 +103,8 @@ class SourceFeeds:
             from ..data import open_source  # imported late: only CLI/API paths need data sources
 
             source = open_source(self.spec, inputs, preprocess=self.preprocess, limit=1, seed=self.seed)
-            self.synthetic = bool(getattr(source, "synthetic", False))
-            self.notes.extend(n for n in getattr(source, "notes", ()) if n not in self.notes)
+            self.synthetic = source.synthetic
+            self.notes.extend(n for n in source.notes if n not in self.notes)
             sample = next(iter(source), None)
             if sample is None:
                 raise EdgequantError(f"{self.spec}: data source has no samples")

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgequant.graph_pass import GraphPass, PassContext
 from edgequant.qdq.graph import GraphIndex, opset_of
 
 #: Per-channel DequantizeLinear (axis attribute) needs ai.onnx opset 13.
@@ -160,3 +161,31 @@ def drop_zero_bias_zero_points(model: onnx.ModelProto) -> int:
         del graph.initializer[:]
         graph.initializer.extend(keep)
     return changed
+
+
+# ---- the same rewrites behind the pass interface (recipes list them; reports describe them) ----
+
+class FoldIdentityQdq(GraphPass):
+    name = "fold_identity_qdq"
+    description = "removes DequantizeLinear->QuantizeLinear pairs with equal scale and zero point (exact)"
+
+    def run(self, model: onnx.ModelProto, context: PassContext) -> int:
+        return fold_identity_qdq(model)
+
+
+class DropZeroBiasZeroPoints(GraphPass):
+    name = "drop_zero_bias_zero_points"
+    description = "drops all-zero int32 bias zero points so ORT's QDQ selectors accept the bias (exact)"
+
+    def run(self, model: onnx.ModelProto, context: PassContext) -> int:
+        return drop_zero_bias_zero_points(model)
+
+
+class ActivationsToUint8(GraphPass):
+    name = "activations_s8_to_u8"
+    unit = "tensors"
+    description = ("rewrites int8 activation Q/DQ to uint8 (zero point + 128, same values) so ORT's x86 "
+                   "fusions fire on fan-out tensors too")
+
+    def run(self, model: onnx.ModelProto, context: PassContext) -> int:
+        return activations_s8_to_u8(model)

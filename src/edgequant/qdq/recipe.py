@@ -17,8 +17,8 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 
 from edgequant.measure.coverage import INT8_COMPUTE_OPS, coverage_of_graph
 from edgequant.qdq.graph import GraphIndex, op_counts
-from edgequant.qdq.passes import (activations_s8_to_u8, diagnose_float_node, drop_zero_bias_zero_points,
-                                  fold_identity_qdq)
+from edgequant.graph_pass import GraphPass, run_passes
+from edgequant.qdq.passes import ActivationsToUint8, DropZeroBiasZeroPoints, FoldIdentityQdq, diagnose_float_node
 from edgequant.qdq.prepare import prepare
 from edgequant.qdq.summary import QuantizationSummary
 
@@ -138,16 +138,13 @@ def quantize_static_optimized(
 
 
 def _fix_up(model: onnx.ModelProto, activations_to_uint8: bool, summary: QuantizationSummary) -> None:
-    """Exact post-quantization rewrites; each one that changed something is recorded."""
-    n = fold_identity_qdq(model)
-    if n:
-        summary.passes.append(f"fold_identity_qdq({n})")
-    n = drop_zero_bias_zero_points(model)
-    if n:
-        summary.passes.append(f"drop_zero_bias_zero_points({n})")
+    """Exact post-quantization passes; each one that changed something is recorded."""
+    passes: list[GraphPass] = [FoldIdentityQdq(), DropZeroBiasZeroPoints()]
     if activations_to_uint8:
-        n = activations_s8_to_u8(model)
-        summary.passes.append(f"activations_s8_to_u8({n} tensors)")
+        passes.append(ActivationsToUint8())
+    for result in run_passes(model, passes):
+        if result.changed or result.name == ActivationsToUint8.name:
+            summary.passes.append(result.label)
 
 
 def _record_coverage(model_out: Path, summary: QuantizationSummary, excluded: list[str], device: Any) -> None:

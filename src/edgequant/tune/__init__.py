@@ -35,14 +35,8 @@ from ..pipeline import (
 from .cache import TuneCache
 from .recipes import Recipe
 from .search import Search, SearchState
-from .trials import (
-    CalibSpec,
-    Reference,
-    Trial,
-    TrialRunner,
-    make_reference,
-    quiet_logging,
-)
+from ..jobs import CalibSpec, quiet_logging
+from .trials import Reference, Trial, TrialRunner, make_reference
 
 __all__ = ["Recipe", "TuneOptions", "run_tune"]
 
