@@ -1,89 +1,442 @@
-"""The public Python API; the CLI is a thin layer over these functions.
+"""The public Python API; the CLI is a thin layer over these functions (parse, call, print).
 
 Example::
 
     from edgequant import api
 
-    info = api.inspect("model.onnx")                         # opset, inputs, ops, size, INT8 coverage
+    facts = api.inspect("model.onnx")                        # ModelFacts: opset, inputs, ops, size, INT8 coverage
     res = api.quantize("model.onnx", "model.int8.onnx", mode="static", calib="calib.npz")
     bench = api.bench(["model.onnx", "model.int8.onnx"], threads=1, runs=200)
+    print([m.speedup.ratio for m in bench.models])
+    ev = api.evaluate("model.int8.onnx", "eval.npz", reference="model.onnx")
+    print(ev.fidelity.cosine, ev.accuracy)
     report = api.run("model.onnx", "reports/model", calib="calib.npz", eval="eval.npz")
     print(report["recommended"], report["recommendation_reason"])
+
+Nothing here prints: long jobs take ``progress=`` (one-line status messages) instead. Every
+typed result has ``to_dict()``, the JSON document the matching command writes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import model as model_io
+from .data import Preprocess
+from .errors import EdgequantError
+from .inspect import ModelFacts, TensorFacts, model_facts
+from .measure.fidelity import Fidelity
+from .measure.latency import LatencyStats, Speedup
+from .measure.memory import MemoryResult
 from .measure.session import SessionConfig
-from .pipeline import Budget, RunOptions, run_pipeline
-from .quantize import QuantizeConfig, QuantizeResult, make_config, quantize_model
+from .quantize import QuantizeConfig, QuantizeResult, make_config
 
-__all__ = ["inspect", "quantize", "bench", "evaluate", "run", "Budget", "RunOptions", "SessionConfig",
-           "QuantizeConfig", "QuantizeResult", "make_config"]
+if TYPE_CHECKING:
+    from .fleet import FleetEntry, FleetOutcome
+    from .pipeline import Budget, RunOptions
+    from .tune import TuneOptions
+
+__all__ = [
+    "doctor", "inspect", "quantize", "bench", "evaluate", "run", "tune", "fleet", "fleet_entries",
+    "ModelFacts", "TensorFacts", "EvalResult", "FileRef", "BenchReport", "BenchModel", "BenchInput",
+    "ThreadRun", "MemoryBaseline", "FleetResult", "Fidelity", "Budget", "RunOptions", "TuneOptions", "SessionConfig",
+    "Preprocess", "QuantizeConfig", "QuantizeResult", "make_config", "DEFAULT_THREADS", "DEFAULT_INPUT",
+]
+
+Progress = Callable[[str], None]
+
+#: Intra-op threads of every measuring command (eval, bench, run, tune) unless told otherwise:
+#: one thread gives the most repeatable timings; 0 lets onnxruntime pick (one per physical core).
+DEFAULT_THREADS = 1
+#: Bench input when none is given: one synthetic sample (latency only).
+DEFAULT_INPUT = "random:1"
+#: Peak RSS settles after the first runs (arena growth): memory needs no more than these.
+MEMORY_MAX_WARMUP = 5
+MEMORY_MAX_RUNS = 20
+
+EVAL_SCHEMA = "edgequant.eval/1"
+BENCH_SCHEMA = "edgequant.bench/1"
+
+# Loaded on first use, so that inspect/eval/bench do not import the pipeline and tune machinery.
+_LAZY = {"Budget": "pipeline", "RunOptions": "pipeline", "TuneOptions": "tune"}
 
 
-def inspect(model: str | Path) -> dict:
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__package__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _say(progress: Progress | None, msg: str) -> None:
+    if progress is not None:
+        progress(msg)
+
+
+def _preprocess(value: Preprocess | str | None) -> Preprocess | None:
+    """A Preprocess, parsed from its CLI text form or a .yaml/.json path when given as a string."""
+    return Preprocess.parse(value) if isinstance(value, str) else value
+
+
+# ---- doctor / inspect ---------------------------------------------------------------------------
+
+def doctor() -> dict[str, Any]:
+    """This machine's CPU features, onnxruntime version/providers and the target ``auto`` picks."""
+    import onnxruntime as ort
+
+    from .targets import RULES, auto_target, detect_cpu
+
+    cpu = detect_cpu()
+    target = auto_target(cpu)
+    return {
+        "cpu": cpu.model, "arch": cpu.arch, "logical_cores": cpu.logical_cores, "isa": list(cpu.isa),
+        "vnni": cpu.has_vnni, "python": platform.python_version(), "onnxruntime": ort.__version__,
+        "providers": ort.get_available_providers(), "target": target, "why": RULES[target].why,
+    }
+
+
+def inspect(model: str | Path) -> ModelFacts:
     """Opset, inputs/outputs, op counts, size, sha256; INT8 coverage for a quantized model."""
-    from .cli.inspect_cmd import inspect_facts
+    return model_facts(model)
 
-    return inspect_facts(Path(model))
 
+# ---- quantize -----------------------------------------------------------------------------------
 
 def quantize(model: str | Path, out: str | Path, *, mode: str, calib: str | None = None,
-             target: str = "auto", preprocess=None, calib_limit: int | None = None, **overrides) -> QuantizeResult:
-    """Quantize ``model`` to ``out``; ``overrides`` are :func:`edgequant.quantize.make_config` options."""
+             target: str = "auto", preprocess: Preprocess | str | None = None, calib_limit: int | None = None,
+             on_calib_sample: Callable[[int, int | None], None] | None = None, **overrides: Any) -> QuantizeResult:
+    """Quantize ``model`` to ``out``; ``overrides`` are :func:`edgequant.quantize.make_config` options.
+
+    ``on_calib_sample(done, total)`` follows calibration (``total`` is None when unknown).
+    """
+    from .quantize import quantize_model
+
     config = make_config(mode, target, calib_limit=calib_limit, **overrides)
     source = None
     if mode == "static":
         from .data import open_source
 
         if not calib:
-            from .errors import EdgequantError
             raise EdgequantError(f"{model}: static quantization needs calibration data (calib=...)")
-        source = open_source(calib, model_io.graph_inputs(model_io.load_model(model)), preprocess=preprocess,
-                             limit=calib_limit)
-    return quantize_model(model, out, config, source)
+        source = open_source(calib, model_io.graph_inputs(model_io.load_model(model)),
+                             preprocess=_preprocess(preprocess), limit=calib_limit)
+    total = getattr(source, "count", None)
+    hook = (lambda i: on_calib_sample(i + 1, total)) if on_calib_sample is not None else None
+    return quantize_model(model, out, config, source, on_calib_sample=hook)
 
 
-def bench(models: Sequence[str | Path], *, input: str = "random:1", threads: int = 1, warmup: int = 10,
-          runs: int = 100, session: SessionConfig | None = None):
-    """Interleaved latency of ``models`` (speedups relative to the first)."""
-    from .devices import local_cpu
-    from .measure.feeds import SourceFeeds
+# ---- evaluate -----------------------------------------------------------------------------------
 
-    cfg = session or SessionConfig(intra_op_threads=threads)
-    return local_cpu(cfg).time_interleaved([str(m) for m in models], SourceFeeds(input), warmup=warmup, runs=runs)
+@dataclass(frozen=True)
+class FileRef:
+    """A model file as results record it: its path and content hash."""
+
+    path: str
+    sha256: str
+
+    @classmethod
+    def of(cls, path: str | Path) -> FileRef:
+        return cls(str(path), model_io.sha256_file(path))
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Output fidelity of ``model`` against ``reference`` and the task metric, on one data set.
+
+    ``accuracy`` is the reports' accuracy entry (metric, value, reference_value, drop, ...), or
+    None when no metric applies (see :func:`edgequant.measure.accuracy.choose_metric`).
+    """
+
+    model: FileRef
+    reference: FileRef | None
+    data: str
+    samples: int
+    has_labels: bool
+    synthetic: bool
+    limit: int | None
+    notes: tuple[str, ...]
+    fidelity: Fidelity | None
+    accuracy: dict[str, Any] | None
+    machine: dict[str, Any]
+    session: SessionConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``edgequant.eval/1`` document ``edgequant eval --json`` writes."""
+        fid = self.fidelity
+        return {"schema": EVAL_SCHEMA, "machine": dict(self.machine), "model": self.model.to_dict(),
+                "reference": self.reference.to_dict() if self.reference is not None else None,
+                "data": {"spec": self.data, "samples": self.samples, "has_labels": self.has_labels,
+                         "synthetic": self.synthetic, "limit": self.limit},
+                "session": self.session.to_dict(),
+                "fidelity": fid.to_dict() if fid is not None else None,
+                "fidelity_per_output": fid.per_output_dict() if fid is not None else None,
+                "accuracy": self.accuracy, "notes": list(self.notes)}
 
 
 def evaluate(model: str | Path, data: str, *, reference: str | Path | None = None, metric: str | None = None,
-             preprocess=None, limit: int | None = None, session: SessionConfig | None = None) -> dict:
-    """Fidelity against ``reference`` and the task metric (when labels or a metric exist)."""
+             preprocess: Preprocess | str | None = None, limit: int | None = None, threads: int = DEFAULT_THREADS,
+             session: SessionConfig | None = None, progress: Progress | None = None) -> EvalResult:
+    """Fidelity of ``model``'s outputs against ``reference``'s and the task metric, on ``data``.
+
+    The metric follows the one rule, :func:`~edgequant.measure.accuracy.choose_metric`; with
+    neither a reference nor a metric there is nothing to measure (an error, before any run).
+    ``session`` (when given) replaces ``threads``.
+    """
     from .data import open_source
-    from .measure.accuracy import load_metric
     from .devices import local_cpu
+    from .measure.accuracy import choose_metric, load_metric
     from .measure.fidelity import compare_outputs
+    from .measure.machine import machine_facts
+    from .metrics import accuracy_entry
 
-    cfg = session or SessionConfig()
+    cfg = session or SessionConfig(intra_op_threads=threads)
     proto = model_io.load_model(model)
-    source = open_source(data, model_io.graph_inputs(proto), preprocess=preprocess, limit=limit)
-    paths = [str(reference), str(model)] if reference else [str(model)]
-    collected = local_cpu(cfg).outputs(paths, source)
-    out: dict = {"model": str(model), "samples": collected.count}
-    ref_out = collected.outputs[0] if reference else None
-    cand = collected.outputs[-1]
-    if ref_out is not None:
-        out["fidelity"] = compare_outputs(ref_out, cand).to_dict()
-    if metric or collected.labels is not None:
-        res = load_metric(metric or "top1")(cand, collected.labels, ref_out)
-        out["metric"] = {"name": res.name, "value": res.value, "higher_is_better": res.higher_is_better,
-                         "details": res.details}
-    return out
+    if reference is not None:
+        model_io.load_model(reference, check=False)  # a missing/corrupt reference fails before any run
+    if metric:
+        load_metric(metric)  # a typo fails now, even where the rule then uses no metric
+    source = open_source(data, model_io.graph_inputs(proto), preprocess=_preprocess(preprocess), limit=limit)
+    synthetic = bool(getattr(source, "synthetic", False))
+    notes = list(getattr(source, "notes", ()))
+    metric_fn = choose_metric(metric, has_labels=bool(source.has_labels), synthetic=synthetic)
+    if reference is None and metric_fn is None:
+        if synthetic:
+            raise EdgequantError(f"{data}: is synthetic (random) data, on which no task metric is scored, "
+                                 "and no --reference was given: nothing to measure")
+        raise EdgequantError(f"{data}: has no labels and no --reference or --metric was given: "
+                             "nothing to measure")
+    if synthetic:
+        notes.append("synthetic data: task accuracy is not measured" + (
+            "; fidelity is on random inputs" if reference is not None else ""))
 
+    paths = [str(reference), str(model)] if reference is not None else [str(model)]
+    _say(progress, f"running {len(paths)} model(s) on {source.count or '?'} sample(s)")
+    got = local_cpu(cfg).outputs(paths, source)
+    ref_out = got.outputs[0] if reference is not None else None
+    cand_out = got.outputs[-1]
+    fidelity = compare_outputs(ref_out, cand_out) if ref_out is not None else None
+    accuracy = None
+    if metric_fn is not None:
+        ref_result = metric_fn(ref_out, got.labels, ref_out) if ref_out is not None else None
+        accuracy = accuracy_entry(metric_fn(cand_out, got.labels, ref_out), ref_result)
+    return EvalResult(model=FileRef.of(model), reference=FileRef.of(reference) if reference is not None else None,
+                      data=str(data), samples=got.count, has_labels=got.labels is not None, synthetic=synthetic,
+                      limit=limit, notes=tuple(notes), fidelity=fidelity, accuracy=accuracy,
+                      machine=machine_facts(cfg), session=cfg)
+
+
+# ---- bench --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BenchModel:
+    """One model of an interleaved run: latency, speedup over the first model, size, peak memory."""
+
+    name: str                       # file name, or the path where two models share a file name
+    path: str
+    size_bytes: int
+    latency: LatencyStats
+    speedup: Speedup
+    memory: MemoryResult | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """One entry of the bench document's ``models`` list."""
+        sp, mem = self.speedup, self.memory
+        return {"name": self.name, "path": self.path, "size_bytes": self.size_bytes,
+                "latency_ms": self.latency.to_dict(), "throughput_per_s": self.latency.throughput_per_s,
+                "speedup": sp.ratio, "speedup_ci": [sp.ci_low, sp.ci_high], "speedup_confidence": sp.confidence,
+                "faster_than_noise": sp.faster_than_noise, "slower_than_noise": sp.slower_than_noise,
+                "peak_memory_mb": mem.peak_rss_mb if mem is not None else None,
+                "memory_delta_mb": mem.delta_mb if mem is not None else None,
+                "samples_ms": list(self.latency.samples_ms)}
+
+
+@dataclass(frozen=True)
+class ThreadRun:
+    """All models timed interleaved at one intra-op thread count."""
+
+    threads: int
+    wall_s: float
+    models: tuple[BenchModel, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"threads": self.threads, "wall_s": self.wall_s, "models": [m.to_dict() for m in self.models]}
+
+
+@dataclass(frozen=True)
+class BenchInput:
+    """What the models were fed: the data source, whether it was the default, and its notes."""
+
+    spec: str
+    default: bool
+    synthetic: bool
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec, "default": self.default, "synthetic": self.synthetic, "notes": list(self.notes)}
+
+
+@dataclass(frozen=True)
+class MemoryBaseline:
+    """How peak memory was measured: a fresh process per model, over a bare-runtime baseline."""
+
+    baseline_rss_mb: float
+    warmup: int
+    runs: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"baseline_rss_mb": self.baseline_rss_mb, "warmup": self.warmup, "runs": self.runs,
+                "fresh_process": True}
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """An interleaved benchmark: one :class:`ThreadRun` per thread count (the first carries memory).
+
+    ``session`` is the settings of the first run (and of the memory probes); ``swept`` says
+    whether a thread sweep was asked for.
+    """
+
+    machine: dict[str, Any]
+    input: BenchInput
+    session: SessionConfig
+    warmup: int
+    runs: int
+    sweep: tuple[ThreadRun, ...]
+    swept: bool = False
+    memory: MemoryBaseline | None = None
+
+    @property
+    def models(self) -> tuple[BenchModel, ...]:
+        """The models of the first (or only) thread count."""
+        return self.sweep[0].models
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``edgequant.bench/1`` document ``edgequant bench --json`` writes."""
+        return {"schema": BENCH_SCHEMA, "machine": dict(self.machine), "input": self.input.to_dict(),
+                "session": self.session.to_dict(), "warmup": self.warmup, "runs": self.runs, "interleaved": True,
+                "memory": self.memory.to_dict() if self.memory is not None else None,
+                "models": [m.to_dict() for m in self.models],
+                "threads_sweep": [r.to_dict() for r in self.sweep] if self.swept else None}
+
+
+def _bench_models(result: Any, sizes: dict[str, int]) -> tuple[BenchModel, ...]:
+    names = [m.name for m in result.models]
+    return tuple(BenchModel(name=m.name if names.count(m.name) == 1 else m.path, path=m.path,
+                            size_bytes=sizes[m.path], latency=m.stats, speedup=m.speedup)
+                 for m in result.models)
+
+
+def bench(models: Sequence[str | Path], *, input: str | None = None, threads: int = DEFAULT_THREADS,
+          warmup: int = 10, runs: int = 100, session: SessionConfig | None = None,
+          threads_sweep: Sequence[int] | None = None, memory: bool = False,
+          preprocess: Preprocess | str | None = None, progress: Progress | None = None) -> BenchReport:
+    """Time ``models`` interleaved in one process; speedups are relative to the first model.
+
+    ``input`` defaults to one synthetic sample. ``threads_sweep`` repeats the run at each
+    intra-op thread count (replacing ``threads``; ``session``, when given, replaces both its
+    other settings and ``threads``). ``memory`` adds each model's peak RSS in a fresh process.
+    """
+    from dataclasses import replace
+
+    from .devices import local_cpu
+    from .measure.feeds import SourceFeeds
+    from .measure.machine import machine_facts
+
+    if not models:
+        raise EdgequantError("no models to benchmark")
+    for m in models:
+        p = Path(m)
+        if not p.is_file():
+            raise EdgequantError(f"{m}: no such file" if not p.exists() else f"{m}: not a file")
+    if threads_sweep is not None and (not threads_sweep or any(t < 1 for t in threads_sweep)):
+        raise EdgequantError(f"thread counts must be >= 1, got {list(threads_sweep)!r}")
+    base_cfg = session or SessionConfig(intra_op_threads=threads)
+    counts = list(threads_sweep) if threads_sweep else [base_cfg.intra_op_threads]
+    cfg = base_cfg.with_(intra_op_threads=counts[0])
+    spec = input or DEFAULT_INPUT
+    feeds = SourceFeeds(spec, preprocess=_preprocess(preprocess))
+    paths = [str(m) for m in models]
+
+    sweep: list[ThreadRun] = []
+    sizes: dict[str, int] = {}
+    for t in counts:
+        _say(progress, f"timing {len(paths)} model(s) interleaved, {t} thread(s): {warmup} warm-up, {runs} rounds")
+        res = local_cpu(cfg.with_(intra_op_threads=t)).time_interleaved(paths, feeds, warmup=warmup, runs=runs)
+        # after the sessions exist: onnxruntime has already rejected unreadable models by name
+        sizes = sizes or {p: model_io.model_size_bytes(p) for p in paths}
+        sweep.append(ThreadRun(threads=t, wall_s=res.wall_s, models=_bench_models(res, sizes)))
+
+    baseline = None
+    if memory:
+        device = local_cpu(cfg)
+        mem_warmup, mem_runs = min(warmup, MEMORY_MAX_WARMUP), min(runs, MEMORY_MAX_RUNS)
+        _say(progress, "peak memory: bare onnxruntime baseline (fresh process)")
+        base_mb = device.baseline_memory()
+        measured = []
+        for m in sweep[0].models:
+            _say(progress, f"peak memory of {m.path} (fresh process)")
+            mem = device.peak_memory(m.path, feeds.by_path[m.path], warmup=mem_warmup, runs=mem_runs,
+                                     baseline_mb=base_mb)
+            measured.append(replace(m, memory=mem))
+        sweep[0] = replace(sweep[0], models=tuple(measured))
+        baseline = MemoryBaseline(baseline_rss_mb=base_mb, warmup=mem_warmup, runs=mem_runs)
+
+    return BenchReport(machine=machine_facts(cfg),
+                       input=BenchInput(spec=spec, default=input is None, synthetic=bool(feeds.synthetic),
+                                        notes=tuple(feeds.notes)),
+                       session=cfg, warmup=warmup, runs=runs, sweep=tuple(sweep), swept=bool(threads_sweep),
+                       memory=baseline)
+
+
+# ---- run / tune / fleet -------------------------------------------------------------------------
 
 def run(model: str | Path, out_dir: str | Path, *, calib: str, eval: str | None = None,
-        options: RunOptions | None = None) -> dict:
+        options: RunOptions | None = None, progress: Progress | None = None) -> dict:
     """FP32 -> dynamic -> static with the report (report.json + report.html in ``out_dir``)."""
-    return run_pipeline(model, out_dir, calib=calib, eval_spec=eval, options=options)
+    from .pipeline import run_pipeline
+
+    return run_pipeline(model, out_dir, calib=calib, eval_spec=eval, options=options, progress=progress)
+
+
+def tune(model: str | Path, out_dir: str | Path, *, calib: str, eval: str | None = None,
+         options: TuneOptions | None = None, progress: Progress | None = None) -> dict:
+    """Search recipes for the fastest INT8 model within budget; the report (with its search trace)."""
+    from .tune import run_tune
+
+    return run_tune(model, out_dir, calib=calib, eval_spec=eval, options=options, progress=progress)
+
+
+@dataclass(frozen=True)
+class FleetResult:
+    """One outcome per fleet entry and the summary written to ``fleet.json``."""
+
+    outcomes: tuple[FleetOutcome, ...]
+    summary: dict[str, Any]
+
+    @property
+    def failed(self) -> tuple[FleetOutcome, ...]:
+        return tuple(o for o in self.outcomes if o.status == "failed")
+
+
+def fleet_entries(fleet_yaml: str | Path) -> list[FleetEntry]:
+    """Validate ``fleet_yaml`` and return its entries, running nothing."""
+    from .fleet import load_fleet
+
+    return load_fleet(fleet_yaml)
+
+
+def fleet(fleet_yaml: str | Path, out_dir: str | Path, *, force: bool = False,
+          progress: Callable[[str, str], None] | None = None) -> FleetResult:
+    """Run every model of ``fleet_yaml`` (a failure does not stop the others); ``progress(name, msg)``."""
+    from .fleet import fleet_summary, run_fleet
+
+    outcomes = run_fleet(fleet_yaml, out_dir, force=force, progress=progress)
+    return FleetResult(outcomes=tuple(outcomes), summary=fleet_summary(outcomes))

@@ -3,33 +3,20 @@
 from __future__ import annotations
 
 import json
-import platform
 
 import click
 from rich.table import Table
 
-from ..targets import RULES, auto_target, detect_cpu
+from .. import api
 from . import cli
 from .report_view import make_console
-
-
-def doctor_facts() -> dict:
-    import onnxruntime as ort
-
-    cpu = detect_cpu()
-    target = auto_target(cpu)
-    return {
-        "cpu": cpu.model, "arch": cpu.arch, "logical_cores": cpu.logical_cores, "isa": list(cpu.isa),
-        "vnni": cpu.has_vnni, "python": platform.python_version(), "onnxruntime": ort.__version__,
-        "providers": ort.get_available_providers(), "target": target, "why": RULES[target].why,
-    }
 
 
 @cli.command("doctor")
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
 def doctor(as_json: bool) -> None:
     """CPU features, onnxruntime version and providers, and the target `--target auto` uses."""
-    facts = doctor_facts()
+    facts = api.doctor()
     if as_json:
         click.echo(json.dumps(facts, indent=2))
         return

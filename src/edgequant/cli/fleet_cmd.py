@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from .. import api
 from . import cli
 from .report_view import make_console
 
@@ -44,23 +45,18 @@ def _attempt(b: dict | None) -> str:
 @click.option("--force", is_flag=True, help="Re-run models whose report is already up to date.")
 def fleet(fleet_yaml: Path, out: Path, force: bool) -> None:
     """Quantize and measure every model in FLEET_YAML; a failing model does not stop the others."""
-    from ..fleet import fleet_summary, load_fleet, run_fleet
-
-    entries = load_fleet(fleet_yaml)  # validate everything before spending time
-    err = make_console(stderr=True)
-    with err.status(f"fleet of {len(entries)} models") as status:
-        outcomes = run_fleet(fleet_yaml, out, force=force,
-                             progress=lambda name, msg: status.update(f"[bold]{name}[/]: {msg}"))
+    entries = api.fleet_entries(fleet_yaml)  # validate everything before spending time
+    with make_console(stderr=True).status(f"fleet of {len(entries)} models") as status:
+        result = api.fleet(fleet_yaml, out, force=force,
+                           progress=lambda name, msg: status.update(f"[bold]{name}[/]: {msg}"))
     con = make_console()
-    summary = fleet_summary(outcomes)
-    con.print(summary_table(summary))
-    for r in summary["models"]:
+    con.print(summary_table(result.summary))
+    for r in result.summary["models"]:
         if r.get("reason"):
             con.print(f"[bold]{r['name']}[/] -> {r['recommended']}: {r['reason']}")
             b = r.get("best_int8")
             if b and r["recommended"] == "fp32":
                 con.print(f"    best INT8 tried, {b['name']}: {b['verdict']}")
     con.print(f"wrote {out / 'index.html'} and one report per model under {out}/")
-    failed = [o for o in outcomes if o.status == "failed"]
-    if failed:
+    if result.failed:
         raise click.exceptions.Exit(1)

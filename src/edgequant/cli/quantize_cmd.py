@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .. import model as model_io
-from ..quantize import ACTIVATION_TYPES, CALIB_METHODS, FORMATS, WEIGHT_TYPES, make_config, quantize_model
+from .. import api
+from ..quantize import ACTIVATION_TYPES, CALIB_METHODS, FORMATS, WEIGHT_TYPES
 from ..targets import TARGETS
 from . import cli
 from .report_view import make_console
@@ -41,31 +41,26 @@ def quantize(model: Path, out: Path, mode: str, calib: str | None, preprocess: s
              activation_type: str | None, weight_type: str | None, calib_method: str, percentile: float,
              exclude: tuple[str, ...], op_types: str | None) -> None:
     """Quantize MODEL to INT8 (dynamic: weights only; static: weights and activations)."""
-    config = make_config(mode, target, quant_format=fmt, per_channel=per_channel, reduce_range=reduce_range,
-                         activation_type=activation_type, weight_type=weight_type, calib_method=calib_method,
-                         calib_percentile=percentile, op_types=_split_ops(op_types), exclude=exclude,
-                         calib_limit=calib_limit)
+    if mode == "static" and not calib:
+        raise click.UsageError("--mode static needs --calib SRC")
     err = make_console(stderr=True)
-    source = None
-    if mode == "static":
-        if not calib:
-            raise click.UsageError("--mode static needs --calib SRC")
-        from ..data import Preprocess, open_source
-
-        fp32 = model_io.load_model(model)
-        source = open_source(calib, model_io.graph_inputs(fp32),
-                             preprocess=Preprocess.parse(preprocess) if preprocess else None, limit=calib_limit)
-    elif calib:
+    if mode == "dynamic" and calib:
         err.print("[yellow]note:[/] --calib is ignored in dynamic mode")
+        calib = None
     with Progress(TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True, disable=source is None) as progress:
-        task = progress.add_task("calib", total=getattr(source, "count", None))
-        result = quantize_model(model, out, config, source,
-                                on_calib_sample=lambda i: progress.update(task, completed=i + 1))
+                  console=err, transient=True, disable=mode != "static") as progress:
+        task = progress.add_task("calib", total=None)
+        result = api.quantize(
+            model, out, mode=mode, calib=calib, target=target, preprocess=preprocess, calib_limit=calib_limit,
+            on_calib_sample=lambda done, total: progress.update(task, completed=done, total=total),
+            quant_format=fmt, per_channel=per_channel, reduce_range=reduce_range, activation_type=activation_type,
+            weight_type=weight_type, calib_method=calib_method, calib_percentile=percentile,
+            op_types=_split_ops(op_types), exclude=exclude)
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {w}")
     for n in result.notes:
         err.print(f"[dim]note: {n}[/]")
+    config = result.config
     make_console().print(
         f"wrote {result.path}  {result.input_size_bytes / 1e6:.2f} MB -> {result.output_size_bytes / 1e6:.2f} MB "
         f"({result.compression:.2f}x smaller)  mode={config.mode} target={config.target} "

@@ -7,10 +7,10 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from ..pipeline import Budget, RunOptions
+from .. import api
 from . import cli
+from .options import budget_options, model_and_data_options, run_options, threads_option
 from .report_view import make_console, print_report
-from .run_cmd import budget_options, model_and_data_options, session_option
 
 
 def trace_table(report: dict) -> Table:
@@ -29,7 +29,7 @@ def trace_table(report: dict) -> Table:
 @cli.command("tune")
 @model_and_data_options(eval_required=True, default_out="reports/<model name>-tune")
 @budget_options
-@session_option
+@threads_option
 @click.option("--time-budget", type=click.FloatRange(min=0), default=None,
               help="Stop the search after MIN minutes and report what was found.")
 @click.option("--runs", type=click.IntRange(min=2), default=100, show_default=True,
@@ -47,22 +47,13 @@ def tune(model: Path, calib: str, eval_spec: str, out: Path | None, target: str,
          time_budget: float | None, runs: int, trial_runs: int, warmup: int, workers: int,
          max_candidates: int, calib_limit: int, eval_limit: int | None) -> None:
     """Find the fastest quantized MODEL within the accuracy budget, by measurement."""
-    from ..data import Preprocess
-    from ..measure.session import SessionConfig
-    from ..tune import TuneOptions, run_tune
-
-    run = RunOptions(
-        target=target, budget=Budget(max_drop=max_drop, max_abs_drop=max_abs_drop),
-        session=SessionConfig(intra_op_threads=threads), warmup=warmup, runs=runs, metric=metric,
-        preprocess=Preprocess.parse(preprocess) if preprocess else None, calib_limit=calib_limit,
-        eval_limit=eval_limit)
-    options = TuneOptions(run=run, time_budget_min=time_budget, trial_runs=trial_runs, workers=workers,
-                          max_candidates=max_candidates)
+    run = run_options(target=target, max_drop=max_drop, max_abs_drop=max_abs_drop, threads=threads, warmup=warmup,
+                      runs=runs, metric=metric, preprocess=preprocess, calib_limit=calib_limit, eval_limit=eval_limit)
+    options = api.TuneOptions(run=run, time_budget_min=time_budget, trial_runs=trial_runs, workers=workers,
+                              max_candidates=max_candidates)
     out = out or Path("reports") / f"{model.stem}-tune"
-    err = make_console(stderr=True)
-    with err.status("starting") as status:
-        report = run_tune(model, out, calib=calib, eval_spec=eval_spec, options=options,
-                          progress=lambda msg: status.update(msg))
+    with make_console(stderr=True).status("starting") as status:
+        report = api.tune(model, out, calib=calib, eval=eval_spec, options=options, progress=status.update)
     console = make_console()
     console.print(trace_table(report))
     print_report(report, console)

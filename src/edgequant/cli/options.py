@@ -1,0 +1,59 @@
+"""Options shared by several commands, so that a flag means (and defaults to) the same thing everywhere."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .. import api
+from ..targets import TARGETS
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def threads_option(f: F) -> F:
+    """--threads for every measuring command (eval, bench, run, tune): one default, api.DEFAULT_THREADS."""
+    return click.option("--threads", type=click.IntRange(min=0), default=api.DEFAULT_THREADS, show_default=True,
+                        help="Intra-op threads for every measurement (0 = ORT default: one per physical core).")(f)
+
+
+def budget_options(f: F) -> F:
+    """--max-drop / --max-abs-drop: the accuracy budget of run and tune."""
+    f = click.option("--max-abs-drop", type=click.FloatRange(min=0), default=None,
+                     help="Allowed task-metric drop in the metric's own units (overrides --max-drop).")(f)
+    f = click.option("--max-drop", type=click.FloatRange(0, 1), default=0.01, show_default=True,
+                     help="Allowed relative drop of the task metric vs FP32.")(f)
+    return f
+
+
+def model_and_data_options(*, eval_required: bool, default_out: str) -> Callable[[F], F]:
+    """MODEL, its data sources, output folder, target and metric: shared by run and tune."""
+    def apply(f: F) -> F:
+        for option in reversed([
+            click.argument("model", type=click.Path(path_type=Path)),
+            click.option("--calib", required=True, help="Calibration data source."),
+            click.option("--eval", "eval_spec", required=eval_required, default=None,
+                         help="Evaluation data source (labels optional)."),
+            click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
+                         help=f"Output folder (default: {default_out})."),
+            click.option("--target", type=click.Choice(["auto", *TARGETS]), default="auto", show_default=True),
+            click.option("--metric", default=None, help="Task metric: top1 or module:function."),
+            click.option("--preprocess", default=None, help="Preprocessing spec for image-folder sources."),
+        ]):
+            f = option(f)
+        return f
+    return apply
+
+
+def run_options(*, target: str, max_drop: float, max_abs_drop: float | None, threads: int, warmup: int, runs: int,
+                metric: str | None, preprocess: str | None, calib_limit: int, eval_limit: int | None,
+                **extra: Any) -> api.RunOptions:
+    """The api.RunOptions that run's and tune's shared flags describe (``extra``: other RunOptions fields)."""
+    return api.RunOptions(
+        target=target, budget=api.Budget(max_drop=max_drop, max_abs_drop=max_abs_drop),
+        session=api.SessionConfig(intra_op_threads=threads), warmup=warmup, runs=runs, metric=metric,
+        preprocess=api.Preprocess.parse(preprocess) if preprocess else None, calib_limit=calib_limit,
+        eval_limit=eval_limit, **extra)
