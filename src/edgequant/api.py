@@ -36,12 +36,13 @@ from .measure.session import SessionConfig
 from .quantize import QuantizeConfig, QuantizeResult, make_config
 
 if TYPE_CHECKING:
+    from .devices import DeviceFacts
     from .fleet import FleetEntry, FleetOutcome
     from .pipeline import Budget, RunOptions
     from .tune import TuneOptions
 
 __all__ = [
-    "doctor", "inspect", "quantize", "bench", "evaluate", "run", "tune", "fleet", "fleet_entries",
+    "doctor", "devices", "inspect", "quantize", "bench", "evaluate", "run", "tune", "fleet", "fleet_entries",
     "ModelFacts", "TensorFacts", "EvalResult", "FileRef", "BenchReport", "BenchModel", "BenchInput",
     "ThreadRun", "MemoryBaseline", "FleetResult", "Fidelity", "Budget", "RunOptions", "TuneOptions", "SessionConfig",
     "Preprocess", "QuantizeConfig", "QuantizeResult", "make_config", "DEFAULT_THREADS", "DEFAULT_INPUT",
@@ -98,6 +99,13 @@ def doctor() -> dict[str, Any]:
         "vnni": cpu.has_vnni, "python": platform.python_version(), "onnxruntime": ort.__version__,
         "providers": ort.get_available_providers(), "target": target, "why": RULES[target].why,
     }
+
+
+def devices() -> list[DeviceFacts]:
+    """Every device edgequant knows, whether it can be used here (and why not), whether it can time."""
+    from .devices import list_devices
+
+    return list_devices()
 
 
 def inspect(model: str | Path) -> ModelFacts:

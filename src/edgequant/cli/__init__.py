@@ -31,7 +31,7 @@ def _register() -> None:
     # Each command lives in its own module; importing it attaches it to ``cli``.
     import importlib
 
-    for name in ("doctor", "inspect_cmd", "quantize_cmd", "bench_cmd", "eval_cmd", "run_cmd",
+    for name in ("doctor", "devices_cmd", "inspect_cmd", "quantize_cmd", "bench_cmd", "eval_cmd", "run_cmd",
                  "tune_cmd", "fleet_cmd"):
         try:
             importlib.import_module(f"{__name__}.{name}")

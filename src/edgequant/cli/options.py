@@ -42,10 +42,19 @@ def model_and_data_options(*, eval_required: bool, default_out: str) -> Callable
             click.option("--target", type=click.Choice(["auto", *TARGETS]), default="auto", show_default=True),
             click.option("--metric", default=None, help="Task metric: top1 or module:function."),
             click.option("--preprocess", default=None, help="Preprocessing spec for image-folder sources."),
+            device_option,
         ]):
             f = option(f)
         return f
     return apply
+
+
+def device_option(f: F) -> F:
+    """--device: where variants run and are measured (``edgequant devices`` lists them)."""
+    from ..devices import DEVICE_NAMES
+
+    return click.option("--device", type=click.Choice(DEVICE_NAMES), default="cpu", show_default=True,
+                        help="Where models run and are measured (see `edgequant devices`).")(f)
 
 
 def run_options(*, target: str, max_drop: float, max_abs_drop: float | None, threads: int, warmup: int, runs: int,
