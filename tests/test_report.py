@@ -108,3 +108,21 @@ def test_tiny_speedups_are_not_worth_int8():
     vs = [_variant("fp32", 1.0, (1.0, 1.0)), _variant("static", 1.03, (1.01, 1.05))]
     assert recommend(vs, Budget(), min_speedup=1.05)[0] == "fp32"
     assert recommend(vs, Budget(), min_speedup=1.0)[0] == "static"
+
+
+def test_accelerator_verdicts_need_full_int8_on_the_device():
+    """On a simulated NPU speed is not judged, but CPU fallback and float layers disqualify."""
+    fp32 = _variant("fp32", 1.0, (1.0, 1.0))
+    partly = _variant("dynamic", 0.9, (0.8, 1.0), cosine=0.9999, cov={"quantized_compute_ops": 1, "compute_ops": 4})
+    fallback = _variant("static-a", 0.5, (0.4, 0.6), cosine=0.999, cov={"quantized_compute_ops": 4, "compute_ops": 4})
+    fallback.placement = {"accelerator": 30, "cpu_fallback": 1, "cpu_fallback_nodes": ["conv3 (Conv)"],
+                          "io_on_cpu": 2, "compute_on_cpu": 1}
+    full_lo = _variant("static", 0.5, (0.4, 0.6), cosine=0.995, cov={"quantized_compute_ops": 4, "compute_ops": 4})
+    full_hi = _variant("static-16", 0.4, (0.3, 0.5), cosine=0.9995, cov={"quantized_compute_ops": 4, "compute_ops": 4})
+    vs = [fp32, partly, fallback, full_lo, full_hi]
+    name, reason = recommend(vs, Budget(), judge_speed=False, device="qnn-htp")
+    assert name == "static-16" and "latency not measured" in reason       # most accurate, slow on the host CPU
+    assert partly.verdict.startswith("partly float on qnn-htp: 1/4")
+    assert fallback.verdict.startswith("not deployable on qnn-htp: 1 compute op(s) fall back") and "conv3" in fallback.verdict
+    # the same variants judged on a CPU: nothing is faster, so FP32
+    assert recommend([fp32, full_lo], Budget())[0] == "fp32"

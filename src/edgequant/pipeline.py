@@ -8,7 +8,7 @@ memory, coverage) -> typed :class:`~edgequant.variant.Variant` records -> recomm
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import model as model_io
@@ -51,13 +51,19 @@ class RunOptions:
     profile: bool = True                  # per-op kernel times, to explain slow variants
     selective: bool = False               # also search INT8/FP32 mixes by per-node timing
     selective_budget_s: float = 90.0
-    device: str = "cpu"                   # where variants run and are measured (edgequant.devices)
+    device: str = "auto"                  # where variants run (edgequant.devices); auto: the target's own
 
     def make_device(self):
         """The device every measurement of this run goes through, with this run's session."""
         from .devices import get_device
 
-        return get_device(self.device, self.session)
+        return get_device("cpu" if self.device == "auto" else self.device, self.session)
+
+    def make_host(self):
+        """This machine's CPU: it runs the FP32 reference, and times what the device cannot."""
+        from .devices import local_cpu
+
+        return local_cpu(self.session)
 
 
 def default_variants(target: str) -> list[tuple[str, QuantizeConfig]]:
@@ -81,49 +87,81 @@ def quantize_variants(model_path: Path, out_dir: Path, specs: Sequence[tuple[str
     return made, failed
 
 
+def _outputs(candidates: Sequence[Candidate], eval_source: DataSource, device, host):
+    """Every candidate's outputs: FP32 models on the host CPU (the reference must be exact FP32),
+    quantized ones on the device. One pass per machine over the (re-iterable) source."""
+    on_device = [i for i, c in enumerate(candidates) if device is not host and c.mode in ("dynamic", "static")]
+    on_host = [i for i in range(len(candidates)) if i not in on_device]
+    got = host.outputs([str(candidates[i].path) for i in on_host], eval_source)
+    outputs: list = [None] * len(candidates)
+    for k, i in enumerate(on_host):
+        outputs[i] = got.outputs[k]
+    if on_device:
+        dev = device.outputs([str(candidates[i].path) for i in on_device], eval_source)
+        for k, i in enumerate(on_device):
+            outputs[i] = dev.outputs[k]
+    return outputs, got.labels
+
+
 def measure_candidates(candidates: Sequence[Candidate], eval_source: DataSource, options: RunOptions,
                        progress: Progress | None = None) -> list[Variant]:
-    """Measure every candidate (first = FP32 reference) the same way on the run's device."""
+    """Measure every candidate (first = FP32 reference) the same way: outputs, coverage and placement
+    on the run's device; latency, memory and profiles where time is real (the device, or else
+    this machine's CPU, and each variant records which)."""
     from .measure.accuracy import choose_metric
     from .measure.fidelity import compare_outputs
 
-    device = options.make_device()
+    device, host = options.make_device(), options.make_host()
+    if device.kind == "cpu":
+        host = device
+    timer = device if device.facts().can_time else host
     paths = [str(c.path) for c in candidates]
-    _say(progress, f"running {len(paths)} models on {eval_source.count or '?'} samples")
-    collected = device.outputs(paths, eval_source)
-    reference = collected.outputs[0]
-    metric = choose_metric(options.metric, has_labels=collected.labels is not None, synthetic=eval_source.synthetic)
-    fp32_metric = metric(reference, collected.labels, reference) if metric else None
+    _say(progress, f"running {len(paths)} models on {eval_source.count or '?'} samples ({device.name})")
+    outputs, labels = _outputs(candidates, eval_source, device, host)
+    reference = outputs[0]
+    metric = choose_metric(options.metric, has_labels=labels is not None, synthetic=eval_source.synthetic)
+    fp32_metric = metric(reference, labels, reference) if metric else None
 
-    _say(progress, f"timing {len(paths)} models interleaved ({options.runs} rounds)")
+    _say(progress, f"timing {len(paths)} models interleaved ({options.runs} rounds, {timer.name})")
     first = next(iter(eval_source))
-    bench = device.time_interleaved(paths, first.feeds, warmup=options.warmup, runs=options.runs)
+    bench = timer.time_interleaved(paths, first.feeds, warmup=options.warmup, runs=options.runs)
 
-    base = device.baseline_memory() if options.measure_memory else None
+    base = timer.baseline_memory() if options.measure_memory else None
     variants = []
     for i, cand in enumerate(candidates):
         memory = None
         if options.measure_memory:
             _say(progress, f"peak memory of {cand.name} (fresh process)")
-            memory = device.peak_memory(cand.path, first.feeds, runs=options.memory_runs, baseline_mb=base)
+            memory = timer.peak_memory(cand.path, first.feeds, runs=options.memory_runs, baseline_mb=base)
         acc = None
         if metric:
-            acc = accuracy_entry(metric(collected.outputs[i], collected.labels, reference), fp32_metric)
+            acc = accuracy_entry(metric(outputs[i], labels, reference), fp32_metric)
+        quantized = cand.mode in ("dynamic", "static")
+        placement = device.placement(cand.path) if quantized else None
         variants.append(Variant(
             name=cand.name, path=str(cand.path), config={**cand.config, "session": options.session.to_dict()},
             size_bytes=model_io.model_size_bytes(cand.path),
             latency=bench.models[i].stats, speed=bench.models[i].speedup,
-            fidelity=compare_outputs(reference, collected.outputs[i]), accuracy=acc,
-            coverage=device.coverage(cand.path) if cand.mode in ("dynamic", "static") else None,
+            fidelity=compare_outputs(reference, outputs[i]), accuracy=acc,
+            coverage=device.coverage(cand.path) if quantized else None,
             memory=memory, notes=list(cand.notes),
-            profile_us_by_op=device.profile_ops(cand.path, first.feeds) if options.profile else None))
+            profile_us_by_op=timer.profile_ops(cand.path, first.feeds) if options.profile else None,
+            placement=placement.to_dict() if placement is not None else None,
+            measured_on={"outputs": device.name if quantized else host.name, "latency": timer.name}))
     return variants
 
 
 def build_report(model_path: Path, model_proto, variants: list[Variant], options: RunOptions, *,
                  target: str, notes: list[str], failed: list[dict]) -> dict:
     """Recommend (annotating the variants) and serialize: report.json's object."""
-    recommended, reason = recommend(variants, options.budget, min_speedup=options.min_speedup)
+    facts = options.make_device().facts()
+    judge_speed = facts.can_time or facts.kind == "cpu"
+    recommended, reason = recommend(variants, options.budget, min_speedup=options.min_speedup,
+                                    judge_speed=judge_speed, device=facts.name)
+    if not judge_speed:
+        notes = [*notes, f"outputs, accuracy and placement were measured on {facts.name} ({facts.why}); its time "
+                 "is not latency, so latency, memory and speedups are this machine's CPU running the same "
+                 "files, and the recommendation does not depend on them"]
     return {
         "schema": "edgequant.report/1",
         "machine": machine_facts(options.session),
@@ -133,7 +171,7 @@ def build_report(model_path: Path, model_proto, variants: list[Variant], options
         "recommended": recommended,
         "recommendation_reason": reason,
         "target": target,
-        "device": options.make_device().facts().report_entry(),
+        "device": facts.report_entry(),
         "budget": {"max_drop": options.budget.max_drop, "max_abs_drop": options.budget.max_abs_drop,
                    "min_agreement": options.budget.min_agreement, "min_cosine": options.budget.min_cosine,
                    "description": options.budget.describe()},
@@ -145,7 +183,7 @@ def build_report(model_path: Path, model_proto, variants: list[Variant], options
     }
 
 
-def fp32_rewrite_candidate(model_path: Path, proto, out_dir: Path) -> list[Candidate]:
+def fp32_rewrite_candidate(model_path: Path, proto, out_dir: Path, target: str = "auto") -> list[Candidate]:
     """The ``fp32-opt`` variant: the model after edgequant's exact FP32 rewrites, if any applied.
 
     It competes with the INT8 variants on the same rule: on CPUs where INT8 does not pay, a
@@ -155,6 +193,10 @@ def fp32_rewrite_candidate(model_path: Path, proto, out_dir: Path) -> list[Candi
 
     from .rewrites import apply_exact_rewrites
 
+    from .targets import resolve_target
+
+    if not resolve_target(target).exact_rewrites:
+        return []  # an NPU compiles its own graph: CPU speed rewrites are not offered there
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(proto)
     notes = apply_exact_rewrites(rewritten)
@@ -200,6 +242,7 @@ class RunSetup:
     eval: DataSource
     eval_spec: str | None
     notes: list[str]
+    options: RunOptions            # with the device resolved (``auto`` -> the target's own)
 
 
 def open_run(model_path: str | Path, out_dir: str | Path, calib: str | None, eval_spec: str | None,
@@ -212,13 +255,17 @@ def open_run(model_path: str | Path, out_dir: str | Path, calib: str | None, eva
         from .measure.accuracy import load_metric
 
         load_metric(options.metric)  # a typo fails now, not after quantizing
+    from .devices import resolve_device
+
     model_path, out_dir = Path(model_path), Path(out_dir)
     proto = model_io.load_model(model_path)
     target = resolve_target(options.target).name
+    device, device_note = resolve_device(options.device, target)
+    options = replace(options, device=device)
     inputs = model_io.graph_inputs(proto)
     calib_src = open_source(calib, inputs, preprocess=options.preprocess, limit=options.calib_limit) if calib else None
     eval_src = open_source(eval_spec, inputs, preprocess=options.preprocess, limit=options.eval_limit) if eval_spec else None
-    notes: list[str] = []
+    notes: list[str] = [device_note] if device_note else []
     if eval_src is None:
         if calib_src is None:
             raise EdgequantError(f"{model_path}: needs calibration data (--calib SRC)")
@@ -230,7 +277,7 @@ def open_run(model_path: str | Path, out_dir: str | Path, calib: str | None, eva
     elif not eval_src.has_labels and not options.metric:
         notes.append("evaluation data has no labels: the budget is judged on agreement with FP32 outputs")
     out_dir.mkdir(parents=True, exist_ok=True)
-    return RunSetup(model_path, out_dir, proto, target, calib_src, eval_src, eval_spec, notes)
+    return RunSetup(model_path, out_dir, proto, target, calib_src, eval_src, eval_spec, notes, options)
 
 
 def run_pipeline(model_path: str | Path, out_dir: str | Path, *, calib: str, eval_spec: str | None = None,
@@ -241,6 +288,7 @@ def run_pipeline(model_path: str | Path, out_dir: str | Path, *, calib: str, eva
 
     options = options or RunOptions()
     setup = open_run(model_path, out_dir, calib, eval_spec, options)
+    options = setup.options
     model_path, out_dir, proto, target = setup.model_path, setup.out_dir, setup.proto, setup.target
     calib_src, eval_src, notes = setup.calib, setup.eval, setup.notes
     specs = list(variants) if variants is not None else default_variants(target)
@@ -254,7 +302,7 @@ def run_pipeline(model_path: str | Path, out_dir: str | Path, *, calib: str, eva
         made.extend(sel)
         notes.append(note)
     fp32 = Candidate("fp32", model_path, {"mode": "fp32"})
-    made = [*fp32_rewrite_candidate(model_path, proto, out_dir), *made]
+    made = [*fp32_rewrite_candidate(model_path, proto, out_dir, target), *made]
     measured = measure_candidates([fp32, *made], eval_src, options, progress)
     report = build_report(model_path, proto, measured, options, target=target, notes=notes, failed=failed)
     write_report(out_dir, report)

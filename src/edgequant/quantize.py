@@ -292,7 +292,8 @@ def quantize_model(
     with tempfile.TemporaryDirectory(prefix="edgequant-") as tmp:
         work = Path(tmp)
         prep = prepare(model_path, work, mode=config.mode, per_channel=config.per_channel,
-                       gemm_to_matmul=config.mode == "dynamic" and "Gemm" in (config.op_types or ()))
+                       gemm_to_matmul=config.mode == "dynamic" and "Gemm" in (config.op_types or ()),
+                       exact_rewrites=RULES[config.target].exact_rewrites)
         notes.extend([*prep.notes, *prep.warnings])
         prepared = prep.path
         raw_out = work / "quantized.onnx"

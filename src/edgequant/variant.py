@@ -48,6 +48,7 @@ class Variant:
     notes: list[str] = field(default_factory=list)
     profile_us_by_op: dict[str, float] | None = None
     placement: dict | None = None         # accelerator/CPU node split (accelerator devices only)
+    measured_on: dict | None = None       # {"outputs": device, "latency": device}
     within_budget: bool | None = None     # set by the recommendation
     verdict: str | None = None            # plain words, set by the recommendation
 
@@ -77,6 +78,7 @@ class Variant:
             "fidelity": self.fidelity.to_dict(), "accuracy": self.accuracy,
             "int8_coverage": self.coverage.to_dict() if self.coverage is not None else None,
             "notes": list(self.notes), "profile_us_by_op": self.profile_us_by_op, "placement": self.placement,
+            "measured_on": self.measured_on,
         }
         if self.memory is not None:
             d["memory_baseline_mb"] = self.memory.baseline_rss_mb

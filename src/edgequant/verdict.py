@@ -74,11 +74,29 @@ def _coverage_reason(v: Variant) -> str:
     return "INT8 kernels plus quantize/dequantize overhead do not beat FP32 on this CPU"
 
 
-def recommend(variants: list[Variant], budget: Budget, *, min_speedup: float = 1.05) -> tuple[str, str]:
+def _placement_defect(v: Variant) -> str | None:
+    """A compute op the accelerator left to the CPU: the model cannot ship to it as built."""
+    p = v.placement
+    if p and p.get("compute_on_cpu"):
+        nodes = ", ".join(p.get("cpu_fallback_nodes", [])[:4])
+        return f"{p['compute_on_cpu']} compute op(s) fall back to the CPU ({nodes})"
+    return None
+
+
+def _quality_key(v: Variant) -> tuple[float, float]:
+    """Higher is better: smaller task-metric drop first, then output cosine."""
+    drop = v.accuracy.get("drop") if v.accuracy else None
+    return (-(drop if drop is not None else 0.0), v.fidelity.cosine)
+
+
+def recommend(variants: list[Variant], budget: Budget, *, min_speedup: float = 1.05, judge_speed: bool = True,
+              device: str = "cpu") -> tuple[str, str]:
     """Fastest INT8 variant that is within budget and faster than FP32 beyond noise (95% CI above
     1) by at least ``min_speedup`` (``Speedup.accepts``), else fp32. A variant with no INT8 compute
-    op is not INT8.
+    op is not INT8, and one whose compute falls back to the CPU of an accelerator is a defect.
 
+    ``judge_speed=False`` (a simulated accelerator, whose time is not latency): the most accurate
+    fully-INT8 variant within budget that runs entirely on the accelerator; speed is the NPU's by design.
     Annotates each variant with ``within_budget`` and a plain-words ``verdict``.
     """
     fp32 = variants[0]
@@ -89,11 +107,20 @@ def recommend(variants: list[Variant], budget: Budget, *, min_speedup: float = 1
         v.within_budget = ok
         sp = v.speed
         lo, hi = sp.ci_low, sp.ci_high
+        defect = _placement_defect(v)
         if v.runs_no_int8:
             v.verdict = (f"nothing quantized: none of the {v.coverage.compute_ops} compute ops runs as an INT8 kernel "
                          f"(recipe {v.mode} has no op to quantize here)")
         elif not ok:
             v.verdict = f"over budget: {why}"
+        elif defect:
+            v.verdict = f"not deployable on {device}: {defect}"
+        elif not judge_speed and v.coverage is not None and v.coverage.quantized_compute_ops < v.coverage.compute_ops:
+            v.verdict = (f"partly float on {device}: {v.coverage.quantized_compute_ops}/{v.coverage.compute_ops} "
+                         "compute ops INT8; an NPU build needs every layer quantized")
+        elif not judge_speed:
+            v.verdict = f"eligible: within budget on {device} outputs ({why}); latency not measured (simulated device)"
+            eligible.append(v)
         elif sp.slower_than_noise:
             v.verdict = f"slower than FP32 ({sp.ratio:.2f}x): {_slow_reason(v)}"
         elif not sp.faster_than_noise:
@@ -104,7 +131,9 @@ def recommend(variants: list[Variant], budget: Budget, *, min_speedup: float = 1
             v.verdict = f"eligible: {sp.ratio:.2f}x faster (95% CI {lo:.2f}-{hi:.2f}); {why}"
             eligible.append(v)
     if not eligible:
+        if not judge_speed:
+            return "fp32", f"no INT8 variant is within the accuracy budget and runs entirely on {device}"
         return "fp32", ("no INT8 variant is both within the accuracy budget and faster than FP32 beyond noise "
                         f"by >= {min_speedup:g}x")
-    best = max(eligible, key=lambda v: v.speedup)
+    best = max(eligible, key=_quality_key) if not judge_speed else max(eligible, key=lambda v: v.speedup)
     return best.name, best.verdict.removeprefix("eligible: ")

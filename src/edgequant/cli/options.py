@@ -53,8 +53,9 @@ def device_option(f: F) -> F:
     """--device: where variants run and are measured (``edgequant devices`` lists them)."""
     from ..devices import DEVICE_NAMES
 
-    return click.option("--device", type=click.Choice(DEVICE_NAMES), default="cpu", show_default=True,
-                        help="Where models run and are measured (see `edgequant devices`).")(f)
+    return click.option("--device", type=click.Choice(["auto", *DEVICE_NAMES]), default="auto", show_default=True,
+                        help="Where models run and are measured (see `edgequant devices`); auto: the target's "
+                             "own device when available here (qnn -> qnn-htp), else cpu.")(f)
 
 
 def run_options(*, target: str, max_drop: float, max_abs_drop: float | None, threads: int, warmup: int, runs: int,

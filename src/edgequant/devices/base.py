@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..measure.coverage import Coverage
+from ..measure.coverage import Coverage, Placement
 from ..measure.fidelity import Collected, stack_outputs
 from ..measure.latency import BenchResult
 from ..measure.memory import MemoryResult
@@ -104,3 +104,7 @@ class Device(ABC):
     @abstractmethod
     def coverage(self, model_path: str | Path) -> Coverage:
         """Which compute ops run as integer kernels once the runtime has optimized the graph."""
+
+    def placement(self, model_path: str | Path) -> Placement | None:
+        """Accelerator vs CPU-fallback nodes; None on a device that is itself the CPU."""
+        return None

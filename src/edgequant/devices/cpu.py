@@ -21,25 +21,19 @@ import onnxruntime as ort
 
 from ..errors import EdgequantError
 from ..measure.coverage import Coverage, coverage_of_graph
-from ..measure.feeds import resolve_feeds, select, session_inputs
-from ..measure.fidelity import feeds_of
+from ..measure.feeds import resolve_feeds, session_inputs
 from ..measure.latency import BenchResult, bench_result, check_run_counts, round_order
 from ..measure.memory import MemoryResult
 from ..measure.profile import node_times, op_type_times
 from ..measure.session import SessionConfig, session_options
 from . import cpu_memory
 from .base import Device, DeviceFacts, Feeds
-from .cpu_session import open_session
+from .cpu_session import inference_error, iter_session_outputs, open_session
 
 #: Graph optimization levels for :meth:`CpuDevice.optimized_graph`.
 _OPT_LEVELS = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
                "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-
-
-def _inference_error(path: str, exc: BaseException, where: str = "") -> EdgequantError:
-    first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-    return EdgequantError(f"{path}: inference failed{where}: {first.strip()[:400]}")
 
 
 class CpuDevice(Device):
@@ -82,21 +76,7 @@ class CpuDevice(Device):
                      outputs: Sequence[Sequence[str]] | None = None,
                      ) -> Iterator[tuple[list[dict[str, np.ndarray]], Any]]:
         paths = [str(p) for p in model_paths]
-        sessions = [open_session(p, self.session) for p in paths]
-        specs = [session_inputs(s) for s in sessions]
-        names = [list(outputs[i]) if outputs is not None else [o.name for o in s.get_outputs()]
-                 for i, s in enumerate(sessions)]
-        for count, sample in enumerate(samples):
-            feeds, label = feeds_of(sample)
-            per_model = []
-            for i, sess in enumerate(sessions):
-                f = select(feeds, specs[i], model=paths[i])
-                try:
-                    values = sess.run(names[i], f)
-                except Exception as exc:  # noqa: BLE001 - ORT raises many types
-                    raise _inference_error(paths[i], exc, f" on sample {count}") from None
-                per_model.append(dict(zip(names[i], values)))
-            yield per_model, label
+        return iter_session_outputs([open_session(p, self.session) for p in paths], paths, samples, outputs)
 
     # ---- timing -----------------------------------------------------------------------------
 
@@ -124,7 +104,7 @@ class CpuDevice(Device):
                 for _ in range(max(warmup, 1)):  # at least one: surface run-time errors before timing
                     sess.run(None, f)
             except Exception as exc:  # noqa: BLE001 - ORT raises many types
-                raise _inference_error(paths[i], exc) from None
+                raise inference_error(paths[i], exc) from None
 
         gc_was_enabled = gc.isenabled()
         gc.disable()

@@ -8,14 +8,38 @@ from .base import Device, DeviceFacts
 from .cpu import CpuDevice
 
 #: Devices this build knows; each new device module adds its name here.
-DEVICE_NAMES = ("cpu",)
+DEVICE_NAMES = ("cpu", "qnn-htp")
 
 
 def get_device(name: str = "cpu", session: SessionConfig | None = None) -> Device:
     """The device called ``name``, ready to run jobs with ``session`` settings."""
     if name == "cpu":
         return CpuDevice(session)
+    if name == "qnn-htp":
+        from .qnn_htp import QnnHtpDevice
+
+        return QnnHtpDevice(session)
     raise EdgequantError(f"unknown device {name!r}; expected one of {', '.join(DEVICE_NAMES)}")
+
+
+#: The device that verifies each target, when it is available here.
+TARGET_DEVICES = {"qnn": "qnn-htp"}
+
+
+def resolve_device(name: str, target: str) -> tuple[str, str | None]:
+    """``auto`` -> the target's own device when available here, else ``cpu`` with a note saying
+    the target was not verified; an explicit name is taken as given."""
+    if name != "auto":
+        get_device(name)  # unknown names fail here, before any work
+        return name, None
+    wanted = TARGET_DEVICES.get(target)
+    if wanted is None:
+        return "cpu", None
+    facts = get_device(wanted).facts()
+    if facts.available:
+        return wanted, None
+    return "cpu", (f"target {target} was not verified on its device: {wanted} is not available here "
+                   f"({facts.why}); accuracy and coverage come from onnxruntime's CPU EP")
 
 
 def list_devices() -> list[DeviceFacts]:

@@ -70,3 +70,24 @@ def coverage_of_graph(model: onnx.ModelProto) -> Coverage:
         elif node.op_type in FLOAT_COMPUTE_OPS:
             float_nodes.append(node.name or f"<{node.op_type}>")
     return Coverage(quantized, quantized + len(float_nodes), float_nodes, dict(counts))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an accelerator device put a model's nodes (report.json's per-variant ``placement``).
+
+    Quantize/dequantize nodes on the graph's own inputs and outputs run on the CPU by design
+    (``io_on_cpu``); every other node on the CPU is a fallback, and a compute op among them means
+    the accelerator cannot run the model as built.
+    """
+
+    accelerator: int
+    cpu_fallback: int
+    cpu_fallback_nodes: list[str]
+    io_on_cpu: int = 0
+    compute_on_cpu: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"accelerator": self.accelerator, "cpu_fallback": self.cpu_fallback,
+                "cpu_fallback_nodes": list(self.cpu_fallback_nodes), "io_on_cpu": self.io_on_cpu,
+                "compute_on_cpu": self.compute_on_cpu}

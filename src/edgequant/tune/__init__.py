@@ -113,14 +113,16 @@ def run_tune(model: str | Path, out_dir: str | Path, *, calib: str, eval_spec: s
     options = options or TuneOptions()
     run = options.run
     setup = open_run(model, out_dir, calib, eval_spec, run)
+    run = setup.options
     if setup.calib is None:
         raise EdgequantError(f"{setup.model_path}: tune needs calibration data (--calib SRC)")
     model_path, out_dir, proto, target = setup.model_path, setup.out_dir, setup.proto, setup.target
     calib_src, eval_src, eval_spec, notes = setup.calib, setup.eval, setup.eval_spec, setup.notes
 
     _say(progress, "running FP32 on the evaluation data")
-    device = run.make_device()
-    ref: Reference = make_reference(model_path, eval_src, device, run.metric)
+    device, host = run.make_device(), run.make_host()
+    timer = device if device.facts().can_time else host
+    ref: Reference = make_reference(model_path, eval_src, host if device.kind != "cpu" else device, run.metric)
     sha = model_io.sha256_file(model_path)
     cache = TuneCache(out_dir, sha,
                       calib_context={"spec": str(calib), "limit": run.calib_limit, "preprocess": repr(run.preprocess)},
@@ -128,7 +130,7 @@ def run_tune(model: str | Path, out_dir: str | Path, *, calib: str, eval_spec: s
                                        "preprocess": repr(run.preprocess), "session": run.session.to_dict(),
                                        "runs": options.trial_runs, "model": sha})
     runner = TrialRunner(model_path, target, cache, CalibSpec(str(calib), run.calib_limit, run.preprocess), ref,
-                         eval_src, run.budget, device, trial_runs=options.trial_runs,
+                         eval_src, run.budget, device, timer, trial_runs=options.trial_runs,
                          trial_warmup=options.trial_warmup, workers=options.workers, progress=progress)
     deadline = started + 60.0 * options.time_budget_min if options.time_budget_min is not None else None
     search = Search(runner, target, _analyzer(model_path, calib_src, options, target, progress),
@@ -139,7 +141,7 @@ def run_tune(model: str | Path, out_dir: str | Path, *, calib: str, eval_spec: s
     finalists = _finalists(state, options.finalists)
     _say(progress, f"final measurement: fp32 and {len(finalists)} candidates ({run.runs} interleaved rounds)")
     candidates = ([Candidate("fp32", model_path, {"mode": "fp32"})]
-                  + fp32_rewrite_candidate(model_path, proto, out_dir)   # exact rewrites compete too
+                  + fp32_rewrite_candidate(model_path, proto, out_dir, target)   # exact rewrites compete too
                   + [_publish(t, out_dir, model_path.stem) for t in finalists])
     variants = measure_candidates(candidates, eval_src, run, progress)
     failed = [{"name": t.name, "config": t.recipe_dict, "error": t.error} for t in state.trials if t.error]

@@ -140,7 +140,8 @@ class TrialRunner:
     ref: Reference
     eval_src: Any
     budget: Any
-    device: Device
+    device: Device                    # where candidates run (outputs, coverage)
+    timer: Device                     # where time is real: the device, or this machine's CPU
     trial_runs: int = 30
     trial_warmup: int = 3
     workers: int = 2
@@ -213,7 +214,7 @@ class TrialRunner:
             return
         self._say(f"timing {', '.join(t.name for t in trials)} interleaved with FP32 ({self.trial_runs} rounds)")
         try:
-            results = time_batch([t.path for t in trials], self.ref, self.device,
+            results = time_batch([t.path for t in trials], self.ref, self.timer,
                                  runs=self.trial_runs, warmup=self.trial_warmup)
         except EdgequantError as exc:
             for t in trials:

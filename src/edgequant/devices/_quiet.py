@@ -1,0 +1,35 @@
+"""Keep native libraries' own prints (Qualcomm's QNN libraries write banners to stdout) out of
+the user's terminal: edgequant reports through its own output only."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def native_output_silenced() -> Iterator[None]:
+    """Redirect file descriptors 1 and 2 to a scratch file while native code runs.
+
+    With ``EDGEQUANT_DEBUG=1`` in the environment nothing is hidden.
+    """
+    if os.environ.get("EDGEQUANT_DEBUG"):
+        yield
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)

@@ -1,0 +1,180 @@
+"""Qualcomm Hexagon NPU through onnxruntime-qnn's HTP backend (optional extra ``edgequant[qnn]``).
+
+On Linux x86-64, ``libQnnHtp.so`` is Qualcomm's HTP simulator: it compiles and executes the
+graph the way the NPU would (same op support, same fixed-point arithmetic), so accuracy and node
+placement are real, and its time is not latency (``can_time`` is false). onnxruntime-qnn 2.x is a
+plugin EP: registered once per process, then attached per session with ``add_provider_for_devices``.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..errors import EdgequantError
+from ..measure.coverage import FLOAT_COMPUTE_OPS, INT8_COMPUTE_OPS, Coverage, Placement
+from ..measure.latency import BenchResult
+from ..measure.memory import MemoryResult
+from ..measure.session import SessionConfig, session_options
+from ._quiet import native_output_silenced
+from .base import Device, DeviceFacts, Feeds
+from .cpu_session import iter_session_outputs, open_session
+
+EP_NAME = "QNNExecutionProvider"
+# ORT's layout transformation re-creates nodes as NAME_token_N before handing them to the EP
+_TOKEN = re.compile(r"(_token_\d+)+$")
+_QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
+_registered = False
+
+
+def _qnn_module() -> tuple[Any | None, str]:
+    """The onnxruntime_qnn module, or None and why it cannot be used here."""
+    try:
+        import onnxruntime_qnn
+    except ImportError:
+        return None, "onnxruntime-qnn is not installed (pip install 'edgequant[qnn]')"
+    htp = Path(onnxruntime_qnn.get_qnn_htp_path())
+    if not htp.is_file():
+        return None, f"onnxruntime-qnn {onnxruntime_qnn.__version__} has no HTP backend library ({htp.name})"
+    return onnxruntime_qnn, ""
+
+
+def _ep_devices() -> list:
+    """Register the plugin EP once per process; its OrtEpDevice entries."""
+    global _registered
+    import onnxruntime as ort
+
+    qnn, why = _qnn_module()
+    if qnn is None:
+        raise EdgequantError(f"device qnn-htp: {why}")
+    if not _registered:
+        with native_output_silenced():
+            try:
+                ort.register_execution_provider_library(EP_NAME, qnn.get_library_path())
+            except Exception as exc:  # noqa: BLE001 - already registered by another caller is fine
+                if "already" not in str(exc).lower():
+                    raise EdgequantError(f"device qnn-htp: cannot register {EP_NAME}: {exc}") from None
+        _registered = True
+    devices = [d for d in ort.get_ep_devices() if d.ep_name == EP_NAME]
+    if not devices:
+        raise EdgequantError("device qnn-htp: onnxruntime lists no QNN device after registering the plugin")
+    return devices
+
+
+class QnnHtpDevice(Device):
+    """The HTP backend of onnxruntime-qnn (the simulator on x86-64 hosts)."""
+
+    name = "qnn-htp"
+    kind = "qnn-htp"
+
+    def __init__(self, session: SessionConfig | None = None, *, provider_options: dict[str, str] | None = None) -> None:
+        self.session = session or SessionConfig()
+        self.provider_options = dict(provider_options or {})
+
+    def facts(self) -> DeviceFacts:
+        qnn, why = _qnn_module()
+        simulated = platform.machine().lower() in ("x86_64", "amd64")
+        if qnn is None:
+            return DeviceFacts(self.name, self.kind, False, why, can_time=False, emulated=simulated)
+        where = "Qualcomm's HTP simulator on this x86-64 host" if simulated else "the Hexagon NPU of this device"
+        return DeviceFacts(self.name, self.kind, True, f"onnxruntime-qnn {qnn.__version__}: {where}",
+                           can_time=not simulated, emulated=simulated)
+
+    def with_session(self, session: SessionConfig) -> QnnHtpDevice:
+        return QnnHtpDevice(session, provider_options=self.provider_options)
+
+    def open(self, model_path: str | Path):
+        """A session whose nodes go to HTP where the backend supports them (the rest to the CPU EP)."""
+        qnn, _ = _qnn_module()
+        devices = _ep_devices()
+        so = session_options(self.session)
+        so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+        so.add_provider_for_devices(devices, {"backend_path": qnn.get_qnn_htp_path(), **self.provider_options})
+        with native_output_silenced():
+            return open_session(model_path, self.session, options=so, plugin_ep=True)
+
+    def iter_outputs(self, model_paths: Sequence[str | Path], samples: Iterable[Any],
+                     outputs: Sequence[Sequence[str]] | None = None,
+                     ) -> Iterator[tuple[list[dict[str, np.ndarray]], Any]]:
+        paths = [str(p) for p in model_paths]
+        return iter_session_outputs([self.open(p) for p in paths], paths, samples, outputs)
+
+    def placement(self, model_path: str | Path) -> Placement:
+        """How many nodes HTP runs, and which fall back to the CPU EP (graph I/O Q/DQ apart)."""
+        session = self.open(model_path)
+        model = onnx.load(str(model_path), load_external_data=False)
+        io_budget = len(model.graph.input) + len(model.graph.output)
+        on_htp, fallback, io, compute_cpu = 0, [], 0, 0
+        for ep in session.get_provider_graph_assignment_info():
+            for node in ep.get_nodes():
+                if ep.ep_name == EP_NAME:
+                    on_htp += 1
+                elif node.op_type in _QDQ and io < io_budget:
+                    io += 1   # quantizing graph inputs / dequantizing graph outputs on the CPU is by design
+                else:
+                    fallback.append(f"{node.name} ({node.op_type})")
+                    compute_cpu += node.op_type in FLOAT_COMPUTE_OPS or node.op_type in INT8_COMPUTE_OPS
+        return Placement(on_htp, len(fallback), fallback, io, compute_cpu)
+
+    def coverage(self, model_path: str | Path) -> Coverage:
+        """Quantized compute ops (QDQ-wrapped or integer) that HTP runs, vs all compute ops.
+
+        A float compute op on HTP runs in fp16, not INT8, so it does not count as quantized.
+        """
+        quantized = _quantized_compute_nodes(onnx.load(str(model_path), load_external_data=False))
+        session = self.open(model_path)
+        int8_on_htp, others = 0, []
+        for ep in session.get_provider_graph_assignment_info():
+            for node in ep.get_nodes():
+                if node.op_type in FLOAT_COMPUTE_OPS or node.op_type in INT8_COMPUTE_OPS:
+                    if ep.ep_name == EP_NAME and _base_name(node.name) in quantized:
+                        int8_on_htp += 1
+                    else:
+                        others.append(node.name)
+        return Coverage(int8_on_htp, int8_on_htp + len(others), others)
+
+    # ---- what a simulator cannot measure ----------------------------------------------------
+
+    def _no(self, what: str) -> EdgequantError:
+        return EdgequantError(f"device qnn-htp cannot measure {what} here: the HTP backend on this host is a "
+                              "simulator, whose time and memory are not the NPU's")
+
+    def time_interleaved(self, model_paths: Sequence[str | Path], feeds: Any, **kwargs: Any) -> BenchResult:
+        if self.facts().can_time:  # pragma: no cover - needs a Snapdragon device
+            raise EdgequantError("device qnn-htp: timing on a real NPU is not implemented yet")
+        raise self._no("latency")
+
+    def profile_ops(self, model_path: str | Path, feeds: Feeds, **kwargs: Any) -> dict[str, float]:
+        raise self._no("per-op time")
+
+    def profile_nodes(self, model_path: str | Path, feeds: Feeds, **kwargs: Any) -> dict[str, float]:
+        raise self._no("per-node time")
+
+    def baseline_memory(self) -> float:
+        raise self._no("memory")
+
+    def peak_memory(self, model_path: str | Path, feeds: Feeds, **kwargs: Any) -> MemoryResult:
+        raise self._no("memory")
+
+
+def _quantized_compute_nodes(model: onnx.ModelProto) -> set[str]:
+    """Compute nodes that run quantized: integer op types, or QDQ form (a DequantizeLinear input)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out = set()
+    for n in model.graph.node:
+        if n.op_type in INT8_COMPUTE_OPS:
+            out.add(n.name)
+        elif n.op_type in FLOAT_COMPUTE_OPS and any(
+                (p := producer.get(i)) is not None and p.op_type == "DequantizeLinear" for i in n.input):
+            out.add(n.name)
+    return out
+
+
+def _base_name(node_name: str) -> str:
+    return _TOKEN.sub("", node_name)

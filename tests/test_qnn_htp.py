@@ -1,0 +1,102 @@
+"""The qnn-htp device: onnxruntime-qnn's HTP backend (Qualcomm's simulator on x86-64).
+
+Needs the optional extra ``edgequant[qnn]`` (``make test`` installs it); without it every test
+here is skipped with the reason, and the rest of the suite runs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import onnx_models
+from edgequant.devices import get_device
+from edgequant.quantize import make_config, quantize_model
+
+QNN = get_device("qnn-htp")
+FACTS = QNN.facts()
+pytestmark = pytest.mark.skipif(not FACTS.available, reason=f"qnn-htp unavailable: {FACTS.why}")
+DMS = Path(__file__).resolve().parents[1] / ".cache" / "dms"
+
+
+def _static_conv(tmp_path: Path) -> Path:
+    model = onnx_models.conv_net(opset=13, channels=16, size=16)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1   # HTP needs static shapes
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    return onnx_models.save(model, tmp_path / "conv.onnx")
+
+
+@pytest.fixture
+def conv_and_data(tmp_path: Path) -> tuple[Path, Path]:
+    model = _static_conv(tmp_path)
+    data = tmp_path / "data.npz"
+    np.savez(data, input=np.random.default_rng(0).normal(0, 1, (12, 1, 3, 16, 16)).astype(np.float32))
+    return model, data
+
+
+def test_facts_say_it_is_a_simulator_that_cannot_time() -> None:
+    assert FACTS.kind == "qnn-htp" and FACTS.available
+    assert FACTS.can_time is False and FACTS.emulated is True      # x86-64 host: the HTP simulator
+    with pytest.raises(Exception, match="simulator"):
+        QNN.time_interleaved(["x.onnx"], {})
+
+
+def test_qnn_recipe_runs_fully_on_htp_and_matches_the_cpu(conv_and_data) -> None:
+    from edgequant.data import open_source
+    from edgequant.model import graph_inputs, load_model
+
+    model, data = conv_and_data
+    src = open_source(str(data), graph_inputs(load_model(model)))
+    out = model.with_name("conv.qnn.onnx")
+    quantize_model(model, out, make_config("static", "qnn"), src)
+    placement = QNN.placement(out)
+    assert placement.compute_on_cpu == 0 and placement.accelerator > 0, placement
+    assert QNN.coverage(out).ratio == 1.0
+    on_htp = QNN.outputs([out], src).outputs[0]["logits"]
+    on_cpu = get_device("cpu").outputs([model], src).outputs[0]["logits"]
+    cos = float(np.sum(on_htp * on_cpu) / (np.linalg.norm(on_htp) * np.linalg.norm(on_cpu)))
+    assert cos > 0.99
+    # the FP32 model also runs on HTP (fp16), but no compute op of it is quantized
+    assert QNN.coverage(model).quantized_compute_ops == 0
+
+
+@pytest.mark.skipif(not (DMS / "models" / "face_landmark.onnx").is_file(),
+                    reason="DMS cache missing: run `python -m edgequant.dms.build --out .cache/dms` (make test does)")
+def test_face_presence_is_not_zero_on_htp(tmp_path: Path) -> None:
+    """Regression: edgequant's qnn recipe used to apply the CPU-only PRelu decomposition, after
+    which HTP returned 0.0 for the face-presence output on every sample (CPU EP: ~16-21)."""
+    from edgequant.data import open_source
+    from edgequant.model import graph_inputs, load_model
+
+    fp32 = DMS / "models" / "face_landmark.onnx"
+    inputs = graph_inputs(load_model(fp32))
+    calib = open_source(str(DMS / "data" / "face_landmark.calibration.npz"), inputs, limit=20)
+    evals = open_source(str(DMS / "data" / "face_landmark.evaluation.npz"), inputs, limit=12)
+    out = tmp_path / "fl.qnn.onnx"
+    quantize_model(fp32, out, make_config("static", "qnn"), calib)
+    assert "PRelu" in {n.op_type for n in load_model(out).graph.node}       # no CPU rewrite for qnn
+    ref = get_device("cpu").outputs([fp32], evals).outputs[0]["conv2d_31"].ravel()
+    got = QNN.outputs([out], evals).outputs[0]["conv2d_31"].ravel()
+    assert abs(got.mean() - ref.mean()) < 0.05 * abs(ref.mean()), (got.mean(), ref.mean())
+    assert np.all(np.sign(got) == np.sign(ref))
+
+
+def test_run_for_target_qnn_measures_on_htp_and_stays_quiet(conv_and_data, tmp_path: Path) -> None:
+    model, data = conv_and_data
+    out = tmp_path / "rep"
+    proc = subprocess.run([sys.executable, "-m", "edgequant", "run", str(model), "--calib", str(data), "--target", "qnn",
+                           "-o", str(out), "--runs", "5", "--warmup", "1"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "LIBNATIVE" not in proc.stdout + proc.stderr          # the QNN libraries' own prints stay hidden
+    report = json.loads((out / "report.json").read_text())
+    assert report["device"] == {"name": "qnn-htp", "kind": "qnn-htp", "emulated": True}
+    static = next(v for v in report["variants"] if v["name"] == "static")
+    assert static["measured_on"] == {"outputs": "qnn-htp", "latency": "cpu"}
+    assert static["placement"]["compute_on_cpu"] == 0
+    assert report["recommended"] == "static", static["verdict"]
+    assert any("not latency" in n for n in report["notes"])
