@@ -100,3 +100,16 @@ def test_run_for_target_qnn_measures_on_htp_and_stays_quiet(conv_and_data, tmp_p
     assert static["placement"]["compute_on_cpu"] == 0
     assert report["recommended"] == "static", static["verdict"]
     assert any("not latency" in n for n in report["notes"])
+
+
+def test_eval_on_htp_against_the_cpu_reference(conv_and_data) -> None:
+    from edgequant import api
+
+    model, data = conv_and_data
+    out = model.with_name("conv.qnn.onnx")
+    api.quantize(model, out, mode="static", calib=str(data), target="qnn")
+    res = api.evaluate(out, str(data), reference=model, device="qnn-htp")
+    assert res.fidelity.cosine > 0.99 and res.fidelity.top1_agreement is not None
+    assert any("ran on qnn-htp" in n for n in res.notes)
+    same = api.evaluate(out, str(data), reference=model)           # the CPU EP: close, not identical
+    assert same.fidelity.cosine > 0.99 and same.fidelity.max_abs_err != res.fidelity.max_abs_err

@@ -191,15 +191,18 @@ class EvalResult:
 
 def evaluate(model: str | Path, data: str, *, reference: str | Path | None = None, metric: str | None = None,
              preprocess: Preprocess | str | None = None, limit: int | None = None, threads: int = DEFAULT_THREADS,
-             session: SessionConfig | None = None, progress: Progress | None = None) -> EvalResult:
+             session: SessionConfig | None = None, device: str = "cpu",
+             progress: Progress | None = None) -> EvalResult:
     """Fidelity of ``model``'s outputs against ``reference``'s and the task metric, on ``data``.
+
+    ``model`` runs on ``device``; the reference always runs on this machine's CPU (exact FP32).
 
     The metric follows the one rule, :func:`~edgequant.measure.accuracy.choose_metric`; with
     neither a reference nor a metric there is nothing to measure (an error, before any run).
     ``session`` (when given) replaces ``threads``.
     """
     from .data import open_source
-    from .devices import local_cpu
+    from .devices import get_device, local_cpu
     from .measure.accuracy import choose_metric, load_metric
     from .measure.fidelity import compare_outputs
     from .measure.machine import machine_facts
@@ -212,8 +215,9 @@ def evaluate(model: str | Path, data: str, *, reference: str | Path | None = Non
     if metric:
         load_metric(metric)  # a typo fails now, even where the rule then uses no metric
     source = open_source(data, model_io.graph_inputs(proto), preprocess=_preprocess(preprocess), limit=limit)
-    synthetic = bool(getattr(source, "synthetic", False))
-    notes = list(getattr(source, "notes", ()))
+    synthetic = source.synthetic
+    notes = list(source.notes)
+    runner = get_device("cpu" if device == "auto" else device, cfg)
     metric_fn = choose_metric(metric, has_labels=bool(source.has_labels), synthetic=synthetic)
     if reference is None and metric_fn is None:
         if synthetic:
@@ -227,9 +231,15 @@ def evaluate(model: str | Path, data: str, *, reference: str | Path | None = Non
 
     paths = [str(reference), str(model)] if reference is not None else [str(model)]
     _say(progress, f"running {len(paths)} model(s) on {source.count or '?'} sample(s)")
-    got = local_cpu(cfg).outputs(paths, source)
-    ref_out = got.outputs[0] if reference is not None else None
-    cand_out = got.outputs[-1]
+    if runner.kind == "cpu":
+        got = runner.outputs(paths, source)
+        ref_out = got.outputs[0] if reference is not None else None
+        cand_out = got.outputs[-1]
+    else:
+        got = runner.outputs([str(model)], source)
+        cand_out = got.outputs[0]
+        ref_out = local_cpu(cfg).outputs([str(reference)], source).outputs[0] if reference is not None else None
+        notes.append(f"{model} ran on {runner.name} ({runner.facts().why}); the reference on this machine's CPU")
     fidelity = compare_outputs(ref_out, cand_out) if ref_out is not None else None
     accuracy = None
     if metric_fn is not None:
