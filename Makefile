@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean arm64-emu
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,14 @@ demo: $(STAMP)
 	$(BIN)/edgequant fleet examples/dms/fleet.yaml -o reports/demo
 	$(BIN)/python -m edgequant.dms.frame_pipeline --fleet-dir reports/demo --runs 50
 
+# The arm64-emu device's Debian arm64 root (qemu-user; needs root): built once, kept in
+# ~/.cache/edgequant/arm64-emu. Where it cannot be built, its tests say why and are skipped.
+arm64-emu: $(STAMP)
+	$(BIN)/edgequant devices setup arm64-emu
+
 test: $(STAMP)
 	$(BIN)/python -m edgequant.dms.build --out .cache/dms
+	-$(BIN)/edgequant devices setup arm64-emu
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from .tune import TuneOptions
 
 __all__ = [
-    "doctor", "devices", "inspect", "quantize", "bench", "evaluate", "run", "tune", "fleet", "fleet_entries",
+    "doctor", "devices", "setup_device", "SETUP_DEVICES", "inspect", "quantize", "bench", "evaluate", "run", "tune", "fleet", "fleet_entries",
     "ModelFacts", "TensorFacts", "EvalResult", "FileRef", "BenchReport", "BenchModel", "BenchInput",
     "ThreadRun", "MemoryBaseline", "FleetResult", "Fidelity", "Budget", "RunOptions", "TuneOptions", "SessionConfig",
     "Preprocess", "QuantizeConfig", "QuantizeResult", "make_config", "DEFAULT_THREADS", "DEFAULT_INPUT",
@@ -106,6 +106,22 @@ def devices() -> list[DeviceFacts]:
     from .devices import list_devices
 
     return list_devices()
+
+
+#: Devices that need a set-up step on this machine (qnn-htp needs only `pip install 'edgequant[qnn]'`).
+SETUP_DEVICES = ("arm64-emu",)
+
+
+def setup_device(name: str, *, progress: Progress | None = None) -> DeviceFacts:
+    """Build what device ``name`` needs (arm64-emu: the Debian arm64 root); idempotent."""
+    from .devices import get_device
+
+    if name not in SETUP_DEVICES:
+        raise EdgequantError(f"device {name!r} has no set-up step (set-up exists for: {', '.join(SETUP_DEVICES)})")
+    from .devices.arm64_setup import setup
+
+    setup(progress=progress)
+    return get_device(name).facts()
 
 
 def inspect(model: str | Path) -> ModelFacts:

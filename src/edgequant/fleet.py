@@ -22,7 +22,7 @@ from .measure.session import SessionConfig
 from .pipeline import Budget, RunOptions, run_pipeline
 from .targets import TARGETS
 
-_ENTRY_KEYS = {"name", "model", "calib", "eval", "preprocess", "metric", "budget", "tune", "target",
+_ENTRY_KEYS = {"name", "model", "calib", "eval", "preprocess", "metric", "budget", "tune", "target", "device",
                "threads", "runs", "warmup", "calib_limit", "eval_limit", "time_budget", "selective"}
 _DEFAULT_KEYS = _ENTRY_KEYS - {"name", "model", "calib", "eval"}
 _BUDGET_KEYS = {"max_drop", "max_abs_drop", "min_agreement", "min_cosine"}
@@ -84,6 +84,11 @@ def _entry(fleet_path: Path, i: int, raw: dict, defaults: dict) -> FleetEntry:
     target = merged.get("target", "auto")
     if target not in ("auto", *TARGETS):
         raise EdgequantError(f"{where}.target: {target!r} is not one of auto, {', '.join(TARGETS)}")
+    from .devices import DEVICE_NAMES
+
+    device = merged.get("device", "auto")
+    if device not in ("auto", *DEVICE_NAMES):
+        raise EdgequantError(f"{where}.device: {device!r} is not one of auto, {', '.join(DEVICE_NAMES)}")
     preprocess = None
     if merged.get("preprocess") is not None:
         from .data import Preprocess
@@ -102,7 +107,7 @@ def _entry(fleet_path: Path, i: int, raw: dict, defaults: dict) -> FleetEntry:
         target=target, budget=budget, session=SessionConfig(intra_op_threads=ints.get("threads", 1)),
         warmup=ints.get("warmup", 10), runs=ints.get("runs", 100), metric=metric, preprocess=preprocess,
         calib_limit=ints.get("calib_limit", 200), eval_limit=ints.get("eval_limit"),
-        selective=bool(merged.get("selective", False)))
+        selective=bool(merged.get("selective", False)), device=device)
     return FleetEntry(name=name, model=Path(_source(raw["model"], base)), calib=_source(raw["calib"], base),
                       eval=_source(raw["eval"], base) if raw.get("eval") else None, options=options,
                       tune=bool(merged.get("tune", False)),

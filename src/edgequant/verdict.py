@@ -117,9 +117,10 @@ def recommend(variants: list[Variant], budget: Budget, *, min_speedup: float = 1
             v.verdict = f"not deployable on {device}: {defect}"
         elif not judge_speed and v.coverage is not None and v.coverage.quantized_compute_ops < v.coverage.compute_ops:
             v.verdict = (f"partly float on {device}: {v.coverage.quantized_compute_ops}/{v.coverage.compute_ops} "
-                         "compute ops INT8; an NPU build needs every layer quantized")
+                         "compute ops INT8; where speed cannot be measured (an NPU needs every layer INT8 anyway) "
+                         "only a fully-INT8 build is recommended")
         elif not judge_speed:
-            v.verdict = f"eligible: within budget on {device} outputs ({why}); latency not measured (simulated device)"
+            v.verdict = f"eligible: within budget on {device} outputs ({why}); latency not measured ({device} is emulated)"
             eligible.append(v)
         elif sp.slower_than_noise:
             v.verdict = f"slower than FP32 ({sp.ratio:.2f}x): {_slow_reason(v)}"

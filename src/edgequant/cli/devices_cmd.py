@@ -1,4 +1,5 @@
-"""`edgequant devices`: where models can run and be measured here, and why not."""
+"""`edgequant devices`: where models can run and be measured here, and why not;
+`edgequant devices setup arm64-emu` builds what a device needs."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from . import cli
 from .report_view import make_console
 
 
-@cli.command("devices")
+@cli.group("devices", invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help='Print a JSON list of {"name", "kind", "available", "why", '
                                                       '"can_time", "emulated"}.')
-def devices(as_json: bool) -> None:
+@click.pass_context
+def devices(ctx: click.Context, as_json: bool) -> None:
     """Devices edgequant can run models on; only real hardware reports latency."""
+    if ctx.invoked_subcommand is not None:
+        return
     facts = api.devices()
     if as_json:
         click.echo(json.dumps([f.to_dict() for f in facts], indent=2))
@@ -26,3 +30,13 @@ def devices(as_json: bool) -> None:
         table.add_row(f.name, f.kind, "yes" if f.available else "no",
                       "measured" if f.can_time else "not measured (emulated/simulated)", f.why)
     make_console().print(table)
+
+
+@devices.command("setup")
+@click.argument("name", type=click.Choice(api.SETUP_DEVICES))
+def setup(name: str) -> None:
+    """Build what device NAME needs here (idempotent: a second run only checks)."""
+    err = make_console(stderr=True)
+    with err.status(f"setting up {name}") as status:
+        facts = api.setup_device(name, progress=status.update)
+    make_console().print(f"{facts.name}: {'ready' if facts.available else 'not available'} — {facts.why}")

@@ -8,7 +8,7 @@ from .base import Device, DeviceFacts
 from .cpu import CpuDevice
 
 #: Devices this build knows; each new device module adds its name here.
-DEVICE_NAMES = ("cpu", "qnn-htp")
+DEVICE_NAMES = ("cpu", "qnn-htp", "arm64-emu")
 
 
 def get_device(name: str = "cpu", session: SessionConfig | None = None) -> Device:
@@ -19,11 +19,15 @@ def get_device(name: str = "cpu", session: SessionConfig | None = None) -> Devic
         from .qnn_htp import QnnHtpDevice
 
         return QnnHtpDevice(session)
+    if name == "arm64-emu":
+        from .arm64_emu import Arm64EmuDevice
+
+        return Arm64EmuDevice(session)
     raise EdgequantError(f"unknown device {name!r}; expected one of {', '.join(DEVICE_NAMES)}")
 
 
 #: The device that verifies each target, when it is available here.
-TARGET_DEVICES = {"qnn": "qnn-htp"}
+TARGET_DEVICES = {"qnn": "qnn-htp", "arm64": "arm64-emu"}
 
 
 def resolve_device(name: str, target: str) -> tuple[str, str | None]:

@@ -1,0 +1,102 @@
+"""Verify on the target: each DMS model quantized for arm64 and for Qualcomm Hexagon (qnn), its task
+metric measured on this machine's CPU EP (what edgequant predicts) and on the target's device
+(arm64-emu: aarch64 onnxruntime under qemu; qnn-htp: onnxruntime-qnn's HTP simulator), plus the
+HTP placement. Accuracy only: neither device's time is latency.
+
+    .venv/bin/python benchmarks/targets.py            # writes results/targets.json and TARGETS.md
+
+Needs the DMS cache (`make test` or `python -m edgequant.dms.build --out .cache/dms`), the qnn extra
+and the arm64 root (`make arm64-emu`); a device that is missing is reported, not faked.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from edgequant import api  # noqa: E402
+from edgequant.devices import get_device  # noqa: E402
+from edgequant.measure.machine import machine_facts  # noqa: E402
+from edgequant.measure.session import SessionConfig  # noqa: E402
+
+DMS = ROOT / ".cache" / "dms"
+MODELS = {
+    "face_detector": ("face_detection_short_range", "edgequant.dms.metrics:detector_accuracy"),
+    "face_landmark": ("face_landmark", "edgequant.dms.metrics:face_landmark_displacement"),
+    "iris_landmark": ("iris_landmark", "edgequant.dms.metrics:iris_landmark_displacement"),
+}
+# (label, target, device, quantize overrides)
+RECIPES = [
+    ("arm64 static", "arm64", "arm64-emu", {}),
+    ("qnn static A8W8", "qnn", "qnn-htp", {}),
+    ("qnn static A16W8", "qnn", "qnn-htp", {"activation_type": "uint16"}),
+]
+
+
+def main() -> int:
+    work = ROOT / ".work" / "targets"
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, (stem, metric) in MODELS.items():
+        fp32 = DMS / "models" / f"{stem}.onnx"
+        calib, evals = DMS / "data" / f"{stem}.calibration.npz", DMS / "data" / f"{stem}.evaluation.npz"
+        for label, target, device, overrides in RECIPES:
+            facts = get_device(device).facts()
+            row = {"model": name, "recipe": label, "target": target, "device": device, "metric": metric.split(":")[1]}
+            if not facts.available:
+                rows.append({**row, "error": f"{device} unavailable: {facts.why}"})
+                continue
+            out = work / f"{stem}.{label.replace(' ', '_')}.onnx"
+            t0 = time.perf_counter()
+            api.quantize(fp32, out, mode="static", calib=str(calib), target=target, calib_limit=200, **overrides)
+            x86 = api.evaluate(out, str(evals), reference=fp32, metric=metric, device="cpu")
+            dev = api.evaluate(out, str(evals), reference=fp32, metric=metric, device=device)
+            row.update(samples=dev.samples, fp32=x86.accuracy["reference_value"], x86=x86.accuracy["value"],
+                       on_device=dev.accuracy["value"], higher_is_better=x86.accuracy["higher_is_better"],
+                       diff=abs(dev.accuracy["value"] - x86.accuracy["value"]),
+                       cosine_x86=x86.fidelity.cosine, cosine_device=dev.fidelity.cosine,
+                       seconds=round(time.perf_counter() - t0, 1))
+            if device == "qnn-htp":
+                row["placement"] = get_device(device).placement(out).to_dict()
+            cov = get_device(device).coverage(out)
+            row["int8_on_device"] = f"{cov.quantized_compute_ops}/{cov.compute_ops}"
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    results = ROOT / "benchmarks" / "results"
+    doc = {"machine": machine_facts(SessionConfig(intra_op_threads=1)),
+           "devices": [f.to_dict() for f in api.devices()], "rows": rows}
+    (results / "targets.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (results / "TARGETS.md").write_text(_markdown(doc))
+    return 0
+
+
+def _markdown(doc: dict) -> str:
+    m = doc["machine"]
+    lines = ["# Verified on the target: DMS models on arm64-emu and qnn-htp", "",
+             f"Machine: {m['cpu']} ({' '.join(m['isa'])}), onnxruntime {m['onnxruntime']}. Command: "
+             "`.venv/bin/python benchmarks/targets.py`. Each model is quantized for the target with edgequant's "
+             "defaults (200 calibration samples), then the same file is evaluated on this machine's CPU EP (x86: what "
+             "edgequant predicts) and on the target's device, against the FP32 model on the CPU. Task metrics: "
+             "detector accuracy on lfw faces vs scikit-image non-faces (higher is better); landmark displacement "
+             "from FP32 in pixels of the model's crop (lower is better). No latency: both devices are emulated.", "",
+             "| model | recipe | device | samples | FP32 | x86 CPU EP | on device | abs diff | INT8 on device | "
+             "CPU fallback (HTP) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['recipe']} | {r['device']} | - | - | - | - | - | - | {r['error']} |")
+            continue
+        fb = r.get("placement", {})
+        fallback = f"{fb['compute_on_cpu']} compute / {fb['cpu_fallback']} nodes (+{fb['io_on_cpu']} graph I/O)" if fb else "-"
+        lines.append(f"| {r['model']} | {r['recipe']} | {r['device']} | {r['samples']} | {r['fp32']:.4g} | "
+                     f"{r['x86']:.4g} | {r['on_device']:.4g} | {r['diff']:.3g} | {r['int8_on_device']} | {fallback} |")
+    lines += ["", "Devices:", ""] + [f"- {d['name']}: {d['why']}" for d in doc["devices"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
