@@ -113,3 +113,22 @@ def test_eval_on_htp_against_the_cpu_reference(conv_and_data) -> None:
     assert any("ran on qnn-htp" in n for n in res.notes)
     same = api.evaluate(out, str(data), reference=model)           # the CPU EP: close, not identical
     assert same.fidelity.cosine > 0.99 and same.fidelity.max_abs_err != res.fidelity.max_abs_err
+
+
+def test_export_context_writes_a_precompiled_model_with_the_same_outputs(conv_and_data) -> None:
+    import onnx
+
+    model, data = conv_and_data
+    out = model.with_name("conv.q.onnx")
+    proc = subprocess.run([sys.executable, "-m", "edgequant", "quantize", str(model), "-o", str(out), "--mode", "static",
+                           "--target", "qnn", "--calib", str(data), "--export-context"], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    ctx = out.with_name("conv.q_ctx.onnx")
+    assert "EPContext" in {n.op_type for n in onnx.load(str(ctx)).graph.node}
+    x = {"input": np.load(data)["input"][0]}
+    np.testing.assert_array_equal(QNN.open(ctx).run(None, x)[0], QNN.open(out).run(None, x)[0])
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".")) == []   # no temp files left
+    bad = subprocess.run([sys.executable, "-m", "edgequant", "quantize", str(model), "-o", str(out.with_name("x.onnx")),
+                          "--mode", "static", "--calib", str(data), "--export-context"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--target qnn" in bad.stderr

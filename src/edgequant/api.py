@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from .tune import TuneOptions
 
 __all__ = [
-    "doctor", "devices", "setup_device", "SETUP_DEVICES", "inspect", "quantize", "bench", "evaluate", "run", "tune", "fleet", "fleet_entries",
+    "doctor", "devices", "setup_device", "SETUP_DEVICES", "inspect", "export_context", "quantize", "bench", "evaluate", "run", "tune", "fleet", "fleet_entries",
     "ModelFacts", "TensorFacts", "EvalResult", "FileRef", "BenchReport", "BenchModel", "BenchInput",
     "ThreadRun", "MemoryBaseline", "FleetResult", "Fidelity", "Budget", "RunOptions", "TuneOptions", "SessionConfig",
     "Preprocess", "QuantizeConfig", "QuantizeResult", "make_config", "DEFAULT_THREADS", "DEFAULT_INPUT",
@@ -152,6 +152,24 @@ def quantize(model: str | Path, out: str | Path, *, mode: str, calib: str | None
     total = getattr(source, "count", None)
     hook = (lambda i: on_calib_sample(i + 1, total)) if on_calib_sample is not None else None
     return quantize_model(model, out, config, source, on_calib_sample=hook)
+
+
+def export_context(model: str | Path, out: str | Path, *, check_data: str | None = None) -> Path:
+    """Write the QNN EPContext model of a QDQ ``model`` (the HTP binary embedded) and, with
+    ``check_data``, check on its first sample that it gives the same outputs as ``model``."""
+    from .devices import get_device
+
+    device = get_device("qnn-htp")
+    facts = device.facts()
+    if not facts.available:
+        raise EdgequantError(f"{model}: --export-context needs the qnn-htp device: {facts.why}")
+    feeds = None
+    if check_data:
+        from .data import open_source
+
+        source = open_source(check_data, model_io.graph_inputs(model_io.load_model(model)), limit=1)
+        feeds = next(iter(source)).feeds
+    return device.export_context(model, out, feeds)
 
 
 # ---- evaluate -----------------------------------------------------------------------------------

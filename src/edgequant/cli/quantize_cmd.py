@@ -36,13 +36,18 @@ def _split_ops(value: str | None) -> tuple[str, ...] | None:
               help="Percentile for --calib-method percentile.")
 @click.option("--exclude", multiple=True, help="Node name to keep in float (repeatable).")
 @click.option("--op-types", default=None, help="Comma-separated op types to quantize.")
+@click.option("--export-context", is_flag=True,
+              help="Target qnn: also write OUT's QNN EPContext model (OUT stem + '_ctx.onnx', the HTP binary "
+                   "embedded) and check it gives the same outputs as OUT on HTP.")
 def quantize(model: Path, out: Path, mode: str, calib: str | None, preprocess: str | None, calib_limit: int | None,
              target: str, fmt: str | None, per_channel: bool | None, reduce_range: bool | None,
              activation_type: str | None, weight_type: str | None, calib_method: str, percentile: float,
-             exclude: tuple[str, ...], op_types: str | None) -> None:
+             exclude: tuple[str, ...], op_types: str | None, export_context: bool) -> None:
     """Quantize MODEL to INT8 (dynamic: weights only; static: weights and activations)."""
     if mode == "static" and not calib:
         raise click.UsageError("--mode static needs --calib SRC")
+    if export_context and (target != "qnn" or mode != "static"):
+        raise click.UsageError("--export-context needs --target qnn --mode static")
     err = make_console(stderr=True)
     if mode == "dynamic" and calib:
         err.print("[yellow]note:[/] --calib is ignored in dynamic mode")
@@ -66,3 +71,7 @@ def quantize(model: Path, out: Path, mode: str, calib: str | None, preprocess: s
         f"({result.compression:.2f}x smaller)  mode={config.mode} target={config.target} "
         f"format={config.quant_format} per_channel={config.per_channel} reduce_range={config.reduce_range} "
         f"A={config.activation_type} W={config.weight_type}")
+    if export_context:
+        ctx = api.export_context(result.path, result.path.with_name(result.path.stem + "_ctx.onnx"), check_data=calib)
+        make_console().print(f"wrote {ctx}  QNN EPContext model ({ctx.stat().st_size / 1e6:.2f} MB); "
+                             "same outputs as the QDQ model on HTP")
