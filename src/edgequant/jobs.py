@@ -7,13 +7,9 @@ process and machine boundaries; the worker re-opens the calibration data from :c
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +17,7 @@ from typing import Any
 from . import model as model_io
 from .errors import EdgequantError
 from .quantize import QuantizeConfig, quantize_model
+from .quiet import quiet_logging
 
 
 @dataclass(frozen=True)
@@ -38,19 +35,6 @@ class QuantizeJob:
     out_path: Path
     config: QuantizeConfig
     calib: CalibSpec
-
-
-@contextmanager
-def quiet_logging():
-    """onnxruntime's quantizer logs warnings on the root logger and its histogram calibrators
-    print to stdout; tune reports through notes and the progress callback only."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logging.disable(previous)
 
 
 def run_quantize_job(job: QuantizeJob) -> dict:

@@ -18,6 +18,7 @@ from . import model as model_io
 from .errors import EdgequantError
 from .fsutil import refuse_overwrite, scratch_cwd
 from .qdq.prepare import prepare
+from .quiet import quiet_logging
 from .targets import RULES, TargetRule, resolve_target
 
 MODES = ("dynamic", "static")
@@ -298,13 +299,14 @@ def quantize_model(
         prepared = prep.path
         raw_out = work / "quantized.onnx"
         try:
-            if config.mode == "dynamic":
-                _run_dynamic(prepared, raw_out, config, notes)
-            else:
-                from .data import calibration_reader
+            with quiet_logging():  # ORT's quantizer warns on the root logger; our notes say what matters
+                if config.mode == "dynamic":
+                    _run_dynamic(prepared, raw_out, config, notes)
+                else:
+                    from .data import calibration_reader
 
-                reader = calibration_reader(calibration, on_sample=on_calib_sample)
-                _run_static(prepared, raw_out, config, reader, notes)
+                    reader = calibration_reader(calibration, on_sample=on_calib_sample)
+                    _run_static(prepared, raw_out, config, reader, notes)
         except EdgequantError:
             raise
         except Exception as exc:  # noqa: BLE001 - surface ORT's reason in one line

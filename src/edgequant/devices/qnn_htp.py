@@ -22,7 +22,7 @@ from ..measure.coverage import FLOAT_COMPUTE_OPS, INT8_COMPUTE_OPS, Coverage, Pl
 from ..measure.latency import BenchResult
 from ..measure.memory import MemoryResult
 from ..measure.session import SessionConfig, session_options
-from ._quiet import native_output_silenced
+from ..quiet import native_output_silenced
 from .base import Device, DeviceFacts, Feeds
 from .cpu_session import iter_session_outputs, open_session
 

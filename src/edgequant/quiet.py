@@ -1,9 +1,15 @@
-"""Keep native libraries' own prints (Qualcomm's QNN libraries write banners to stdout) out of
-the user's terminal: edgequant reports through its own output only."""
+"""Keep third-party noise out of the user's terminal: edgequant reports through its own output only.
+
+onnxruntime's quantizer logs warnings on the root logger and its histogram calibrators print to
+stdout (``quiet_logging``); Qualcomm's QNN libraries write banners from native code
+(``native_output_silenced``). ``EDGEQUANT_DEBUG=1`` shows everything.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import sys
 import tempfile
@@ -33,3 +39,18 @@ def native_output_silenced() -> Iterator[None]:
             os.dup2(saved[1], 2)
             for fd in saved:
                 os.close(fd)
+
+
+@contextlib.contextmanager
+def quiet_logging() -> Iterator[None]:
+    """Python-level noise of onnxruntime's quantization tools: root-logger warnings and prints."""
+    if os.environ.get("EDGEQUANT_DEBUG"):
+        yield
+        return
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
