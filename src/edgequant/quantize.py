@@ -51,6 +51,7 @@ class QuantizeConfig:
     weight_symmetric: bool = True
     calib_limit: int | None = None
     fuse_transformer: bool | None = None      # dynamic: fuse attention blocks first (None: when it looks like one)
+    robust_ranges: bool = True                # static minmax: outlying calibration samples do not set ranges
     extra_options: dict = field(default_factory=dict)   # passed to onnxruntime's quantizer, and only there
 
     @property
@@ -80,6 +81,7 @@ def make_config(
     exclude: tuple[str, ...] | list[str] = (),
     calib_limit: int | None = None,
     fuse_transformer: bool | None = None,
+    robust_ranges: bool = True,
     extra_options: dict | None = None,
 ) -> QuantizeConfig:
     """Target rule defaults, overridden by whatever the caller set explicitly (None = rule)."""
@@ -109,7 +111,7 @@ def make_config(
         reduce_range=rr, activation_type=act if mode == "static" else "uint8", weight_type=wt,
         calib_method=calib_method, calib_percentile=calib_percentile, op_types=ops,
         exclude=tuple(exclude), weight_symmetric=rule.weight_symmetric, calib_limit=calib_limit,
-        fuse_transformer=fuse_transformer, extra_options=dict(extra_options or {}))
+        fuse_transformer=fuse_transformer, robust_ranges=robust_ranges, extra_options=dict(extra_options or {}))
 
 
 @dataclass
@@ -213,9 +215,35 @@ def _static_extra_options(config: QuantizeConfig, opset: int) -> dict:
     return extra
 
 
-def _run_static(src: Path, out: Path, config: QuantizeConfig, reader, notes: list[str]) -> None:
+def _range_overrides(src: Path, config: QuantizeConfig, calibration, notes: list[str]) -> dict:
+    """``TensorQuantOverrides`` rmin/rmax from :mod:`edgequant.algorithms.ranges` (QDQ, minmax)."""
+    if not (config.robust_ranges and config.calib_method == "minmax" and config.quant_format == "qdq"):
+        return {}
+    from .algorithms.ranges import robust_ranges
+    from .devices import local_cpu
+
+    result = robust_ranges(src, calibration, local_cpu())
+    notes.append(result.describe())
+    return result.overrides()
+
+
+def _with_overrides(extra: dict, ranges: dict) -> dict:
+    """``extra`` with range overrides merged into its TensorQuantOverrides (a tensor's own
+    entries, e.g. 16-bit quant_type, are kept)."""
+    if not ranges:
+        return extra
+    merged = {t: [dict(e) for e in entries] for t, entries in (extra.get("TensorQuantOverrides") or {}).items()}
+    for tensor, (entry,) in ranges.items():
+        merged.setdefault(tensor, [{}])
+        if len(merged[tensor]) == 1:  # per-channel overrides are left as the caller set them
+            merged[tensor][0] = {**entry, **merged[tensor][0]}
+    return {**extra, "TensorQuantOverrides": merged}
+
+
+def _run_static(src: Path, out: Path, config: QuantizeConfig, reader, notes: list[str], calibration=None) -> None:
     from onnxruntime.quantization import QuantFormat, quantize, quantize_static
 
+    ranges = _range_overrides(src, config, calibration, notes) if calibration is not None else {}
     if config.target == "qnn":
         from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
@@ -225,10 +253,13 @@ def _run_static(src: Path, out: Path, config: QuantizeConfig, reader, notes: lis
             per_channel=config.per_channel, weight_symmetric=True,
             op_types_to_quantize=list(config.op_types) if config.op_types else None,
             nodes_to_exclude=list(config.exclude) or None)
+        # the recipe's own overrides (16-bit tensors) and robust ranges go to the QNN config too
+        qnn_config.extra_options = _with_overrides(
+            _with_overrides(qnn_config.extra_options, config.extra_options.get("TensorQuantOverrides") or {}), ranges)
         quantize(str(src), str(out), qnn_config)
         return
     opset = model_io.default_opset(onnx.load(str(src), load_external_data=False))
-    extra = _static_extra_options(config, opset)
+    extra = _with_overrides(_static_extra_options(config, opset), ranges)
     if config.quant_format == "qdq":
         # QDQ placement decides whether ORT's fusions fire: this recipe also verifies coverage
         # on ORT's optimized graph and explains every compute op left in float.
@@ -306,7 +337,7 @@ def quantize_model(
                     from .data import calibration_reader
 
                     reader = calibration_reader(calibration, on_sample=on_calib_sample)
-                    _run_static(prepared, raw_out, config, reader, notes)
+                    _run_static(prepared, raw_out, config, reader, notes, calibration)
         except EdgequantError:
             raise
         except Exception as exc:  # noqa: BLE001 - surface ORT's reason in one line

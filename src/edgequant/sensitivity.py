@@ -28,6 +28,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import EdgequantError
+from .qdq.graph import expose_tensors, float_tensors
 
 DQ_SUFFIX = "_DequantizeLinear_Output"
 Q_INPUT_SUFFIX = "_QuantizeLinear_Input"
@@ -121,35 +122,6 @@ class SensitivityReport:
 
 
 # ---- graph plumbing -------------------------------------------------------------------------
-
-def _float_tensors(model: onnx.ModelProto) -> set[str]:
-    """Names of float32 activations (not initializers) known from shape inference."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - contrib ops etc.: fall back to what the file declares
-        inferred = model
-    g = inferred.graph
-    inits = {t.name for t in g.initializer}
-    infos = [*g.value_info, *g.output, *g.input]
-    names = {vi.name for vi in infos if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
-    names |= {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
-    return names - inits
-
-
-def expose_tensors(model_path: Path, out_path: Path, wanted: Iterable[str] | None = None) -> list[str]:
-    """Write a copy of the model whose graph outputs include every float activation; returns them."""
-    model = onnx.load(str(model_path))
-    available = _float_tensors(model)
-    produced = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
-    names = sorted((available & set(wanted)) if wanted is not None else available)
-    names = [n for n in names if n in produced]
-    existing = {o.name for o in model.graph.output}
-    for name in names:
-        if name not in existing:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    onnx.save(model, str(out_path))
-    return names
-
 
 def _device(threads: int):
     """The CPU device with graph optimization off: every intermediate tensor stays observable."""
@@ -343,7 +315,7 @@ def analyze(float_model: str | Path, qdq_model: str | Path, samples: Iterable[An
     nodes = _qdq_nodes(qproto)
     graph_outputs = {o.name for o in fproto.graph.output}
     wanted_base = {t for n in nodes for t in (*n.inputs, *n.outputs)}
-    q_names_all = _float_tensors(qproto)
+    q_names_all = float_tensors(qproto)
     # the quantized value of FP32 tensor T is T's DQ output when T was quantized, else T itself
     q_for: dict[str, str] = {}
     for t in wanted_base:

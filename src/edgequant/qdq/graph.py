@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import onnx
 from onnx import numpy_helper
@@ -53,3 +55,32 @@ def opset_of(model: onnx.ModelProto) -> int:
         if imp.domain in ("", "ai.onnx"):
             return imp.version
     return 0
+
+
+def float_tensors(model: onnx.ModelProto) -> set[str]:
+    """Names of float32 activations (not initializers) known from shape inference."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - contrib ops etc.: fall back to what the file declares
+        inferred = model
+    g = inferred.graph
+    inits = {t.name for t in g.initializer}
+    infos = [*g.value_info, *g.output, *g.input]
+    names = {vi.name for vi in infos if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    names |= {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return names - inits
+
+
+def expose_tensors(model_path: Path, out_path: Path, wanted: Iterable[str] | None = None) -> list[str]:
+    """Write a copy of the model whose graph outputs include every float activation; returns them."""
+    model = onnx.load(str(model_path))
+    available = float_tensors(model)
+    produced = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    names = sorted((available & set(wanted)) if wanted is not None else available)
+    names = [n for n in names if n in produced]
+    existing = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in existing:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    onnx.save(model, str(out_path))
+    return names

@@ -1,0 +1,68 @@
+"""Robust activation ranges: a few outlying calibration samples must not set a tensor's range."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_measure_fixtures import mlp  # noqa: E402
+
+from edgequant.algorithms.ranges import aggregate
+from edgequant.quantize import make_config, quantize_model
+
+
+def test_well_behaved_tensor_keeps_the_global_range() -> None:
+    rng = np.random.default_rng(0)
+    lows, highs = -1 - rng.random(50) * 0.3, 1 + rng.random(50) * 0.3
+    assert aggregate(lows, highs) == (lows.min(), highs.max(), 0)
+
+
+def test_outlying_samples_saturate_and_the_range_settles() -> None:
+    rng = np.random.default_rng(1)
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        lows, highs = -1 - rng.random(n) * 0.2, 1 + rng.random(n) * 0.2
+        k = max(1, n // 50)                       # 2% of the inputs blow the activations up
+        highs[:k] = rng.uniform(500, 3000, k)
+        return lows, highs
+
+    small, large = aggregate(*draw(20)), aggregate(*draw(400))
+    assert small[1] < 1.3 and large[1] < 1.3              # not the 500-3000 of the outliers
+    assert small[2] >= 1 and large[2] >= 8                  # those samples are reported as saturating
+    assert abs(small[1] - large[1]) < 0.15                  # 20 or 400 samples: the same range
+
+
+def _data(path: Path, *, outliers: int, n: int = 40, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (n, 1, 16)).astype(np.float32)
+    x[:outliers] *= 400.0                                   # a few inputs far outside the usual scale
+    np.savez(path, x=x)
+    return path
+
+
+def _sqnr(model: Path, quant: Path, x: np.ndarray) -> float:
+    from edgequant.devices import local_cpu
+
+    ref = local_cpu().outputs([model], [{"x": xi} for xi in x]).outputs[0]["y"]
+    got = local_cpu().outputs([quant], [{"x": xi} for xi in x]).outputs[0]["y"]
+    return float(10 * np.log10(np.sum(ref ** 2) / np.sum((ref - got) ** 2)))
+
+
+@pytest.mark.parametrize("target", ["x86-vnni", "qnn"])
+def test_planted_outlier_samples_no_longer_destroy_static_quantization(tmp_path: Path, target: str) -> None:
+    from edgequant.data import open_source
+    from edgequant.model import graph_inputs, load_model
+
+    model = mlp(tmp_path / "m.onnx", layers=3, width=16, classes=8)
+    calib = _data(tmp_path / "calib.npz", outliers=3)
+    src = open_source(str(calib), graph_inputs(load_model(model)))
+    plain, robust = tmp_path / "plain.onnx", tmp_path / "robust.onnx"
+    quantize_model(model, plain, make_config("static", target, robust_ranges=False), src)
+    res = quantize_model(model, robust, make_config("static", target), src)
+    assert any("robust activation ranges" in n and "tensor(s)" in n for n in res.notes), res.notes
+    x = np.random.default_rng(5).normal(0, 1, (32, 1, 16)).astype(np.float32)   # ordinary inputs
+    assert _sqnr(model, robust, x) >= _sqnr(model, plain, x) + 10.0
