@@ -58,6 +58,42 @@ def fuse_transformer(model_in: str | Path, model_out: str | Path, *, model_type:
     return FusionSummary(model_type, stats, before, op_counts(opt.model))
 
 
+#: LayerNormalization, which the fusions emit in the ai.onnx domain, exists from opset 17.
+FUSION_OPSET = 17
+
+
+def _fused_or_none(model_in: Path, work: Path, summary: QuantizationSummary, **fusion_args) -> Path | None:
+    """The fused model, at an opset where every op it contains exists; None (and a warning) when
+    fusing would need an opset the model cannot be upgraded to. Never an invalid model."""
+    from edgequant import model as model_io
+    from edgequant.errors import EdgequantError
+
+    src = model_in
+    model = onnx.load(os.fspath(model_in))
+    opset = model_io.default_opset(model)
+    if opset < FUSION_OPSET:
+        try:
+            model = model_io.upgrade_opset(model, FUSION_OPSET, path=model_in)
+        except EdgequantError as exc:
+            summary.warnings.append(f"transformer fusion skipped: the fused LayerNormalization needs opset "
+                                    f"{FUSION_OPSET} and opset {opset} could not be upgraded ({exc})")
+            return None
+        src = work / "upgraded.onnx"
+        onnx.save(model, os.fspath(src))
+        summary.passes.append(f"upgrade_opset({opset}->{FUSION_OPSET}) for fusion")
+    out = work / "fused.onnx"
+    fusion = fuse_transformer(src, out, **fusion_args)
+    try:
+        onnx.checker.check_model(os.fspath(out), full_check=True)
+    except Exception as exc:  # noqa: BLE001 - any checker failure means: do not hand ORT this graph
+        summary.warnings.append(f"transformer fusion skipped: the fused graph is not valid ONNX ({str(exc)[:160]})")
+        return None
+    summary.passes.append("fuse_transformer(" + ", ".join(f"{k}={v}" for k, v in fusion.fused.items()) + ")")
+    if not fusion.attention_fused:
+        summary.warnings.append("attention was not fused; MatMuls still quantize but QAttention won't be used")
+    return out
+
+
 def quantize_transformer_dynamic(model_in: str | Path, model_out: str | Path, *, fuse: bool = True,
                                  model_type: str = "bert", num_heads: int = 0, hidden_size: int = 0,
                                  per_channel: bool = True, reduce_range: bool = True,
@@ -82,12 +118,8 @@ def quantize_transformer_dynamic(model_in: str | Path, model_out: str | Path, *,
     with tempfile.TemporaryDirectory(prefix="edgequant-tf-") as tmp:
         src = model_in
         if fuse:
-            src = Path(tmp) / "fused.onnx"
-            fusion = fuse_transformer(model_in, src, model_type=model_type, num_heads=num_heads,
-                                      hidden_size=hidden_size)
-            summary.passes.append("fuse_transformer(" + ", ".join(f"{k}={v}" for k, v in fusion.fused.items()) + ")")
-            if not fusion.attention_fused:
-                summary.warnings.append("attention was not fused; MatMuls still quantize but QAttention won't be used")
+            src = _fused_or_none(model_in, Path(tmp), summary, model_type=model_type, num_heads=num_heads,
+                                 hidden_size=hidden_size) or model_in
         staged = Path(tmp) / "quantized.onnx"
         quantize_dynamic(str(src), str(staged), op_types_to_quantize=ops, per_channel=per_channel,
                          reduce_range=reduce_range, weight_type=weight_type,
