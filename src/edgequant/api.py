@@ -30,8 +30,8 @@ from .data import Preprocess
 from .errors import EdgequantError
 from .inspect import ModelFacts, TensorFacts, model_facts
 from .measure.fidelity import Fidelity
-from .measure.latency import LatencyStats, Speedup
-from .measure.memory import MemoryResult
+from .measure.benchmark import (BenchInput, BenchModel, BenchReport, MemoryBaseline, ThreadRun,
+                                bench_models)
 from .measure.session import SessionConfig
 from .quantize import QuantizeConfig, QuantizeResult, make_config
 
@@ -60,7 +60,6 @@ MEMORY_MAX_WARMUP = 5
 MEMORY_MAX_RUNS = 20
 
 EVAL_SCHEMA = "edgequant.eval/1"
-BENCH_SCHEMA = "edgequant.bench/1"
 
 # Loaded on first use, so that inspect/eval/bench do not import the pipeline and tune machinery.
 _LAZY = {"Budget": "pipeline", "RunOptions": "pipeline", "TuneOptions": "tune"}
@@ -133,11 +132,21 @@ def inspect(model: str | Path) -> ModelFacts:
 
 def quantize(model: str | Path, out: str | Path, *, mode: str, calib: str | None = None,
              target: str = "auto", preprocess: Preprocess | str | None = None, calib_limit: int | None = None,
-             on_calib_sample: Callable[[int, int | None], None] | None = None, **overrides: Any) -> QuantizeResult:
+             on_calib_sample: Callable[[int, int | None], None] | None = None, force: bool = False,
+             **overrides: Any) -> QuantizeResult:
     """Quantize ``model`` to ``out``; ``overrides`` are :func:`edgequant.quantize.make_config` options.
 
-    ``on_calib_sample(done, total)`` follows calibration (``total`` is None when unknown).
+    ``out`` may be a folder (the file is ``MODEL.<mode>.onnx`` inside); an existing file is
+    replaced only with ``force``. ``on_calib_sample(done, total)`` follows calibration.
     """
+    out = Path(out)
+    if out.is_dir() or str(out).endswith(("/", "\\")):
+        out = out / f"{Path(model).stem}.{mode}.onnx"
+    from .fsutil import refuse_overwrite
+
+    refuse_overwrite(out, model)
+    if out.exists() and not force:
+        raise EdgequantError(f"{out}: already exists; choose another -o path or pass --force to replace it")
     from .quantize import quantize_model
 
     config = make_config(mode, target, calib_limit=calib_limit, **overrides)
@@ -287,105 +296,6 @@ def evaluate(model: str | Path, data: str, *, reference: str | Path | None = Non
 
 # ---- bench --------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class BenchModel:
-    """One model of an interleaved run: latency, speedup over the first model, size, peak memory."""
-
-    name: str                       # file name, or the path where two models share a file name
-    path: str
-    size_bytes: int
-    latency: LatencyStats
-    speedup: Speedup
-    memory: MemoryResult | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """One entry of the bench document's ``models`` list."""
-        sp, mem = self.speedup, self.memory
-        return {"name": self.name, "path": self.path, "size_bytes": self.size_bytes,
-                "latency_ms": self.latency.to_dict(), "throughput_per_s": self.latency.throughput_per_s,
-                "speedup": sp.ratio, "speedup_ci": [sp.ci_low, sp.ci_high], "speedup_confidence": sp.confidence,
-                "faster_than_noise": sp.faster_than_noise, "slower_than_noise": sp.slower_than_noise,
-                "peak_memory_mb": mem.peak_rss_mb if mem is not None else None,
-                "memory_delta_mb": mem.delta_mb if mem is not None else None,
-                "samples_ms": list(self.latency.samples_ms)}
-
-
-@dataclass(frozen=True)
-class ThreadRun:
-    """All models timed interleaved at one intra-op thread count."""
-
-    threads: int
-    wall_s: float
-    models: tuple[BenchModel, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"threads": self.threads, "wall_s": self.wall_s, "models": [m.to_dict() for m in self.models]}
-
-
-@dataclass(frozen=True)
-class BenchInput:
-    """What the models were fed: the data source, whether it was the default, and its notes."""
-
-    spec: str
-    default: bool
-    synthetic: bool
-    notes: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"spec": self.spec, "default": self.default, "synthetic": self.synthetic, "notes": list(self.notes)}
-
-
-@dataclass(frozen=True)
-class MemoryBaseline:
-    """How peak memory was measured: a fresh process per model, over a bare-runtime baseline."""
-
-    baseline_rss_mb: float
-    warmup: int
-    runs: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"baseline_rss_mb": self.baseline_rss_mb, "warmup": self.warmup, "runs": self.runs,
-                "fresh_process": True}
-
-
-@dataclass(frozen=True)
-class BenchReport:
-    """An interleaved benchmark: one :class:`ThreadRun` per thread count (the first carries memory).
-
-    ``session`` is the settings of the first run (and of the memory probes); ``swept`` says
-    whether a thread sweep was asked for.
-    """
-
-    machine: dict[str, Any]
-    input: BenchInput
-    session: SessionConfig
-    warmup: int
-    runs: int
-    sweep: tuple[ThreadRun, ...]
-    swept: bool = False
-    memory: MemoryBaseline | None = None
-
-    @property
-    def models(self) -> tuple[BenchModel, ...]:
-        """The models of the first (or only) thread count."""
-        return self.sweep[0].models
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``edgequant.bench/1`` document ``edgequant bench --json`` writes."""
-        return {"schema": BENCH_SCHEMA, "machine": dict(self.machine), "input": self.input.to_dict(),
-                "session": self.session.to_dict(), "warmup": self.warmup, "runs": self.runs, "interleaved": True,
-                "memory": self.memory.to_dict() if self.memory is not None else None,
-                "models": [m.to_dict() for m in self.models],
-                "threads_sweep": [r.to_dict() for r in self.sweep] if self.swept else None}
-
-
-def _bench_models(result: Any, sizes: dict[str, int]) -> tuple[BenchModel, ...]:
-    names = [m.name for m in result.models]
-    return tuple(BenchModel(name=m.name if names.count(m.name) == 1 else m.path, path=m.path,
-                            size_bytes=sizes[m.path], latency=m.stats, speedup=m.speedup)
-                 for m in result.models)
-
-
 def bench(models: Sequence[str | Path], *, input: str | None = None, threads: int = DEFAULT_THREADS,
           warmup: int = 10, runs: int = 100, session: SessionConfig | None = None,
           threads_sweep: Sequence[int] | None = None, memory: bool = False,
@@ -424,7 +334,7 @@ def bench(models: Sequence[str | Path], *, input: str | None = None, threads: in
         res = local_cpu(cfg.with_(intra_op_threads=t)).time_interleaved(paths, feeds, warmup=warmup, runs=runs)
         # after the sessions exist: onnxruntime has already rejected unreadable models by name
         sizes = sizes or {p: model_io.model_size_bytes(p) for p in paths}
-        sweep.append(ThreadRun(threads=t, wall_s=res.wall_s, models=_bench_models(res, sizes)))
+        sweep.append(ThreadRun(threads=t, wall_s=res.wall_s, models=bench_models(res, sizes)))
 
     baseline = None
     if memory:

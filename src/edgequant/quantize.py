@@ -128,6 +128,36 @@ class QuantizeResult:
         return self.input_size_bytes / max(self.output_size_bytes, 1)
 
 
+def check_names(model_path: Path, config: QuantizeConfig, prepared: Path | None = None) -> None:
+    """Op types and node names the user asked for must exist in the model (or in its prepared
+    graph, whose names tune's float fallbacks use): a typo would otherwise quantize nothing (or
+    everything) and exit 0. The error lists the near matches."""
+    import difflib
+
+    graphs = [onnx.load(str(p), load_external_data=False).graph for p in (model_path, prepared) if p is not None]
+    ops = sorted({n.op_type for g in graphs for n in g.node})
+    names = sorted({n.name for g in graphs for n in g.node if n.name})
+    for op in config.op_types or ():
+        if op not in ops and not onnx.defs.has(op):   # a real op type the model lacks is harmless
+            near = difflib.get_close_matches(op, ops, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(near)}? " if near else ""
+            raise EdgequantError(f"{model_path}: --op-types {op}: not an ONNX op type; {hint}"
+                                 f"the model has {', '.join(ops[:20])}{' ...' if len(ops) > 20 else ''}")
+    for node in config.exclude:
+        if node not in names:
+            near = difflib.get_close_matches(node, names, n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(near)}?" if near else " (edgequant inspect lists the nodes)"
+            raise EdgequantError(f"{model_path}: --exclude {node}: no node of that name{hint}")
+
+
+def quantized_nothing(path: Path) -> bool:
+    """No quantize/dequantize or integer op in the file at all."""
+    quant_ops = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+                 "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul", "QAttention", "QGemm"}
+    model = onnx.load(str(path), load_external_data=False)
+    return not any(n.op_type in quant_ops for n in model.graph.node)
+
+
 def config_warnings(config: QuantizeConfig) -> list[str]:
     """Known-bad choices worth telling the user before they measure it themselves."""
     out = []
@@ -328,6 +358,7 @@ def quantize_model(
                        exact_rewrites=RULES[config.target].exact_rewrites)
         notes.extend([*prep.notes, *prep.warnings])
         prepared = prep.path
+        check_names(model_path, config, prepared)
         raw_out = work / "quantized.onnx"
         try:
             with quiet_logging():  # ORT's quantizer warns on the root logger; our notes say what matters
@@ -345,6 +376,10 @@ def quantize_model(
             raise EdgequantError(f"{model_path}: {config.mode} quantization failed: {type(exc).__name__}: {msg}") from exc
         quantized = model_io.load_model(raw_out)
         model_io.save_model(quantized, out_path, inputs=(model_path,))
+    if quantized_nothing(out_path):
+        warnings.append(f"nothing was quantized: no {'/'.join(config.op_types or ('compute',))} op of this model "
+                        "could be quantized in " + config.mode + " mode"
+                        + ("; convolutional models need --mode static (with --calib)" if config.mode == "dynamic" else ""))
     return QuantizeResult(path=out_path, config=config,
                           input_size_bytes=model_io.model_size_bytes(model_path),
                           output_size_bytes=model_io.model_size_bytes(out_path),

@@ -20,7 +20,9 @@ def _split_ops(value: str | None) -> tuple[str, ...] | None:
 
 @cli.command("quantize")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output .onnx path.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="Output .onnx path, or a folder (then MODEL.<mode>.onnx inside).")
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 @click.option("--mode", type=click.Choice(["dynamic", "static"]), required=True)
 @click.option("--calib", "calib", default=None, help="Calibration data source (static mode).")
 @click.option("--preprocess", default=None, help="Preprocessing spec for an image-folder source.")
@@ -42,7 +44,7 @@ def _split_ops(value: str | None) -> tuple[str, ...] | None:
 @click.option("--export-context", is_flag=True,
               help="Target qnn: also write OUT's QNN EPContext model (OUT stem + '_ctx.onnx', the HTP binary "
                    "embedded) and check it gives the same outputs as OUT on HTP.")
-def quantize(model: Path, out: Path, mode: str, calib: str | None, preprocess: str | None, calib_limit: int | None,
+def quantize(model: Path, out: Path, force: bool, mode: str, calib: str | None, preprocess: str | None, calib_limit: int | None,
              target: str, fmt: str | None, per_channel: bool | None, reduce_range: bool | None,
              activation_type: str | None, weight_type: str | None, calib_method: str, percentile: float,
              robust_ranges: bool, exclude: tuple[str, ...], op_types: str | None, export_context: bool) -> None:
@@ -63,7 +65,7 @@ def quantize(model: Path, out: Path, mode: str, calib: str | None, preprocess: s
             on_calib_sample=lambda done, total: progress.update(task, completed=done, total=total),
             quant_format=fmt, per_channel=per_channel, reduce_range=reduce_range, activation_type=activation_type,
             weight_type=weight_type, calib_method=calib_method, calib_percentile=percentile,
-            op_types=_split_ops(op_types), exclude=exclude, robust_ranges=robust_ranges)
+            op_types=_split_ops(op_types), exclude=exclude, robust_ranges=robust_ranges, force=force)
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {w}")
     for n in result.notes:

@@ -9,9 +9,11 @@ from rich.table import Table
 
 
 def make_console(*, stderr: bool = False) -> Console:
-    """Rich console; wide when output is not a terminal (logs, CI) so tables stay readable."""
+    """Rich console; when output is not a terminal (logs, CI, pipes) tables are wide and lines are
+    never hard-wrapped, so a path or a recipe is never split across lines."""
     stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, width=None if stream.isatty() else 160)
+    tty = stream.isatty()
+    return Console(stderr=stderr, width=None if tty else 160, soft_wrap=not tty)
 
 
 def variants_table(report: dict, title: str | None = None) -> Table:

@@ -1,0 +1,74 @@
+"""What a new user trips over with `quantize`: typos, an existing output, a folder as -o, a mode
+that quantizes nothing, output piped to a file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import onnx_models
+
+
+def edgequant(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "edgequant", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+@pytest.fixture
+def conv(tmp_path: Path) -> tuple[Path, Path]:
+    model = onnx_models.save(onnx_models.conv_net(opset=13, channels=8, size=8), tmp_path / "conv.onnx")
+    data = tmp_path / "d.npz"
+    np.savez(data, input=np.random.default_rng(0).normal(0, 1, (4, 1, 3, 8, 8)).astype(np.float32))
+    return model, data
+
+
+@pytest.mark.parametrize("flag, value, needle", [("--op-types", "Convv", "did you mean Conv"),
+                                                 ("--exclude", "conv9", "did you mean"),
+                                                 ("--exclude", "nosuchnode", "no node of that name")])
+def test_typos_are_errors_with_near_matches(conv, tmp_path: Path, flag: str, value: str, needle: str) -> None:
+    model, data = conv
+    proc = edgequant("quantize", model, "-o", tmp_path / "q.onnx", "--mode", "static", "--calib", data, flag, value)
+    assert proc.returncode == 1 and needle in proc.stderr and value in proc.stderr, proc.stderr
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_existing_output_needs_force_and_a_folder_is_accepted(conv, tmp_path: Path) -> None:
+    model, _ = conv
+    first = edgequant("quantize", model, "-o", tmp_path, "--mode", "dynamic")
+    out = tmp_path / "conv.dynamic.onnx"
+    assert first.returncode == 0 and out.is_file(), first.stderr
+    before = out.read_bytes()
+    again = edgequant("quantize", model, "-o", out, "--mode", "dynamic")
+    assert again.returncode == 1 and "already exists" in again.stderr and "--force" in again.stderr
+    assert out.read_bytes() == before
+    assert edgequant("quantize", model, "-o", out, "--mode", "dynamic", "--force").returncode == 0
+
+
+def test_dynamic_on_a_model_without_matmul_says_nothing_was_quantized(tmp_path: Path) -> None:
+    import onnx
+
+    model = onnx_models.conv_net(opset=13, channels=8, size=8)
+    keep = [n for n in model.graph.node if n.op_type not in ("Flatten", "Gemm")]      # convs only
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    model.graph.output[0].name = keep[-1].output[0]
+    model.graph.output[0].type.tensor_type.shape.Clear()
+    path = tmp_path / "convs.onnx"
+    onnx.save(model, str(path))
+    proc = edgequant("quantize", path, "-o", tmp_path / "d.onnx", "--mode", "dynamic")
+    assert proc.returncode == 0
+    assert "nothing was quantized" in proc.stderr and "--mode static" in proc.stderr
+
+
+def test_piped_output_is_not_hard_wrapped(conv, tmp_path: Path) -> None:
+    model, data = conv
+    deep = tmp_path / ("a-rather-long-folder-name-" * 4) / "out"
+    deep.mkdir(parents=True)
+    proc = edgequant("quantize", model, "-o", deep / "q.onnx", "--mode", "static", "--calib", data)
+    assert proc.returncode == 0
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("wrote"))
+    assert str(deep / "q.onnx") in line and "W=int8" in line       # one line, path whole
