@@ -24,20 +24,19 @@ import onnx
 from ..errors import EdgequantError
 from ..measure.coverage import Coverage, coverage_of_graph
 from ..measure.fidelity import feeds_of
-from ..measure.latency import BenchResult
-from ..measure.memory import MemoryResult
 from ..measure.session import SessionConfig
 from . import arm64_setup
-from .base import Device, DeviceFacts, Feeds
+from .base import DeviceFacts, EmulatedDevice
 
 _TIMEOUT_S = 3600.0
 
 
-class Arm64EmuDevice(Device):
+class Arm64EmuDevice(EmulatedDevice):
     """aarch64 onnxruntime under qemu-user (accuracy and coverage only)."""
 
     name = "arm64-emu"
     kind = "arm64-emu"
+    untimed_reason = "emulated time and memory are not a board's"
 
     def __init__(self, session: SessionConfig | None = None, root: Path | None = None) -> None:
         self.session = session or SessionConfig()
@@ -147,26 +146,6 @@ class Arm64EmuDevice(Device):
 
     def coverage(self, model_path: str | Path) -> Coverage:
         return coverage_of_graph(self.optimized_graph(model_path))
-
-    # ---- what an emulator cannot measure ----------------------------------------------------
-
-    def _no(self, what: str) -> EdgequantError:
-        return EdgequantError(f"device arm64-emu cannot measure {what}: emulated time and memory are not a board's")
-
-    def time_interleaved(self, model_paths: Sequence[str | Path], feeds: Any, **kwargs: Any) -> BenchResult:
-        raise self._no("latency")
-
-    def profile_ops(self, model_path: str | Path, feeds: Feeds, **kwargs: Any) -> dict[str, float]:
-        raise self._no("per-op time")
-
-    def profile_nodes(self, model_path: str | Path, feeds: Feeds, **kwargs: Any) -> dict[str, float]:
-        raise self._no("per-node time")
-
-    def baseline_memory(self) -> float:
-        raise self._no("memory")
-
-    def peak_memory(self, model_path: str | Path, feeds: Feeds, **kwargs: Any) -> MemoryResult:
-        raise self._no("memory")
 
 
 def _external_files(path: Path) -> list[str]:

@@ -108,3 +108,30 @@ class Device(ABC):
     def placement(self, model_path: str | Path) -> Placement | None:
         """Accelerator vs CPU-fallback nodes; None on a device that is itself the CPU."""
         return None
+
+
+class EmulatedDevice(Device):
+    """A device whose time and memory are not the target's (a simulator, an emulator): every
+    timing, profile and memory job refuses with ``untimed_reason`` instead of lying."""
+
+    untimed_reason = "it is emulated"
+
+    def _refuse(self, what: str) -> Exception:
+        from ..errors import EdgequantError
+
+        return EdgequantError(f"device {self.name} cannot measure {what}: {self.untimed_reason}")
+
+    def time_interleaved(self, model_paths: Sequence[str | Path], feeds: Any, **kwargs: Any) -> BenchResult:
+        raise self._refuse("latency")
+
+    def profile_ops(self, model_path: str | Path, feeds: Feeds, **kwargs: Any) -> dict[str, float]:
+        raise self._refuse("per-op time")
+
+    def profile_nodes(self, model_path: str | Path, feeds: Feeds, **kwargs: Any) -> dict[str, float]:
+        raise self._refuse("per-node time")
+
+    def baseline_memory(self) -> float:
+        raise self._refuse("memory")
+
+    def peak_memory(self, model_path: str | Path, feeds: Feeds, **kwargs: Any) -> MemoryResult:
+        raise self._refuse("memory")

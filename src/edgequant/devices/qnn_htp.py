@@ -19,11 +19,9 @@ import onnx
 
 from ..errors import EdgequantError
 from ..measure.coverage import FLOAT_COMPUTE_OPS, INT8_COMPUTE_OPS, Coverage, Placement
-from ..measure.latency import BenchResult
-from ..measure.memory import MemoryResult
 from ..measure.session import SessionConfig, session_options
 from ..quiet import native_output_silenced
-from .base import Device, DeviceFacts, Feeds
+from .base import DeviceFacts, EmulatedDevice, Feeds
 from .cpu_session import iter_session_outputs, open_session
 
 EP_NAME = "QNNExecutionProvider"
@@ -67,11 +65,13 @@ def _ep_devices() -> list:
     return devices
 
 
-class QnnHtpDevice(Device):
-    """The HTP backend of onnxruntime-qnn (the simulator on x86-64 hosts)."""
+class QnnHtpDevice(EmulatedDevice):
+    """The HTP backend of onnxruntime-qnn (the simulator on x86-64 hosts; a real Hexagon device,
+    where timing would go, is not supported yet)."""
 
     name = "qnn-htp"
     kind = "qnn-htp"
+    untimed_reason = "the HTP backend on this host is a simulator, whose time and memory are not the NPU's"
 
     def __init__(self, session: SessionConfig | None = None, *, provider_options: dict[str, str] | None = None) -> None:
         self.session = session or SessionConfig()
@@ -83,8 +83,9 @@ class QnnHtpDevice(Device):
         if qnn is None:
             return DeviceFacts(self.name, self.kind, False, why, can_time=False, emulated=simulated)
         where = "Qualcomm's HTP simulator on this x86-64 host" if simulated else "the Hexagon NPU of this device"
+        # timing on a real Hexagon device is not implemented: never claim it
         return DeviceFacts(self.name, self.kind, True, f"onnxruntime-qnn {qnn.__version__}: {where}",
-                           can_time=not simulated, emulated=simulated)
+                           can_time=False, emulated=simulated)
 
     def with_session(self, session: SessionConfig) -> QnnHtpDevice:
         return QnnHtpDevice(session, provider_options=self.provider_options)
@@ -172,29 +173,6 @@ class QnnHtpDevice(Device):
             finally:
                 ctx.unlink(missing_ok=True)
         return out_path
-
-    # ---- what a simulator cannot measure ----------------------------------------------------
-
-    def _no(self, what: str) -> EdgequantError:
-        return EdgequantError(f"device qnn-htp cannot measure {what} here: the HTP backend on this host is a "
-                              "simulator, whose time and memory are not the NPU's")
-
-    def time_interleaved(self, model_paths: Sequence[str | Path], feeds: Any, **kwargs: Any) -> BenchResult:
-        if self.facts().can_time:  # pragma: no cover - needs a Snapdragon device
-            raise EdgequantError("device qnn-htp: timing on a real NPU is not implemented yet")
-        raise self._no("latency")
-
-    def profile_ops(self, model_path: str | Path, feeds: Feeds, **kwargs: Any) -> dict[str, float]:
-        raise self._no("per-op time")
-
-    def profile_nodes(self, model_path: str | Path, feeds: Feeds, **kwargs: Any) -> dict[str, float]:
-        raise self._no("per-node time")
-
-    def baseline_memory(self) -> float:
-        raise self._no("memory")
-
-    def peak_memory(self, model_path: str | Path, feeds: Feeds, **kwargs: Any) -> MemoryResult:
-        raise self._no("memory")
 
 
 def _quantized_compute_nodes(model: onnx.ModelProto) -> set[str]:
