@@ -19,6 +19,7 @@ install: $(STAMP)
 # calibrated and evaluated on real face images, FP32 vs INT8 measured side by side.
 demo: $(STAMP)
 	$(BIN)/python -m edgequant.dms.build --out .cache/dms
+	-$(BIN)/edgequant devices setup arm64-emu
 	$(BIN)/edgequant fleet examples/dms/fleet.yaml -o reports/demo
 	$(BIN)/python -m edgequant.dms.frame_pipeline --fleet-dir reports/demo --runs 50
 

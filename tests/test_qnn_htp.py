@@ -98,7 +98,9 @@ def test_run_for_target_qnn_measures_on_htp_and_stays_quiet(conv_and_data, tmp_p
     static = next(v for v in report["variants"] if v["name"] == "static")
     assert static["measured_on"] == {"outputs": "qnn-htp", "latency": "cpu"}
     assert static["placement"]["compute_on_cpu"] == 0
-    assert report["recommended"] == "static", static["verdict"]
+    a16 = next(v for v in report["variants"] if v["name"] == "static-a16w8")       # first class on HTP
+    assert a16["config"]["activation_type"] == "uint16" and a16["placement"]["compute_on_cpu"] == 0
+    assert report["recommended"] in ("static", "static-a16w8"), static["verdict"]
     assert any("not latency" in n for n in report["notes"])
 
 

@@ -119,8 +119,12 @@ def test_accelerator_verdicts_need_full_int8_on_the_device():
                           "io_on_cpu": 2, "compute_on_cpu": 1}
     full_lo = _variant("static", 0.5, (0.4, 0.6), cosine=0.995, cov={"quantized_compute_ops": 4, "compute_ops": 4})
     full_hi = _variant("static-16", 0.4, (0.3, 0.5), cosine=0.9995, cov={"quantized_compute_ops": 4, "compute_ops": 4})
-    vs = [fp32, partly, fallback, full_lo, full_hi]
+    for v in (fallback, full_lo, full_hi):
+        v.config["mode"] = "static"
+    rewrite = _variant("fp32-opt", 1.4, (1.3, 1.5), cosine=1.0)              # an FP32 speed rewrite
+    vs = [fp32, rewrite, partly, fallback, full_lo, full_hi]
     name, reason = recommend(vs, Budget(), judge_speed=False, device="qnn-htp")
+    assert "cannot measure" in rewrite.verdict                               # its only gain is unmeasurable
     assert name == "static-16" and "latency not measured" in reason       # most accurate, slow on the host CPU
     assert partly.verdict.startswith("partly float on qnn-htp: 1/4")
     assert fallback.verdict.startswith("not deployable on qnn-htp: 1 compute op(s) fall back") and "conv3" in fallback.verdict

@@ -221,7 +221,10 @@ def fleet_summary(outcomes: list[FleetOutcome]) -> dict:
             by_name = {v["name"]: v for v in r["variants"]}
             fp32, rec = by_name["fp32"], by_name.get(r["recommended"], by_name["fp32"])
             best_int8 = best_int8_attempt(r["variants"])
+            device = r.get("device") or {"name": "cpu", "kind": "cpu", "emulated": False}
             row.update({
+                "target": r.get("target", "?"), "device": device["name"], "emulated": bool(device.get("emulated")),
+                "placement": rec.get("placement"),
                 "recommended": r["recommended"], "reason": r.get("recommendation_reason", ""),
                 "fp32_ms": fp32["latency_ms"]["p50"], "recommended_ms": rec["latency_ms"]["p50"],
                 "speedup": rec["speedup"], "fp32_mb": fp32["size_bytes"] / 1e6, "recommended_mb": rec["size_bytes"] / 1e6,

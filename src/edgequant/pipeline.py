@@ -67,8 +67,13 @@ class RunOptions:
 
 
 def default_variants(target: str) -> list[tuple[str, QuantizeConfig]]:
-    """The seed's pipeline: dynamic (weights only) and static (weights + activations)."""
-    return [("dynamic", make_config("dynamic", target)), ("static", make_config("static", target))]
+    """The seed's pipeline: dynamic (weights only) and static (weights + activations); on Hexagon
+    also A16W8 (16-bit activations, int8 weights), which HTP runs natively and which keeps range-
+    sensitive heads (a detector's raw logits) within budget where 8-bit cannot."""
+    specs = [("dynamic", make_config("dynamic", target)), ("static", make_config("static", target))]
+    if target == "qnn":
+        specs.append(("static-a16w8", make_config("static", target, activation_type="uint16")))
+    return specs
 
 
 def quantize_variants(model_path: Path, out_dir: Path, specs: Sequence[tuple[str, QuantizeConfig]],

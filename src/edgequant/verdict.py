@@ -108,7 +108,10 @@ def recommend(variants: list[Variant], budget: Budget, *, min_speedup: float = 1
         sp = v.speed
         lo, hi = sp.ci_low, sp.ci_high
         defect = _placement_defect(v)
-        if v.runs_no_int8:
+        if not judge_speed and v.mode not in ("dynamic", "static"):
+            v.verdict = (f"an FP32 graph ({v.mode}): its only gain is speed, which {device} cannot measure "
+                         "(emulated)")
+        elif v.runs_no_int8:
             v.verdict = (f"nothing quantized: none of the {v.coverage.compute_ops} compute ops runs as an INT8 kernel "
                          f"(recipe {v.mode} has no op to quantize here)")
         elif not ok:

@@ -159,6 +159,8 @@ def recommended_paths(fleet_dir: Path, fp32_paths: tuple[Path, Path, Path]) -> t
     chosen: dict[str, Path] = {}
     for rep in sorted(Path(fleet_dir).glob("*/report.json")):
         report = json.loads(rep.read_text())
+        if report.get("device", {}).get("kind", "cpu") != "cpu":
+            continue  # a model verified for an NPU or an emulated board is not this CPU's chain
         by_name = {v["name"]: v for v in report["variants"]}
         rec = by_name.get(report["recommended"])
         if rec is not None:
