@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test clean arm64-emu
+.PHONY: install demo test clean arm64-emu chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,12 @@ demo: $(STAMP)
 arm64-emu: $(STAMP)
 	$(BIN)/edgequant devices setup arm64-emu
 
-test: $(STAMP)
+# Debian's chromium renders report.html in the browser tests (no browser download from elsewhere).
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+		|| echo "chromium could not be installed: the browser tests will be skipped"
+
+test: $(STAMP) chromium
 	$(BIN)/python -m edgequant.dms.build --out .cache/dms
 	-$(BIN)/edgequant devices setup arm64-emu
 	$(BIN)/python -m pytest -q
