@@ -72,3 +72,10 @@ def test_piped_output_is_not_hard_wrapped(conv, tmp_path: Path) -> None:
     assert proc.returncode == 0
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("wrote"))
     assert str(deep / "q.onnx") in line and "W=int8" in line       # one line, path whole
+
+
+def test_debug_is_accepted_after_the_command(tmp_path: Path) -> None:
+    plain = edgequant("inspect", tmp_path / "nosuch.onnx")
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    debug = edgequant("inspect", tmp_path / "nosuch.onnx", "--debug")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "no such option" not in debug.stderr

@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     _register()
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    if debug:  # the error line says "re-run with --debug": accept it after the command too
+        args = ["--debug", *(a for a in args if a != "--debug")]
     try:
         # Non-standalone click returns ctx.exit()'s code instead of raising it.
         rv = cli.main(args=args, prog_name="edgequant", standalone_mode=False)
