@@ -44,9 +44,9 @@ def test_failing_model_is_reported_and_others_go_on(fleet_dir):
     assert "conv/report.html" in html and "failed" in html
     assert (out / "conv" / "report.json").is_file() and (out / "mlp" / "report.json").is_file()
 
-    # Re-run: finished models are skipped unless forced; the failed one is retried.
+    # Re-run: finished models are up to date unless forced; the failed one is retried.
     again = {o.name: o.status for o in run_fleet(fy, out)}
-    assert again == {"conv": "skipped", "broken": "failed", "mlp": "skipped"}
+    assert again == {"conv": "up to date", "broken": "failed", "mlp": "up to date"}
     forced = {o.name: o.status for o in run_fleet(fy, out, force=True)}
     assert forced["conv"] == "done"
 
@@ -86,3 +86,17 @@ def test_cli_fleet_exit_code_and_summary(fleet_dir):
     assert proc.returncode == 1  # one model failed
     assert "conv" in proc.stdout and "mlp" in proc.stdout and "failed" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_missing_files_fail_before_any_work_and_the_cli_says_how_many(fleet_dir):
+    import subprocess
+    import sys
+
+    fy = _write(fleet_dir / "fleet.yaml", FLEET)
+    proc = subprocess.run([sys.executable, "-m", "edgequant", "fleet", str(fy), "-o", str(fleet_dir / "o")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1
+    first = proc.stderr.splitlines()[0]
+    assert "broken" in first and "missing.onnx" in first and "no such file" in first    # up front, on stderr
+    assert "1 of 3 models failed: broken" in proc.stderr
+    assert not (fleet_dir / "o" / "broken").exists()                                    # no work started for it

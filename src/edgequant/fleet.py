@@ -39,6 +39,14 @@ class FleetEntry:
     time_budget_min: float | None = None
     raw: dict = field(default_factory=dict)
 
+    def missing_files(self) -> list[str]:
+        """What this entry names that is not there, checked before any work."""
+        problems = [] if self.model.is_file() else [f"model {self.model}: no such file"]
+        for what, src in (("calib", self.calib), ("eval", self.eval)):
+            if src and not src.startswith("random:") and not Path(src).exists():
+                problems.append(f"{what} {src}: no such file or folder")
+        return problems
+
     def fingerprint(self) -> str:
         """Identifies the inputs of a finished run: the model's bytes and this entry's settings."""
         h = hashlib.sha256(model_io.sha256_file(self.model).encode())
@@ -145,7 +153,7 @@ def load_fleet(path: str | Path) -> list[FleetEntry]:
 @dataclass
 class FleetOutcome:
     name: str
-    status: str                 # done | skipped | failed
+    status: str                 # done | up to date | failed
     report: dict | None = None
     error: str | None = None
 
@@ -173,10 +181,14 @@ def run_fleet(fleet_path: str | Path, out_dir: str | Path, *, force: bool = Fals
     for entry in entries:
         say = (lambda msg, _n=entry.name: progress(_n, msg)) if progress else None
         target_dir = out_dir / entry.name
+        missing = entry.missing_files()
+        if missing:  # known before any work: no quantization started for it
+            outcomes.append(FleetOutcome(entry.name, "failed", error="; ".join(missing)))
+            continue
         try:
             done = None if force else _finished(entry, target_dir)
             if done is not None:
-                outcomes.append(FleetOutcome(entry.name, "skipped", done))
+                outcomes.append(FleetOutcome(entry.name, "up to date", done))
                 continue
             if entry.tune:
                 from .tune import TuneOptions, run_tune

@@ -46,7 +46,11 @@ def _attempt(b: dict | None) -> str:
 def fleet(fleet_yaml: Path, out: Path, force: bool) -> None:
     """Quantize and measure every model in FLEET_YAML; a failing model does not stop the others."""
     entries = api.fleet_entries(fleet_yaml)  # validate everything before spending time
-    with make_console(stderr=True).status(f"fleet of {len(entries)} models") as status:
+    err = make_console(stderr=True)
+    for e in entries:
+        for problem in e.missing_files():
+            err.print(f"edgequant: error: {fleet_yaml}: {e.name}: {problem} (this model is skipped; the others run)")
+    with err.status(f"fleet of {len(entries)} models") as status:
         result = api.fleet(fleet_yaml, out, force=force,
                            progress=lambda name, msg: status.update(f"[bold]{name}[/]: {msg}"))
     con = make_console()
@@ -59,4 +63,6 @@ def fleet(fleet_yaml: Path, out: Path, force: bool) -> None:
                 con.print(f"    best INT8 tried, {b['name']}: {b['verdict']}")
     con.print(f"wrote {out / 'index.html'} and one report per model under {out}/")
     if result.failed:
+        err.print(f"edgequant: {len(result.failed)} of {len(entries)} models failed: "
+                  + ", ".join(o.name for o in result.failed))
         raise click.exceptions.Exit(1)
