@@ -67,12 +67,47 @@ def main() -> int:
             row["int8_on_device"] = f"{cov.quantized_compute_ops}/{cov.compute_ops}"
             rows.append(row)
             print(json.dumps(row), flush=True)
+    rows += reference_cnns(work)
     results = ROOT / "benchmarks" / "results"
     doc = {"machine": machine_facts(SessionConfig(intra_op_threads=1)),
            "devices": [f.to_dict() for f in api.devices()], "rows": rows}
     (results / "targets.json").write_text(json.dumps(doc, indent=2) + "\n")
     (results / "TARGETS.md").write_text(_markdown(doc))
     return 0
+
+
+def reference_cnns(work: Path, n_calib: int = 32, n_eval: int = 48) -> list[dict]:
+    """resnet18 / mobilenet_v2 (benchmarks/.models, exported by run.sh) for arm64: top-1 agreement
+    with FP32 on synthetic images, on the x86 CPU EP and inside arm64-emu (label-free)."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_data import samples
+
+    rows = []
+    for name in ("resnet18", "mobilenet_v2"):
+        fp32 = ROOT / "benchmarks" / ".models" / f"{name}.onnx"
+        row = {"model": name, "recipe": "arm64 static", "target": "arm64", "device": "arm64-emu", "metric": "top1_agreement"}
+        if not fp32.is_file() or not get_device("arm64-emu").facts().available:
+            rows.append({**row, "error": "model not exported (bash benchmarks/run.sh) or arm64-emu unavailable"})
+            continue
+        calib, evals = work / f"{name}.calib.npz", work / f"{name}.eval.npz"
+        np.savez(calib, input=np.stack([f["input"] for f in samples("image", n_calib, seed=1)]))
+        np.savez(evals, input=np.stack([f["input"] for f in samples("image", n_eval, seed=1000)]))
+        out = work / f"{name}.arm64.onnx"
+        t0 = time.perf_counter()
+        api.quantize(fp32, out, mode="static", calib=str(calib), target="arm64", force=True)
+        x86 = api.evaluate(out, str(evals), reference=fp32, device="cpu")
+        dev = api.evaluate(out, str(evals), reference=fp32, device="arm64-emu")
+        cov = get_device("arm64-emu").coverage(out)
+        rows.append({**row, "samples": dev.samples, "fp32": 1.0, "x86": x86.fidelity.top1_agreement,
+                     "on_device": dev.fidelity.top1_agreement, "higher_is_better": True,
+                     "diff": abs(dev.fidelity.top1_agreement - x86.fidelity.top1_agreement),
+                     "cosine_x86": x86.fidelity.cosine, "cosine_device": dev.fidelity.cosine,
+                     "int8_on_device": f"{cov.quantized_compute_ops}/{cov.compute_ops}",
+                     "seconds": round(time.perf_counter() - t0, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def _markdown(doc: dict) -> str:
@@ -83,7 +118,9 @@ def _markdown(doc: dict) -> str:
              "defaults (200 calibration samples), then the same file is evaluated on this machine's CPU EP (x86: what "
              "edgequant predicts) and on the target's device, against the FP32 model on the CPU. Task metrics: "
              "detector accuracy on lfw faces vs scikit-image non-faces (higher is better); landmark displacement "
-             "from FP32 in pixels of the model's crop (lower is better). No latency: both devices are emulated.", "",
+             "from FP32 in pixels of the model's crop (lower is better); resnet18/mobilenet_v2 (seeded random weights, "
+             "synthetic images, `bash benchmarks/run.sh` exports them): top-1 agreement with FP32. No latency: both "
+             "devices are emulated.", "",
              "| model | recipe | device | samples | FP32 | x86 CPU EP | on device | abs diff | INT8 on device | "
              "CPU fallback (HTP) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
