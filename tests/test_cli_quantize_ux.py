@@ -79,3 +79,33 @@ def test_debug_is_accepted_after_the_command(tmp_path: Path) -> None:
     assert plain.returncode == 1 and "Traceback" not in plain.stderr
     debug = edgequant("inspect", tmp_path / "nosuch.onnx", "--debug")
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "no such option" not in debug.stderr
+
+
+def test_json_on_quantize_and_run_and_run_names_the_recommended_model(conv, tmp_path: Path) -> None:
+    import json
+
+    model, data = conv
+    q = edgequant("quantize", model, "-o", tmp_path / "q.onnx", "--mode", "static", "--calib", data,
+                  "--json", tmp_path / "q.json")
+    doc = json.loads((tmp_path / "q.json").read_text())
+    assert q.returncode == 0 and doc["output"] == str(tmp_path / "q.onnx") and doc["config"]["mode"] == "static"
+    r = edgequant("run", model, "--calib", data, "-o", tmp_path / "rep", "--runs", "3", "--warmup", "1",
+                  "--json", tmp_path / "run.json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "run.json").read_text())
+    rec = next(v for v in report["variants"] if v["name"] == report["recommended"])
+    assert f"recommended model: {rec['path']}" in r.stdout
+
+
+def test_top5_and_metric_typos() -> None:
+    from edgequant.errors import EdgequantError
+    from edgequant.measure.accuracy import load_metric
+
+    scores = np.eye(10, dtype=np.float32)[None].repeat(2, 0)[:, :6, :].reshape(12, 10)   # argmax = row % 6
+    labels = np.array([(i % 6 + 3) % 10 for i in range(12)])                          # never the top-1
+    assert load_metric("top1")({"y": scores}, labels).value == 0.0
+    assert load_metric("top5")({"y": scores + np.linspace(0, 0.5, 10)[None]}, labels).value == 0.5  # top-5 = {r, 9, 8, 7, 6}
+    with pytest.raises(EdgequantError, match="did you mean top1"):
+        load_metric("topp1")
+    with pytest.raises(EdgequantError, match="did you mean edgequant.dms.metrics:detector_accuracy"):
+        load_metric("edgequant.dms.metrics:detector_acuracy")

@@ -23,6 +23,8 @@ def _split_ops(value: str | None) -> tuple[str, ...] | None:
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
               help="Output .onnx path, or a folder (then MODEL.<mode>.onnx inside).")
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Also write what was done (paths, sizes, config, warnings, notes) as JSON (atomically).")
 @click.option("--mode", type=click.Choice(["dynamic", "static"]), required=True)
 @click.option("--calib", "calib", default=None, help="Calibration data source (static mode).")
 @click.option("--preprocess", default=None, help="Preprocessing spec for an image-folder source.")
@@ -44,7 +46,7 @@ def _split_ops(value: str | None) -> tuple[str, ...] | None:
 @click.option("--export-context", is_flag=True,
               help="Target qnn: also write OUT's QNN EPContext model (OUT stem + '_ctx.onnx', the HTP binary "
                    "embedded) and check it gives the same outputs as OUT on HTP.")
-def quantize(model: Path, out: Path, force: bool, mode: str, calib: str | None, preprocess: str | None, calib_limit: int | None,
+def quantize(model: Path, out: Path, force: bool, json_path: Path | None, mode: str, calib: str | None, preprocess: str | None, calib_limit: int | None,
              target: str, fmt: str | None, per_channel: bool | None, reduce_range: bool | None,
              activation_type: str | None, weight_type: str | None, calib_method: str, percentile: float,
              robust_ranges: bool, exclude: tuple[str, ...], op_types: str | None, export_context: bool) -> None:
@@ -76,6 +78,16 @@ def quantize(model: Path, out: Path, force: bool, mode: str, calib: str | None, 
         f"({result.compression:.2f}x smaller)  mode={config.mode} target={config.target} "
         f"format={config.quant_format} per_channel={config.per_channel} reduce_range={config.reduce_range} "
         f"A={config.activation_type} W={config.weight_type}")
+    if json_path is not None:
+        import json
+
+        from ..fsutil import write_text_atomic
+
+        doc = {"schema": "edgequant.quantize/1", "model": str(model), "output": str(result.path),
+               "input_size_bytes": result.input_size_bytes, "output_size_bytes": result.output_size_bytes,
+               "compression": result.compression, "config": config.to_dict(), "warnings": list(result.warnings),
+               "notes": list(result.notes)}
+        write_text_atomic(json_path, json.dumps(doc, indent=2, default=str) + "\n")
     if export_context:
         ctx = api.export_context(result.path, result.path.with_name(result.path.stem + "_ctx.onnx"), check_data=calib)
         make_console().print(f"wrote {ctx}  QNN EPContext model ({ctx.stat().st_size / 1e6:.2f} MB); "

@@ -24,9 +24,12 @@ from .report_view import make_console, print_report
               help="Also search INT8/FP32 mixes by per-node timing (adds up to ~90 s).")
 @click.option("--min-speedup", type=click.FloatRange(min=1.0), default=1.05, show_default=True,
               help="Smallest speedup over FP32 worth recommending INT8 for.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Also write report.json's content to this path (atomically).")
 def run(model: Path, calib: str, eval_spec: str | None, out: Path | None, target: str, metric: str | None,
         preprocess: str | None, max_drop: float, max_abs_drop: float | None, threads: int, runs: int,
-        warmup: int, calib_limit: int, eval_limit: int | None, min_speedup: float, selective: bool, device: str) -> None:
+        warmup: int, calib_limit: int, eval_limit: int | None, min_speedup: float, selective: bool,
+        json_path: Path | None, device: str) -> None:
     """Quantize MODEL dynamically and statically, measure all three side by side, recommend one."""
     options = run_options(target=target, device=device, max_drop=max_drop, max_abs_drop=max_abs_drop, threads=threads,
                           warmup=warmup, runs=runs, metric=metric, preprocess=preprocess, calib_limit=calib_limit,
@@ -37,3 +40,10 @@ def run(model: Path, calib: str, eval_spec: str | None, out: Path | None, target
     console = make_console()
     print_report(report, console)
     console.print(f"wrote {out / 'report.json'} and {out / 'report.html'}")
+    rec = next(v for v in report["variants"] if v["name"] == report["recommended"])
+    console.print(f"recommended model: {rec['path']}")
+    if json_path is not None:
+        from ..fsutil import write_text_atomic
+
+        write_text_atomic(json_path, (out / "report.json").read_text())
+        console.print(f"wrote {json_path}")

@@ -66,23 +66,35 @@ def _class_ids(labels: np.ndarray, n: int, classes: int) -> np.ndarray:
     raise EdgequantError(f"top1: labels of shape {lab.shape} are neither class ids nor one-hot over {classes} classes")
 
 
-def top1(outputs: Outputs, labels: np.ndarray | None, reference: Outputs | None = None) -> MetricResult:
-    """Top-1 accuracy of the first classifier-like output (``[N, C]`` or ``[N, 1, C]``)."""
+def _topk(k: int, outputs: Outputs, labels: np.ndarray | None) -> MetricResult:
+    """Top-k accuracy of the first classifier-like output (``[N, C]`` or ``[N, 1, C]``)."""
+    name_k = f"top{k}"
     if labels is None:
-        raise EdgequantError("top1 needs labels; the data has none (give --reference for fidelity, "
+        raise EdgequantError(f"{name_k} needs labels; the data has none (give --reference for fidelity, "
                              "or a --metric that works without labels)")
     for name, arr in outputs.items():
         scores = class_scores(np.asarray(arr))
         if scores is not None:
             ids = _class_ids(labels, scores.shape[0], scores.shape[1])
-            correct = int(np.sum(np.argmax(scores, axis=1) == ids))
-            return MetricResult("top1", correct / scores.shape[0], True,
+            best = np.argsort(-scores, axis=1)[:, :min(k, scores.shape[1])]
+            correct = int(np.sum(np.any(best == ids[:, None], axis=1)))
+            return MetricResult(name_k, correct / scores.shape[0], True,
                                 {"output": name, "correct": correct, "count": int(scores.shape[0])})
-    raise EdgequantError("top1: no classifier-like output ([N, C] or [N, 1, C] scores); "
+    raise EdgequantError(f"{name_k}: no classifier-like output ([N, C] or [N, 1, C] scores); "
                          "use --metric module:function for this model")
 
 
-BUILTIN: dict[str, Metric] = {"top1": top1}
+def top1(outputs: Outputs, labels: np.ndarray | None, reference: Outputs | None = None) -> MetricResult:
+    """Top-1 accuracy of the first classifier-like output (``[N, C]`` or ``[N, 1, C]``)."""
+    return _topk(1, outputs, labels)
+
+
+def top5(outputs: Outputs, labels: np.ndarray | None, reference: Outputs | None = None) -> MetricResult:
+    """Top-5 accuracy: the label is among the five highest scores."""
+    return _topk(5, outputs, labels)
+
+
+BUILTIN: dict[str, Metric] = {"top1": top1, "top5": top5}
 
 
 def _import_target(spec: str) -> Any:
@@ -119,7 +131,11 @@ def _import_target(spec: str) -> Any:
                 sys.path.remove("")
     fn = getattr(module, attr, None)
     if fn is None:
-        raise EdgequantError(f"metric {spec!r}: module {module_name!r} has no attribute {attr!r}")
+        import difflib
+
+        near = difflib.get_close_matches(attr, [n for n in dir(module) if not n.startswith("_")], n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(f'{module_name}:{n}' for n in near)}?" if near else ""
+        raise EdgequantError(f"metric {spec!r}: module {module_name!r} has no attribute {attr!r}{hint}")
     if not callable(fn):
         raise EdgequantError(f"metric {spec!r}: {attr!r} is not callable")
     return fn
@@ -156,6 +172,12 @@ def load_metric(spec: str) -> Metric:
     spec = spec.strip()
     if spec in BUILTIN:
         return BUILTIN[spec]
+    if ":" not in spec:
+        import difflib
+
+        near = difflib.get_close_matches(spec, list(BUILTIN), n=2, cutoff=0.6)
+        raise EdgequantError(f"metric {spec!r}: not a built-in ({', '.join(BUILTIN)})"
+                             + (f"; did you mean {', '.join(near)}?" if near else "; a user metric is module:function"))
     fn = _import_target(spec)
     return _wrap(fn, spec.rpartition(":")[2])
 
