@@ -234,7 +234,7 @@ class EvalResult:
 
 def evaluate(model: str | Path, data: str, *, reference: str | Path | None = None, metric: str | None = None,
              preprocess: Preprocess | str | None = None, limit: int | None = None, threads: int = DEFAULT_THREADS,
-             session: SessionConfig | None = None, device: str = "cpu",
+             session: SessionConfig | None = None, device: str = "cpu", output_roles: dict | None = None,
              progress: Progress | None = None) -> EvalResult:
     """Fidelity of ``model``'s outputs against ``reference``'s and the task metric, on ``data``.
 
@@ -283,7 +283,10 @@ def evaluate(model: str | Path, data: str, *, reference: str | Path | None = Non
         cand_out = got.outputs[0]
         ref_out = local_cpu(cfg).outputs([str(reference)], source).outputs[0] if reference is not None else None
         notes.append(f"{model} ran on {runner.name} ({runner.facts().why}); the reference on this machine's CPU")
-    fidelity = compare_outputs(ref_out, cand_out) if ref_out is not None else None
+    from .measure.roles import detect_roles
+
+    roles = {n: r.role for n, r in detect_roles(proto, output_roles).items()}
+    fidelity = compare_outputs(ref_out, cand_out, roles) if ref_out is not None else None
     accuracy = None
     if metric_fn is not None:
         ref_result = metric_fn(ref_out, got.labels, ref_out) if ref_out is not None else None

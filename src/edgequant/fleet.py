@@ -22,7 +22,7 @@ from .measure.session import SessionConfig
 from .pipeline import Budget, RunOptions, run_pipeline
 from .targets import TARGETS
 
-_ENTRY_KEYS = {"name", "model", "calib", "eval", "preprocess", "metric", "budget", "tune", "target", "device",
+_ENTRY_KEYS = {"name", "model", "calib", "eval", "preprocess", "metric", "budget", "tune", "target", "device", "output_roles",
                "threads", "runs", "warmup", "calib_limit", "eval_limit", "time_budget", "selective"}
 _DEFAULT_KEYS = _ENTRY_KEYS - {"name", "model", "calib", "eval"}
 _BUDGET_KEYS = {"max_drop", "max_abs_drop", "min_agreement", "min_cosine"}
@@ -94,6 +94,9 @@ def _entry(fleet_path: Path, i: int, raw: dict, defaults: dict) -> FleetEntry:
         raise EdgequantError(f"{where}.target: {target!r} is not one of auto, {', '.join(TARGETS)}")
     from .devices import DEVICE_NAMES
 
+    roles = merged.get("output_roles") or {}
+    if not isinstance(roles, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in roles.items()):
+        raise EdgequantError(f"{where}.output_roles: expected a mapping of output name -> role")
     device = merged.get("device", "auto")
     if device not in ("auto", *DEVICE_NAMES):
         raise EdgequantError(f"{where}.device: {device!r} is not one of auto, {', '.join(DEVICE_NAMES)}")
@@ -115,7 +118,7 @@ def _entry(fleet_path: Path, i: int, raw: dict, defaults: dict) -> FleetEntry:
         target=target, budget=budget, session=SessionConfig(intra_op_threads=ints.get("threads", 1)),
         warmup=ints.get("warmup", 10), runs=ints.get("runs", 100), metric=metric, preprocess=preprocess,
         calib_limit=ints.get("calib_limit", 200), eval_limit=ints.get("eval_limit"),
-        selective=bool(merged.get("selective", False)), device=device)
+        selective=bool(merged.get("selective", False)), device=device, output_roles=dict(roles))
     return FleetEntry(name=name, model=Path(_source(raw["model"], base)), calib=_source(raw["calib"], base),
                       eval=_source(raw["eval"], base) if raw.get("eval") else None, options=options,
                       tune=bool(merged.get("tune", False)),

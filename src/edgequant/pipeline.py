@@ -52,6 +52,7 @@ class RunOptions:
     selective: bool = False               # also search INT8/FP32 mixes by per-node timing
     selective_budget_s: float = 90.0
     device: str = "auto"                  # where variants run (edgequant.devices); auto: the target's own
+    output_roles: dict = field(default_factory=dict)   # output name -> role (measure.roles), overrides
 
     def make_device(self):
         """The device every measurement of this run goes through, with this run's session."""
@@ -124,6 +125,7 @@ def measure_candidates(candidates: Sequence[Candidate], eval_source: DataSource,
     _say(progress, f"running {len(paths)} models on {eval_source.count or '?'} samples ({device.name})")
     outputs, labels = _outputs(candidates, eval_source, device, host)
     reference = outputs[0]
+    roles = output_roles(candidates[0].path, options)
     metric = choose_metric(options.metric, has_labels=labels is not None, synthetic=eval_source.synthetic)
     fp32_metric = metric(reference, labels, reference) if metric else None
 
@@ -147,7 +149,7 @@ def measure_candidates(candidates: Sequence[Candidate], eval_source: DataSource,
             name=cand.name, path=str(cand.path), config={**cand.config, "session": options.session.to_dict()},
             size_bytes=model_io.model_size_bytes(cand.path),
             latency=bench.models[i].stats, speed=bench.models[i].speedup,
-            fidelity=compare_outputs(reference, outputs[i]), accuracy=acc,
+            fidelity=compare_outputs(reference, outputs[i], roles), accuracy=acc,
             coverage=device.coverage(cand.path) if quantized else None,
             memory=memory, notes=list(cand.notes),
             profile_us_by_op=timer.profile_ops(cand.path, first.feeds) if options.profile else None,
@@ -156,9 +158,21 @@ def measure_candidates(candidates: Sequence[Candidate], eval_source: DataSource,
     return variants
 
 
+def output_roles(model_path: Path | str, options: RunOptions) -> dict[str, str]:
+    """Each output's role (measure.roles), the run's overrides applied."""
+    import onnx
+
+    from .measure.roles import detect_roles
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    return {n: r.role for n, r in detect_roles(model, options.output_roles).items()}
+
+
 def build_report(model_path: Path, model_proto, variants: list[Variant], options: RunOptions, *,
                  target: str, notes: list[str], failed: list[dict]) -> dict:
     """Recommend (annotating the variants) and serialize: report.json's object."""
+    from .measure.roles import detect_roles
+
     facts = options.make_device().facts()
     judge_speed = facts.can_time or facts.kind == "cpu"
     recommended, reason = recommend(variants, options.budget, min_speedup=options.min_speedup,
@@ -177,6 +191,7 @@ def build_report(model_path: Path, model_proto, variants: list[Variant], options
         "recommendation_reason": reason,
         "target": target,
         "device": facts.report_entry(),
+        "output_roles": {n: r.to_dict() for n, r in detect_roles(model_proto, options.output_roles).items()},
         "budget": {"max_drop": options.budget.max_drop, "max_abs_drop": options.budget.max_abs_drop,
                    "min_agreement": options.budget.min_agreement, "min_cosine": options.budget.min_cosine,
                    "description": options.budget.describe()},

@@ -29,8 +29,9 @@ class Budget:
     def describe(self) -> str:
         task = (f"task metric drop <= {self.max_abs_drop:g} (absolute)" if self.max_abs_drop is not None
                 else f"task metric drop <= {self.max_drop:.1%} of FP32")
-        return (f"{task}; without a task metric: top-1 agreement >= {self.min_agreement:g} "
-                f"or output cosine >= {self.min_cosine:g}")
+        return (f"{task}; without a task metric, by output role: classifier/sequence top-1 agreement >= "
+                f"{self.min_agreement:g}, embedding nearest-neighbour agreement >= {self.min_agreement:g} and "
+                f"mean per-sample cosine >= {self.min_cosine:g}, otherwise output cosine >= {self.min_cosine:g}")
 
     def check(self, fp32_accuracy: Mapping | None, accuracy: Mapping | None,
               fidelity: Mapping) -> tuple[bool, str]:
@@ -46,13 +47,26 @@ class Budget:
             if limit is not None:
                 ok = drop <= limit + 1e-12
                 return ok, f"{accuracy['metric']} drop {drop:.4g} {'<=' if ok else '>'} budget {limit:.4g}"
+        # label-free: each output by its role's proxy (measure.roles); every proxy present must pass
+        checks: list[tuple[bool, str]] = []
         agree = fidelity.get("top1_agreement")
         if agree is not None:
             ok = agree >= self.min_agreement
-            return ok, f"top-1 agreement with FP32 {agree:.3f} {'>=' if ok else '<'} {self.min_agreement:g}"
-        cos = fidelity["cosine"]
-        ok = cos >= self.min_cosine
-        return ok, f"output cosine {cos:.4f} {'>=' if ok else '<'} {self.min_cosine:g}"
+            checks.append((ok, f"top-1 agreement with FP32 {agree:.3f} {'>=' if ok else '<'} {self.min_agreement:g}"))
+        nn = fidelity.get("nn_agreement")
+        if nn is not None:
+            ok = nn >= self.min_agreement
+            checks.append((ok, f"nearest-neighbour agreement {nn:.3f} {'>=' if ok else '<'} {self.min_agreement:g}"))
+        mean_cos = fidelity.get("mean_sample_cosine")
+        if mean_cos is not None:
+            ok = mean_cos >= self.min_cosine
+            checks.append((ok, f"mean per-sample cosine {mean_cos:.4f} {'>=' if ok else '<'} {self.min_cosine:g}"))
+        if not checks:
+            cos = fidelity["cosine"]
+            ok = cos >= self.min_cosine
+            checks.append((ok, f"output cosine {cos:.4f} {'>=' if ok else '<'} {self.min_cosine:g}"))
+        failed = [why for ok, why in checks if not ok]
+        return not failed, "; ".join(failed or [why for _, why in checks])
 
 
 def _slow_reason(v: Variant) -> str:

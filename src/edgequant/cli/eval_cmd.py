@@ -15,7 +15,8 @@ from ..fsutil import write_text_atomic
 from ..measure.machine import describe_machine
 from ..measure.serialize import dumps
 from . import cli
-from .options import device_option, threads_option
+from ..measure.roles import parse_overrides
+from .options import device_option, output_role_option, threads_option
 from .report_view import make_console
 
 
@@ -63,15 +64,17 @@ def _accuracy_table(acc: dict[str, Any]) -> Table:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use at most N samples.")
 @threads_option
 @device_option
+@output_role_option
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write the results as JSON (atomically).")
 def eval_(model: Path, data_spec: str, reference: Path | None, metric: str | None, preprocess: str | None,
-          limit: int | None, threads: int, device: str, json_path: Path | None) -> None:
+          limit: int | None, threads: int, device: str, output_role: tuple[str, ...], json_path: Path | None) -> None:
     """Compare MODEL's outputs with --reference's on the same samples (cosine, SQNR, max abs error,
     top-1 agreement) and score the task metric when the data has labels or --metric is given."""
     with make_console(stderr=True).status("starting") as status:
         res = api.evaluate(model, data_spec, reference=reference, metric=metric, preprocess=preprocess, limit=limit,
-                           threads=threads, device=device, progress=status.update)
+                           threads=threads, device=device, output_roles=parse_overrides(output_role),
+                           progress=status.update)
     out = make_console()
     out.print(f"machine: {describe_machine(res.machine)}")
     out.print(f"model: {model}" + (f"  reference: {reference}" if reference is not None else "")

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from .. import api
+from ..measure.roles import parse_overrides
 from ..targets import TARGETS
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -43,10 +44,18 @@ def model_and_data_options(*, eval_required: bool, default_out: str) -> Callable
             click.option("--metric", default=None, help="Task metric: top1 or module:function."),
             click.option("--preprocess", default=None, help="Preprocessing spec for image-folder sources."),
             device_option,
+            output_role_option,
         ]):
             f = option(f)
         return f
     return apply
+
+
+def output_role_option(f: F) -> F:
+    """--output-role NAME=ROLE (repeatable): how an output is judged without labels."""
+    return click.option("--output-role", "output_role", multiple=True, metavar="NAME=ROLE",
+                        help="Judge output NAME as classifier | embedding | sequence | dense (default: "
+                             "detected from the graph; the report says which and why).")(f)
 
 
 def device_option(f: F) -> F:
@@ -60,10 +69,10 @@ def device_option(f: F) -> F:
 
 def run_options(*, target: str, max_drop: float, max_abs_drop: float | None, threads: int, warmup: int, runs: int,
                 metric: str | None, preprocess: str | None, calib_limit: int, eval_limit: int | None,
-                **extra: Any) -> api.RunOptions:
+                output_role: tuple[str, ...] = (), **extra: Any) -> api.RunOptions:
     """The api.RunOptions that run's and tune's shared flags describe (``extra``: other RunOptions fields)."""
     return api.RunOptions(
         target=target, budget=api.Budget(max_drop=max_drop, max_abs_drop=max_abs_drop),
         session=api.SessionConfig(intra_op_threads=threads), warmup=warmup, runs=runs, metric=metric,
         preprocess=api.Preprocess.parse(preprocess) if preprocess else None, calib_limit=calib_limit,
-        eval_limit=eval_limit, **extra)
+        eval_limit=eval_limit, output_roles=parse_overrides(output_role), **extra)

@@ -29,9 +29,9 @@ from .report_view import make_console, print_report
 def run(model: Path, calib: str, eval_spec: str | None, out: Path | None, target: str, metric: str | None,
         preprocess: str | None, max_drop: float, max_abs_drop: float | None, threads: int, runs: int,
         warmup: int, calib_limit: int, eval_limit: int | None, min_speedup: float, selective: bool,
-        json_path: Path | None, device: str) -> None:
+        json_path: Path | None, device: str, output_role: tuple[str, ...]) -> None:
     """Quantize MODEL dynamically and statically, measure all three side by side, recommend one."""
-    options = run_options(target=target, device=device, max_drop=max_drop, max_abs_drop=max_abs_drop, threads=threads,
+    options = run_options(target=target, device=device, output_role=output_role, max_drop=max_drop, max_abs_drop=max_abs_drop, threads=threads,
                           warmup=warmup, runs=runs, metric=metric, preprocess=preprocess, calib_limit=calib_limit,
                           eval_limit=eval_limit, min_speedup=min_speedup, selective=selective)
     out = out or Path("reports") / model.stem

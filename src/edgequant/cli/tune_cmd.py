@@ -45,9 +45,9 @@ def trace_table(report: dict) -> Table:
 def tune(model: Path, calib: str, eval_spec: str, out: Path | None, target: str, metric: str | None,
          preprocess: str | None, max_drop: float, max_abs_drop: float | None, threads: int,
          time_budget: float | None, runs: int, trial_runs: int, warmup: int, workers: int,
-         max_candidates: int, calib_limit: int, eval_limit: int | None, device: str) -> None:
+         max_candidates: int, calib_limit: int, eval_limit: int | None, device: str, output_role: tuple[str, ...]) -> None:
     """Find the fastest quantized MODEL within the accuracy budget, by measurement."""
-    run = run_options(target=target, device=device, max_drop=max_drop, max_abs_drop=max_abs_drop, threads=threads, warmup=warmup,
+    run = run_options(target=target, device=device, output_role=output_role, max_drop=max_drop, max_abs_drop=max_abs_drop, threads=threads, warmup=warmup,
                       runs=runs, metric=metric, preprocess=preprocess, calib_limit=calib_limit, eval_limit=eval_limit)
     options = api.TuneOptions(run=run, time_budget_min=time_budget, trial_runs=trial_runs, workers=workers,
                               max_candidates=max_candidates)

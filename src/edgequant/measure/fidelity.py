@@ -73,10 +73,18 @@ class OutputFidelity:
     sqnr_db: float
     max_abs_err: float
     top1_agreement: float | None
+    role: str | None = None                   # measure.roles: classifier | embedding | sequence | dense
+    nn_agreement: float | None = None         # embeddings: same nearest neighbour among the samples
+    mean_sample_cosine: float | None = None   # embeddings: per-sample cosine, mean and minimum
+    min_sample_cosine: float | None = None
 
-    def to_dict(self) -> dict[str, float | None]:
-        return {"cosine": self.cosine, "sqnr_db": self.sqnr_db, "max_abs_err": self.max_abs_err,
-                "top1_agreement": self.top1_agreement}
+    def to_dict(self) -> dict[str, float | str | None]:
+        d: dict[str, float | str | None] = {"cosine": self.cosine, "sqnr_db": self.sqnr_db,
+                                            "max_abs_err": self.max_abs_err, "top1_agreement": self.top1_agreement}
+        for key in ("role", "nn_agreement", "mean_sample_cosine", "min_sample_cosine"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
+        return d
 
 
 @dataclass(frozen=True)
@@ -85,7 +93,7 @@ class Fidelity(OutputFidelity):
 
     per_output: dict[str, OutputFidelity] = field(default_factory=dict)
 
-    def per_output_dict(self) -> dict[str, dict[str, float | None]]:
+    def per_output_dict(self) -> dict[str, dict[str, float | str | None]]:
         return {name: o.to_dict() for name, o in self.per_output.items()}
 
 
@@ -112,10 +120,44 @@ def _worst(values: list[float], pick: Any) -> float:
     return float(pick(values))
 
 
-def compare_outputs(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> Fidelity:
-    """Cosine, SQNR (dB), max abs error and top-1 agreement of ``candidate`` against ``reference``.
+def position_agreement(reference: np.ndarray, candidate: np.ndarray) -> float | None:
+    """Sequence outputs ([N, T, C], any batch axes): fraction of positions whose arg-max matches."""
+    ref, cand = np.asarray(reference), np.asarray(candidate)
+    if ref.ndim < 2 or ref.shape[-1] < 2 or ref.shape != cand.shape:
+        return None
+    c = ref.shape[-1]
+    return float(np.mean(np.argmax(ref.reshape(-1, c), axis=1) == np.argmax(cand.reshape(-1, c), axis=1)))
 
-    Metrics use each output flattened over all samples; the overall values are the worst case.
+
+def embedding_proxies(reference: np.ndarray, candidate: np.ndarray) -> tuple[float | None, float, float]:
+    """(nearest-neighbour agreement, mean and minimum per-sample cosine) of per-sample vectors.
+
+    Nearest neighbour: for each sample, the most similar other sample (cosine) under FP32 and under
+    the candidate; agreement is the share of samples for which they are the same (retrieval).
+    """
+    ref = np.asarray(reference, np.float64).reshape(len(reference), -1)
+    cand = np.asarray(candidate, np.float64).reshape(len(candidate), -1)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+
+    r, c = unit(ref), unit(cand)
+    per_sample = np.sum(r * c, axis=1)
+    nn = None
+    if len(r) >= 3:
+        sr, sc = r @ r.T, c @ c.T
+        np.fill_diagonal(sr, -np.inf)
+        np.fill_diagonal(sc, -np.inf)
+        nn = float(np.mean(np.argmax(sr, axis=1) == np.argmax(sc, axis=1)))
+    return nn, float(per_sample.mean()), float(per_sample.min())
+
+
+def compare_outputs(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
+                    roles: Mapping[str, str] | None = None) -> Fidelity:
+    """Cosine, SQNR (dB), max abs error of ``candidate`` against ``reference``, plus each output's
+    role proxy: top-1 agreement (classifier), per-position agreement (sequence), nearest-neighbour
+    agreement and per-sample cosine (embedding). Without ``roles`` every classifier-shaped output
+    gets top-1 agreement. Metrics use each output over all samples; the overall values are the worst.
     """
     if not reference:
         raise EdgequantError("reference has no outputs to compare")
@@ -127,13 +169,26 @@ def compare_outputs(reference: Mapping[str, np.ndarray], candidate: Mapping[str,
         ref_a, cand_a = np.asarray(ref), np.asarray(candidate[name])
         if ref_a.shape != cand_a.shape:
             raise EdgequantError(f"output {name!r}: shape {cand_a.shape} differs from the reference's {ref_a.shape}")
+        role = roles.get(name) if roles else None
+        agree, nn, mean_cos, min_cos = None, None, None, None
+        if role in (None, "classifier"):
+            agree = top1_agreement(ref_a, cand_a)
+        elif role == "sequence":
+            agree = position_agreement(ref_a, cand_a)
+        elif role == "embedding":
+            nn, mean_cos, min_cos = embedding_proxies(ref_a, cand_a)
         per[name] = OutputFidelity(cosine=cosine(ref_a, cand_a), sqnr_db=sqnr_db(ref_a, cand_a),
-                                   max_abs_err=max_abs_error(ref_a, cand_a),
-                                   top1_agreement=top1_agreement(ref_a, cand_a))
-    agreements = [o.top1_agreement for o in per.values() if o.top1_agreement is not None]
+                                   max_abs_err=max_abs_error(ref_a, cand_a), top1_agreement=agree, role=role,
+                                   nn_agreement=nn, mean_sample_cosine=mean_cos, min_sample_cosine=min_cos)
+
+    def lowest(key: str) -> float | None:
+        values = [getattr(o, key) for o in per.values() if getattr(o, key) is not None]
+        return min(values) if values else None
+
     return Fidelity(
         cosine=_worst([o.cosine for o in per.values()], min),
         sqnr_db=_worst([o.sqnr_db for o in per.values()], min),
         max_abs_err=_worst([o.max_abs_err for o in per.values()], max),
-        top1_agreement=min(agreements) if agreements else None,
+        top1_agreement=lowest("top1_agreement"), nn_agreement=lowest("nn_agreement"),
+        mean_sample_cosine=lowest("mean_sample_cosine"), min_sample_cosine=lowest("min_sample_cosine"),
         per_output=per)

@@ -122,12 +122,16 @@ def run_tune(model: str | Path, out_dir: str | Path, *, calib: str, eval_spec: s
     _say(progress, "running FP32 on the evaluation data")
     device, host = run.make_device(), run.make_host()
     timer = device if device.facts().can_time else host
-    ref: Reference = make_reference(model_path, eval_src, host if device.kind != "cpu" else device, run.metric)
+    from ..pipeline import output_roles
+
+    ref: Reference = make_reference(model_path, eval_src, host if device.kind != "cpu" else device, run.metric,
+                                    output_roles(model_path, run))
     sha = model_io.sha256_file(model_path)
     cache = TuneCache(out_dir, sha,
                       calib_context={"spec": str(calib), "limit": run.calib_limit, "preprocess": repr(run.preprocess)},
                       measure_context={"eval": str(eval_spec), "limit": run.eval_limit, "metric": run.metric,
                                        "preprocess": repr(run.preprocess), "session": run.session.to_dict(),
+                                       "output_roles": dict(run.output_roles),
                                        "runs": options.trial_runs, "model": sha})
     runner = TrialRunner(model_path, target, cache, CalibSpec(str(calib), run.calib_limit, run.preprocess), ref,
                          eval_src, run.budget, device, timer, trial_runs=options.trial_runs,

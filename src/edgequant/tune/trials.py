@@ -35,6 +35,7 @@ class Reference:
     fp32_accuracy: dict | None
     feeds: dict
     fidelity_label: str
+    roles: dict = field(default_factory=dict)      # output name -> role (measure.roles)
 
 
 @dataclass
@@ -94,7 +95,8 @@ class Trial:
         return f"within budget, not faster than FP32 beyond noise ({self.speedup:.2f}x){cached}"
 
 
-def make_reference(model_path: Path, eval_src, device: Device, metric_spec: str | None) -> Reference:
+def make_reference(model_path: Path, eval_src, device: Device, metric_spec: str | None,
+                   roles: dict | None = None) -> Reference:
     """Run FP32 once over the evaluation data; pick the task metric if there is one."""
     from ..measure.accuracy import choose_metric
     from ..metrics import accuracy_entry
@@ -106,7 +108,7 @@ def make_reference(model_path: Path, eval_src, device: Device, metric_spec: str 
     first = next(iter(eval_src))
     return Reference(model_path, outputs, collected.labels, metric, fp32_result,
                      accuracy_entry(fp32_result, fp32_result) if fp32_result else None,
-                     dict(first.feeds), "metric" if metric else "fidelity")
+                     dict(first.feeds), "metric" if metric else "fidelity", dict(roles or {}))
 
 
 def measure_quality(path: Path, ref: Reference, eval_src, device: Device) -> dict:
@@ -115,7 +117,7 @@ def measure_quality(path: Path, ref: Reference, eval_src, device: Device) -> dic
     from ..metrics import accuracy_entry
 
     outs = device.outputs([str(path)], eval_src).outputs[0]
-    fid = compare_outputs(ref.outputs, outs).to_dict()
+    fid = compare_outputs(ref.outputs, outs, ref.roles or None).to_dict()
     acc = None
     if ref.metric is not None:
         acc = accuracy_entry(ref.metric(outs, ref.labels, ref.outputs), ref.fp32_result)

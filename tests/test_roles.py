@@ -1,0 +1,94 @@
+"""Output roles: each output is judged by what it is (issue: an embedding's arg-max means nothing)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_measure_fixtures import mlp  # noqa: E402
+
+from edgequant.errors import EdgequantError
+from edgequant.measure.fidelity import compare_outputs
+from edgequant.measure.roles import detect_roles
+from edgequant.verdict import Budget
+
+
+def _embedding_model() -> onnx.ModelProto:
+    """tokens [N, T, D] -> MatMul -> mean pooling -> L2 normalisation -> [N, 32]."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 0.3, (16, 32)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("ReduceMean", ["h"], ["pooled"], axes=[1], keepdims=0),
+             helper.make_node("ReduceL2", ["pooled"], ["norm"], axes=[1], keepdims=1),
+             helper.make_node("Div", ["pooled", "norm"], ["vec"])]
+    g = helper.make_graph(nodes, "emb", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16])],
+                          [helper.make_tensor_value_info("vec", TensorProto.FLOAT, [1, 32])], [w])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _softmax_classifier() -> onnx.ModelProto:
+    w = numpy_helper.from_array(np.eye(16, 1000, dtype=np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Softmax", ["z"], ["out"], axis=-1)]
+    g = helper.make_graph(nodes, "cls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1000])], [w])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_roles_from_the_graph(tmp_path: Path) -> None:
+    regression = onnx.load(str(mlp(tmp_path / "reg.onnx", layers=2, width=64, classes=256)))
+    small = onnx.load(str(mlp(tmp_path / "cls.onnx", layers=2, classes=10)))
+    assert detect_roles(regression)["y"].role == "dense"                 # 256 wide, no softmax: regression
+    assert detect_roles(small)["y"].role == "classifier"                  # a final MatMul into 10 classes
+    assert detect_roles(_softmax_classifier())["out"].role == "classifier"   # 1000 classes after Softmax
+    emb = detect_roles(_embedding_model())["vec"]
+    assert emb.role == "embedding" and "L2" in emb.reason
+    assert detect_roles(regression, {"y": "embedding"})["y"].role == "embedding"
+    with pytest.raises(EdgequantError, match="no output 'nope'"):
+        detect_roles(regression, {"nope": "dense"})
+    with pytest.raises(EdgequantError, match="unknown role"):
+        detect_roles(regression, {"y": "logits"})
+
+
+def test_regression_output_is_judged_by_cosine_not_argmax() -> None:
+    """The issue's MLP: a 256-wide regression output with cosine 0.9999 and one arg-max flip in 32."""
+    rng = np.random.default_rng(1)
+    ref = rng.normal(0, 1, (32, 1, 256)).astype(np.float32)
+    ref[:, 0, 0] = 5.0                                  # a clear arg-max in every sample...
+    cand = ref + rng.normal(0, 0.01, ref.shape).astype(np.float32)
+    cand[0, 0, 1] = 6.0                                 # ...flipped once
+    as_classifier = compare_outputs({"y": ref}, {"y": cand})
+    as_dense = compare_outputs({"y": ref}, {"y": cand}, {"y": "dense"})
+    assert not Budget().check(None, None, as_classifier.to_dict())[0]            # old rule: rejected
+    ok, why = Budget().check(None, None, as_dense.to_dict())
+    assert ok and "cosine" in why and as_dense.top1_agreement is None
+
+
+def test_embedding_proxies_measure_retrieval() -> None:
+    rng = np.random.default_rng(2)
+    anchors = rng.normal(0, 1, (20, 1, 32))            # 20 pairs of near-duplicate sentences
+    base = np.concatenate([anchors, anchors + rng.normal(0, 0.2, anchors.shape)])
+    ref = base / np.linalg.norm(base, axis=-1, keepdims=True)
+    good = ref + rng.normal(0, 0.001, ref.shape)
+    bad = ref + rng.normal(0, 0.3, ref.shape)            # vectors scrambled: neighbours change
+    fg = compare_outputs({"v": ref}, {"v": good}, {"v": "embedding"})
+    fb = compare_outputs({"v": ref}, {"v": bad}, {"v": "embedding"})
+    assert fg.top1_agreement is None and fg.nn_agreement == 1.0 and fg.mean_sample_cosine > 0.999
+    assert fb.nn_agreement < 0.9 and fb.min_sample_cosine < fb.mean_sample_cosine
+    assert Budget().check(None, None, fg.to_dict())[0]
+    ok, why = Budget().check(None, None, fb.to_dict())
+    assert not ok and "nearest-neighbour" in why
+
+
+def test_sequence_outputs_use_per_position_agreement() -> None:
+    rng = np.random.default_rng(3)
+    ref = rng.normal(0, 1, (4, 1, 20, 50))
+    cand = ref.copy()
+    cand[0, 0, :5] = cand[0, 0, :5][:, ::-1]              # 5 of 80 positions change their arg-max
+    f = compare_outputs({"s": ref}, {"s": cand}, {"s": "sequence"})
+    assert f.top1_agreement == pytest.approx(1 - 5 / 80, abs=1 / 80)
