@@ -60,11 +60,14 @@ class RunOptions:
 
         return get_device("cpu" if self.device == "auto" else self.device, self.session)
 
-    def make_host(self):
-        """This machine's CPU: it runs the FP32 reference, and times what the device cannot."""
+    def make_devices(self):
+        """(device, host, timer): where variants run; this machine's CPU, which runs the FP32
+        reference; and where time is real (the device when it can time, else the host)."""
         from .devices import local_cpu
 
-        return local_cpu(self.session)
+        device = self.make_device()
+        host = device if device.kind == "cpu" else local_cpu(self.session)
+        return device, host, device if device.facts().can_time else host
 
 
 def default_variants(target: str) -> list[tuple[str, QuantizeConfig]]:
@@ -117,10 +120,7 @@ def measure_candidates(candidates: Sequence[Candidate], eval_source: DataSource,
     from .measure.accuracy import choose_metric
     from .measure.fidelity import compare_outputs
 
-    device, host = options.make_device(), options.make_host()
-    if device.kind == "cpu":
-        host = device
-    timer = device if device.facts().can_time else host
+    device, host, timer = options.make_devices()
     paths = [str(c.path) for c in candidates]
     _say(progress, f"running {len(paths)} models on {eval_source.count or '?'} samples ({device.name})")
     outputs, labels = _outputs(candidates, eval_source, device, host)

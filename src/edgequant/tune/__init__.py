@@ -120,11 +120,10 @@ def run_tune(model: str | Path, out_dir: str | Path, *, calib: str, eval_spec: s
     calib_src, eval_src, eval_spec, notes = setup.calib, setup.eval, setup.eval_spec, setup.notes
 
     _say(progress, "running FP32 on the evaluation data")
-    device, host = run.make_device(), run.make_host()
-    timer = device if device.facts().can_time else host
+    device, host, timer = run.make_devices()
     from ..pipeline import output_roles
 
-    ref: Reference = make_reference(model_path, eval_src, host if device.kind != "cpu" else device, run.metric,
+    ref: Reference = make_reference(model_path, eval_src, host, run.metric,
                                     output_roles(model_path, run))
     sha = model_io.sha256_file(model_path)
     cache = TuneCache(out_dir, sha,
