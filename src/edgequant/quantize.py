@@ -52,6 +52,7 @@ class QuantizeConfig:
     calib_limit: int | None = None
     fuse_transformer: bool | None = None      # dynamic: fuse attention blocks first (None: when it looks like one)
     robust_ranges: bool = True                # static minmax: outlying calibration samples do not set ranges
+    bias_correction: bool = False             # static QDQ: fold each layer's mean output error into its bias
     extra_options: dict = field(default_factory=dict)   # passed to onnxruntime's quantizer, and only there
 
     @property
@@ -82,6 +83,7 @@ def make_config(
     calib_limit: int | None = None,
     fuse_transformer: bool | None = None,
     robust_ranges: bool = True,
+    bias_correction: bool = False,
     extra_options: dict | None = None,
 ) -> QuantizeConfig:
     """Target rule defaults, overridden by whatever the caller set explicitly (None = rule)."""
@@ -111,7 +113,8 @@ def make_config(
         reduce_range=rr, activation_type=act if mode == "static" else "uint8", weight_type=wt,
         calib_method=calib_method, calib_percentile=calib_percentile, op_types=ops,
         exclude=tuple(exclude), weight_symmetric=rule.weight_symmetric, calib_limit=calib_limit,
-        fuse_transformer=fuse_transformer, robust_ranges=robust_ranges, extra_options=dict(extra_options or {}))
+        fuse_transformer=fuse_transformer, robust_ranges=robust_ranges, bias_correction=bias_correction,
+        extra_options=dict(extra_options or {}))
 
 
 @dataclass
@@ -257,6 +260,16 @@ def _range_overrides(src: Path, config: QuantizeConfig, calibration, notes: list
     return result.overrides()
 
 
+def _correct_biases(prepared: Path, qdq: Path, calibration, notes: list[str]) -> Path:
+    """:mod:`edgequant.algorithms.bias_correction` on the freshly quantized model."""
+    from .algorithms.bias_correction import correct_biases
+    from .devices import local_cpu
+
+    out = qdq.with_name("bias_corrected.onnx")
+    notes.append(correct_biases(prepared, qdq, out, calibration, local_cpu()).describe())
+    return out
+
+
 def _with_overrides(extra: dict, ranges: dict) -> dict:
     """``extra`` with range overrides merged into its TensorQuantOverrides (a tensor's own
     entries, e.g. 16-bit quant_type, are kept)."""
@@ -369,6 +382,8 @@ def quantize_model(
 
                     reader = calibration_reader(calibration, on_sample=on_calib_sample)
                     _run_static(prepared, raw_out, config, reader, notes, calibration)
+                    if config.bias_correction and config.quant_format == "qdq":
+                        raw_out = _correct_biases(prepared, raw_out, calibration, notes)
         except EdgequantError:
             raise
         except Exception as exc:  # noqa: BLE001 - surface ORT's reason in one line

@@ -41,6 +41,8 @@ def _split_ops(value: str | None) -> tuple[str, ...] | None:
 @click.option("--robust-ranges/--no-robust-ranges", default=True, show_default=True,
               help="Static minmax: where a few calibration samples stretch a tensor's range, use the 90th "
                    "percentile of per-sample extremes (those samples saturate).")
+@click.option("--bias-correction", is_flag=True,
+              help="Static QDQ: fold each layer's mean per-channel output error on the calibration data into its bias.")
 @click.option("--exclude", multiple=True, help="Node name to keep in float (repeatable).")
 @click.option("--op-types", default=None, help="Comma-separated op types to quantize.")
 @click.option("--export-context", is_flag=True,
@@ -49,7 +51,7 @@ def _split_ops(value: str | None) -> tuple[str, ...] | None:
 def quantize(model: Path, out: Path, force: bool, json_path: Path | None, mode: str, calib: str | None, preprocess: str | None, calib_limit: int | None,
              target: str, fmt: str | None, per_channel: bool | None, reduce_range: bool | None,
              activation_type: str | None, weight_type: str | None, calib_method: str, percentile: float,
-             robust_ranges: bool, exclude: tuple[str, ...], op_types: str | None, export_context: bool) -> None:
+             robust_ranges: bool, bias_correction: bool, exclude: tuple[str, ...], op_types: str | None, export_context: bool) -> None:
     """Quantize MODEL to INT8 (dynamic: weights only; static: weights and activations)."""
     if mode == "static" and not calib:
         raise click.UsageError("--mode static needs --calib SRC")
@@ -67,7 +69,8 @@ def quantize(model: Path, out: Path, force: bool, json_path: Path | None, mode: 
             on_calib_sample=lambda done, total: progress.update(task, completed=done, total=total),
             quant_format=fmt, per_channel=per_channel, reduce_range=reduce_range, activation_type=activation_type,
             weight_type=weight_type, calib_method=calib_method, calib_percentile=percentile,
-            op_types=_split_ops(op_types), exclude=exclude, robust_ranges=robust_ranges, force=force)
+            op_types=_split_ops(op_types), exclude=exclude, robust_ranges=robust_ranges, bias_correction=bias_correction,
+            force=force)
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {w}")
     for n in result.notes:
