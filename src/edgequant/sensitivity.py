@@ -28,7 +28,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import EdgequantError
-from .qdq.graph import expose_tensors, float_tensors
+from .qdq.graph import GraphIndex, dequantize_constant, expose_tensors, float_tensors
 
 DQ_SUFFIX = "_DequantizeLinear_Output"
 Q_INPUT_SUFFIX = "_QuantizeLinear_Input"
@@ -133,29 +133,17 @@ def _device(threads: int):
 
 def _weights_of(qdq: onnx.ModelProto, float_model: onnx.ModelProto) -> dict[str, float]:
     """SQNR (dB) of each dequantized weight against the float initializer it came from."""
-    q_inits = {t.name: t for t in qdq.graph.initializer}
+    idx = GraphIndex.build(qdq.graph)
     f_inits = {t.name: t for t in float_model.graph.initializer}
     out: dict[str, float] = {}
     for node in qdq.graph.node:
-        if node.op_type != "DequantizeLinear" or node.input[0] not in q_inits:
+        fname = node.input[0].removesuffix("_quantized") if node.input else ""
+        if node.op_type != "DequantizeLinear" or fname not in f_inits:
             continue
-        qname = node.input[0]
-        fname = qname.removesuffix("_quantized")
-        if fname not in f_inits or len(node.input) < 2 or node.input[1] not in q_inits:
-            continue
+        deq = dequantize_constant(node, idx)
         w = numpy_helper.to_array(f_inits[fname]).astype(np.float64)
-        q = numpy_helper.to_array(q_inits[qname]).astype(np.float64)
-        scale = numpy_helper.to_array(q_inits[node.input[1]]).astype(np.float64)
-        zp = (numpy_helper.to_array(q_inits[node.input[2]]).astype(np.float64)
-              if len(node.input) > 2 and node.input[2] in q_inits else np.zeros_like(scale))
-        if w.shape != q.shape:
+        if deq is None or w.shape != deq.shape:
             continue
-        if scale.size > 1:
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-            shape = [1] * q.ndim
-            shape[axis] = scale.size
-            scale, zp = scale.reshape(shape), zp.reshape(shape)
-        deq = (q - zp) * scale
         out[node.output[0]] = sqnr_from_sums(float(np.sum(w * w)), float(np.sum((w - deq) ** 2)))
     return out
 

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..qdq.graph import GraphIndex, expose_tensors
+from ..qdq.graph import GraphIndex, dequantize_constant, expose_tensors
 
 DESCRIPTION = ("bias correction: each layer's weight-rounding shift of its output mean (W_q - W times the "
                "mean input on calibration data) is folded into its bias")
@@ -46,21 +46,6 @@ def _const(name: str, inits: dict[str, onnx.TensorProto]) -> np.ndarray | None:
     return numpy_helper.to_array(inits[name]) if name in inits else None
 
 
-def _dequantized_weight(dq: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> np.ndarray | None:
-    q, scale = _const(dq.input[0], inits), _const(dq.input[1], inits)
-    if q is None or scale is None:
-        return None
-    zp = _const(dq.input[2], inits) if len(dq.input) > 2 and dq.input[2] else None
-    zp = np.zeros_like(scale) if zp is None else zp.astype(np.float64)
-    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
-    scale = scale.astype(np.float64)
-    if scale.size > 1:
-        shape = [1] * q.ndim
-        shape[axis] = scale.size
-        scale, zp = scale.reshape(shape), zp.reshape(shape)
-    return (q.astype(np.float64) - zp) * scale
-
-
 @dataclass
 class _Layer:
     name: str
@@ -83,7 +68,7 @@ def _layers(qdq: onnx.ModelProto, float_inits: dict[str, onnx.TensorProto]) -> l
             continue
         if _const(bdq.input[0], inits) is None or _const(bdq.input[0], inits).dtype != np.int32:
             continue
-        wq = _dequantized_weight(wdq, inits)
+        wq = dequantize_constant(wdq, idx)
         w = _const(wdq.input[0].removesuffix("_quantized"), float_inits)
         if wq is None or w is None or w.shape != wq.shape:
             continue

@@ -84,3 +84,20 @@ def expose_tensors(model_path: Path, out_path: Path, wanted: Iterable[str] | Non
             model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     onnx.save(model, str(out_path))
     return names
+
+
+def dequantize_constant(dq: onnx.NodeProto, idx: GraphIndex) -> np.ndarray | None:
+    """The float64 value of a DequantizeLinear whose input, scale and zero point are constants
+    (per-tensor or per-channel along its ``axis``); None when any of them is not a constant."""
+    x, scale = idx.const(dq.input[0]), idx.const(dq.input[1])
+    if x is None or scale is None:
+        return None
+    zp = idx.const(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
+    scale = scale.astype(np.float64)
+    zp = np.zeros_like(scale) if zp is None else zp.astype(np.float64)
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+    if scale.size > 1:
+        shape = [1] * x.ndim
+        shape[axis] = scale.size
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return (x.astype(np.float64) - zp) * scale

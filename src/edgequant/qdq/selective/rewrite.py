@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgequant.qdq.graph import GraphIndex
+from edgequant.qdq.graph import GraphIndex, dequantize_constant
 from edgequant.qdq.selective.plan import QDQ_OPS, dq_activation_source
 
 
@@ -55,7 +55,7 @@ def apply_float_nodes(qmodel: onnx.ModelProto, float_nodes: Iterable[str],
             const = idx.const(dq.input[0])
             if const is not None:
                 orig_name = i.removesuffix("_DequantizeLinear_Output")
-                value = _dequantize(dq, idx)
+                value = dequantize_constant(dq, idx).astype(np.float32)
                 orig = originals.get(orig_name)
                 if orig is not None:
                     ov = numpy_helper.to_array(orig)
@@ -76,18 +76,6 @@ def apply_float_nodes(qmodel: onnx.ModelProto, float_nodes: Iterable[str],
     g.initializer.extend(new_inits)
     _remove_dead_qdq(m)
     return m
-
-
-def _dequantize(dq: onnx.NodeProto, idx: GraphIndex) -> np.ndarray:
-    x = idx.const(dq.input[0]).astype(np.float64)
-    scale = idx.const(dq.input[1]).astype(np.float64)
-    zp = idx.const(dq.input[2]).astype(np.float64) if len(dq.input) > 2 and dq.input[2] else np.zeros_like(scale)
-    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
-    if scale.size > 1:
-        shape = [1] * x.ndim
-        shape[axis] = scale.size
-        scale, zp = scale.reshape(shape), zp.reshape(shape)
-    return ((x - zp) * scale).astype(np.float32)
 
 
 def _remove_dead_qdq(m: onnx.ModelProto) -> None:
