@@ -76,6 +76,7 @@ class QnnHtpDevice(EmulatedDevice):
     def __init__(self, session: SessionConfig | None = None, *, provider_options: dict[str, str] | None = None) -> None:
         self.session = session or SessionConfig()
         self.provider_options = dict(provider_options or {})
+        self._assignments: dict[tuple[str, int], list[tuple[str, Any]]] = {}
 
     def facts(self) -> DeviceFacts:
         qnn, why = _qnn_module()
@@ -106,21 +107,30 @@ class QnnHtpDevice(EmulatedDevice):
         paths = [str(p) for p in model_paths]
         return iter_session_outputs([self.open(p) for p in paths], paths, samples, outputs)
 
+    def _assignment(self, model_path: str | Path) -> list[tuple[str, Any]]:
+        """(EP name, node) for every node, from one HTP compilation per file version: placement and
+        coverage of a variant share it instead of compiling the graph twice."""
+        p = Path(model_path)
+        key = (str(p.resolve()), p.stat().st_mtime_ns)
+        if key not in self._assignments:
+            session = self.open(p)
+            self._assignments[key] = [(ep.ep_name, node) for ep in session.get_provider_graph_assignment_info()
+                                      for node in ep.get_nodes()]
+        return self._assignments[key]
+
     def placement(self, model_path: str | Path) -> Placement:
         """How many nodes HTP runs, and which fall back to the CPU EP (graph I/O Q/DQ apart)."""
-        session = self.open(model_path)
         model = onnx.load(str(model_path), load_external_data=False)
         io_budget = len(model.graph.input) + len(model.graph.output)
         on_htp, fallback, io, compute_cpu = 0, [], 0, 0
-        for ep in session.get_provider_graph_assignment_info():
-            for node in ep.get_nodes():
-                if ep.ep_name == EP_NAME:
-                    on_htp += 1
-                elif node.op_type in _QDQ and io < io_budget:
-                    io += 1   # quantizing graph inputs / dequantizing graph outputs on the CPU is by design
-                else:
-                    fallback.append(f"{node.name} ({node.op_type})")
-                    compute_cpu += node.op_type in FLOAT_COMPUTE_OPS or node.op_type in INT8_COMPUTE_OPS
+        for ep_name, node in self._assignment(model_path):
+            if ep_name == EP_NAME:
+                on_htp += 1
+            elif node.op_type in _QDQ and io < io_budget:
+                io += 1   # quantizing graph inputs / dequantizing graph outputs on the CPU is by design
+            else:
+                fallback.append(f"{node.name} ({node.op_type})")
+                compute_cpu += node.op_type in FLOAT_COMPUTE_OPS or node.op_type in INT8_COMPUTE_OPS
         return Placement(on_htp, len(fallback), fallback, io, compute_cpu)
 
     def coverage(self, model_path: str | Path) -> Coverage:
@@ -129,15 +139,13 @@ class QnnHtpDevice(EmulatedDevice):
         A float compute op on HTP runs in fp16, not INT8, so it does not count as quantized.
         """
         quantized = _quantized_compute_nodes(onnx.load(str(model_path), load_external_data=False))
-        session = self.open(model_path)
         int8_on_htp, others = 0, []
-        for ep in session.get_provider_graph_assignment_info():
-            for node in ep.get_nodes():
-                if node.op_type in FLOAT_COMPUTE_OPS or node.op_type in INT8_COMPUTE_OPS:
-                    if ep.ep_name == EP_NAME and _base_name(node.name) in quantized:
-                        int8_on_htp += 1
-                    else:
-                        others.append(node.name)
+        for ep_name, node in self._assignment(model_path):
+            if node.op_type in FLOAT_COMPUTE_OPS or node.op_type in INT8_COMPUTE_OPS:
+                if ep_name == EP_NAME and _base_name(node.name) in quantized:
+                    int8_on_htp += 1
+                else:
+                    others.append(node.name)
         return Coverage(int8_on_htp, int8_on_htp + len(others), others)
 
     def export_context(self, model_path: str | Path, out_path: str | Path, check_feeds: Feeds | None = None) -> Path:
