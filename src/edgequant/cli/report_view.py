@@ -30,7 +30,7 @@ def variants_table(report: dict, title: str | None = None) -> Table:
         t.add_row(
             v["name"], f"{v['size_bytes'] / 1e6:.2f}", f"{v['latency_ms']['p50']:.3f}", f"{v['latency_ms']['p95']:.3f}",
             f"{v['speedup']:.2f}x" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""),
-            f"{v['peak_memory_mb']:.0f}" if v["peak_memory_mb"] == v["peak_memory_mb"] else "-",
+            f"{v['peak_memory_mb']:.0f}" if v["peak_memory_mb"] is not None and v["peak_memory_mb"] == v["peak_memory_mb"] else "-",
             f"{v['fidelity']['cosine']:.4f}", "-" if agr is None else f"{agr:.3f}",
             f"{acc['value']:.4f} ({acc['drop']:+.4f})" if acc else "not measured",
             f"{cov['quantized_compute_ops']}/{cov['compute_ops']}" if cov else "-", style=style)

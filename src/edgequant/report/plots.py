@@ -45,7 +45,7 @@ def bars(variants: list[dict]) -> str:
     names = [v["name"] for v in variants]
     colors = [_color(n, i) for i, n in enumerate(names)]
     panels = [("size (MB)", [v["size_bytes"] / 1e6 for v in variants]),
-              ("peak memory (MB)", [v["peak_memory_mb"] for v in variants]),
+              ("peak memory (MB)", [v["peak_memory_mb"] or 0.0 for v in variants]),   # None: not measured
               ("speedup vs fp32 (x)", [v["speedup"] for v in variants])]
     fig, axes = plt.subplots(1, 3, figsize=(10, 2.8))
     for ax, (title, values) in zip(axes, panels):
