@@ -134,3 +134,76 @@ def test_export_context_writes_a_precompiled_model_with_the_same_outputs(conv_an
     bad = subprocess.run([sys.executable, "-m", "edgequant", "quantize", str(model), "-o", str(out.with_name("x.onnx")),
                           "--mode", "static", "--calib", str(data), "--export-context"], capture_output=True, text=True)
     assert bad.returncode != 0 and "--target qnn" in bad.stderr
+
+
+def _matmul_layernorm(tmp_path: Path) -> tuple[Path, Path]:
+    """MatMul -> LayerNormalization (a transformer block's tail), static shapes for HTP."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["a"], name="mm"),
+         helper.make_node("LayerNormalization", ["a", "g", "b"], ["y"], name="ln", axis=-1)], "mm_ln",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 64])],
+        [numpy_helper.from_array(rng.normal(0, 0.2, (64, 64)).astype(np.float32), "W"),
+         numpy_helper.from_array(rng.uniform(0.5, 1.5, 64).astype(np.float32), "g"),
+         numpy_helper.from_array(rng.normal(0, 0.1, 64).astype(np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "mm_ln.onnx"
+    onnx.save(model, path)
+    data = tmp_path / "mm_ln.npz"
+    np.savez(data, x=rng.normal(0, 1, (16, 1, 16, 64)).astype(np.float32))
+    return path, data
+
+
+def _without_htp_rules(monkeypatch) -> None:
+    """Stand-in for an HTP op rule edgequant does not know yet."""
+    from edgequant.qdq import htp_rules
+
+    monkeypatch.setattr(htp_rules, "uint8_weight_tensors", lambda model: [])
+
+
+def test_layernorm_needs_a_uint8_scale_on_htp(tmp_path: Path, monkeypatch) -> None:
+    """HTP rejects LayerNormalization with a symmetric int8 scale (the node then runs on the CPU);
+    the qnn recipe writes its scale as uint8 (qdq.htp_rules), and it runs on HTP."""
+    from edgequant.data import open_source
+    from edgequant.model import graph_inputs, load_model
+
+    model, data = _matmul_layernorm(tmp_path)
+    src = open_source(str(data), graph_inputs(load_model(model)))
+    out = tmp_path / "ln.qnn.onnx"
+    quantize_model(model, out, make_config("static", "qnn"), src)
+    placement = QNN.placement(out)
+    assert placement.compute_on_cpu == 0 and placement.operators_on_cpu == (), placement
+    got = QNN.outputs([out], src).outputs[0]["y"].ravel()
+    ref = get_device("cpu").outputs([model], src).outputs[0]["y"].ravel()
+    assert float(got @ ref / (np.linalg.norm(got) * np.linalg.norm(ref))) > 0.999
+
+    _without_htp_rules(monkeypatch)
+    bare = tmp_path / "ln.bare.onnx"
+    quantize_model(model, bare, make_config("static", "qnn"), src)
+    assert ("ln", "LayerNormalization") in QNN.placement(bare).operators_on_cpu   # counted, never hidden
+
+
+def test_tune_on_htp_repairs_cpu_fallback_instead_of_accepting_it(tmp_path: Path, monkeypatch) -> None:
+    """An operator HTP leaves to the CPU is never within budget; tune's placement stage finds the
+    uint8-weight repair and recommends a variant that runs wholly on HTP, without float layers."""
+    from edgequant.pipeline import RunOptions
+    from edgequant.tune import TuneOptions, run_tune
+
+    _without_htp_rules(monkeypatch)
+    model, data = _matmul_layernorm(tmp_path)
+    run = RunOptions(target="qnn", runs=5, warmup=1, measure_memory=False, output_roles={"y": "dense"})
+    report = run_tune(model, tmp_path / "out", calib=str(data), eval_spec=str(data),
+                      options=TuneOptions(run=run, trial_runs=4, trial_warmup=1, workers=1, max_candidates=8))
+    trace = {r["name"]: r for r in report["search_trace"]}
+    assert list(trace)[:2] == ["static", "static-a16w8"]                 # no dynamic on HTP
+    assert not trace["static"]["within_budget"] and "run on the CPU, not on qnn-htp: ln" in trace["static"]["outcome"]
+    assert trace["static+u8w"]["stage"] == "placement" and trace["static+u8w"]["within_budget"]
+    assert not any(r["float_nodes"] for r in report["search_trace"])
+    rec = next(v for v in report["variants"] if v["name"] == report["recommended"])
+    assert rec["placement"]["compute_on_cpu"] == 0 and rec["config"]["mode"] == "static"
+    assert report["tune"]["float_fallback"] is False

@@ -127,6 +127,6 @@ def test_accelerator_verdicts_need_full_int8_on_the_device():
     assert "cannot measure" in rewrite.verdict                               # its only gain is unmeasurable
     assert name == "static-16" and "latency not measured" in reason       # most accurate, slow on the host CPU
     assert partly.verdict.startswith("partly float on qnn-htp: 1/4")
-    assert fallback.verdict.startswith("not deployable on qnn-htp: 1 compute op(s) fall back") and "conv3" in fallback.verdict
+    assert fallback.verdict.startswith("not deployable on qnn-htp: 1 operator(s) fall back") and "conv3" in fallback.verdict
     # the same variants judged on a CPU: nothing is faster, so FP32
     assert recommend([fp32, full_lo], Budget())[0] == "fp32"

@@ -115,3 +115,28 @@ def test_cli_tune(sensitive, tmp_path: Path, capsys) -> None:
     assert (out / "report.json").is_file()
     assert main(["tune", str(tmp_path / "missing.onnx"), "--calib", str(calib), "--eval", str(evals)]) != 0
     assert "missing.onnx" in capsys.readouterr().err
+
+
+def test_no_float_fallback_keeps_every_layer_int8_or_says_so(sensitive, tmp_path: Path) -> None:
+    """--no-float-fallback: the same model whose only remedy above is float mm1/mm2 gets no
+    float candidate at all; the report says fully INT8 could not be done."""
+    model, calib, evals = sensitive
+    report = run_tune(model, tmp_path / "out", calib=str(calib), eval_spec=str(evals),
+                      options=_options(float_fallback=False, max_candidates=10))
+    assert report["search_trace"] and not any(r["float_nodes"] for r in report["search_trace"])
+    assert not any(r["stage"] == "fallback" for r in report["search_trace"])
+    assert report["tune"]["float_fallback"] is False
+    assert any("no fully INT8 candidate met the budget" in n for n in report["notes"])
+    _check_pick_is_honest(report)
+
+
+def test_cli_no_float_fallback_flag(sensitive, tmp_path: Path, capsys) -> None:
+    model, calib, evals = sensitive
+    out = tmp_path / "cli"
+    code = main(["tune", str(model), "--calib", str(calib), "--eval", str(evals), "-o", str(out),
+                 "--target", "x86-avx2", "--runs", "5", "--trial-runs", "4", "--warmup", "1", "--workers", "1",
+                 "--max-candidates", "6", "--no-float-fallback"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["tune"]["float_fallback"] is False
+    assert not any(r["float_nodes"] for r in report["search_trace"])

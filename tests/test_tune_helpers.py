@@ -69,3 +69,47 @@ def data_for(model_path: Path, folder: Path, *, calib: int = 24, evals: int = 48
     np.savez(calib_path, **{name: calib_x})
     np.savez(eval_path, **{name: pool[keep], "labels": np.argmax(y[keep], axis=1)})
     return calib_path, eval_path
+
+
+def test_qnn_defaults_and_fallback_never_use_float() -> None:
+    """HTP has no float path worth shipping: no dynamic default, 16-bit instead of float layers."""
+    from edgequant.sensitivity import NodeSensitivity
+    from edgequant.tune.recipes import Recipe, default_recipes, fallback_recipe
+
+    names = [r.name for r in default_recipes("qnn")]
+    assert names == ["static", "static-a16w8"]
+    assert default_recipes("qnn")[1].config("qnn").activation_type == "uint16"
+    assert [r.name for r in default_recipes("x86-vnni")] == ["dynamic", "static"]
+    node = NodeSensitivity("conv", "Conv", 10.0, 30.0, 20.0, 5.0, "weights", ("conv_out",), ("conv", "relu"))
+    base = Recipe("static", "static")
+    no_float = fallback_recipe(base, [node], sixteen_bit=True, allow_float=False)
+    assert no_float.exclude == () and no_float.int16_tensors == ("conv_out",)
+    with_float = fallback_recipe(base, [node], sixteen_bit=True, allow_float=True)
+    assert with_float.exclude == ("conv", "relu")          # weights-caused error: float where allowed
+
+
+def test_placement_repair_recipes_carry_into_later_stages() -> None:
+    """Operators the accelerator left to the CPU get uint8 weights and/or 16-bit tensors, and the
+    calibration variants built on the repaired recipe keep the repair."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgequant.tune.recipes import Recipe, calibration_recipes, placement_recipes
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["a"], name="mm"),
+         helper.make_node("LayerNormalization", ["a", "g", "b"], ["y"], name="ln", axis=-1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8])],
+        [numpy_helper.from_array(np.ones((8, 8), np.float32), "W"),
+         numpy_helper.from_array(np.ones(8, np.float32), "g"), numpy_helper.from_array(np.zeros(8, np.float32), "b")])
+    model = helper.make_model(graph)
+    repaired = placement_recipes(Recipe("static", "static"), ["ln"], model)
+    by_name = {r.name: r for r in repaired}
+    assert set(by_name) == {"static+u8w", "static+a16io", "static+u8w-a16io"}
+    assert by_name["static+u8w"].uint8_weights == ("g", "b") and by_name["static+u8w"].stage == "placement"
+    assert by_name["static+a16io"].int16_tensors == ("a", "y")
+    overrides = by_name["static+u8w"].to_dict("qnn")["extra_options"]["TensorQuantOverrides"]
+    assert overrides["g"] == [{"quant_type": "QUInt8"}]
+    assert all(r.uint8_weights == ("g", "b") for r in calibration_recipes("qnn", by_name["static+u8w"]))
+    assert placement_recipes(Recipe("static", "static"), ["not-a-node"], model) == []

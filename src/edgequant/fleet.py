@@ -23,7 +23,8 @@ from .pipeline import Budget, RunOptions, run_pipeline
 from .targets import TARGETS
 
 _ENTRY_KEYS = {"name", "model", "calib", "eval", "preprocess", "metric", "budget", "tune", "target", "device", "output_roles",
-               "threads", "runs", "warmup", "calib_limit", "eval_limit", "time_budget", "selective"}
+               "threads", "runs", "warmup", "calib_limit", "eval_limit", "time_budget", "selective",
+               "float_fallback"}
 _DEFAULT_KEYS = _ENTRY_KEYS - {"name", "model", "calib", "eval"}
 _BUDGET_KEYS = {"max_drop", "max_abs_drop", "min_agreement", "min_cosine"}
 
@@ -37,6 +38,7 @@ class FleetEntry:
     options: RunOptions
     tune: bool = False
     time_budget_min: float | None = None
+    float_fallback: bool | None = None    # tune only; None: the target decides
     raw: dict = field(default_factory=dict)
 
     def missing_files(self) -> list[str]:
@@ -114,6 +116,9 @@ def _entry(fleet_path: Path, i: int, raw: dict, defaults: dict) -> FleetEntry:
     if metric is not None and not isinstance(metric, str):
         raise EdgequantError(f"{where}.metric: must be a string (top1 or module:function)")
     tb = merged.get("time_budget")
+    float_fallback = merged.get("float_fallback")
+    if float_fallback is not None and not isinstance(float_fallback, bool):
+        raise EdgequantError(f"{where}.float_fallback: must be true or false")
     options = RunOptions(
         target=target, budget=budget, session=SessionConfig(intra_op_threads=ints.get("threads", 1)),
         warmup=ints.get("warmup", 10), runs=ints.get("runs", 100), metric=metric, preprocess=preprocess,
@@ -123,7 +128,7 @@ def _entry(fleet_path: Path, i: int, raw: dict, defaults: dict) -> FleetEntry:
                       eval=_source(raw["eval"], base) if raw.get("eval") else None, options=options,
                       tune=bool(merged.get("tune", False)),
                       time_budget_min=_number(f"{where}.time_budget", tb, lo=0) if tb is not None else None,
-                      raw=merged)
+                      float_fallback=float_fallback, raw=merged)
 
 
 def load_fleet(path: str | Path) -> list[FleetEntry]:
@@ -197,7 +202,8 @@ def run_fleet(fleet_path: str | Path, out_dir: str | Path, *, force: bool = Fals
                 from .tune import TuneOptions, run_tune
 
                 report = run_tune(entry.model, target_dir, calib=entry.calib, eval_spec=entry.eval,
-                                  options=TuneOptions(run=entry.options, time_budget_min=entry.time_budget_min),
+                                  options=TuneOptions(run=entry.options, time_budget_min=entry.time_budget_min,
+                                                      float_fallback=entry.float_fallback),
                                   progress=say)
             else:
                 report = run_pipeline(entry.model, target_dir, calib=entry.calib, eval_spec=entry.eval,

@@ -296,9 +296,13 @@ def _run_static(src: Path, out: Path, config: QuantizeConfig, reader, notes: lis
             per_channel=config.per_channel, weight_symmetric=True,
             op_types_to_quantize=list(config.op_types) if config.op_types else None,
             nodes_to_exclude=list(config.exclude) or None)
-        # the recipe's own overrides (16-bit tensors) and robust ranges go to the QNN config too
-        qnn_config.extra_options = _with_overrides(
-            _with_overrides(qnn_config.extra_options, config.extra_options.get("TensorQuantOverrides") or {}), ranges)
+        # the recipe's own overrides (16-bit tensors) and robust ranges go to the QNN config too;
+        # HTP's own op rules fill in what neither set (qdq.htp_rules)
+        from .qdq.htp_rules import weight_overrides
+
+        qnn_config.extra_options = _with_overrides(_with_overrides(_with_overrides(
+            qnn_config.extra_options, config.extra_options.get("TensorQuantOverrides") or {}), ranges),
+            weight_overrides(onnx.load(str(src), load_external_data=False)))
         quantize(str(src), str(out), qnn_config)
         return
     opset = model_io.default_opset(onnx.load(str(src), load_external_data=False))

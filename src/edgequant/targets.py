@@ -71,6 +71,9 @@ class TargetRule:
     # edgequant's exact FP32 rewrites (PRelu -> Relu form) are CPU speed tricks; an NPU compiles
     # its own graph, and on Hexagon HTP the decomposed PRelu quantizes to a constant 0 head.
     exact_rewrites: bool = True
+    # Whether a layer may be kept in float when INT8 misses the budget. HTP has no float path
+    # worth shipping: a float node there runs on the CPU, so tune stays fully quantized (16-bit).
+    float_fallback: bool = True
     why: str = ""
     extra_options: dict = field(default_factory=dict)
 
@@ -87,7 +90,7 @@ RULES: dict[str, TargetRule] = {
         why="NEON dot-product/i8mm kernels take full-range int8 weights; per-channel keeps accuracy"),
     "qnn": TargetRule(
         "qnn", "uint8", "int8", reduce_range=False, per_channel=True, weight_symmetric=True,
-        requires_static_shapes=True, exact_rewrites=False,
+        requires_static_shapes=True, exact_rewrites=False, float_fallback=False,
         why="Hexagon HTP runs QDQ graphs with static shapes, uint8/uint16 activations, symmetric int8 weights"),
 }
 

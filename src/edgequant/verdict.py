@@ -89,11 +89,11 @@ def _coverage_reason(v: Variant) -> str:
 
 
 def _placement_defect(v: Variant) -> str | None:
-    """A compute op the accelerator left to the CPU: the model cannot ship to it as built."""
+    """An operator the accelerator left to the CPU: the model cannot ship to it as built."""
     p = v.placement
     if p and p.get("compute_on_cpu"):
-        nodes = ", ".join(p.get("cpu_fallback_nodes", [])[:4])
-        return f"{p['compute_on_cpu']} compute op(s) fall back to the CPU ({nodes})"
+        nodes = ", ".join((p.get("operators_on_cpu") or p.get("cpu_fallback_nodes", []))[:4])
+        return f"{p['compute_on_cpu']} operator(s) fall back to the CPU ({nodes})"
     return None
 
 

@@ -42,15 +42,19 @@ def trace_table(report: dict) -> Table:
 @click.option("--max-candidates", type=click.IntRange(min=2), default=20, show_default=True)
 @click.option("--calib-limit", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--eval-limit", type=click.IntRange(min=1), default=None)
+@click.option("--no-float-fallback", "no_float_fallback", is_flag=True,
+              help="Never keep layers in float: fully INT8 (16-bit where the target runs it natively) "
+                   "or say it could not be done. Implied for --target qnn.")
 def tune(model: Path, calib: str, eval_spec: str, out: Path | None, target: str, metric: str | None,
          preprocess: str | None, max_drop: float, max_abs_drop: float | None, threads: int,
          time_budget: float | None, runs: int, trial_runs: int, warmup: int, workers: int,
-         max_candidates: int, calib_limit: int, eval_limit: int | None, device: str, output_role: tuple[str, ...]) -> None:
+         max_candidates: int, calib_limit: int, eval_limit: int | None, device: str, output_role: tuple[str, ...],
+         no_float_fallback: bool) -> None:
     """Find the fastest quantized MODEL within the accuracy budget, by measurement."""
     run = run_options(target=target, device=device, output_role=output_role, max_drop=max_drop, max_abs_drop=max_abs_drop, threads=threads, warmup=warmup,
                       runs=runs, metric=metric, preprocess=preprocess, calib_limit=calib_limit, eval_limit=eval_limit)
     options = api.TuneOptions(run=run, time_budget_min=time_budget, trial_runs=trial_runs, workers=workers,
-                              max_candidates=max_candidates)
+                              max_candidates=max_candidates, float_fallback=False if no_float_fallback else None)
     out = out or Path("reports") / f"{model.stem}-tune"
     with make_console(stderr=True).status("starting") as status:
         report = api.tune(model, out, calib=calib, eval=eval_spec, options=options, progress=status.update)

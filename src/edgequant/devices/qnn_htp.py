@@ -119,19 +119,21 @@ class QnnHtpDevice(EmulatedDevice):
         return self._assignments[key]
 
     def placement(self, model_path: str | Path) -> Placement:
-        """How many nodes HTP runs, and which fall back to the CPU EP (graph I/O Q/DQ apart)."""
+        """How many nodes HTP runs, and which fall back to the CPU EP (graph I/O Q/DQ apart; every
+        other operator on the CPU is a defect for this target, see :class:`Placement`)."""
         model = onnx.load(str(model_path), load_external_data=False)
         io_budget = len(model.graph.input) + len(model.graph.output)
-        on_htp, fallback, io, compute_cpu = 0, [], 0, 0
+        on_htp, fallback, io, operators = 0, [], 0, []
         for ep_name, node in self._assignment(model_path):
             if ep_name == EP_NAME:
                 on_htp += 1
             elif node.op_type in _QDQ and io < io_budget:
                 io += 1   # quantizing graph inputs / dequantizing graph outputs on the CPU is by design
             else:
-                fallback.append(f"{node.name} ({node.op_type})")
-                compute_cpu += node.op_type in FLOAT_COMPUTE_OPS or node.op_type in INT8_COMPUTE_OPS
-        return Placement(on_htp, len(fallback), fallback, io, compute_cpu)
+                fallback.append(f"{_base_name(node.name)} ({node.op_type})")
+                if node.op_type not in _QDQ:
+                    operators.append((_base_name(node.name), node.op_type))
+        return Placement(on_htp, len(fallback), fallback, io, len(operators), tuple(operators))
 
     def coverage(self, model_path: str | Path) -> Coverage:
         """Quantized compute ops (QDQ-wrapped or integer) that HTP runs, vs all compute ops.

@@ -77,8 +77,10 @@ class Placement:
     """Where an accelerator device put a model's nodes (report.json's per-variant ``placement``).
 
     Quantize/dequantize nodes on the graph's own inputs and outputs run on the CPU by design
-    (``io_on_cpu``); every other node on the CPU is a fallback, and a compute op among them means
-    the accelerator cannot run the model as built.
+    (``io_on_cpu``); every other node on the CPU is a fallback. ``compute_on_cpu`` counts the
+    operators among them (anything but Q/DQ: a LayerNormalization or Erf the accelerator rejects
+    costs a round trip to the CPU as surely as a Conv does): the accelerator cannot run the model
+    as built. ``operators_on_cpu`` names them (node names, without the op type).
     """
 
     accelerator: int
@@ -86,8 +88,10 @@ class Placement:
     cpu_fallback_nodes: list[str]
     io_on_cpu: int = 0
     compute_on_cpu: int = 0
+    operators_on_cpu: tuple[tuple[str, str], ...] = ()    # (node name, op type)
 
     def to_dict(self) -> dict[str, Any]:
         return {"accelerator": self.accelerator, "cpu_fallback": self.cpu_fallback,
                 "cpu_fallback_nodes": list(self.cpu_fallback_nodes), "io_on_cpu": self.io_on_cpu,
-                "compute_on_cpu": self.compute_on_cpu}
+                "compute_on_cpu": self.compute_on_cpu,
+                "operators_on_cpu": [f"{name} ({op})" for name, op in self.operators_on_cpu]}

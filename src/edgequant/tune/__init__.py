@@ -55,6 +55,8 @@ class TuneOptions:
     max_candidates: int = 20
     finalists: int = 3                 # best within-budget candidates re-measured for the report
     sensitivity_samples: int = 16
+    # None: the target decides (qnn: no float layers, 16-bit instead); False: fully INT8 or say so
+    float_fallback: bool | None = None
 
 
 def _say(progress: Progress | None, msg: str) -> None:
@@ -79,12 +81,15 @@ def _analyzer(model_path: Path, calib_src, options: TuneOptions, target: str, pr
     return analyze
 
 
-def _finalists(state: SearchState, count: int) -> list[Trial]:
-    """Defaults (for the seed's comparison) plus the fastest within-budget, not-slower candidates."""
+def _finalists(state: SearchState, count: int, *, judge_speed: bool = True) -> list[Trial]:
+    """Defaults (for the seed's comparison) plus the fastest within-budget, not-slower candidates;
+    on a device whose time is not latency (an emulator), the most accurate ones instead."""
+    from .search import quality_score
+
     picks = [t for t in (state.get("dynamic"), state.get("static")) if t is not None and t.ok]
-    fastest_first = sorted((t for t in state.trials if t.ok and t.within_budget and t not in picks),
-                           key=lambda t: -(t.speedup or 0.0))
-    good = [t for t in fastest_first if t.not_slower]
+    key = (lambda t: -(t.speedup or 0.0)) if judge_speed else (lambda t: -quality_score(t))
+    fastest_first = sorted((t for t in state.trials if t.ok and t.within_budget and t not in picks), key=key)
+    good = [t for t in fastest_first if t.not_slower or not judge_speed]
     if not good:  # show the best within-budget candidate anyway: the report says why it loses
         good = fastest_first[:1]
     for t in good[:count]:
@@ -136,12 +141,16 @@ def run_tune(model: str | Path, out_dir: str | Path, *, calib: str, eval_spec: s
                          eval_src, run.budget, device, timer, trial_runs=options.trial_runs,
                          trial_warmup=options.trial_warmup, workers=options.workers, progress=progress)
     deadline = started + 60.0 * options.time_budget_min if options.time_budget_min is not None else None
+    from ..targets import resolve_target
+
+    float_fallback = (resolve_target(target).float_fallback if options.float_fallback is None
+                      else options.float_fallback)
     search = Search(runner, target, _analyzer(model_path, calib_src, options, target, progress),
-                    deadline=deadline, max_candidates=options.max_candidates)
+                    deadline=deadline, max_candidates=options.max_candidates, float_fallback=float_fallback)
     state = search.run()
     notes.extend(state.notes)
 
-    finalists = _finalists(state, options.finalists)
+    finalists = _finalists(state, options.finalists, judge_speed=device.facts().can_time)
     _say(progress, f"final measurement: fp32 and {len(finalists)} candidates ({run.runs} interleaved rounds)")
     candidates = ([Candidate("fp32", model_path, {"mode": "fp32"})]
                   + fp32_rewrite_candidate(model_path, proto, out_dir, target)   # exact rewrites compete too
@@ -158,7 +167,7 @@ def run_tune(model: str | Path, out_dir: str | Path, *, calib: str, eval_spec: s
     report["tune"] = {
         "candidates": len(state.trials), "quantized_now": runner.quantized_count,
         "from_cache": sum(t.quantized_cached for t in state.trials),
-        "stopped": state.stopped, "time_budget_min": options.time_budget_min,
+        "stopped": state.stopped, "time_budget_min": options.time_budget_min, "float_fallback": float_fallback,
         "elapsed_s": round(time.monotonic() - started, 1), "trial_runs": options.trial_runs,
         "sensitivity": state.sensitivity.to_dict() if state.sensitivity else None,
     }

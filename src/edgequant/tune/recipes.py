@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import onnx
+
 from ..quantize import QuantizeConfig, make_config
 from ..sensitivity import COMPUTE_OPS, NodeSensitivity, SensitivityReport
 from ..targets import resolve_target
@@ -32,21 +34,31 @@ class Recipe:
     per_channel: bool | None = None
     reduce_range: bool | None = None
     weight_type: str | None = None
+    activation_type: str | None = None
     exclude: tuple[str, ...] = ()
     int16_tensors: tuple[str, ...] = ()
+    uint8_weights: tuple[str, ...] = ()               # initializers quantized as uint8 (an accelerator's op rule)
     float_reasons: tuple[tuple[str, str], ...] = ()   # (node, why it is kept float / 16-bit)
 
+    def _overrides(self, quant_type) -> dict:
+        """Per-tensor ORT ``TensorQuantOverrides`` (``quant_type`` maps our type names to ORT's)."""
+        out = {t: [{"quant_type": quant_type("uint16")}] for t in self.int16_tensors}
+        out.update({w: [{"quant_type": quant_type("uint8")}] for w in self.uint8_weights})
+        return out
+
     def config(self, target: str) -> QuantizeConfig:
-        """The quantizer settings; 16-bit tensors become ORT ``TensorQuantOverrides``."""
+        """The quantizer settings; 16-bit tensors and uint8 weights become ORT ``TensorQuantOverrides``."""
         extra: dict = {}
-        if self.int16_tensors:
+        if self.int16_tensors or self.uint8_weights:
             from onnxruntime.quantization import QuantType
 
-            extra[INT16_KEY] = {t: [{"quant_type": QuantType.QUInt16}] for t in self.int16_tensors}
+            ort_type = {"uint16": QuantType.QUInt16, "uint8": QuantType.QUInt8}
+            extra[INT16_KEY] = self._overrides(ort_type.__getitem__)
         static = self.mode == "static"
         return make_config(
             self.mode, target, per_channel=self.per_channel, reduce_range=self.reduce_range,
-            weight_type=self.weight_type, calib_method=self.calib_method if static else "minmax",
+            weight_type=self.weight_type, activation_type=self.activation_type if static else None,
+            calib_method=self.calib_method if static else "minmax",
             calib_percentile=self.calib_percentile, exclude=self.exclude, extra_options=extra)
 
     def to_dict(self, target: str) -> dict:
@@ -54,7 +66,7 @@ class Recipe:
         d = self.config(target).to_dict()
         extra = dict(d.get("extra_options") or {})
         if INT16_KEY in extra:
-            extra[INT16_KEY] = {t: [{"quant_type": "QUInt16"}] for t in self.int16_tensors}
+            extra[INT16_KEY] = self._overrides(lambda name: "Q" + name.upper().replace("INT", "Int"))
         d["extra_options"] = extra
         return d
 
@@ -73,54 +85,106 @@ class Recipe:
             parts.append(f"float: {', '.join(self.exclude)}")
         if self.int16_tensors:
             parts.append(f"16-bit: {', '.join(self.int16_tensors)}")
+        if self.uint8_weights:
+            parts.append(f"uint8 weights: {', '.join(self.uint8_weights)}")
         return "; ".join(parts)
 
     def renamed(self, name: str, **changes) -> Recipe:
         return replace(self, name=name, **changes)
 
 
-def default_recipes() -> list[Recipe]:
-    """The seed's first two steps: dynamic (quick check) and static (production), target defaults."""
-    return [Recipe("dynamic", "dynamic", why="seed: quick check"),
-            Recipe("static", "static", why="seed: production")]
+def default_recipes(target: str = "auto") -> list[Recipe]:
+    """The seed's first two steps: dynamic (quick check) and static (production), target defaults.
+
+    On an accelerator without a float path (qnn) dynamic quantization cannot run on it at all
+    (its integer ops are CPU kernels), so the second default there is 16-bit activations
+    (A16W8), which HTP runs natively."""
+    static = Recipe("static", "static", why="seed: production")
+    if not resolve_target(target).float_fallback:
+        return [static, Recipe("static-a16w8", "static", why="16-bit activations, native on the accelerator",
+                               activation_type="uint16")]
+    return [Recipe("dynamic", "dynamic", why="seed: quick check"), static]
 
 
-def calibration_recipes(target: str) -> list[Recipe]:
-    """Static over budget: other calibration methods, weight types and per-channel, per target."""
+def calibration_recipes(target: str, base: Recipe | None = None) -> list[Recipe]:
+    """Static over budget: other calibration methods, weight types and per-channel, per target.
+
+    ``base`` (default: the target's static default) carries what every variant must keep, e.g.
+    the weight types a placement repair found for the accelerator."""
     rule = resolve_target(target)
+    base = base or Recipe("static", "static")
+
+    def variant(name: str, why: str, **changes) -> Recipe:
+        return replace(base, name=name, stage="calibration", why=why, **changes)
+
     out = [
-        Recipe("static-pct99.999", "static", "calibration", "clip rare activation outliers",
-               calib_method="percentile", calib_percentile=99.999),
-        Recipe("static-pct99.99", "static", "calibration", "clip more activation outliers",
-               calib_method="percentile", calib_percentile=99.99),
-        Recipe("static-entropy", "static", "calibration", "KL-optimal activation ranges", calib_method="entropy"),
+        variant("static-pct99.999", "clip rare activation outliers", calib_method="percentile",
+                calib_percentile=99.999),
+        variant("static-pct99.99", "clip more activation outliers", calib_method="percentile",
+                calib_percentile=99.99),
+        variant("static-entropy", "KL-optimal activation ranges", calib_method="entropy"),
     ]
     if rule.name == "x86-avx2":
-        out.append(Recipe("static-u8u8", "static", "calibration",
-                          "U8U8 with full 8-bit weights: no VPMADDUBSW saturation, no reduce_range loss",
-                          weight_type="uint8", reduce_range=False))
+        out.append(variant("static-u8u8", "U8U8 with full 8-bit weights: no VPMADDUBSW saturation, "
+                           "no reduce_range loss", weight_type="uint8", reduce_range=False))
     elif rule.name in ("x86-vnni", "arm64"):
-        out.append(Recipe("static-reduce-range", "static", "calibration", "7-bit weights",
-                          reduce_range=True))
+        out.append(variant("static-reduce-range", "7-bit weights", reduce_range=True))
     if not rule.per_channel:
-        out.append(Recipe("static-per-channel", "static", "calibration", "per-channel weights",
-                          per_channel=True))
+        out.append(variant("static-per-channel", "per-channel weights", per_channel=True))
     return out
 
 
-def range_recipes(sens: SensitivityReport | None) -> list[Recipe]:
+def placement_recipes(base: Recipe, operators_on_cpu: Sequence[str], model: onnx.ModelProto) -> list[Recipe]:
+    """``base`` changed so the accelerator takes back the operators it left to the CPU.
+
+    Two repairs that stay fully quantized: uint8 instead of symmetric int8 weights for the
+    operators' initializers (op validation often wants an unsigned scale or weight), and 16-bit
+    activations for their input and output tensors; then both together."""
+    wanted = set(operators_on_cpu)
+    nodes = [n for n in model.graph.node if n.name in wanted]
+    if not nodes:
+        return []
+    inits = {i.name for i in model.graph.initializer}
+    weights = tuple(dict.fromkeys(t for n in nodes for t in n.input[1:] if t in inits))
+    tensors = tuple(dict.fromkeys(t for n in nodes for t in [*n.input, *n.output] if t and t not in inits))
+    reasons = tuple((n.name, f"{n.op_type} runs on the CPU, not the accelerator, with {base.name}'s types")
+                    for n in nodes)
+
+    def repaired(suffix: str, why: str, **changes) -> Recipe:
+        return replace(base, name=f"{base.name}+{suffix}", stage="placement", why=why,
+                       float_reasons=base.float_reasons + reasons, **changes)
+
+    out = []
+    if weights:
+        out.append(repaired("u8w", "uint8 weights where the accelerator rejects symmetric int8",
+                            uint8_weights=tuple(dict.fromkeys(base.uint8_weights + weights))))
+    if tensors:
+        out.append(repaired("a16io", "16-bit activations around the operators the accelerator rejected",
+                            int16_tensors=tuple(dict.fromkeys(base.int16_tensors + tensors))))
+    if weights and tensors:
+        out.append(repaired("u8w-a16io", "both repairs",
+                            uint8_weights=tuple(dict.fromkeys(base.uint8_weights + weights)),
+                            int16_tensors=tuple(dict.fromkeys(base.int16_tensors + tensors))))
+    return out
+
+
+def range_recipes(sens: SensitivityReport | None, base: Recipe | None = None) -> list[Recipe]:
     """Tensors with outlier-dominated ranges: 16-bit activations for them, or their producers in float."""
     if sens is None or not sens.flagged:
         return []
+    base = base or Recipe("static", "static")
     flagged = [t.name for t in sens.flagged]
     reasons = tuple((t.name, t.flag or "") for t in sens.flagged)
     producers = [n for n in sens.nodes if set(n.outputs) & set(flagged)]
-    out = [Recipe("static-int16-ranges", "static", "ranges", "16-bit activations where 8-bit cannot span the range",
-                  int16_tensors=tuple(flagged), float_reasons=reasons)]
+    out = [replace(base, name="static-int16-ranges", stage="ranges",
+                   why="16-bit activations where 8-bit cannot span the range",
+                   int16_tensors=tuple(dict.fromkeys(base.int16_tensors + tuple(flagged))),
+                   float_reasons=base.float_reasons + reasons)]
     if producers:
         exclude = tuple(dict.fromkeys(x for n in producers for x in n.region))
-        out.append(Recipe("static-float-ranges", "static", "ranges", "keep the producers of huge-range tensors float",
-                          exclude=exclude, float_reasons=tuple((n.name, n.explain()) for n in producers)))
+        out.append(replace(base, name="static-float-ranges", stage="ranges",
+                           why="keep the producers of huge-range tensors float", exclude=base.exclude + exclude,
+                           float_reasons=base.float_reasons + tuple((n.name, n.explain()) for n in producers)))
     return out
 
 
@@ -131,14 +195,16 @@ def fallback_order(sens: SensitivityReport) -> list[NodeSensitivity]:
     return [*introducing, *rest]
 
 
-def fallback_recipe(base: Recipe, nodes: Sequence[NodeSensitivity], *, sixteen_bit: bool) -> Recipe:
-    """``base`` with ``nodes`` taken out of INT8: float regions, or 16-bit outputs (QNN)."""
+def fallback_recipe(base: Recipe, nodes: Sequence[NodeSensitivity], *, sixteen_bit: bool,
+                    allow_float: bool = True) -> Recipe:
+    """``base`` with ``nodes`` taken out of INT8: float regions, or 16-bit outputs (QNN; every
+    node when float is not allowed, whatever the cause of its error)."""
     exclude: list[str] = list(base.exclude)
     int16: list[str] = list(base.int16_tensors)
     reasons: dict[str, str] = {}
     for n in nodes:
         reasons[n.name] = n.explain()
-        if sixteen_bit and n.cause == "activations":
+        if sixteen_bit and (n.cause == "activations" or not allow_float):
             int16.extend(n.outputs)
             continue
         exclude.extend(n.region)

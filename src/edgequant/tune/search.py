@@ -1,12 +1,18 @@
 """The search: start from the target's defaults, measure, then act on the diagnosis.
 
-1. ``defaults``: dynamic and static with the target's rule. Static within budget: done.
-2. Static over budget: per-node sensitivity on the calibration data, then ``calibration``
+1. ``defaults``: dynamic and static with the target's rule (on targets without a float path,
+   qnn: static A8W8 and A16W8). Static within budget: done.
+2. ``placement``: on an accelerator, operators it left to the CPU are a defect, never accepted;
+   the defaults are repaired (uint8 weights, 16-bit activations around those operators) and the
+   repaired recipe is the base of every later stage.
+3. Static over budget: per-node sensitivity on the calibration data, then ``calibration``
    (percentile/entropy, U8U8 or reduce_range, per-channel) and ``ranges`` (16-bit or float for
    outlier-dominated tensors) variants.
-3. Still over budget: ``fallback`` the most sensitive nodes of the best static recipe to float
-   (16-bit on QNN) in growing groups (1, 2, 4, ...) until the budget holds, then bisect back so
-   as few nodes as possible leave INT8.
+4. Still over budget: ``fallback`` the most sensitive nodes of the best static recipe to float
+   (16-bit where the target has no float path or float fallback is off) in growing groups
+   (1, 2, 4, ...) until the budget holds, then bisect back so as few nodes as possible leave INT8.
+   Without float fallback on a CPU (``--no-float-fallback``: 16-bit is float compute there) this
+   stage is skipped and the report says fully INT8 could not be done.
 The clock (``--time-budget``) and a candidate cap are checked before every trial batch.
 """
 
@@ -14,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..sensitivity import SensitivityReport
 from .recipes import (
@@ -24,6 +30,7 @@ from .recipes import (
     fallback_order,
     fallback_recipe,
     keeps_int8,
+    placement_recipes,
     range_recipes,
 )
 from .trials import Trial, TrialRunner
@@ -57,6 +64,7 @@ class Search:
     analyze: Callable[[Trial], SensitivityReport | None]   # sensitivity of the static default
     deadline: float | None = None
     max_candidates: int = 20
+    float_fallback: bool = True        # may layers be kept float? (False: fully INT8 or 16-bit only)
     state: SearchState = field(default_factory=SearchState)
 
     def _budget_left(self, n: int = 1) -> bool:
@@ -79,37 +87,79 @@ class Search:
         return trials
 
     def run(self) -> SearchState:
-        self._try(default_recipes())
+        defaults = self._try(default_recipes(self.target))
         static = self.state.get("static")
         if static is None or static.error:
             self.state.notes.append("static quantization failed; only dynamic was searched")
             return self.state
-        if static.within_budget:
-            return self.state
-        if not self._budget_left():
+        base = self._repair_placement([t for t in defaults if t.ok and t.recipe.mode == "static"])
+        if any(t.within_budget for t in self.state.trials if t.recipe.mode == "static") or not self._budget_left():
             return self.state
         self.state.sensitivity = self.analyze(static)
-        stage2 = self._try(calibration_recipes(self.target) + range_recipes(self.state.sensitivity))
+        stage2 = self._try(calibration_recipes(self.target, base) + self._range_recipes(base))
         if any(t.within_budget for t in stage2):
             return self.state
         if self.state.sensitivity is not None and self.state.sensitivity.nodes:
-            self._fallback(self._best_static_base(), self.state.sensitivity)
+            if self.float_fallback or self.target == "qnn":
+                self._fallback(self._best_static_base(), self.state.sensitivity)
+            else:
+                self.state.notes.append(
+                    "float fallback is off (--no-float-fallback) and 16-bit activations are float compute on "
+                    "this CPU: no fully INT8 candidate met the budget")
         return self.state
+
+    def _repair_placement(self, trials: list[Trial]) -> Recipe:
+        """Repair defaults whose operators the accelerator left to the CPU; the recipe to build on.
+
+        The repairs of the first broken default are tried one at a time (cheapest first); the one
+        that works is applied to the other broken defaults (e.g. A16W8) too."""
+        clean = [t for t in trials if not t.operators_on_cpu]
+        broken = [t for t in trials if t.operators_on_cpu]
+        if broken and self._budget_left():
+            first = broken[0]
+            fix = None
+            for recipe in placement_recipes(first.recipe, first.operators_on_cpu, self.runner.fp32_model()):
+                got = self._try([recipe])
+                if got and got[0].ok and not got[0].operators_on_cpu:
+                    fix = got[0]
+                    break
+            if fix is None:
+                self.state.notes.append(
+                    f"{first.name}: the accelerator still leaves {', '.join(first.operators_on_cpu)} to the CPU "
+                    "after the uint8-weight and 16-bit repairs: no recipe here runs it fully on the device")
+            else:
+                clean.append(fix)
+                suffix = fix.name.removeprefix(first.name)
+                more = [replace(t.recipe, name=t.name + suffix, stage="placement", why=fix.recipe.why,
+                                uint8_weights=tuple(dict.fromkeys(t.recipe.uint8_weights + fix.recipe.uint8_weights)),
+                                int16_tensors=tuple(dict.fromkeys(t.recipe.int16_tensors + fix.recipe.int16_tensors)),
+                                float_reasons=fix.recipe.float_reasons) for t in broken[1:]]
+                clean.extend(t for t in self._try(more) if t.ok and not t.operators_on_cpu)
+        eight_bit = [t for t in clean if t.recipe.activation_type is None]  # the later stages vary 8-bit
+        pick = eight_bit or clean or trials
+        return pick[0].recipe if pick else Recipe("static", "static")
+
+    def _range_recipes(self, base: Recipe) -> list[Recipe]:
+        out = range_recipes(self.state.sensitivity, base)
+        return out if self.float_fallback else [r for r in out if not r.exclude]
 
     def _best_static_base(self) -> Recipe:
         family = [t for t in self.state.trials if t.ok and t.recipe.mode == "static"
-                  and t.recipe.stage in ("defaults", "calibration")]
-        best = max(family, key=quality_score)  # max keeps the first on ties: the target default
+                  and t.recipe.stage in ("defaults", "placement", "calibration")
+                  and t.recipe.activation_type is None]
+        deployable = [t for t in family if not t.operators_on_cpu] or family
+        best = max(deployable, key=quality_score)  # max keeps the first on ties: the target default
         return best.recipe
 
     def _fallback(self, base: Recipe, sens: SensitivityReport) -> None:
         """Grow the group of fallen-back nodes 1, 2, 4, ... until within budget, then bisect."""
         order = fallback_order(sens)
         sixteen = self.target == "qnn"
+        allow_float = self.float_fallback
         by_change: dict[tuple, Trial] = {}
 
         def attempt(k: int) -> Trial | None:
-            recipe = fallback_recipe(base, order[:k], sixteen_bit=sixteen)
+            recipe = fallback_recipe(base, order[:k], sixteen_bit=sixteen, allow_float=allow_float)
             if not keeps_int8(recipe, sens):
                 return None
             change = (recipe.exclude, recipe.int16_tensors)

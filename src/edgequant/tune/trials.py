@@ -50,6 +50,7 @@ class Trial:
     fidelity: dict | None = None
     accuracy: dict | None = None
     coverage: dict | None = None
+    placement: dict | None = None         # accelerator devices: where its nodes ran (measure.Placement)
     speed: Speedup | None = None          # vs FP32, from the trial batch's interleaved rounds
     within_budget: bool = False
     budget_why: str = ""
@@ -63,6 +64,11 @@ class Trial:
     @property
     def ok(self) -> bool:
         return self.error is None and self.fidelity is not None
+
+    @property
+    def operators_on_cpu(self) -> list[str]:
+        """Node names the accelerator left to the CPU (a defect on such a target)."""
+        return [entry.rsplit(" (", 1)[0] for entry in (self.placement or {}).get("operators_on_cpu", [])]
 
     @property
     def speedup(self) -> float | None:
@@ -121,7 +127,9 @@ def measure_quality(path: Path, ref: Reference, eval_src, device: Device) -> dic
     acc = None
     if ref.metric is not None:
         acc = accuracy_entry(ref.metric(outs, ref.labels, ref.outputs), ref.fp32_result)
-    return {"fidelity": fid, "accuracy": acc, "coverage": device.coverage(path).to_dict()}
+    placement = device.placement(path)
+    return {"fidelity": fid, "accuracy": acc, "coverage": device.coverage(path).to_dict(),
+            "placement": placement.to_dict() if placement is not None else None}
 
 
 def time_batch(paths: Sequence[Path], ref: Reference, device: Device, *, runs: int,
@@ -164,7 +172,17 @@ class TrialRunner:
         for t in trials:
             if t.error is None:
                 t.within_budget, t.budget_why = self.budget.check(self.ref.fp32_accuracy, t.accuracy, t.fidelity)
+                if t.operators_on_cpu:   # never accepted: the model cannot ship to the accelerator as built
+                    t.within_budget = False
+                    t.budget_why = (f"{len(t.operators_on_cpu)} operator(s) run on the CPU, not on {self.device.name}: "
+                                    f"{', '.join(t.operators_on_cpu[:4])}") + (f"; {t.budget_why}" if t.budget_why else "")
         return trials
+
+    def fp32_model(self):
+        """The FP32 graph the recipes refer to (node and tensor names), loaded without weights' data."""
+        import onnx
+
+        return onnx.load(str(self.model_path), load_external_data=False)
 
     def _quantize(self, trials: Sequence[Trial]) -> None:
         todo = []
@@ -207,6 +225,7 @@ class TrialRunner:
     @staticmethod
     def _apply(t: Trial, m: dict) -> None:
         t.fidelity, t.accuracy, t.coverage = m["fidelity"], m["accuracy"], m["coverage"]
+        t.placement = m.get("placement")
         if m.get("speed"):
             sp = m["speed"]
             t.speed = Speedup(sp["ratio"], sp["ci"][0], sp["ci"][1], sp.get("confidence", 0.95), sp.get("resamples", 1000))
@@ -225,6 +244,6 @@ class TrialRunner:
         for t, sp in zip(trials, results):
             t.speed = sp
             self.cache.store_measured(t.recipe_dict, {
-                "fidelity": t.fidelity, "accuracy": t.accuracy, "coverage": t.coverage,
+                "fidelity": t.fidelity, "accuracy": t.accuracy, "coverage": t.coverage, "placement": t.placement,
                 "speed": {"ratio": sp.ratio, "ci": [sp.ci_low, sp.ci_high], "confidence": sp.confidence,
                           "resamples": sp.resamples, "runs": self.trial_runs}})
