@@ -207,3 +207,52 @@ def test_tune_on_htp_repairs_cpu_fallback_instead_of_accepting_it(tmp_path: Path
     rec = next(v for v in report["variants"] if v["name"] == report["recommended"])
     assert rec["placement"]["compute_on_cpu"] == 0 and rec["config"]["mode"] == "static"
     assert report["tune"]["float_fallback"] is False
+
+
+def _conv_maxpool_channel_pad(tmp_path: Path) -> tuple[Path, Path]:
+    """Conv -> MaxPool -> Pad(16 zero channels): a BlazeFace block's widening, zero point != 0."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+         helper.make_node("MaxPool", ["c"], ["m"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+         helper.make_node("Pad", ["m", "pads"], ["y"], mode="constant", name="pad")], "widen",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 8, 8])],
+        [numpy_helper.from_array(rng.normal(0, 0.5, (16, 3, 3, 3)).astype(np.float32), "W"),
+         numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 16, 0, 0], np.int64), "pads")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "widen.onnx"
+    onnx.save(model, path)
+    data = tmp_path / "widen.npz"
+    np.savez(data, x=rng.normal(0, 1, (8, 1, 3, 16, 16)).astype(np.float32))
+    return path, data
+
+
+def test_channel_pad_is_zero_on_htp(tmp_path: Path, monkeypatch) -> None:
+    """HTP pads with the raw 0 instead of the zero point (what zeroed the decomposed face-landmark
+    presence head); the qnn recipe writes channel pads as Concat with zeros (exact), which HTP runs right."""
+    from edgequant.data import open_source
+    from edgequant.model import graph_inputs, load_model
+
+    model, data = _conv_maxpool_channel_pad(tmp_path)
+    src = open_source(str(data), graph_inputs(load_model(model)))
+    out = tmp_path / "widen.qnn.onnx"
+    quantize_model(model, out, make_config("static", "qnn"), src)
+    assert "Pad" not in {n.op_type for n in load_model(out).graph.node}
+    assert QNN.placement(out).compute_on_cpu == 0
+    got = QNN.outputs([out], src).outputs[0]["y"]
+    ref = get_device("cpu").outputs([model], src).outputs[0]["y"]
+    assert np.all(got[:, :, 16:] == 0.0)
+    assert np.abs(got[:, :, :16] - ref[:, :, :16]).max() < 0.1 * np.abs(ref).max()
+
+    # the simulator's defect itself, without the rewrite (if this starts failing, onnxruntime-qnn
+    # fixed it and the rewrite may go)
+    monkeypatch.setattr("edgequant.qdq.htp_rules.HTP_REWRITES", ())
+    bare = tmp_path / "widen.bare.onnx"
+    quantize_model(model, bare, make_config("static", "qnn"), src)
+    assert "Pad" in {n.op_type for n in load_model(bare).graph.node}
+    assert np.abs(QNN.outputs([bare], src).outputs[0]["y"][:, :, 16:]).max() > 1.0

@@ -372,7 +372,7 @@ def quantize_model(
         work = Path(tmp)
         prep = prepare(model_path, work, mode=config.mode, per_channel=config.per_channel,
                        gemm_to_matmul=config.mode == "dynamic" and "Gemm" in (config.op_types or ()),
-                       exact_rewrites=RULES[config.target].exact_rewrites)
+                       target=config.target)
         notes.extend([*prep.notes, *prep.warnings])
         prepared = prep.path
         check_names(model_path, config, prepared)

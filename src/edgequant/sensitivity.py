@@ -396,7 +396,8 @@ def prepared_float_model(model_path: Path, work: Path, target: str = "auto") -> 
     from .targets import resolve_target
 
     try:
-        return prepare(model_path, work, mode="static", per_channel=resolve_target(target).per_channel).path
+        return prepare(model_path, work, mode="static", per_channel=resolve_target(target).per_channel,
+                       target=target).path
     except Exception:  # noqa: BLE001 - analysis still works on the original names, just less of it
         return model_path
 

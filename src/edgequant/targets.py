@@ -69,7 +69,7 @@ class TargetRule:
     weight_symmetric: bool = True
     requires_static_shapes: bool = False
     # edgequant's exact FP32 rewrites (PRelu -> Relu form) are CPU speed tricks; an NPU compiles
-    # its own graph, and on Hexagon HTP the decomposed PRelu quantizes to a constant 0 head.
+    # its own graph and runs PRelu natively (qnn gets its own rewrites: qdq/htp_rules.py).
     exact_rewrites: bool = True
     # Whether a layer may be kept in float when INT8 misses the budget. HTP has no float path
     # worth shipping: a float node there runs on the CPU, so tune stays fully quantized (16-bit).

@@ -33,17 +33,26 @@ class Prepared:
 
 
 def prepare(model_path: Path, work: Path, *, mode: str = "static", per_channel: bool = True,
-            gemm_to_matmul: bool = False, exact_rewrites: bool = True) -> Prepared:
+            gemm_to_matmul: bool = False, target: str = "auto") -> Prepared:
     """Write the quantizer-ready copy of ``model_path`` under ``work`` (a per-run temp folder).
 
     ``mode="dynamic"`` skips ORT's graph optimization (it would fuse MatMul+Add back into Gemm).
+    ``target`` picks the exact rewrites: CPU speed rewrites (PRelu) where the rule allows them,
+    the accelerator's own (qdq.htp_rules) for qnn.
     """
+    from edgequant.graph_pass import run_passes
     from edgequant.rewrites import apply_exact_rewrites
+    from edgequant.targets import resolve_target
+
+    from .htp_rules import HTP_REWRITES
 
     out = Prepared(Path(model_path))
     model = model_io.load_model(model_path)
-    if exact_rewrites:
+    rule = resolve_target(target)
+    if rule.exact_rewrites:
         out.notes.extend(apply_exact_rewrites(model))
+    if rule.name == "qnn":
+        out.notes.extend(f"{r.changed} {r.description}" for r in run_passes(model, HTP_REWRITES) if r.changed)
     min_opset = 13 if (per_channel or mode == "static") else 11
     opset = model_io.default_opset(model)
     if opset < min_opset:

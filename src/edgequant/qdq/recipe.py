@@ -99,7 +99,7 @@ def quantize_static_optimized(
         if prepared:
             src = model_in
         else:
-            prep = prepare(model_in, work, mode="static", per_channel=per_channel)
+            prep = prepare(model_in, work, mode="static", per_channel=per_channel, target=target)
             summary.passes += prep.passes
             summary.warnings += prep.warnings
             src = prep.path
