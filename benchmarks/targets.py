@@ -53,7 +53,7 @@ def main() -> int:
                 continue
             out = work / f"{stem}.{label.replace(' ', '_')}.onnx"
             t0 = time.perf_counter()
-            api.quantize(fp32, out, mode="static", calib=str(calib), target=target, calib_limit=200, **overrides)
+            api.quantize(fp32, out, mode="static", calib=str(calib), target=target, calib_limit=200, force=True, **overrides)
             x86 = api.evaluate(out, str(evals), reference=fp32, metric=metric, device="cpu")
             dev = api.evaluate(out, str(evals), reference=fp32, metric=metric, device=device)
             row.update(samples=dev.samples, fp32=x86.accuracy["reference_value"], x86=x86.accuracy["value"],
@@ -70,10 +70,36 @@ def main() -> int:
     rows += reference_cnns(work)
     results = ROOT / "benchmarks" / "results"
     doc = {"machine": machine_facts(SessionConfig(intra_op_threads=1)),
-           "devices": [f.to_dict() for f in api.devices()], "rows": rows}
+           "devices": [f.to_dict() for f in api.devices()], "rows": rows, "presence": presence_rows(work)}
     (results / "targets.json").write_text(json.dumps(doc, indent=2) + "\n")
     (results / "TARGETS.md").write_text(_markdown(doc))
     return 0
+
+
+def presence_rows(work: Path, output: str = "conv2d_31") -> list[dict]:
+    """The face-landmark presence logit on HTP vs FP32 (the output HTP once zeroed): mean and
+    per-sample relative error of the files quantized above."""
+    import numpy as np
+
+    from edgequant.data import open_source
+    from edgequant.model import graph_inputs, load_model
+
+    fp32 = DMS / "models" / "face_landmark.onnx"
+    if not get_device("qnn-htp").facts().available:
+        return []
+    evals = open_source(str(DMS / "data" / "face_landmark.evaluation.npz"), graph_inputs(load_model(fp32)))
+    ref = get_device("cpu").outputs([fp32], evals).outputs[0][output].astype(np.float64).ravel()
+    rows = []
+    for label in ("qnn static A8W8", "qnn static A16W8"):
+        path = work / f"face_landmark.{label.replace(' ', '_')}.onnx"
+        got = get_device("qnn-htp").outputs([path], evals).outputs[0][output].astype(np.float64).ravel()
+        rel = np.abs(got - ref) / np.maximum(np.abs(ref), 1e-6)
+        rows.append({"recipe": label, "samples": int(ref.size), "fp32_mean": float(ref.mean()),
+                     "htp_mean": float(got.mean()), "mean_rel": float(abs(got.mean() - ref.mean()) / abs(ref.mean())),
+                     "per_sample_rel_mean": float(rel.mean()), "per_sample_rel_p95": float(np.quantile(rel, 0.95)),
+                     "zeros": int(np.sum(got == 0))})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def reference_cnns(work: Path, n_calib: int = 32, n_eval: int = 48) -> list[dict]:
@@ -131,6 +157,13 @@ def _markdown(doc: dict) -> str:
         fallback = f"{fb['compute_on_cpu']} compute / {fb['cpu_fallback']} nodes (+{fb['io_on_cpu']} graph I/O)" if fb else "-"
         lines.append(f"| {r['model']} | {r['recipe']} | {r['device']} | {r['samples']} | {r['fp32']:.4g} | "
                      f"{r['x86']:.4g} | {r['on_device']:.4g} | {r['diff']:.3g} | {r['int8_on_device']} | {fallback} |")
+    if doc.get("presence"):
+        lines += ["", "Face-presence logit (face_landmark output `conv2d_31`) on HTP vs FP32 on the CPU, evaluation split:", "",
+                  "| recipe | samples | FP32 mean | HTP mean | error of the mean | per-sample error (mean) | per-sample error (p95) | zeros |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['recipe']} | {r['samples']} | {r['fp32_mean']:.3f} | {r['htp_mean']:.3f} | {100 * r['mean_rel']:.2f}% | "
+                  f"{100 * r['per_sample_rel_mean']:.2f}% | {100 * r['per_sample_rel_p95']:.2f}% | {r['zeros']} |"
+                  for r in doc["presence"]]
     lines += ["", "Devices:", ""] + [f"- {d['name']}: {d['why']}" for d in doc["devices"]]
     return "\n".join(lines) + "\n"
 
