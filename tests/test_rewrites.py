@@ -74,6 +74,7 @@ def test_channel_pads_as_concat_is_exact() -> None:
         want = run(m)
         assert channel_pads_as_concat(m) == 1
         assert "Pad" not in {n.op_type for n in m.graph.node} and "Concat" in {n.op_type for n in m.graph.node}
+        assert "pads" not in {t.name for t in m.graph.initializer}          # no unused constants left
         np.testing.assert_array_equal(run(m), want)
     for untouched in ([0, 0, 1, 1, 0, 0, 1, 1], [0, 0, 0, 0, 0, 5, 0, 0]):     # spatial; wider than 4 channels
         assert channel_pads_as_concat(model(untouched)) == 0

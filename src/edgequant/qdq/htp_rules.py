@@ -89,7 +89,7 @@ def channel_pads_as_concat(model: onnx.ModelProto) -> int:
     from onnx import helper, numpy_helper
 
     channels_of = _channel_counts(model)
-    new_nodes, extra, changed = [], [], 0
+    new_nodes, extra, changed, dropped = [], [], 0, set()
     for node in model.graph.node:
         if node.op_type != "Pad" or not _channel_only_zero_pad(model, node):
             new_nodes.append(node)
@@ -102,6 +102,7 @@ def channel_pads_as_concat(model: onnx.ModelProto) -> int:
             new_nodes.append(node)
             continue
         base, x = node.name or node.output[0], node.input[0]
+        dropped.update(node.input[1:])
         parts = []
         for side, k in (("before", before), ("after", after)):
             if not k:
@@ -123,6 +124,10 @@ def channel_pads_as_concat(model: onnx.ModelProto) -> int:
         del model.graph.node[:]
         model.graph.node.extend(new_nodes)
         model.graph.initializer.extend(extra)
+        used = {i for n in model.graph.node for i in n.input}     # the Pads' own constants are gone
+        keep = [t for t in model.graph.initializer if t.name in used or t.name not in dropped]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
     return changed
 
 
