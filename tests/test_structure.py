@@ -47,7 +47,8 @@ MODULES = _modules()
 IMPORTS = {name: _imports(name, path) for name, path in MODULES.items()}
 
 # layer -> what it must never import (a prefix match on edgequant.X)
-UPPER = ["edgequant.cli", "edgequant.api", "edgequant.fleet", "edgequant.tune", "edgequant.pipeline"]
+UPPER = ["edgequant.cli", "edgequant.api", "edgequant.scaleout", "edgequant.fleet", "edgequant.tune",
+         "edgequant.pipeline"]
 FORBIDDEN = {
     "edgequant.measure": [*UPPER, "edgequant.devices", "edgequant.qdq", "edgequant.quantize", "edgequant.sensitivity"],
     "edgequant.data": [*UPPER, "edgequant.devices", "edgequant.qdq", "edgequant.quantize", "edgequant.measure"],
@@ -56,6 +57,8 @@ FORBIDDEN = {
     "edgequant.qdq": UPPER,
     "edgequant.quantize": UPPER,
     "edgequant.verdict": [*UPPER, "edgequant.devices"],
+    "edgequant.fleet": ["edgequant.cli", "edgequant.api", "edgequant.scaleout"],
+    "edgequant.scaleout": ["edgequant.cli", "edgequant.api"],
 }
 
 
@@ -77,3 +80,17 @@ def test_modules_stay_small() -> None:
     long = sorted(f"{p.relative_to(SRC)}: {n} lines" for p in MODULES.values()
                   if (n := len(p.read_text().splitlines())) > MAX_LINES)
     assert long == []
+
+
+def test_only_scaleout_imports_ray() -> None:
+    """Without --ray nothing imports Ray (it is an optional extra, and slow to import)."""
+    def imports_ray(path: Path) -> bool:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "ray" for a in node.names):
+                return True
+            if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "ray":
+                return True
+        return False
+
+    offenders = sorted(name for name, p in MODULES.items() if imports_ray(p) and not name.startswith("edgequant.scaleout"))
+    assert offenders == []

@@ -398,10 +398,17 @@ def fleet_entries(fleet_yaml: str | Path) -> list[FleetEntry]:
     return load_fleet(fleet_yaml)
 
 
-def fleet(fleet_yaml: str | Path, out_dir: str | Path, *, force: bool = False,
+def fleet(fleet_yaml: str | Path, out_dir: str | Path, *, force: bool = False, ray: str | None = None,
           progress: Callable[[str, str], None] | None = None) -> FleetResult:
-    """Run every model of ``fleet_yaml`` (a failure does not stop the others); ``progress(name, msg)``."""
+    """Run every model of ``fleet_yaml`` (a failure does not stop the others); ``progress(name, msg)``.
+
+    ``ray``: ``auto`` or a cluster address: each model runs as a Ray task (:mod:`edgequant.scaleout`)."""
     from .fleet import fleet_summary, run_fleet
 
-    outcomes = run_fleet(fleet_yaml, out_dir, force=force, progress=progress)
+    executor = None
+    if ray is not None:
+        from .scaleout import ray_executor
+
+        executor = ray_executor(ray)
+    outcomes = run_fleet(fleet_yaml, out_dir, force=force, progress=progress, executor=executor)
     return FleetResult(outcomes=tuple(outcomes), summary=fleet_summary(outcomes))

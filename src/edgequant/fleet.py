@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,46 +180,82 @@ def _finished(entry: FleetEntry, out: Path) -> dict | None:
         return None
 
 
-def run_fleet(fleet_path: str | Path, out_dir: str | Path, *, force: bool = False,
-              progress: Callable[[str, str], None] | None = None) -> list[FleetOutcome]:
-    """Run every entry; returns one outcome per model and writes ``out_dir/index.html``."""
-    entries = load_fleet(fleet_path)
-    out_dir = Path(out_dir)
-    outcomes: list[FleetOutcome] = []
+def run_entry(entry: FleetEntry, target_dir: Path, progress: Callable[[str], None] | None = None) -> dict:
+    """One model: ``run`` (or ``tune``) into ``target_dir``, stamped with the entry's fingerprint."""
+    if entry.tune:
+        from .tune import TuneOptions, run_tune
+
+        report = run_tune(entry.model, target_dir, calib=entry.calib, eval_spec=entry.eval,
+                          options=TuneOptions(run=entry.options, time_budget_min=entry.time_budget_min,
+                                              float_fallback=entry.float_fallback),
+                          progress=progress)
+    else:
+        report = run_pipeline(entry.model, target_dir, calib=entry.calib, eval_spec=entry.eval,
+                              options=entry.options, progress=progress)
+    write_text_atomic(target_dir / ".fingerprint", entry.fingerprint() + "\n")
+    return report
+
+
+def failure(entry_name: str, exc: BaseException) -> FleetOutcome:
+    """A model's run that raised: one line, the fleet goes on."""
+    if isinstance(exc, EdgequantError):
+        return FleetOutcome(entry_name, "failed", error=str(exc))
+    return FleetOutcome(entry_name, "failed", error=f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+
+
+def triage(entries: list[FleetEntry], out_dir: Path, *, force: bool) -> tuple[dict[str, FleetOutcome], list[FleetEntry]]:
+    """Outcomes known before any work (missing files, up to date) and the entries left to run."""
+    known: dict[str, FleetOutcome] = {}
+    todo = []
     for entry in entries:
-        say = (lambda msg, _n=entry.name: progress(_n, msg)) if progress else None
-        target_dir = out_dir / entry.name
         missing = entry.missing_files()
         if missing:  # known before any work: no quantization started for it
-            outcomes.append(FleetOutcome(entry.name, "failed", error="; ".join(missing)))
+            known[entry.name] = FleetOutcome(entry.name, "failed", error="; ".join(missing))
             continue
-        try:
-            done = None if force else _finished(entry, target_dir)
-            if done is not None:
-                outcomes.append(FleetOutcome(entry.name, "up to date", done))
-                continue
-            if entry.tune:
-                from .tune import TuneOptions, run_tune
+        done = None if force else _finished(entry, out_dir / entry.name)
+        if done is not None:
+            known[entry.name] = FleetOutcome(entry.name, "up to date", done)
+        else:
+            todo.append(entry)
+    return known, todo
 
-                report = run_tune(entry.model, target_dir, calib=entry.calib, eval_spec=entry.eval,
-                                  options=TuneOptions(run=entry.options, time_budget_min=entry.time_budget_min,
-                                                      float_fallback=entry.float_fallback),
-                                  progress=say)
-            else:
-                report = run_pipeline(entry.model, target_dir, calib=entry.calib, eval_spec=entry.eval,
-                                      options=entry.options, progress=say)
-            write_text_atomic(target_dir / ".fingerprint", entry.fingerprint() + "\n")
-            outcomes.append(FleetOutcome(entry.name, "done", report))
-        except EdgequantError as exc:
-            outcomes.append(FleetOutcome(entry.name, "failed", error=str(exc)))
+
+#: Runs the entries left to run; yields one outcome each (in any order). The default runs them
+#: here, one after another; ``edgequant.scaleout`` runs them as Ray tasks.
+Executor = Callable[[list[FleetEntry], Path, Callable[[str, str], None] | None], Iterable[FleetOutcome]]
+
+
+def run_here(todo: list[FleetEntry], out_dir: Path,
+             progress: Callable[[str, str], None] | None = None) -> Iterator[FleetOutcome]:
+    for entry in todo:
+        say = (lambda msg, _n=entry.name: progress(_n, msg)) if progress else None
+        try:
+            yield FleetOutcome(entry.name, "done", run_entry(entry, out_dir / entry.name, say))
         except Exception as exc:  # noqa: BLE001 - one model's crash must not stop the fleet
-            outcomes.append(FleetOutcome(entry.name, "failed", error=f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"))
+            yield failure(entry.name, exc)
+
+
+def run_fleet(fleet_path: str | Path, out_dir: str | Path, *, force: bool = False,
+              progress: Callable[[str, str], None] | None = None,
+              executor: Executor | None = None) -> list[FleetOutcome]:
+    """Run every entry; returns one outcome per model (in the YAML's order) and writes
+    ``out_dir/index.html``."""
+    entries = load_fleet(fleet_path)
+    out_dir = Path(out_dir)
+    known, todo = triage(entries, out_dir, force=force)
+    for outcome in (executor or run_here)(todo, out_dir, progress):
+        known[outcome.name] = outcome
+    outcomes = [known[e.name] for e in entries]
+    write_index(out_dir, outcomes)
+    return outcomes
+
+
+def write_index(out_dir: Path, outcomes: list[FleetOutcome]) -> None:
     from .report.fleet_html import render_index
 
     summary = fleet_summary(outcomes)
     write_text_atomic(out_dir / "fleet.json", json.dumps(summary, indent=2) + "\n")
     write_text_atomic(out_dir / "index.html", render_index(summary))
-    return outcomes
 
 
 def best_int8_attempt(variants: list[dict]) -> dict | None:
@@ -258,6 +294,7 @@ def fleet_summary(outcomes: list[FleetOutcome]) -> dict:
                 "best_int8": ({"name": best_int8["name"], "speedup": best_int8["speedup"],
                                "accuracy": best_int8.get("accuracy"), "fidelity": best_int8["fidelity"],
                                "verdict": best_int8.get("verdict", "")} if best_int8 else None),
-                "machine": r["machine"], "report": f"{o.name}/report.html"})
+                "machine": r["machine"], "report": f"{o.name}/report.html",
+                "executed_on": r.get("executed_on")})     # the Ray node that ran it (edgequant.scaleout)
         rows.append(row)
     return {"schema": "edgequant.fleet/1", "models": rows}

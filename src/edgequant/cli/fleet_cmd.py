@@ -43,7 +43,10 @@ def _attempt(b: dict | None) -> str:
 @click.argument("fleet_yaml", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=Path("reports/fleet"), show_default=True)
 @click.option("--force", is_flag=True, help="Re-run models whose report is already up to date.")
-def fleet(fleet_yaml: Path, out: Path, force: bool) -> None:
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[auto|ADDRESS]",
+              help="Run each model as a task on a Ray cluster (auto: the cluster this machine joined; "
+                   "needs edgequant[ray]). Without it everything runs here and Ray is never imported.")
+def fleet(fleet_yaml: Path, out: Path, force: bool, ray_address: str | None) -> None:
     """Quantize and measure every model in FLEET_YAML; a failing model does not stop the others."""
     entries = api.fleet_entries(fleet_yaml)  # validate everything before spending time
     err = make_console(stderr=True)
@@ -51,7 +54,7 @@ def fleet(fleet_yaml: Path, out: Path, force: bool) -> None:
         for problem in e.missing_files():
             err.print(f"edgequant: error: {fleet_yaml}: {e.name}: {problem} (this model is skipped; the others run)")
     with err.status(f"fleet of {len(entries)} models") as status:
-        result = api.fleet(fleet_yaml, out, force=force,
+        result = api.fleet(fleet_yaml, out, force=force, ray=ray_address,
                            progress=lambda name, msg: status.update(f"[bold]{name}[/]: {msg}"))
     con = make_console()
     con.print(summary_table(result.summary))

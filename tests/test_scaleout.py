@@ -1,0 +1,117 @@
+"""`fleet --ray`: models as Ray tasks on a local two-node cluster bound to 127.0.0.1.
+
+Needs the optional extra ``edgequant[ray]`` (``make test`` installs it); without it these tests
+skip with the reason. One cluster for the module: a head without CPUs and two 1-CPU workers.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import onnx_models
+from edgequant.fleet import run_fleet
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'edgequant[ray]'; make test does)")
+
+from edgequant.scaleout import local_cluster, ray_executor  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with local_cluster(workers=2, cpus_per_worker=1, object_store_mb=200) as address:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        yield address
+
+
+def _fleet(tmp: Path, names: list[str], *, size: int = 16, runs: int = 5) -> Path:
+    rng = np.random.default_rng(0)
+    onnx_models.save(onnx_models.conv_net(opset=13, channels=16, size=size), tmp / "conv.onnx")
+    onnx_models.save(onnx_models.matmul_net(), tmp / "mlp.onnx")
+    np.savez(tmp / "conv.npz", input=rng.normal(0, 1, (8, 3, size, size)).astype(np.float32))
+    np.savez(tmp / "mlp.npz", x=rng.normal(0, 1, (8, 64)).astype(np.float32))
+    lines = [f"defaults: {{runs: {runs}, warmup: 1, threads: 1}}", "models:"]
+    for name in names:
+        kind = "conv" if name.startswith("conv") else "mlp"
+        lines.append(f"  - {{name: {name}, model: {kind}.onnx, calib: {kind}.npz}}")
+    fy = tmp / "fleet.yaml"
+    fy.write_text("\n".join(lines) + "\n")
+    return fy
+
+
+def test_fleet_runs_on_both_nodes_and_resumes(cluster, tmp_path: Path) -> None:
+    fy = _fleet(tmp_path, ["conv_a", "mlp_a", "conv_b", "mlp_b"])
+    out = tmp_path / "out"
+    outcomes = run_fleet(fy, out, executor=ray_executor(cluster))
+    assert [o.status for o in outcomes] == ["done"] * 4, [o.error for o in outcomes]
+    summary = json.loads((out / "fleet.json").read_text())
+    nodes = {r["executed_on"]["node_id"] for r in summary["models"]}
+    assert len(nodes) == 2                                  # both workers ran models
+    assert all(r["executed_on"]["ip"] == "127.0.0.1" for r in summary["models"])
+    report = json.loads((out / "conv_a" / "report.json").read_text())
+    assert report["executed_on"]["node_id"] in nodes and report["executed_on"]["isa"]
+    variant_paths = [Path(v["path"]) for v in report["variants"]]
+    assert all(p.is_file() for p in variant_paths) and all(str(out) in str(p) for p in variant_paths[1:])
+    assert str(Path(report["model"]["path"])) == str(tmp_path / "conv.onnx")   # the driver's path, not the node's
+    assert (out / "conv_a" / ".fingerprint").is_file() and (out / "index.html").is_file()
+    assert not list(out.rglob(".*.tmp"))                   # no partial files
+
+    again = run_fleet(fy, out, executor=ray_executor(cluster))   # resume: nothing left to run
+    assert [o.status for o in again] == ["up to date"] * 4
+
+
+def test_a_failing_model_fails_alone_on_the_cluster(cluster, tmp_path: Path) -> None:
+    fy = _fleet(tmp_path, ["conv_a", "mlp_a"])
+    fy.write_text(fy.read_text() + "  - {name: bad, model: conv.onnx, calib: mlp.npz}\n")   # wrong inputs
+    outcomes = {o.name: o for o in run_fleet(fy, tmp_path / "out", executor=ray_executor(cluster))}
+    assert outcomes["conv_a"].status == outcomes["mlp_a"].status == "done"
+    assert outcomes["bad"].status == "failed" and "input" in outcomes["bad"].error
+
+
+def test_cli_fleet_ray_and_the_missing_extra(cluster, tmp_path: Path, monkeypatch) -> None:
+    fy = _fleet(tmp_path, ["mlp_a"])
+    proc = subprocess.run([sys.executable, "-m", "edgequant", "fleet", str(fy), "-o", str(tmp_path / "cli"),
+                           "--ray", cluster], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "cli" / "fleet.json").read_text())["models"][0]["executed_on"]["node_id"]
+
+    from edgequant.errors import EdgequantError
+    from edgequant.scaleout import cluster as cluster_mod
+
+    monkeypatch.setitem(sys.modules, "ray", None)          # as if the extra were not installed
+    with pytest.raises(EdgequantError, match=r"pip install 'edgequant\[ray\]'"):
+        cluster_mod.import_ray()
+
+
+def test_a_worker_node_killed_mid_fleet_does_not_stop_it(cluster, tmp_path: Path) -> None:
+    """Tasks of a node that dies are retried on the survivors; the fleet finishes."""
+    from ray.cluster_utils import Cluster  # noqa: F401 - the fixture's kind of cluster
+
+    node_cluster = _owner(cluster)
+    doomed = node_cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20)
+    node_cluster.wait_for_nodes()
+    fy = _fleet(tmp_path, [f"conv_{i}" for i in range(5)], runs=30)
+
+    def kill_soon() -> None:
+        time.sleep(4.0)
+        node_cluster.remove_node(doomed, allow_graceful=False)
+
+    killer = threading.Thread(target=kill_soon)
+    killer.start()
+    outcomes = run_fleet(fy, tmp_path / "out", executor=ray_executor(cluster))
+    killer.join()
+    assert all(o.status == "done" for o in outcomes), [(o.name, o.error) for o in outcomes]
+    assert doomed not in node_cluster.worker_nodes
+
+
+def _owner(address: str):
+    from edgequant.scaleout import cluster as cluster_mod
+
+    return cluster_mod.active_cluster(address)
