@@ -154,7 +154,7 @@ def _markdown(doc: dict) -> str:
             lines.append(f"| {r['model']} | {r['recipe']} | {r['device']} | - | - | - | - | - | - | {r['error']} |")
             continue
         fb = r.get("placement", {})
-        fallback = f"{fb['compute_on_cpu']} compute / {fb['cpu_fallback']} nodes (+{fb['io_on_cpu']} graph I/O)" if fb else "-"
+        fallback = f"{fb['compute_on_cpu']} operators / {fb['cpu_fallback']} nodes (+{fb['io_on_cpu']} graph I/O)" if fb else "-"
         lines.append(f"| {r['model']} | {r['recipe']} | {r['device']} | {r['samples']} | {r['fp32']:.4g} | "
                      f"{r['x86']:.4g} | {r['on_device']:.4g} | {r['diff']:.3g} | {r['int8_on_device']} | {fallback} |")
     if doc.get("presence"):
