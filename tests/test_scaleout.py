@@ -115,3 +115,46 @@ def _owner(address: str):
     from edgequant.scaleout import cluster as cluster_mod
 
     return cluster_mod.active_cluster(address)
+
+
+@pytest.fixture(scope="module")
+def board(cluster):
+    """A third node that joined as a board: no CPUs for tasks, the resource edgequant_device:board1."""
+    node_cluster = _owner(cluster)
+    node = node_cluster.add_node(num_cpus=0, object_store_memory=100 * 2**20,
+                                 resources={"edgequant_device:board1": 1})
+    node_cluster.wait_for_nodes()
+    yield node
+
+
+def test_board_is_listed_and_measures_latency_on_its_node(cluster, board, tmp_path: Path) -> None:
+    """`--device board1`: FP32 and variants are timed on the board's node (one actor), outputs
+    too; the report names the device and every variant says latency came from board1."""
+    from edgequant import api
+    from edgequant.devices import get_device
+    from edgequant.pipeline import RunOptions
+
+    listed = {f.name: f for f in api.devices(ray=cluster)}
+    assert listed["board1"].available and listed["board1"].can_time and "Ray node" in listed["board1"].why
+    device = get_device("board1")
+    assert device.location()["node_id"] == board.node_id      # the actor lives on the board's node
+
+    rng = np.random.default_rng(0)
+    onnx_models.save(onnx_models.matmul_net(), tmp_path / "mlp.onnx")
+    np.savez(tmp_path / "mlp.npz", x=rng.normal(0, 1, (8, 64)).astype(np.float32))
+    report = api.run(tmp_path / "mlp.onnx", tmp_path / "rep", calib=str(tmp_path / "mlp.npz"),
+                     options=RunOptions(device="board1", runs=5, warmup=1, memory_runs=2))
+    assert report["device"]["name"] == "board1" and report["device"]["kind"] == "ray-node"
+    assert report["device"]["node"]["node_id"] == board.node_id and report["device"]["node"]["isa"]
+    static = next(v for v in report["variants"] if v["name"] == "static")
+    assert static["measured_on"] == {"outputs": "board1", "latency": "board1"}
+    assert static["latency_ms"]["p50"] > 0 and static["peak_memory_mb"] > 0
+    assert Path(static["path"]).parent == tmp_path / "rep"     # the caller's file, not the board's copy
+
+
+def test_a_vanished_board_is_one_clear_error(cluster, tmp_path: Path) -> None:
+    from edgequant.devices import get_device
+    from edgequant.errors import EdgequantError
+
+    with pytest.raises(EdgequantError, match="unknown device 'board9'"):
+        get_device("board9")

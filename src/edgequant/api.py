@@ -100,11 +100,19 @@ def doctor() -> dict[str, Any]:
     }
 
 
-def devices() -> list[DeviceFacts]:
-    """Every device edgequant knows, whether it can be used here (and why not), whether it can time."""
+def devices(ray: str | None = None) -> list[DeviceFacts]:
+    """Every device edgequant knows, whether it can be used here (and why not), whether it can time;
+    with ``ray`` (``auto`` or an address), also every board on that cluster with its node's CPU facts."""
     from .devices import list_devices
 
-    return list_devices()
+    found = list_devices()
+    if ray is not None:
+        from .devices._ray import connect
+        from .devices.ray_node import RayNodeDevice, device_nodes
+
+        cluster = connect(ray)
+        found += [RayNodeDevice(name, address=ray).facts() for name in sorted(device_nodes(cluster))]
+    return found
 
 
 #: Devices that need a set-up step on this machine (qnn-htp needs only `pip install 'edgequant[qnn]'`).

@@ -173,7 +173,11 @@ def build_report(model_path: Path, model_proto, variants: list[Variant], options
     """Recommend (annotating the variants) and serialize: report.json's object."""
     from .measure.roles import detect_roles
 
-    facts = options.make_device().facts()
+    device = options.make_device()
+    facts = device.facts()
+    device_entry = facts.report_entry()
+    if device.location() is not None:     # a remote board: which node measured, and its CPU
+        device_entry["node"] = device.location()
     judge_speed = facts.can_time or facts.kind == "cpu"
     recommended, reason = recommend(variants, options.budget, min_speedup=options.min_speedup,
                                     judge_speed=judge_speed, device=facts.name)
@@ -190,7 +194,7 @@ def build_report(model_path: Path, model_proto, variants: list[Variant], options
         "recommended": recommended,
         "recommendation_reason": reason,
         "target": target,
-        "device": facts.report_entry(),
+        "device": device_entry,
         "output_roles": {n: r.to_dict() for n, r in detect_roles(model_proto, options.output_roles).items()},
         "budget": {"max_drop": options.budget.max_drop, "max_abs_drop": options.budget.max_abs_drop,
                    "min_agreement": options.budget.min_agreement, "min_cosine": options.budget.min_cosine,

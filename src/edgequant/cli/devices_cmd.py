@@ -16,12 +16,15 @@ from .report_view import make_console
 @cli.group("devices", invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help='Print a JSON list of {"name", "kind", "available", "why", '
                                                       '"can_time", "emulated"}.')
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[auto|ADDRESS]",
+              help="Also list the boards on this Ray cluster (nodes started with the resource "
+                   "edgequant_device:NAME), with each node's CPU facts.")
 @click.pass_context
-def devices(ctx: click.Context, as_json: bool) -> None:
+def devices(ctx: click.Context, as_json: bool, ray_address: str | None) -> None:
     """Devices edgequant can run models on; only real hardware reports latency."""
     if ctx.invoked_subcommand is not None:
         return
-    facts = api.devices()
+    facts = api.devices(ray=ray_address)
     if as_json:
         click.echo(json.dumps([f.to_dict() for f in facts], indent=2))
         return

@@ -62,9 +62,10 @@ def device_option(f: F) -> F:
     """--device: where variants run and are measured (``edgequant devices`` lists them)."""
     from ..devices import DEVICE_NAMES
 
-    return click.option("--device", type=click.Choice(["auto", *DEVICE_NAMES]), default="auto", show_default=True,
+    return click.option("--device", default="auto", show_default=True, metavar="|".join(["auto", *DEVICE_NAMES, "BOARD"]),
                         help="Where models run and are measured (see `edgequant devices`); auto: the target's "
-                             "own device when available here (qnn -> qnn-htp), else cpu.")(f)
+                             "own device when available here (qnn -> qnn-htp), else cpu; BOARD: a board on the Ray "
+                             "cluster named by RAY_ADDRESS (`edgequant devices --ray` lists them).")(f)
 
 
 def run_options(*, target: str, max_drop: float, max_abs_drop: float | None, threads: int, warmup: int, runs: int,

@@ -105,6 +105,10 @@ class Device(ABC):
     def coverage(self, model_path: str | Path) -> Coverage:
         """Which compute ops run as integer kernels once the runtime has optimized the graph."""
 
+    def location(self) -> dict[str, Any] | None:
+        """Where a remote device runs (node id, host, CPU facts); None for this machine."""
+        return None
+
     def placement(self, model_path: str | Path) -> Placement | None:
         """Accelerator vs CPU-fallback nodes; None on a device that is itself the CPU."""
         return None

@@ -23,7 +23,24 @@ def get_device(name: str = "cpu", session: SessionConfig | None = None) -> Devic
         from .arm64_emu import Arm64EmuDevice
 
         return Arm64EmuDevice(session)
-    raise EdgequantError(f"unknown device {name!r}; expected one of {', '.join(DEVICE_NAMES)}")
+    if _ray_connected_or_asked():
+        from .ray_node import RayNodeDevice, device_nodes
+
+        device = RayNodeDevice(name, session)
+        if name in device_nodes(device._ray()):
+            return device
+    raise EdgequantError(f"unknown device {name!r}; expected one of {', '.join(DEVICE_NAMES)}, or the name of a "
+                         "board on the Ray cluster this process joined (edgequant devices --ray lists them)")
+
+
+def _ray_connected_or_asked() -> bool:
+    """A device name we do not know may be a board on a Ray cluster: only look when this process
+    already uses Ray, or RAY_ADDRESS names a cluster (never import Ray otherwise)."""
+    import os
+    import sys
+
+    ray = sys.modules.get("ray")
+    return bool(os.environ.get("RAY_ADDRESS")) or (ray is not None and ray.is_initialized())
 
 
 #: The device that verifies each target, when it is available here.

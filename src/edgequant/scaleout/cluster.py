@@ -7,36 +7,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from ..devices._ray import connect, import_ray  # noqa: F401 - re-exported
 from ..errors import EdgequantError
-
-# Ray reports usage statistics to its servers unless told not to: never send traffic outside
-# the cluster.
-_QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
-
-
-def import_ray() -> Any:
-    """The ray module, or one clear error naming the extra to install."""
-    for key, value in _QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-    try:
-        import ray
-    except ImportError:
-        raise EdgequantError("--ray needs Ray: pip install 'edgequant[ray]'") from None
-    return ray
-
-
-def connect(address: str = "auto") -> Any:
-    """``ray.init`` against ``address`` (``auto``: the cluster this machine belongs to); idempotent."""
-    ray = import_ray()
-    if ray.is_initialized():
-        return ray
-    try:
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False, include_dashboard=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-        raise EdgequantError(f"--ray {address}: cannot connect to a Ray cluster: {first.strip()[:200]}") from None
-    return ray
-
 
 _ACTIVE: dict[str, Any] = {}
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,21 +17,9 @@ from typing import Any
 
 from ..fleet import FleetEntry, FleetOutcome, failure, run_entry
 from ..fsutil import atomic_path
-from .cluster import connect
-from .transport import Shipped, Shipper, materialize
+from ..devices._ray import Shipped, Shipper, connect, materialize, node_facts
 
 _TEXT = (".json", ".html")
-
-
-def node_facts(ray: Any) -> dict:
-    """Which node this is, with the CPU facts ``doctor`` reports (recorded as ``executed_on``)."""
-    from ..targets import auto_target, detect_cpu
-
-    cpu = detect_cpu()
-    ctx = ray.get_runtime_context()
-    return {"node_id": ctx.get_node_id(), "hostname": socket.gethostname(),
-            "ip": ray.util.get_node_ip_address(), "cpu": cpu.model, "isa": list(cpu.isa),
-            "target": auto_target(cpu)}
 
 
 def _run_remote(entry: FleetEntry, files: dict[str, Shipped], driver_dir: str) -> dict:

@@ -1,17 +1,61 @@
-"""Files through Ray's object store by content hash: each distinct file travels once.
+"""Ray plumbing shared by the device nodes (``devices.ray_node``) and the fleet tasks
+(``edgequant.scaleout``): connecting, who a node is, and files through the object store by
+content hash (each distinct file travels once; a worker writes it under a content-addressed
+folder of its temp directory, reused by every later task on that node).
 
-The driver puts a file's bytes (a folder: its files' bytes by relative path) and refers to it by
-sha256; a worker writes them under a content-addressed folder of its own temp directory, reused
-by every later task on that node that needs the same content."""
+Only imported when a Ray feature is asked for; importing this module does not import Ray.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..errors import EdgequantError
+
+# Ray reports usage statistics to its servers unless told not to: never send traffic outside
+# the cluster.
+_QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def import_ray() -> Any:
+    """The ray module, or one clear error naming the extra to install."""
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    try:
+        import ray
+    except ImportError:
+        raise EdgequantError("--ray needs Ray: pip install 'edgequant[ray]'") from None
+    return ray
+
+
+def connect(address: str = "auto") -> Any:
+    """``ray.init`` against ``address`` (``auto``: the cluster this machine belongs to); idempotent."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray
+    try:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False, include_dashboard=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise EdgequantError(f"--ray {address}: cannot connect to a Ray cluster: {first.strip()[:200]}") from None
+    return ray
+
+
+def node_facts(ray: Any) -> dict:
+    """Which node this is, with the CPU facts ``doctor`` reports (``executed_on`` in reports)."""
+    from ..targets import auto_target, detect_cpu
+
+    cpu = detect_cpu()
+    ctx = ray.get_runtime_context()
+    return {"node_id": ctx.get_node_id(), "hostname": socket.gethostname(),
+            "ip": ray.util.get_node_ip_address(), "cpu": cpu.model, "isa": list(cpu.isa),
+            "target": auto_target(cpu)}
 
 
 @dataclass(frozen=True)
