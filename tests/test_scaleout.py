@@ -90,6 +90,29 @@ def test_cli_fleet_ray_and_the_missing_extra(cluster, tmp_path: Path, monkeypatc
         cluster_mod.import_ray()
 
 
+def test_tune_quantizes_candidates_as_ray_tasks(cluster, tmp_path: Path) -> None:
+    """tune --ray: candidates are quantized on the workers (two at a time), quality and timing
+    here; the cache makes a second run quantize nothing."""
+    from edgequant import api
+    from edgequant.pipeline import RunOptions
+    from edgequant.tune import TuneOptions
+
+    rng = np.random.default_rng(0)
+    onnx_models.save(onnx_models.conv_net(opset=13, channels=16, size=16), tmp_path / "conv.onnx")
+    np.savez(tmp_path / "conv.npz", input=rng.normal(0, 1, (8, 3, 16, 16)).astype(np.float32))
+    options = TuneOptions(run=RunOptions(target="x86-vnni", runs=5, warmup=1, memory_runs=2),
+                          trial_runs=4, trial_warmup=1, workers=2, max_candidates=4)
+    out = tmp_path / "tune"
+    report = api.tune(tmp_path / "conv.onnx", out, calib=str(tmp_path / "conv.npz"), eval=str(tmp_path / "conv.npz"),
+                      options=options, ray=cluster)
+    quantized_on = {r["quantized_on"] for r in report["search_trace"]}
+    assert None not in quantized_on and len(quantized_on) >= 1
+    assert all(Path(v["path"]).is_file() for v in report["variants"])
+    again = api.tune(tmp_path / "conv.onnx", out, calib=str(tmp_path / "conv.npz"), eval=str(tmp_path / "conv.npz"),
+                     options=options, ray=cluster)
+    assert again["tune"]["quantized_now"] == 0          # resumed from the driver's cache
+
+
 def test_a_worker_node_killed_mid_fleet_does_not_stop_it(cluster, tmp_path: Path) -> None:
     """Tasks of a node that dies are retried on the survivors; the fleet finishes."""
     from ray.cluster_utils import Cluster  # noqa: F401 - the fixture's kind of cluster

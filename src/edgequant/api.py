@@ -380,10 +380,20 @@ def run(model: str | Path, out_dir: str | Path, *, calib: str, eval: str | None 
 
 
 def tune(model: str | Path, out_dir: str | Path, *, calib: str, eval: str | None = None,
-         options: TuneOptions | None = None, progress: Progress | None = None) -> dict:
-    """Search recipes for the fastest INT8 model within budget; the report (with its search trace)."""
-    from .tune import run_tune
+         options: TuneOptions | None = None, ray: str | None = None, progress: Progress | None = None) -> dict:
+    """Search recipes for the fastest INT8 model within budget; the report (with its search trace).
 
+    ``ray``: ``auto`` or a cluster address: candidates are quantized as Ray tasks, at most
+    ``options.workers`` at a time (quality and timing stay here)."""
+    from dataclasses import replace
+
+    from .tune import TuneOptions, run_tune
+
+    options = options or TuneOptions()
+    if ray is not None:
+        from .scaleout.tune_tasks import ray_quantize_batch
+
+        options = replace(options, quantizer=ray_quantize_batch(ray, max_concurrency=options.workers))
     return run_tune(model, out_dir, calib=calib, eval_spec=eval, options=options, progress=progress)
 
 

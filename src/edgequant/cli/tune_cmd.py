@@ -37,8 +37,11 @@ def trace_table(report: dict) -> Table:
 @click.option("--trial-runs", type=click.IntRange(min=2), default=30, show_default=True,
               help="Interleaved rounds per search trial.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
-@click.option("--workers", type=click.IntRange(1, 2), default=2, show_default=True,
-              help="Processes that quantize candidates (timing always runs in one process).")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Candidates quantized at once: processes here (at most 2), or Ray tasks with --ray "
+                   "(timing always runs in one process, here).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[auto|ADDRESS]",
+              help="Quantize candidates as tasks on a Ray cluster (needs edgequant[ray]).")
 @click.option("--max-candidates", type=click.IntRange(min=2), default=20, show_default=True)
 @click.option("--calib-limit", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--eval-limit", type=click.IntRange(min=1), default=None)
@@ -49,7 +52,7 @@ def tune(model: Path, calib: str, eval_spec: str, out: Path | None, target: str,
          preprocess: str | None, max_drop: float, max_abs_drop: float | None, threads: int,
          time_budget: float | None, runs: int, trial_runs: int, warmup: int, workers: int,
          max_candidates: int, calib_limit: int, eval_limit: int | None, device: str, output_role: tuple[str, ...],
-         no_float_fallback: bool) -> None:
+         no_float_fallback: bool, ray_address: str | None) -> None:
     """Find the fastest quantized MODEL within the accuracy budget, by measurement."""
     run = run_options(target=target, device=device, output_role=output_role, max_drop=max_drop, max_abs_drop=max_abs_drop, threads=threads, warmup=warmup,
                       runs=runs, metric=metric, preprocess=preprocess, calib_limit=calib_limit, eval_limit=eval_limit)
@@ -57,7 +60,8 @@ def tune(model: Path, calib: str, eval_spec: str, out: Path | None, target: str,
                               max_candidates=max_candidates, float_fallback=False if no_float_fallback else None)
     out = out or Path("reports") / f"{model.stem}-tune"
     with make_console(stderr=True).status("starting") as status:
-        report = api.tune(model, out, calib=calib, eval=eval_spec, options=options, progress=status.update)
+        report = api.tune(model, out, calib=calib, eval=eval_spec, options=options, ray=ray_address,
+                          progress=status.update)
     console = make_console()
     console.print(trace_table(report))
     print_report(report, console)

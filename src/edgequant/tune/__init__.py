@@ -57,6 +57,9 @@ class TuneOptions:
     sensitivity_samples: int = 16
     # None: the target decides (qnn: no float layers, 16-bit instead); False: fully INT8 or say so
     float_fallback: bool | None = None
+    # where candidates are quantized: None = here (up to 2 processes); tune --ray plugs in
+    # edgequant.scaleout's Ray tasks (jobs, workers -> results)
+    quantizer: Callable | None = None
 
 
 def _say(progress: Progress | None, msg: str) -> None:
@@ -139,7 +142,8 @@ def run_tune(model: str | Path, out_dir: str | Path, *, calib: str, eval_spec: s
                                        "runs": options.trial_runs, "model": sha})
     runner = TrialRunner(model_path, target, cache, CalibSpec(str(calib), run.calib_limit, run.preprocess), ref,
                          eval_src, run.budget, device, timer, trial_runs=options.trial_runs,
-                         trial_warmup=options.trial_warmup, workers=options.workers, progress=progress)
+                         trial_warmup=options.trial_warmup, workers=options.workers, progress=progress,
+                         **({"quantize_batch": options.quantizer} if options.quantizer else {}))
     deadline = started + 60.0 * options.time_budget_min if options.time_budget_min is not None else None
     from ..targets import resolve_target
 

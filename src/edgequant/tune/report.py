@@ -40,7 +40,7 @@ def trace_rows(state: SearchState, target: str) -> list[dict]:
             "coverage": t.coverage, "coverage_summary": coverage_summary(t),
             "within_budget": t.within_budget if t.error is None else None,
             "float_nodes": list(t.recipe.exclude), "int16_tensors": list(t.recipe.int16_tensors),
-            "cached": t.quantized_cached, "outcome": t.outcome(),
+            "cached": t.quantized_cached, "quantized_on": t.quantized_on, "outcome": t.outcome(),
         })
     return rows
 

@@ -55,6 +55,7 @@ class Trial:
     within_budget: bool = False
     budget_why: str = ""
     quantized_cached: bool = False
+    quantized_on: str | None = None       # the Ray node that quantized it (tune --ray)
     measured_cached: bool = False
 
     @property
@@ -156,6 +157,7 @@ class TrialRunner:
     trial_warmup: int = 3
     workers: int = 2
     progress: Progress | None = None
+    quantize_batch: Callable = quantize_batch      # jobs, workers -> results (Ray: scaleout.tune_tasks)
     quantized_count: int = 0
 
     def _say(self, msg: str) -> None:
@@ -200,8 +202,9 @@ class TrialRunner:
         names = ", ".join(t.name for t in todo)
         self._say(f"quantizing {names}" + (f" ({min(2, self.workers, len(todo))} workers)" if len(todo) > 1 else ""))
         jobs = [QuantizeJob(self.model_path, t.path, t.recipe.config(self.target), self.calib) for t in todo]
-        for t, res in zip(todo, quantize_batch(jobs, self.workers)):
+        for t, res in zip(todo, self.quantize_batch(jobs, self.workers)):
             self.quantized_count += 1
+            t.quantized_on = res.get("quantized_on")
             if not res["ok"]:
                 t.error = res["error"]
             else:

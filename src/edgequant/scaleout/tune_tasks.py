@@ -1,0 +1,83 @@
+"""Tune's quantization jobs as Ray tasks: the ``quantize_batch`` that ``tune --ray`` plugs in.
+
+The search itself, quality on the evaluation data and every timing stay in the driver (timing
+must be interleaved in one process); what fans out is the expensive part, quantizing candidates
+(calibration included). Model and calibration files travel once by content hash; each task
+returns the quantized model's bytes, written by the driver into tune's cache, so a re-run resumes
+from the cache whatever node quantized a candidate. At most ``max_concurrency`` tasks at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..devices._ray import Shipped, Shipper, connect, materialize
+from ..fsutil import atomic_path
+from ..jobs import CalibSpec, QuantizeJob, run_quantize_job
+
+
+def _quantize_remote(job: QuantizeJob, model: Shipped, calib: Shipped | None) -> dict:
+    import ray
+
+    work = Path(tempfile.mkdtemp(prefix="edgequant-tune-"))
+    try:
+        spec = job.calib
+        if calib is not None:
+            spec = dataclasses.replace(spec, spec=str(materialize(calib, ray)))
+        here = dataclasses.replace(job, model_path=materialize(model, ray), out_path=work / job.out_path.name,
+                                   calib=spec)
+        result = run_quantize_job(here)
+        result["quantized_on"] = ray.get_runtime_context().get_node_id()
+        if result["ok"]:
+            result["model_bytes"] = here.out_path.read_bytes()
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def ray_quantize_batch(address: str = "auto", *, max_concurrency: int = 2,
+                       max_retries: int = 2) -> Callable[[Sequence[QuantizeJob], int], list[dict]]:
+    """A drop-in for :func:`edgequant.jobs.quantize_batch` that quantizes on the Ray cluster."""
+
+    def quantize_batch(jobs: Sequence[QuantizeJob], workers: int) -> list[dict]:
+        ray = connect(address)
+        task = ray.remote(_quantize_remote).options(num_cpus=1, max_retries=max_retries, retry_exceptions=False)
+        shipper = Shipper(ray)
+        limit = max(1, min(max_concurrency, workers))
+        results: list[dict | None] = [None] * len(jobs)
+        pending: dict = {}
+        queue = list(enumerate(jobs))
+        try:
+            while queue or pending:
+                while queue and len(pending) < limit:
+                    i, job = queue.pop(0)
+                    calib = _ship_calib(shipper, job.calib)
+                    pending[task.remote(job, shipper.ship(job.model_path), calib)] = i
+                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                i = pending.pop(ref)
+                try:
+                    res = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - node lost after retries
+                    res = {"ok": False, "error": f"on the Ray cluster: {type(exc).__name__}: {str(exc)[:200]}"}
+                data = res.pop("model_bytes", None)
+                if data is not None:
+                    with atomic_path(jobs[i].out_path) as tmp:
+                        tmp.write_bytes(data)
+                results[i] = res
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+        return [r or {"ok": False, "error": "not run"} for r in results]
+
+    return quantize_batch
+
+
+def _ship_calib(shipper: Shipper, calib: CalibSpec) -> Shipped | None:
+    if not calib.spec or calib.spec.startswith("random:"):
+        return None
+    return shipper.ship(calib.spec)
