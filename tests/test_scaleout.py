@@ -181,3 +181,15 @@ def test_a_vanished_board_is_one_clear_error(cluster, tmp_path: Path) -> None:
 
     with pytest.raises(EdgequantError, match="unknown device 'board9'"):
         get_device("board9")
+
+
+def test_fleet_on_ray_measures_latency_on_the_board(cluster, board, tmp_path: Path) -> None:
+    """A fleet entry with `device: board1`: quantized on a CPU worker, timed on the board."""
+    fy = _fleet(tmp_path, ["mlp_a"])
+    fy.write_text(fy.read_text().replace("calib: mlp.npz}", "calib: mlp.npz, device: board1}"))
+    (outcome,) = run_fleet(fy, tmp_path / "out", executor=ray_executor(cluster))
+    assert outcome.status == "done", outcome.error
+    report = outcome.report
+    assert report["executed_on"]["node_id"] != board.node_id            # quantized on a CPU worker
+    assert report["device"]["node"]["node_id"] == board.node_id         # timed on the board
+    assert all(v["measured_on"]["latency"] == "board1" for v in report["variants"])

@@ -100,8 +100,11 @@ def _entry(fleet_path: Path, i: int, raw: dict, defaults: dict) -> FleetEntry:
     if not isinstance(roles, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in roles.items()):
         raise EdgequantError(f"{where}.output_roles: expected a mapping of output name -> role")
     device = merged.get("device", "auto")
-    if device not in ("auto", *DEVICE_NAMES):
-        raise EdgequantError(f"{where}.device: {device!r} is not one of auto, {', '.join(DEVICE_NAMES)}")
+    if device not in ("auto", *DEVICE_NAMES) and not (isinstance(device, str) and device.replace("-", "").replace(
+            "_", "").isalnum()):
+        # other names are boards on a Ray cluster, checked when the model runs
+        raise EdgequantError(f"{where}.device: {device!r} is not one of auto, {', '.join(DEVICE_NAMES)} "
+                             "or a board's name")
     preprocess = None
     if merged.get("preprocess") is not None:
         from .data import Preprocess
