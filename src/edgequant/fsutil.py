@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -40,6 +41,10 @@ def atomic_path(out: str | Path) -> Iterator[Path]:
     try:
         yield tmp_p
         os.replace(tmp_p, out)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:   # the partial file goes; the old output (if any) stays
+            raise EdgequantError(f"{out}: no space left on device writing it") from None
+        raise
     finally:
         if tmp_p.exists():
             tmp_p.unlink()

@@ -6,6 +6,7 @@ import hashlib
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,7 @@ def load_model(path: str | Path, *, check: bool = True) -> onnx.ModelProto:
     if has_external:
         onnx.external_data_helper.load_external_data_for_model(model, str(p.parent))
     if check:
+        check_ops_known(model, p)
         try:
             if has_external or model.ByteSize() > _EXTERNAL_DATA_THRESHOLD:
                 onnx.checker.check_model(str(p))
@@ -99,6 +101,38 @@ def load_model(path: str | Path, *, check: bool = True) -> onnx.ModelProto:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise EdgequantError(f"{p}: invalid ONNX model (truncated or corrupt?): {first}") from None
     return model
+
+
+@lru_cache(maxsize=1)
+def _ort_ops() -> frozenset[tuple[str, str]]:
+    """(domain, op type) of every operator onnxruntime has a schema (and kernels) for."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import get_all_operator_schema
+
+    return frozenset((s.domain, s.name) for s in get_all_operator_schema())
+
+
+def _nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                yield from _nodes(sub)
+
+
+def check_ops_known(model: onnx.ModelProto, path: str | Path) -> None:
+    """One line naming the first op onnxruntime cannot run (a custom op whose library edgequant
+    cannot load), before any tool prints onnxruntime's own traceback for it."""
+    known = _ort_ops() | {(f.domain, f.name) for f in model.functions}   # model-local functions run
+    for node in _nodes(model.graph):
+        domain = "" if node.domain in ("", "ai.onnx") else node.domain
+        if (domain, node.op_type) not in known:
+            import onnxruntime
+
+            name = f" {node.name!r}" if node.name else ""
+            raise EdgequantError(
+                f"{path}: node{name} uses {domain + ':' if domain else ''}{node.op_type}, which onnxruntime "
+                f"{onnxruntime.__version__} has no kernel for (a custom op needs its own library, which edgequant "
+                "cannot load)")
 
 
 def default_opset(model: onnx.ModelProto) -> int:

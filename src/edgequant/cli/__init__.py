@@ -7,6 +7,7 @@ traceback only under ``--debug``.
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import click
@@ -61,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:  # usage errors, bad paths given to click types
         _error(exc.format_message())
         return exc.exit_code if exc.exit_code else EXIT_USAGE
-    except click.exceptions.Abort:
-        _error("aborted")
+    except click.exceptions.Abort:      # click's form of Ctrl-C
+        _error("interrupted")
         return 130
     except EdgequantError as exc:
         if debug:
@@ -72,6 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted")
         return 130
+    except OSError as exc:
+        if debug:
+            raise
+        if exc.errno == errno.ENOSPC:      # e.g. inside onnxruntime's quantizer, writing a temp model
+            _error(f"no space left on device writing {exc.filename or 'a temporary file (check TMPDIR too)'}")
+        else:
+            where = f"{exc.filename}: " if exc.filename else ""
+            _error(f"{where}{exc.strerror or exc} (re-run with --debug for the traceback)")
+        return EXIT_ERROR
     except Exception as exc:  # noqa: BLE001 - last line of defence: one line, no traceback
         if debug:
             raise

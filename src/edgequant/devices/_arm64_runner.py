@@ -23,7 +23,7 @@ import onnxruntime as ort
 def _options(job):
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(job.get("threads", 1))
-    so.log_severity_level = 3
+    so.log_severity_level = 4
     return so
 
 

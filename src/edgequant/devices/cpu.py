@@ -177,7 +177,7 @@ class CpuDevice(Device):
             so = ort.SessionOptions()
             so.graph_optimization_level = _OPT_LEVELS[level]
             so.optimized_model_filepath = os.fspath(out)
-            so.log_severity_level = 3
+            so.log_severity_level = 4
             open_session(model_path, SessionConfig(), options=so)
             return onnx.load(os.fspath(out), load_external_data=False)
 

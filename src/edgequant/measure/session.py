@@ -83,7 +83,7 @@ def session_options(cfg: SessionConfig) -> ort.SessionOptions:
     so.enable_cpu_mem_arena = cfg.enable_mem_arena
     so.enable_mem_pattern = cfg.enable_mem_pattern
     so.execution_mode = EXECUTION_MODES[cfg.execution_mode]
-    so.log_severity_level = 3  # errors only: warnings would interleave with our tables
+    so.log_severity_level = 4  # fatal only: a failure reaches the user as our one-line error
     if cfg.allow_spinning is not None:
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if cfg.allow_spinning else "0")
         so.add_session_config_entry("session.inter_op.allow_spinning", "1" if cfg.allow_spinning else "0")
