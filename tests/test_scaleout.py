@@ -193,3 +193,38 @@ def test_fleet_on_ray_measures_latency_on_the_board(cluster, board, tmp_path: Pa
     assert report["executed_on"]["node_id"] != board.node_id            # quantized on a CPU worker
     assert report["device"]["node"]["node_id"] == board.node_id         # timed on the board
     assert all(v["measured_on"]["latency"] == "board1" for v in report["variants"])
+
+
+def test_a_board_lost_mid_run_still_gives_a_report(cluster, tmp_path: Path, monkeypatch) -> None:
+    """The board vanishes just before timing: outputs were measured on it, latency and memory
+    come from this machine (each variant says so), a note names the loss, speed is not judged."""
+    from edgequant import api
+    from edgequant.devices import ray_node
+    from edgequant.pipeline import RunOptions
+
+    node_cluster = _owner(cluster)
+    doomed = node_cluster.add_node(num_cpus=0, object_store_memory=100 * 2**20,
+                                   resources={"edgequant_device:board2": 1})
+    node_cluster.wait_for_nodes()
+    original = ray_node.RayNodeDevice.time_interleaved
+
+    def vanish_then_time(self, *args, **kwargs):
+        if doomed in node_cluster.list_all_nodes():
+            node_cluster.remove_node(doomed, allow_graceful=False)
+            deadline = time.monotonic() + 60            # until the cluster knows (deterministic test)
+            while time.monotonic() < deadline and any(
+                    n["NodeID"] == doomed.node_id and n["Alive"] for n in ray.nodes()):
+                time.sleep(0.5)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ray_node.RayNodeDevice, "time_interleaved", vanish_then_time)
+    rng = np.random.default_rng(0)
+    onnx_models.save(onnx_models.matmul_net(), tmp_path / "mlp.onnx")
+    np.savez(tmp_path / "mlp.npz", x=rng.normal(0, 1, (8, 64)).astype(np.float32))
+    report = api.run(tmp_path / "mlp.onnx", tmp_path / "rep", calib=str(tmp_path / "mlp.npz"),
+                     options=RunOptions(device="board2", runs=5, warmup=1, memory_runs=2))
+    static = next(v for v in report["variants"] if v["name"] == "static")
+    assert static["measured_on"] == {"outputs": "board2", "latency": "cpu"}
+    assert any("board2 was lost while measuring latency" in n for n in report["notes"])
+    assert report["device"]["node"]["lost"] is True
+    assert (tmp_path / "rep" / "report.html").is_file()

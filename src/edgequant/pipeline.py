@@ -112,18 +112,45 @@ def _outputs(candidates: Sequence[Candidate], eval_source: DataSource, device, h
     return outputs, got.labels
 
 
+class _Lost:
+    """A remote device (a board on a Ray cluster) that vanishes mid-run: what it had not measured
+    yet is measured on this machine's CPU instead, each variant's ``measured_on`` says so, and a
+    note names what was lost; the report still comes out. Local devices' errors pass through."""
+
+    def __init__(self, device, host, notes: list[str] | None) -> None:
+        self.device, self.host, self.notes, self.lost = device, host, notes, False
+
+    def use(self, on_device):
+        return self.host if self.lost else on_device
+
+    def call(self, what: str, on_device, fn):
+        try:
+            return fn(self.use(on_device))
+        except EdgequantError as exc:
+            if self.lost or on_device is self.host or on_device.location() is None:
+                raise
+            self.lost = True
+            if self.notes is not None:
+                self.notes.append(f"{self.device.name} was lost while measuring {what} ({exc}); that and everything "
+                                  "after it was measured on this machine's CPU, not on the board")
+            return fn(self.host)
+
+
 def measure_candidates(candidates: Sequence[Candidate], eval_source: DataSource, options: RunOptions,
-                       progress: Progress | None = None) -> list[Variant]:
+                       progress: Progress | None = None, notes: list[str] | None = None) -> list[Variant]:
     """Measure every candidate (first = FP32 reference) the same way: outputs, coverage and placement
     on the run's device; latency, memory and profiles where time is real (the device, or else
-    this machine's CPU, and each variant records which)."""
+    this machine's CPU, and each variant records which). ``notes`` receives what a lost remote
+    device could not measure."""
     from .measure.accuracy import choose_metric
     from .measure.fidelity import compare_outputs
 
     device, host, timer = options.make_devices()
+    lost = _Lost(device, host, notes)
     paths = [str(c.path) for c in candidates]
     _say(progress, f"running {len(paths)} models on {eval_source.count or '?'} samples ({device.name})")
-    outputs, labels = _outputs(candidates, eval_source, device, host)
+    outputs, labels = lost.call("outputs", device, lambda d: _outputs(candidates, eval_source, d, host))
+    outputs_on = lost.use(device)
     reference = outputs[0]
     roles = output_roles(candidates[0].path, options)
     metric = choose_metric(options.metric, has_labels=labels is not None, synthetic=eval_source.synthetic)
@@ -131,30 +158,36 @@ def measure_candidates(candidates: Sequence[Candidate], eval_source: DataSource,
 
     _say(progress, f"timing {len(paths)} models interleaved ({options.runs} rounds, {timer.name})")
     first = next(iter(eval_source))
-    bench = timer.time_interleaved(paths, first.feeds, warmup=options.warmup, runs=options.runs)
-
-    base = timer.baseline_memory() if options.measure_memory else None
+    bench = lost.call("latency", timer, lambda t: t.time_interleaved(paths, first.feeds, warmup=options.warmup,
+                                                                    runs=options.runs))
+    timed_on = lost.use(timer)
+    base = lost.call("memory", timer, lambda t: t.baseline_memory()) if options.measure_memory else None
+    # memory is measured over the baseline of the machine that measures it: all on one machine
+    memory_on = lost.use(timer)
     variants = []
     for i, cand in enumerate(candidates):
         memory = None
         if options.measure_memory:
             _say(progress, f"peak memory of {cand.name} (fresh process)")
-            memory = timer.peak_memory(cand.path, first.feeds, runs=options.memory_runs, baseline_mb=base)
+            memory = lost.call("memory", memory_on, lambda t: t.peak_memory(
+                cand.path, first.feeds, runs=options.memory_runs,
+                baseline_mb=base if t is memory_on else t.baseline_memory()))
         acc = None
         if metric:
             acc = accuracy_entry(metric(outputs[i], labels, reference), fp32_metric)
         quantized = cand.mode in ("dynamic", "static")
-        placement = device.placement(cand.path) if quantized else None
+        placement = lost.call("placement", device, lambda d: d.placement(cand.path)) if quantized else None
         variants.append(Variant(
             name=cand.name, path=str(cand.path), config={**cand.config, "session": options.session.to_dict()},
             size_bytes=model_io.model_size_bytes(cand.path),
             latency=bench.models[i].stats, speed=bench.models[i].speedup,
             fidelity=compare_outputs(reference, outputs[i], roles), accuracy=acc,
-            coverage=device.coverage(cand.path) if quantized else None,
+            coverage=lost.call("coverage", device, lambda d: d.coverage(cand.path)) if quantized else None,
             memory=memory, notes=list(cand.notes),
-            profile_us_by_op=timer.profile_ops(cand.path, first.feeds) if options.profile else None,
+            profile_us_by_op=(lost.call("per-op profiles", timed_on, lambda t: t.profile_ops(cand.path, first.feeds))
+                              if options.profile else None),
             placement=placement.to_dict() if placement is not None else None,
-            measured_on={"outputs": device.name if quantized else host.name, "latency": timer.name}))
+            measured_on={"outputs": outputs_on.name if quantized else host.name, "latency": timed_on.name}))
     return variants
 
 
@@ -178,10 +211,12 @@ def build_report(model_path: Path, model_proto, variants: list[Variant], options
     device_entry = facts.report_entry()
     if device.location() is not None:     # a remote board: which node measured, and its CPU
         device_entry["node"] = device.location()
-    judge_speed = facts.can_time or facts.kind == "cpu"
+    # speed is judged where time is real, and only if every variant was timed on the device itself
+    judge_speed = ((facts.can_time or facts.kind == "cpu")
+                   and all((v.measured_on or {}).get("latency", facts.name) == facts.name for v in variants))
     recommended, reason = recommend(variants, options.budget, min_speedup=options.min_speedup,
                                     judge_speed=judge_speed, device=facts.name)
-    if not judge_speed:
+    if not judge_speed and not facts.can_time:
         notes = [*notes, f"outputs, accuracy and placement were measured on {facts.name} ({facts.why}); its time "
                  "is not latency, so latency, memory and speedups are this machine's CPU running the same "
                  "files, and the recommendation does not depend on them"]
@@ -327,7 +362,7 @@ def run_pipeline(model_path: str | Path, out_dir: str | Path, *, calib: str, eva
         notes.append(note)
     fp32 = Candidate("fp32", model_path, {"mode": "fp32"})
     made = [*fp32_rewrite_candidate(model_path, proto, out_dir, target), *made]
-    measured = measure_candidates([fp32, *made], eval_src, options, progress)
+    measured = measure_candidates([fp32, *made], eval_src, options, progress, notes)
     report = build_report(model_path, proto, measured, options, target=target, notes=notes, failed=failed)
     write_report(out_dir, report)
     return report

@@ -123,14 +123,24 @@ class RayNodeDevice(Device):
         if self.name not in nodes:
             return DeviceFacts(self.name, self.kind, False,
                                f"no live Ray node carries {RESOURCE_PREFIX}{self.name}", can_time=True)
-        f = ray.get(self._host().node.remote())
+        try:
+            f = ray.get(self._host().node.remote())
+        except Exception as exc:  # noqa: BLE001 - listed a moment ago, gone now
+            self._actor = None
+            return DeviceFacts(self.name, self.kind, False, f"the board's node was lost ({type(exc).__name__})",
+                               can_time=True)
         return DeviceFacts(self.name, self.kind, True,
                            f"Ray node {f['node_id'][:8]} ({f['hostname']}, {f['ip']}): {f['cpu']}, "
                            f"target {f['target']}", can_time=True)
 
     def location(self) -> dict:
-        """The board's node id, host and CPU facts (what ``doctor`` would say there)."""
-        return self._ray().get(self._host().node.remote())
+        """The board's node id, host and CPU facts (what ``doctor`` would say there); after the
+        board is gone, what it was, marked ``lost``."""
+        try:
+            self._location = self._ray().get(self._host().node.remote())
+        except Exception:  # noqa: BLE001 - the board vanished: say which one it was
+            return {**getattr(self, "_location", {"name": self.name}), "lost": True}
+        return self._location
 
     def with_session(self, session: SessionConfig) -> RayNodeDevice:
         other = RayNodeDevice(self.name, session, address=self.address)

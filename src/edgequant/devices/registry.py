@@ -27,10 +27,14 @@ def get_device(name: str = "cpu", session: SessionConfig | None = None) -> Devic
         from .ray_node import RayNodeDevice, device_nodes
 
         device = RayNodeDevice(name, session)
-        if name in device_nodes(device._ray()):
+        if name in _BOARDS_SEEN or name in device_nodes(device._ray()):
+            _BOARDS_SEEN.add(name)    # a board that vanishes later stays a (lost) device, not a typo
             return device
     raise EdgequantError(f"unknown device {name!r}; expected one of {', '.join(DEVICE_NAMES)}, or the name of a "
                          "board on the Ray cluster this process joined (edgequant devices --ray lists them)")
+
+
+_BOARDS_SEEN: set[str] = set()
 
 
 def _ray_connected_or_asked() -> bool:

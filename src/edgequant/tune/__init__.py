@@ -159,7 +159,7 @@ def run_tune(model: str | Path, out_dir: str | Path, *, calib: str, eval_spec: s
     candidates = ([Candidate("fp32", model_path, {"mode": "fp32"})]
                   + fp32_rewrite_candidate(model_path, proto, out_dir, target)   # exact rewrites compete too
                   + [_publish(t, out_dir, model_path.stem) for t in finalists])
-    variants = measure_candidates(candidates, eval_src, run, progress)
+    variants = measure_candidates(candidates, eval_src, run, progress, notes)
     failed = [{"name": t.name, "config": t.recipe_dict, "error": t.error} for t in state.trials if t.error]
     report = build_report(model_path, proto, variants, run, target=target, notes=notes, failed=failed)
     detail = tune_report.recommendation_detail(state, report["recommended"])
