@@ -97,6 +97,14 @@ class StreamingHistogram:
         self.counts = np.bincount(target, weights=self.counts, minlength=self.bins).round().astype(np.int64)
         self.half *= k
 
+    def abs_quantile(self, q: float) -> float:
+        """The ``q`` quantile (0..1) of |x|, interpolated inside the bin where the count reaches it."""
+        if not self.count:
+            return 0.0
+        edges = np.linspace(self.amin, self.absmax, self.bins // 2 + 1)
+        cum = np.concatenate([[0.0], np.cumsum(self.resample(edges, absolute=True))])
+        return float(np.interp(q * cum[-1], cum, edges))
+
     def resample(self, edges: np.ndarray, *, absolute: bool = False) -> np.ndarray:
         """Counts on other ``edges`` (of x, or of |x|): the cumulative count interpolated at each
         edge, i.e. values spread evenly inside a fine bin, which is first cut to the observed data
