@@ -48,6 +48,19 @@ def test_streaming_histogram_equals_one_shot_histogram_after_rebinning() -> None
     assert h.half < 2 * h.absmax                           # resolution stays within 2x of the data's
 
 
+def test_large_tensors_are_histogrammed_in_chunks(monkeypatch) -> None:
+    from edgequant.algorithms import histogram
+
+    whole = StreamingHistogram(bins=1024)
+    for b in _batches(2):
+        whole.add(b)
+    monkeypatch.setattr(histogram, "CHUNK", 999)            # bounded temporaries, same counts
+    chunked = StreamingHistogram(bins=1024)
+    for b in _batches(2):
+        chunked.add(b)
+    assert np.array_equal(whole.counts, chunked.counts) and whole.half == chunked.half
+
+
 @pytest.mark.parametrize("method,symmetric,bins,qbins", [
     ("percentile", True, 2048, None),      # ORT's percentile defaults
     ("percentile", False, 2048, None),
@@ -101,16 +114,19 @@ def _source(model: Path, calib: Path):
     return open_source(str(calib), graph_inputs(load_model(model)))
 
 
-@pytest.mark.parametrize("method", ["percentile", "entropy", "distribution"])
-def test_quantized_model_has_onnxruntimes_ranges(tmp_path: Path, monkeypatch, method: str) -> None:
+@pytest.mark.parametrize("method,target", [("percentile", "x86-vnni"), ("entropy", "x86-vnni"),
+                                           ("distribution", "x86-vnni"), ("percentile", "qnn")])
+def test_quantized_model_has_onnxruntimes_ranges(tmp_path: Path, monkeypatch, method: str, target: str) -> None:
     """The whole recipe, streaming vs onnxruntime's own HistogramCalibrater (the old path): every
     activation's scale agrees. Percentile: within 1% (one of ORT's 2048 bins moves a range by
     <= 1/2048 of the absmax, a few such bins at most on these ranges); entropy and distribution
     reduce to min/max and absmax with ORT's defaults: within float rounding. Except, on purpose:
     distribution's Relu outputs start at 0 (ORT's -absmax there breaks its own Relu removal)."""
-    model = onnx_models.save(onnx_models.conv_net(opset=13, channels=16), tmp_path / "m.onnx")
+    proto = onnx_models.conv_net(opset=13, channels=16)
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1    # qnn needs static shapes
+    model = onnx_models.save(proto, tmp_path / "m.onnx")
     src = _source(model, _calib(tmp_path, 12))
-    config = make_config("static", "x86-vnni", calib_method=method)
+    config = make_config("static", target, calib_method=method)
     ours = quantize_model(model, tmp_path / "ours.onnx", config, src)
     assert any("streaming histograms over 12" in n for n in ours.notes), ours.notes
     monkeypatch.setattr(quantize_mod, "HISTOGRAM_METHODS", ())   # back to ORT's calibrator

@@ -40,6 +40,7 @@ from ..qdq.graph import expose_tensors
 
 METHODS = ("percentile", "entropy", "distribution")
 FINE_BINS = 16384
+CHUNK = 1 << 20
 #: onnxruntime's defaults per method: (bins, quantized bins for the KL search)
 ORT_BINS = {"percentile": (2048, 0), "entropy": (128, 128), "distribution": (2048, 0)}
 
@@ -80,9 +81,10 @@ class StreamingHistogram:
             self.counts[self.bins // 2] += x.size
             return
         scale = self.bins / (2.0 * self.half)
-        idx = np.floor((x.astype(np.float64) + self.half) * scale).astype(np.int64)
-        np.clip(idx, 0, self.bins - 1, out=idx)
-        self.counts += np.bincount(idx, minlength=self.bins)
+        for start in range(0, x.size, CHUNK):  # float64/int64 temporaries of a chunk, not of the tensor
+            idx = np.floor((x[start:start + CHUNK].astype(np.float64) + self.half) * scale).astype(np.int64)
+            np.clip(idx, 0, self.bins - 1, out=idx)
+            self.counts += np.bincount(idx, minlength=self.bins)
 
     def _grow(self, amax: float) -> None:
         if self.half == 0.0:
