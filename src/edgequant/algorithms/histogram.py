@@ -9,8 +9,8 @@ Re-binning: a tensor's histogram covers [-T, T] with ``FINE_BINS`` (even) bins, 
 non-zero sample. When a sample exceeds T, T grows by an integer factor k, so every old bin lies
 inside exactly one new bin (edges are multiples of the bin width around 0) and merging k old bins
 into one new bin is exact: the streamed histogram equals a one-shot histogram over the final
-range. T stays below 2x the data's absmax, so the fine bins stay at least 4x narrower than
-onnxruntime's (2048 bins over the absmax).
+range. T stays below 2x the data's absmax, so the fine bins stay at least 2x narrower than
+onnxruntime's narrowest (percentile: 2048 bins over |x|).
 
 Ranges follow onnxruntime's definitions (``onnxruntime.quantization.calibrate``, ORT's defaults
 as ``quantize_static`` uses them, which passes no bin counts): its one-shot histogram over all
