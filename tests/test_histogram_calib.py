@@ -198,3 +198,10 @@ def test_peak_memory_does_not_grow_with_the_sample_count(tmp_path: Path) -> None
     few = _peak_traced(model, calib(8), tmp_path / "few.onnx")
     many = _peak_traced(model, calib(64), tmp_path / "many.onnx")
     assert many < few + 8 * 2**20, (few, many)      # 56 more samples: well under 10 samples' tensors
+
+
+def test_a_percentile_outside_0_100_is_one_clear_error() -> None:
+    from edgequant.errors import EdgequantError
+
+    with pytest.raises(EdgequantError, match=r"percentile must be in \(0, 100\], got 150"):
+        make_config("static", "x86-vnni", calib_method="percentile", calib_percentile=150.0)

@@ -100,6 +100,8 @@ def make_config(
                                  (wt, WEIGHT_TYPES, "weight type"), (calib_method, CALIB_METHODS, "calibration method")):
         if value not in allowed:
             raise EdgequantError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
+    if not 0.0 < calib_percentile <= 100.0:
+        raise EdgequantError(f"calibration percentile must be in (0, 100], got {calib_percentile:g}")
     if rule.name == "qnn" and fmt != "qdq":
         raise EdgequantError("target qnn needs --format qdq (QNN HTP consumes QDQ graphs)")
     if mode == "static" and act in ("uint16", "int16") and fmt == "qoperator":
