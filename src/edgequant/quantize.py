@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from . import model as model_io
@@ -26,6 +27,8 @@ FORMATS = ("qdq", "qoperator")
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
 WEIGHT_TYPES = ("int8", "uint8")
 CALIB_METHODS = ("minmax", "entropy", "percentile", "distribution")
+# computed here from streaming histograms (algorithms/histogram), never by ORT's HistogramCalibrater
+HISTOGRAM_METHODS = ("entropy", "percentile", "distribution")
 # Dynamic quantization of Conv (ConvInteger) has no fast x86/ARM kernel in ORT: 4-10x slower than FP32.
 DYNAMIC_DEFAULT_OPS = ("MatMul", "Gemm")
 SLOW_DYNAMIC_OPS = {"Conv": "ConvInteger has no fast kernel in onnxruntime's CPU provider; "
@@ -97,6 +100,8 @@ def make_config(
                                  (wt, WEIGHT_TYPES, "weight type"), (calib_method, CALIB_METHODS, "calibration method")):
         if value not in allowed:
             raise EdgequantError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
+    if not 0.0 < calib_percentile <= 100.0:
+        raise EdgequantError(f"calibration percentile must be in (0, 100], got {calib_percentile:g}")
     if rule.name == "qnn" and fmt != "qdq":
         raise EdgequantError("target qnn needs --format qdq (QNN HTP consumes QDQ graphs)")
     if mode == "static" and act in ("uint16", "int16") and fmt == "qoperator":
@@ -260,6 +265,54 @@ def _range_overrides(src: Path, config: QuantizeConfig, calibration, notes: list
     return result.overrides()
 
 
+def _histogram_overrides(src: Path, config: QuantizeConfig, calibration, notes: list[str],
+                         on_sample: Callable[[int], None] | None) -> dict:
+    """``TensorQuantOverrides`` rmin/rmax of every activation from :mod:`edgequant.algorithms.histogram`:
+    onnxruntime's HistogramCalibrater keeps every intermediate tensor of every sample (GBs)."""
+    from .algorithms.histogram import histogram_ranges
+    from .devices import local_cpu
+    from .measure.session import SessionConfig
+
+    # graph optimization off, as ORT's calibrator runs it: every tensor is the float graph's own
+    device = local_cpu(SessionConfig(graph_optimization="disable"))
+    symmetric = bool(config.extra_options.get("CalibTensorRangeSymmetric", True))  # ORT's percentile default
+    result = histogram_ranges(src, calibration, device, config.calib_method, percentile=config.calib_percentile,
+                              symmetric=symmetric, on_sample=on_sample)
+    if result.samples == 0:
+        raise EdgequantError(f"{calibration.spec}: no calibration samples")
+    notes.append(result.describe())
+    return _as_ort_adjusts(onnx.load(str(src), load_external_data=False), config, result.overrides())
+
+
+def _as_ort_adjusts(model: onnx.ModelProto, config: QuantizeConfig, overrides: dict) -> dict:
+    """What ORT's quantizer does to calibrated ranges (``adjust_tensor_ranges``) but not to
+    overrides: a quantized Relu/Clip that alone reads its input lends that input its output's
+    range (so the fused Conv->Relu keeps the full 8 bits), and a quantized Softmax's output keeps
+    ORT's [0, 1]. A Relu's range starts at 0: ORT drops the Relu and lets its output's Q clip,
+    which a range below 0 (distribution's +-absmax) would not do (ORT's own distribution
+    calibration yields a garbage model there)."""
+    def quantized(node: onnx.NodeProto) -> bool:
+        return (config.op_types is None or node.op_type in config.op_types) and node.name not in config.exclude
+
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    out = dict(overrides)
+    for node in model.graph.node:
+        if not quantized(node):
+            continue
+        if node.op_type == "Relu" and node.output[0] in out:
+            (entry,) = out[node.output[0]]
+            out[node.output[0]] = [{**entry, "rmin": max(entry["rmin"], np.float32(0.0))}]
+        if node.op_type in ("Relu", "Clip") and readers.get(node.input[0]) == 1 and node.output[0] in out \
+                and node.input[0] in out:
+            out[node.input[0]] = out[node.output[0]]
+        elif node.op_type == "Softmax":
+            out.pop(node.output[0], None)
+    return out
+
+
 def _correct_biases(prepared: Path, qdq: Path, calibration, notes: list[str]) -> Path:
     """:mod:`edgequant.algorithms.bias_correction` on the freshly quantized model."""
     from .algorithms.bias_correction import correct_biases
@@ -283,15 +336,24 @@ def _with_overrides(extra: dict, ranges: dict) -> dict:
     return {**extra, "TensorQuantOverrides": merged}
 
 
-def _run_static(src: Path, out: Path, config: QuantizeConfig, reader, notes: list[str], calibration=None) -> None:
+def _run_static(src: Path, out: Path, config: QuantizeConfig, reader, notes: list[str], calibration=None,
+                on_sample: Callable[[int], None] | None = None) -> None:
     from onnxruntime.quantization import QuantFormat, quantize, quantize_static
 
-    ranges = _range_overrides(src, config, calibration, notes) if calibration is not None else {}
+    method = config.calib_method
+    if method in HISTOGRAM_METHODS and calibration is not None:
+        ranges = _histogram_overrides(src, config, calibration, notes, on_sample)
+        # every calibrated tensor is overridden: ORT's own min/max pass needs only one sample
+        from .data import calibration_reader
+
+        reader, method = calibration_reader(calibration, limit=1), "minmax"
+    else:
+        ranges = _range_overrides(src, config, calibration, notes) if calibration is not None else {}
     if config.target == "qnn":
         from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
         qnn_config = get_qnn_qdq_config(
-            str(src), reader, calibrate_method=_calib_method(config.calib_method),
+            str(src), reader, calibrate_method=_calib_method(method),
             activation_type=_qtype(config.activation_type), weight_type=_qtype(config.weight_type),
             per_channel=config.per_channel, weight_symmetric=True,
             op_types_to_quantize=list(config.op_types) if config.op_types else None,
@@ -312,7 +374,8 @@ def _run_static(src: Path, out: Path, config: QuantizeConfig, reader, notes: lis
         # on ORT's optimized graph and explains every compute op left in float.
         from .qdq import quantize_static_optimized
 
-        summary = quantize_static_optimized(src, out, reader, prepared=True, **static_qdq_kwargs(config, extra))
+        summary = quantize_static_optimized(src, out, reader, prepared=True,
+                                            **static_qdq_kwargs(config, extra, calib_method=method))
         notes.extend(f"{name} stays float: {why}" for name, why in summary.float_compute_nodes.items())
         notes.extend(summary.warnings)
         return
@@ -321,21 +384,22 @@ def _run_static(src: Path, out: Path, config: QuantizeConfig, reader, notes: lis
         op_types_to_quantize=list(config.op_types) if config.op_types else None,
         per_channel=config.per_channel, reduce_range=config.reduce_range,
         activation_type=_qtype(config.activation_type), weight_type=_qtype(config.weight_type),
-        nodes_to_exclude=list(config.exclude), calibrate_method=_calib_method(config.calib_method),
+        nodes_to_exclude=list(config.exclude), calibrate_method=_calib_method(method),
         extra_options=extra)
 
 
-def static_qdq_kwargs(config: QuantizeConfig, extra: dict | None = None) -> dict:
+def static_qdq_kwargs(config: QuantizeConfig, extra: dict | None = None, *, calib_method: str | None = None) -> dict:
     """``quantize_static_optimized`` keyword arguments for ``config`` (shared with selective).
 
     ``extra`` defaults to the ORT options this config implies at opset 13 (selective prepares
-    the model itself)."""
+    the model itself); ``calib_method`` replaces the config's (ranges already overridden)."""
     if extra is None:
         extra = _static_extra_options(config, 13)
     return dict(per_channel=config.per_channel, reduce_range=config.reduce_range,
                 activations_to_uint8=config.activations_to_uint8,
                 activation_type=_qtype(config.activation_type), weight_type=_qtype(config.weight_type),
-                calibrate_method=_calib_method(config.calib_method), nodes_to_exclude=list(config.exclude) or None,
+                calibrate_method=_calib_method(calib_method or config.calib_method),
+                nodes_to_exclude=list(config.exclude) or None,
                 op_types=list(config.op_types) if config.op_types else None, extra_options=extra)
 
 
@@ -385,7 +449,7 @@ def quantize_model(
                     from .data import calibration_reader
 
                     reader = calibration_reader(calibration, on_sample=on_calib_sample)
-                    _run_static(prepared, raw_out, config, reader, notes, calibration)
+                    _run_static(prepared, raw_out, config, reader, notes, calibration, on_calib_sample)
                     if config.bias_correction and config.quant_format == "qdq":
                         raw_out = _correct_biases(prepared, raw_out, calibration, notes)
         except EdgequantError:

@@ -5,8 +5,8 @@ and of its static QDQ twin as graph outputs, run both on the same samples with g
 optimization off, and compare each tensor's quantized value (the ``DequantizeLinear`` output
 the next op consumes) with its FP32 value as SQNR. A node's *drop* is the SQNR it loses
 relative to its inputs: ranking by drop names the node that creates the error instead of every
-node downstream of it. Statistics are accumulated per sample, so memory does not grow with the
-number of samples. Tensors whose range is dominated by outliers (raw detection regressors, one
+node downstream of it. Statistics are accumulated per sample (sums, maxima and a fixed-size
+histogram per tensor), so memory does not grow with the number of samples. Tensors whose range is dominated by outliers (raw detection regressors, one
 huge channel) are flagged: 8-bit per-tensor steps cannot resolve them, 16-bit or float can.
 
 Names refer to the *prepared* graph the quantizer saw (after ORT pre-processing), which is the
@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .algorithms.histogram import StreamingHistogram
 from .errors import EdgequantError
 from .qdq.graph import GraphIndex, dequantize_constant, expose_tensors, float_tensors
 
@@ -38,8 +39,7 @@ COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Attention",
 SQNR_CAP_DB = 100.0             # "no measurable error" (also the input SQNR of an unquantized graph input)
 OUTLIER_RATIO_FLAG = 16.0       # absmax / p99.9(|x|): 8-bit leaves <= 16 levels for 99.9% of the values
 CHANNEL_SPREAD_FLAG = 64.0      # max / median per-channel absmax: the median channel gets <= 4 levels
-RESERVOIR_PER_SAMPLE = 2048
-RESERVOIR_MAX = 65536
+HIST_BINS = 4096                # |x| histogram per tensor (32 KB): p99.9 within 1/1024 of the range
 
 
 def base_tensor(name: str) -> str:
@@ -152,7 +152,7 @@ def _weights_of(qdq: onnx.ModelProto, float_model: onnx.ModelProto) -> dict[str,
 
 @dataclass
 class _Acc:
-    """Running sums for one tensor: SQNR, range, per-channel absmax and a value reservoir."""
+    """Running sums for one tensor: SQNR, range, per-channel absmax and a histogram of |x|."""
 
     signal: float = 0.0
     noise: float = 0.0
@@ -160,10 +160,9 @@ class _Acc:
     absmax: float = 0.0
     channel_max: np.ndarray | None = None
     channels_ok: bool = True
-    reservoir: list[np.ndarray] = field(default_factory=list)
-    kept: int = 0
+    hist: StreamingHistogram | None = None
 
-    def add(self, ref: np.ndarray, cand: np.ndarray | None, rng: np.random.Generator, *, ranges: bool,
+    def add(self, ref: np.ndarray, cand: np.ndarray | None, *, ranges: bool,
             raw: np.ndarray | None = None) -> None:
         ref64 = ref.astype(np.float64, copy=False)
         if cand is not None and cand.shape == ref.shape:
@@ -186,15 +185,12 @@ class _Acc:
                 self.channel_max = np.maximum(self.channel_max, ch)
             else:
                 self.channels_ok = False
-        if self.kept < RESERVOIR_MAX:
-            flat = mag.ravel()
-            pick = flat if flat.size <= RESERVOIR_PER_SAMPLE else rng.choice(flat, RESERVOIR_PER_SAMPLE, replace=False)
-            self.reservoir.append(pick.astype(np.float32))
-            self.kept += pick.size
+        if self.hist is None:
+            self.hist = StreamingHistogram(HIST_BINS)
+        self.hist.add(mag)
 
     def range_facts(self) -> tuple[float, float, float | None]:
-        values = np.concatenate(self.reservoir) if self.reservoir else np.zeros(1, np.float32)
-        p999 = float(np.percentile(values, 99.9))
+        p999 = self.hist.abs_quantile(0.999) if self.hist is not None else 0.0
         ratio = self.absmax / p999 if p999 > 0 else (math.inf if self.absmax > 0 else 1.0)
         spread = None
         if self.channels_ok and self.channel_max is not None and self.channel_max.size > 1:
@@ -295,7 +291,7 @@ def _regions(nodes: Sequence[_QdqNode]) -> dict[str, tuple[str, ...]]:
 
 
 def analyze(float_model: str | Path, qdq_model: str | Path, samples: Iterable[Any], *,
-            limit: int = 16, threads: int = 1, seed: int = 0) -> SensitivityReport:
+            limit: int = 16, threads: int = 1) -> SensitivityReport:
     """Compare every activation of ``qdq_model`` with ``float_model`` on up to ``limit`` samples."""
     float_model, qdq_model = Path(float_model), Path(qdq_model)
     fproto = onnx.load(str(float_model))
@@ -320,7 +316,6 @@ def analyze(float_model: str | Path, qdq_model: str | Path, samples: Iterable[An
         f_aug, q_aug = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx"
         f_names = expose_tensors(float_model, f_aug, wanted_base)
         q_names = expose_tensors(qdq_model, q_aug, set(q_for.values()) | set(raw_for.values()))
-        rng = np.random.default_rng(seed)
         acc: dict[str, _Acc] = {t: _Acc() for t in f_names}
         count = 0
         runs = _device(threads).iter_outputs([f_aug, q_aug], itertools.islice(samples, limit),
@@ -329,7 +324,7 @@ def analyze(float_model: str | Path, qdq_model: str | Path, samples: Iterable[An
             for t, ref in fvals.items():
                 cand = qvals.get(q_for.get(t, ""))
                 raw = qvals.get(raw_for.get(t, ""))
-                acc[t].add(np.asarray(ref), None if cand is None else np.asarray(cand), rng,
+                acc[t].add(np.asarray(ref), None if cand is None else np.asarray(cand),
                            ranges=t in quantized_tensors, raw=None if raw is None else np.asarray(raw))
             count += 1
     if count == 0:

@@ -14,13 +14,13 @@ if TYPE_CHECKING:  # onnxruntime is imported lazily: opening a source should not
     from onnxruntime.quantization import CalibrationDataReader
 
 
-def calibration_reader(source: DataSource, *,
-                       on_sample: Callable[[int], None] | None = None) -> CalibrationDataReader:
+def calibration_reader(source: DataSource, *, on_sample: Callable[[int], None] | None = None,
+                       limit: int | None = None) -> CalibrationDataReader:
     """An onnxruntime ``CalibrationDataReader`` that streams ``source``.
 
     ``get_next`` returns one feed dict per call and ``None`` once exhausted (and keeps
     returning ``None``); ``rewind`` starts over. ``on_sample(i)`` is called with the 0-based
-    index of each sample handed out, for a progress bar.
+    index of each sample handed out, for a progress bar. ``limit`` stops after that many samples.
     """
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -30,6 +30,8 @@ def calibration_reader(source: DataSource, *,
             self._index = 0
 
         def get_next(self) -> dict[str, np.ndarray] | None:
+            if limit is not None and self._index >= limit:
+                return None
             if self._it is None:
                 self._it = iter(source)
             sample = next(self._it, None)
@@ -46,7 +48,7 @@ def calibration_reader(source: DataSource, *,
             self._it, self._index = None, 0
 
         def __len__(self) -> int:
-            return len(source)
+            return len(source) if limit is None else min(limit, len(source))
 
     return _Reader()
 
