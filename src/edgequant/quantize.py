@@ -53,6 +53,8 @@ class QuantizeConfig:
     fuse_transformer: bool | None = None      # dynamic: fuse attention blocks first (None: when it looks like one)
     robust_ranges: bool = True                # static minmax: outlying calibration samples do not set ranges
     bias_correction: bool = False             # static QDQ: fold each layer's mean output error into its bias
+    equalize: bool = False                    # static: cross-layer equalization of Conv -> Conv pairs first
+    equalize_relu6: bool = False              # ... also through Clip(0, 6), replaced by Relu (not exact)
     extra_options: dict = field(default_factory=dict)   # passed to onnxruntime's quantizer, and only there
 
     @property
@@ -84,6 +86,8 @@ def make_config(
     fuse_transformer: bool | None = None,
     robust_ranges: bool = True,
     bias_correction: bool = False,
+    equalize: bool = False,
+    equalize_relu6: bool = False,
     extra_options: dict | None = None,
 ) -> QuantizeConfig:
     """Target rule defaults, overridden by whatever the caller set explicitly (None = rule)."""
@@ -114,7 +118,7 @@ def make_config(
         calib_method=calib_method, calib_percentile=calib_percentile, op_types=ops,
         exclude=tuple(exclude), weight_symmetric=rule.weight_symmetric, calib_limit=calib_limit,
         fuse_transformer=fuse_transformer, robust_ranges=robust_ranges, bias_correction=bias_correction,
-        extra_options=dict(extra_options or {}))
+        equalize=equalize or equalize_relu6, equalize_relu6=equalize_relu6, extra_options=dict(extra_options or {}))
 
 
 @dataclass
@@ -260,6 +264,18 @@ def _range_overrides(src: Path, config: QuantizeConfig, calibration, notes: list
     return result.overrides()
 
 
+def _equalize(prepared: Path, config: QuantizeConfig, calibration, notes: list[str]) -> Path:
+    """:mod:`edgequant.algorithms.equalization` on the prepared FP32 graph (BatchNorm already folded),
+    its output change measured on the first calibration samples."""
+    from .algorithms.equalization import equalize_file
+    from .devices import local_cpu
+
+    out = prepared.with_name("equalized.onnx")
+    notes.append(equalize_file(prepared, out, relu6=config.equalize_relu6, samples=calibration,
+                               device=local_cpu()).describe())
+    return out
+
+
 def _correct_biases(prepared: Path, qdq: Path, calibration, notes: list[str]) -> Path:
     """:mod:`edgequant.algorithms.bias_correction` on the freshly quantized model."""
     from .algorithms.bias_correction import correct_biases
@@ -372,6 +388,8 @@ def quantize_model(
         notes.extend([*prep.notes, *prep.warnings])
         prepared = prep.path
         check_names(model_path, config, prepared)
+        if config.equalize and config.mode == "static":
+            prepared = _equalize(prepared, config, calibration, notes)
         raw_out = work / "quantized.onnx"
         try:
             with quiet_logging():  # ORT's quantizer warns on the root logger; our notes say what matters
