@@ -25,7 +25,7 @@ MODES = ("dynamic", "static")
 FORMATS = ("qdq", "qoperator")
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
 WEIGHT_TYPES = ("int8", "uint8")
-CALIB_METHODS = ("minmax", "entropy", "percentile", "distribution")
+CALIB_METHODS = ("minmax", "entropy", "percentile", "distribution", "mse")
 # Dynamic quantization of Conv (ConvInteger) has no fast x86/ARM kernel in ORT: 4-10x slower than FP32.
 DYNAMIC_DEFAULT_OPS = ("MatMul", "Gemm")
 SLOW_DYNAMIC_OPS = {"Conv": "ConvInteger has no fast kernel in onnxruntime's CPU provider; "
@@ -103,6 +103,8 @@ def make_config(
             raise EdgequantError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
     if rule.name == "qnn" and fmt != "qdq":
         raise EdgequantError("target qnn needs --format qdq (QNN HTP consumes QDQ graphs)")
+    if mode == "static" and calib_method == "mse" and fmt != "qdq":
+        raise EdgequantError("--calib-method mse needs --format qdq (its ranges are QDQ tensor overrides)")
     if mode == "static" and act in ("uint16", "int16") and fmt == "qoperator":
         raise EdgequantError("16-bit activations need --format qdq (QOperator kernels are 8-bit)")
     if mode == "dynamic" and act != rule.activation_type and activation_type is not None:
@@ -193,7 +195,8 @@ def _calib_method(name: str):
     from onnxruntime.quantization import CalibrationMethod
 
     return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile, "distribution": CalibrationMethod.Distribution}[name]
+            "percentile": CalibrationMethod.Percentile, "distribution": CalibrationMethod.Distribution,
+            "mse": CalibrationMethod.MinMax}[name]   # mse: MinMax, every searched range given as an override
 
 
 def _ort_op_types(config: QuantizeConfig) -> list[str] | None:
@@ -253,15 +256,28 @@ def _static_extra_options(config: QuantizeConfig, opset: int) -> dict:
 
 
 def _range_overrides(src: Path, config: QuantizeConfig, calibration, notes: list[str]) -> dict:
-    """``TensorQuantOverrides`` rmin/rmax from :mod:`edgequant.algorithms.ranges` (QDQ, minmax)."""
-    if not (config.robust_ranges and config.calib_method == "minmax" and config.quant_format == "qdq"):
+    """``TensorQuantOverrides`` rmin/rmax (QDQ): :mod:`edgequant.algorithms.ranges` for minmax,
+    then for mse :mod:`edgequant.algorithms.range_search` from those (or the global) ranges."""
+    mse = config.calib_method == "mse"
+    if config.quant_format != "qdq" or not (mse or (config.robust_ranges and config.calib_method == "minmax")):
         return {}
     from .algorithms.ranges import robust_ranges
     from .devices import local_cpu
 
     result = robust_ranges(src, calibration, local_cpu())
-    notes.append(result.describe())
-    return result.overrides()
+    if config.robust_ranges:
+        notes.append(result.describe())
+    if not mse:
+        return result.overrides()
+    from .algorithms.range_search import search_ranges
+
+    base = {t: (r.rmin, r.rmax) if config.robust_ranges else (r.global_rmin, r.global_rmax)
+            for t, r in result.ranges.items()}
+    act = "uint8" if config.activations_to_uint8 else config.activation_type
+    searched = search_ranges(src, calibration, local_cpu(), base, activation_type=act,
+                             symmetric=config.activation_symmetric)
+    notes.append(searched.describe())
+    return searched.overrides({t: (r.global_rmin, r.global_rmax) for t, r in result.ranges.items()})
 
 
 def _equalize(prepared: Path, config: QuantizeConfig, calibration, notes: list[str]) -> Path:

@@ -35,7 +35,9 @@ def _split_ops(value: str | None) -> tuple[str, ...] | None:
 @click.option("--reduce-range/--no-reduce-range", default=None, help="7-bit weights (default: target rule).")
 @click.option("--activation-type", type=click.Choice(ACTIVATION_TYPES), default=None)
 @click.option("--weight-type", type=click.Choice(WEIGHT_TYPES), default=None)
-@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="minmax", show_default=True)
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="minmax", show_default=True,
+              help="Activation ranges. mse: per tensor, the shrink of the (robust) min/max range that minimizes "
+                   "the tensor's quantization MSE on the calibration data (QDQ only).")
 @click.option("--percentile", type=click.FloatRange(90.0, 100.0), default=99.999, show_default=True,
               help="Percentile for --calib-method percentile.")
 @click.option("--robust-ranges/--no-robust-ranges", default=True, show_default=True,
