@@ -34,7 +34,7 @@ from ..qdq.graph import GraphIndex
 
 DESCRIPTION = ("cross-layer equalization: per channel, Conv1's output and the next Conv's input are "
                "rescaled (exactly, through ReLU-like ops) so both weight tensors share the channel's range")
-_UNARY = {"Relu", "LeakyRelu", "MaxPool", "AveragePool", "Identity", "Dropout"}
+_UNARY = {"Relu", "LeakyRelu", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Identity", "Dropout"}
 MAX_ITERATIONS = 50
 TOLERANCE = 1e-3          # stop when no scale moves by more than 0.1 %
 
