@@ -55,6 +55,7 @@ class QuantizeConfig:
     bias_correction: bool = False             # static QDQ: fold each layer's mean output error into its bias
     equalize: bool = False                    # static: cross-layer equalization of Conv -> Conv pairs first
     equalize_relu6: bool = False              # ... also through Clip(0, 6), replaced by Relu (not exact)
+    smooth_quant: bool = False                # static: migrate MatMul/Gemm input outlier channels into weights
     extra_options: dict = field(default_factory=dict)   # passed to onnxruntime's quantizer, and only there
 
     @property
@@ -88,6 +89,7 @@ def make_config(
     bias_correction: bool = False,
     equalize: bool = False,
     equalize_relu6: bool = False,
+    smooth_quant: bool = False,
     extra_options: dict | None = None,
 ) -> QuantizeConfig:
     """Target rule defaults, overridden by whatever the caller set explicitly (None = rule)."""
@@ -120,7 +122,8 @@ def make_config(
         calib_method=calib_method, calib_percentile=calib_percentile, op_types=ops,
         exclude=tuple(exclude), weight_symmetric=rule.weight_symmetric, calib_limit=calib_limit,
         fuse_transformer=fuse_transformer, robust_ranges=robust_ranges, bias_correction=bias_correction,
-        equalize=equalize or equalize_relu6, equalize_relu6=equalize_relu6, extra_options=dict(extra_options or {}))
+        equalize=equalize or equalize_relu6, equalize_relu6=equalize_relu6, smooth_quant=smooth_quant,
+        extra_options=dict(extra_options or {}))
 
 
 @dataclass
@@ -292,6 +295,16 @@ def _equalize(prepared: Path, config: QuantizeConfig, calibration, notes: list[s
     return out
 
 
+def _smooth(prepared: Path, calibration, notes: list[str]) -> Path:
+    """:mod:`edgequant.algorithms.smoothquant` on the prepared FP32 graph."""
+    from .algorithms.smoothquant import smooth_file
+    from .devices import local_cpu
+
+    out = prepared.with_name("smoothed.onnx")
+    notes.append(smooth_file(prepared, out, calibration, local_cpu()).describe())
+    return out
+
+
 def _correct_biases(prepared: Path, qdq: Path, calibration, notes: list[str]) -> Path:
     """:mod:`edgequant.algorithms.bias_correction` on the freshly quantized model."""
     from .algorithms.bias_correction import correct_biases
@@ -406,6 +419,8 @@ def quantize_model(
         check_names(model_path, config, prepared)
         if config.equalize and config.mode == "static":
             prepared = _equalize(prepared, config, calibration, notes)
+        if config.smooth_quant and config.mode == "static":
+            prepared = _smooth(prepared, calibration, notes)
         raw_out = work / "quantized.onnx"
         try:
             with quiet_logging():  # ORT's quantizer warns on the root logger; our notes say what matters
