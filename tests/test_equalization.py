@@ -108,5 +108,4 @@ def test_equalization_raises_per_tensor_int8_sqnr_by_10_db(tmp_path: Path) -> No
     xs = _inputs(16, 2)                                # held-out inputs
     ref = _outputs(src, xs)
     before, after = _sqnr(ref, _outputs(plain, xs)), _sqnr(ref, _outputs(eq, xs))
-    print(f"per-tensor INT8 SQNR {before:.1f} dB -> {after:.1f} dB")
     assert after >= before + 10, (before, after)

@@ -70,5 +70,42 @@ def test_mse_ranges_beat_minmax_on_a_tensor_with_rare_outliers(tmp_path: Path) -
         got = local_cpu().outputs([out], feeds).outputs[0]["y"].astype(np.float64)
         sqnr[method] = 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - got) ** 2))
     assert any(n.startswith("MSE range search") and "narrowed" in n for n in notes["mse"]), notes["mse"]
-    print(sqnr)
     assert sqnr["mse"] >= sqnr["minmax"] + 0.5, sqnr
+
+
+def _quiet_channel_conv(path: Path) -> Path:
+    """y = Conv1x1(x): channel 0 of x carries the wide values but the conv reads it 50x more weakly."""
+    w = np.eye(C, dtype=np.float32).reshape(C, C, 1, 1)
+    w[:, 0] *= 0.02
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "quiet",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, HW, HW])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, HW, HW])],
+                          [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+def _wide_channel(n: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(0, 1, (n, 1, C, HW, HW))
+    x[:, :, 0] *= 20
+    return x.astype(np.float32)
+
+
+def test_ranges_judged_by_the_readers_output_clip_what_the_reader_barely_uses(tmp_path: Path, monkeypatch) -> None:
+    from edgequant.algorithms import range_search
+    from edgequant.data import open_source
+    from edgequant.model import graph_inputs, load_model
+
+    src = _quiet_channel_conv(tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", x=_wide_channel(16, 0))
+    calib = open_source(str(tmp_path / "calib.npz"), graph_inputs(load_model(src)))
+    feeds = [{"x": x} for x in _wide_channel(8, 1)]
+    ref = local_cpu().outputs([src], feeds).outputs[0]["y"].astype(np.float64)
+    sqnr = {}
+    for weighted in (False, True):
+        monkeypatch.setattr(range_search, "CONSUMER_WEIGHTED", weighted)
+        out = tmp_path / f"{weighted}.onnx"
+        quantize_model(src, out, make_config("static", "x86-vnni", calib_method="mse", robust_ranges=False), calib)
+        got = local_cpu().outputs([out], feeds).outputs[0]["y"].astype(np.float64)
+        sqnr[weighted] = 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - got) ** 2))
+    assert sqnr[True] >= sqnr[False] + 3, sqnr

@@ -105,6 +105,8 @@ def make_config(
             raise EdgequantError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
     if rule.name == "qnn" and fmt != "qdq":
         raise EdgequantError("target qnn needs --format qdq (QNN HTP consumes QDQ graphs)")
+    if mode == "dynamic" and (equalize or equalize_relu6 or smooth_quant or calib_method == "mse"):
+        raise EdgequantError("--equalize, --smooth-quant and --calib-method mse need --mode static")
     if mode == "static" and calib_method == "mse" and fmt != "qdq":
         raise EdgequantError("--calib-method mse needs --format qdq (its ranges are QDQ tensor overrides)")
     if mode == "static" and act in ("uint16", "int16") and fmt == "qoperator":

@@ -13,7 +13,11 @@ each bin integrated in closed form), exact zeros are counted apart (zero is alwa
 and values beyond the base range into three running sums (count, sum, sum of squares of their
 distance), which give their clipping error for every candidate exactly. Two passes over the data:
 per-sample extremes for the base range (:func:`.ranges.robust_ranges`), then the histograms.
-The objective is the tensor's own MSE; the MSE of the consumer's output is not modelled.
+Objective: where every reader of a tensor is a Conv/MatMul/Gemm with constant weights W, the
+MSE of their outputs: with rounding errors independent across input channels, the output error
+is sum_c ||W[:, c]||^2 * (channel c's error), so each value is counted with its channel's weight
+(summed over the readers) and the histogram stays one per tensor. A channel whose large values
+the next layer barely uses may then be clipped. Other tensors: their own MSE.
 """
 
 from __future__ import annotations
@@ -26,10 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from ..qdq.graph import expose_tensors
+import onnx
+from onnx import numpy_helper
+
+from ..qdq.graph import GraphIndex, expose_tensors
 
 DESCRIPTION = ("MSE range search: each activation's range is the shrink of its robust range (per side) "
-               "that minimizes the tensor's quantization MSE on the calibration data")
+               "that minimizes the quantization MSE of its readers' outputs (Conv/MatMul/Gemm; else its own) "
+               "on the calibration data")
 BINS = 2048
 #: Shrink factors tried on each side of the base range (1.0 keeps it).
 GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2,
@@ -48,18 +56,20 @@ class _Stats:
     above: np.ndarray = field(default_factory=lambda: np.zeros(3))   # count, sum d, sum d^2 (d = x - hi)
     below: np.ndarray = field(default_factory=lambda: np.zeros(3))   # same with d = lo - x
 
-    def add(self, a: np.ndarray) -> None:
+    def add(self, a: np.ndarray, weight: np.ndarray | None = None) -> None:
+        """Fold in one sample's values; ``weight`` (same shape, optional) counts each value that much."""
         a = np.asarray(a, np.float64).ravel()
+        wt = np.ones_like(a) if weight is None else np.asarray(weight, np.float64).ravel()
         nz = a != 0
         self.zeros += int(a.size - nz.sum())
-        a = a[nz]
+        a, wt = a[nz], wt[nz]
         up, dn = a > self.hi, a < self.lo
-        for acc, d in ((self.above, a[up] - self.hi), (self.below, self.lo - a[dn])):
-            acc += (d.size, d.sum(), np.square(d).sum())
-        inside = a[~(up | dn)]
+        for acc, d, w in ((self.above, a[up] - self.hi, wt[up]), (self.below, self.lo - a[dn], wt[dn])):
+            acc += (w.sum(), (w * d).sum(), (w * np.square(d)).sum())
+        inside = ~(up | dn)
         width = max(self.hi - self.lo, 1e-30)
-        idx = np.clip(((inside - self.lo) * (BINS / width)).astype(np.int64), 0, BINS - 1)
-        self.hist += np.bincount(idx, minlength=BINS)
+        idx = np.clip(((a[inside] - self.lo) * (BINS / width)).astype(np.int64), 0, BINS - 1)
+        self.hist += np.bincount(idx, weights=wt[inside], minlength=BINS)
 
 
 def _saw_integral(x: np.ndarray, step: np.ndarray) -> np.ndarray:
@@ -113,6 +123,7 @@ class RangeSearch:
 
     ranges: dict[str, SearchedRange] = field(default_factory=dict)
     samples: int = 0
+    weighted: int = 0              # tensors whose objective is their readers' output MSE
 
     @property
     def changed(self) -> dict[str, SearchedRange]:
@@ -129,7 +140,53 @@ class RangeSearch:
             return f"{DESCRIPTION}: every base range kept ({len(self.ranges)} tensors, {self.samples} samples)"
         gains = sorted(r.gain_db for r in changed.values())
         return (f"{DESCRIPTION}: {len(changed)} of {len(self.ranges)} tensor(s) narrowed over {self.samples} "
-                f"samples; tensor MSE lower by median {gains[len(gains) // 2]:.1f} dB, up to {gains[-1]:.1f} dB")
+                f"samples ({self.weighted} judged by their readers' output); MSE lower by median "
+                f"{gains[len(gains) // 2]:.1f} dB, up to {gains[-1]:.1f} dB")
+
+
+#: Weigh values by how much the reading layers use their channel (off: each tensor's own MSE).
+CONSUMER_WEIGHTED = True
+
+
+def consumer_weights(model: onnx.ModelProto) -> dict[str, tuple[int, np.ndarray]]:
+    """Tensor -> (channel axis, per-channel weight with mean 1) for tensors read only by
+    Conv/MatMul/Gemm layers with constant weights: sum over readers of ||W[:, c]||^2."""
+    idx = GraphIndex.build(model.graph)
+    out = {}
+    for t, readers in idx.consumers.items():
+        acc: np.ndarray | None = None
+        axis = 1
+        for n in readers:
+            w = idx.const(n.input[1]) if len(n.input) > 1 and n.input[0] == t else None
+            if n.op_type not in ("Conv", "MatMul", "Gemm") or w is None or t in n.input[1:]:
+                acc = None
+                break
+            w = np.asarray(w, np.float64) ** 2
+            if n.op_type == "Conv":
+                group = next((a.i for a in n.attribute if a.name == "group"), 1)
+                per = w.reshape(group, w.shape[0] // group, w.shape[1], -1).sum(axis=(1, 3)).ravel()
+            elif w.ndim != 2 or any(a.name == "transA" and a.i for a in n.attribute):
+                acc = None
+                break
+            else:
+                trans_b = n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute)
+                per, axis = w.sum(axis=0 if trans_b else 1), -1
+            if acc is not None and acc.shape != per.shape:
+                acc = None
+                break
+            acc = per if acc is None else acc + per
+        if acc is not None and acc.mean() > 0:
+            out[t] = (axis, acc / acc.mean())
+    return out
+
+
+def _broadcast(weight: tuple[int, np.ndarray], a: np.ndarray) -> np.ndarray | None:
+    axis, w = weight
+    if a.ndim < 2 or a.shape[axis] != w.size:
+        return None
+    shape = [1] * a.ndim
+    shape[axis] = w.size
+    return np.broadcast_to(w.reshape(shape), a.shape)
 
 
 def search_ranges(model_path: str | Path, samples: Iterable[Any], device: Any,
@@ -139,12 +196,16 @@ def search_ranges(model_path: str | Path, samples: Iterable[Any], device: Any,
     qmin, qmax = QRANGES[activation_type]
     stats = {t: _Stats(float(lo), float(hi)) for t, (lo, hi) in base.items() if hi > lo}
     result = RangeSearch()
+    weights = consumer_weights(onnx.load(str(model_path))) if CONSUMER_WEIGHTED else {}
     with tempfile.TemporaryDirectory(prefix="edgequant-mse-") as tmp:
         exposed = Path(tmp) / "exposed.onnx"
         names = expose_tensors(Path(model_path), exposed, set(stats))
         for (values,), _label in device.iter_outputs([exposed], samples, outputs=[names]):
             for name, arr in values.items():
-                stats[name].add(arr)
+                arr = np.asarray(arr)
+                w = _broadcast(weights[name], arr) if name in weights else None
+                result.weighted += int(w is not None and result.samples == 0)
+                stats[name].add(arr, w)
             result.samples += 1
     f_lo, f_hi = (g.ravel() for g in np.meshgrid(np.asarray(grid), np.asarray(grid)))
     for name in names:
