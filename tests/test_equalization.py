@@ -41,6 +41,9 @@ def _pair(path: Path, *, between: str = "Relu", group2: int = 1, seed: int = 0) 
         nodes.append(helper.make_node("Clip", ["c1", "lo", "hi"], ["h"], name="act"))
     elif between == "Sigmoid":
         nodes.append(helper.make_node("Sigmoid", ["c1"], ["h"], name="act"))
+    elif between == "AddConst":
+        inits.append(numpy_helper.from_array(np.ones((C, 1, 1), np.float32), "shift"))
+        nodes.append(helper.make_node("Add", ["c1", "shift"], ["h"], name="act"))
     nodes.append(helper.make_node("Conv", ["h" if between else "c1", "w2"], ["y"], name="conv2", group=group2))
     g = helper.make_graph(nodes, "pair", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, 12, 12])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, 12, 12])], inits)
@@ -84,7 +87,7 @@ def test_decomposed_prelu_is_equalized_too(tmp_path: Path) -> None:
 
 
 def test_non_homogeneous_activations_are_refused(tmp_path: Path) -> None:
-    for between in ("Sigmoid", "Relu6"):
+    for between in ("Sigmoid", "Relu6", "AddConst"):
         pairs, refused = find_pairs(onnx.load(str(_pair(tmp_path / f"{between}.onnx", between=between))))
         assert pairs == [] and "not positively homogeneous" in refused["conv1"]
     # ReLU6 only on request, and then it becomes Relu (not exact: the caller measures the change)

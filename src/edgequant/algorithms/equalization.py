@@ -89,8 +89,8 @@ def _homogeneous(node: onnx.NodeProto, idx: GraphIndex, relu6: bool) -> tuple[bo
         return idx.const(node.input[1]) is not None, False
     if op == "Mul":
         return sum(idx.const(i) is not None for i in node.input) == 1, False
-    if op in ("Add", "Sub"):
-        return True, False                           # both inputs must be region tensors (checked later)
+    if op in ("Add", "Sub"):                         # x/s + b is not (x + b)/s: no constant operand
+        return all(idx.const(i) is None for i in node.input), False
     if op == "Clip":
         lo, hi = _clip_bounds(node, idx)
         if lo != 0.0:
