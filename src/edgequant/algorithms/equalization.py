@@ -102,7 +102,8 @@ def _homogeneous(node: onnx.NodeProto, idx: GraphIndex, relu6: bool) -> tuple[bo
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         pads = idx.const(node.input[1]) if len(node.input) > 1 else np.asarray(attrs.get("pads", []))
         value = idx.const(node.input[2]) if len(node.input) > 2 and node.input[2] else 0.0
-        if pads is None or value is None or len(pads) < 4 or float(np.asarray(value)) != 0.0:
+        axes = len(node.input) > 3 and node.input[3]              # opset 18 axes: pads no longer per dim
+        if pads is None or value is None or axes or len(pads) < 4 or float(np.asarray(value)) != 0.0:
             return False, False
         rank = len(pads) // 2
         return bool(pads[1] == 0 and pads[rank + 1] == 0 and pads[0] == 0 and pads[rank] == 0), False
@@ -138,7 +139,8 @@ def find_pairs(model: onnx.ModelProto, *, relu6: bool = False) -> tuple[list[_Pa
                 why = f"{t} is a graph output"
             for c in idx.consumers.get(t, []):
                 if c.op_type == "Conv" and c.input[0] == t and _weight(c, idx, uses) is not None:
-                    convs.append(c) if all(c is not k for k in convs) else None
+                    if all(c is not k for k in convs):
+                        convs.append(c)
                     continue
                 ok, clip = _homogeneous(c, idx, relu6)
                 if not ok:
