@@ -80,7 +80,41 @@ def mobilenet_rows(work: Path) -> list[dict]:
     return rows
 
 
+def write_markdown(doc: dict, path: Path) -> None:
+    """ACCURACY.md from the rows; a hand-written '## Findings' section already there is kept."""
+    from edgequant.algorithms import bias_correction, equalization, ranges
+
+    m = doc["machine"]
+    lines = ["# Every layer INT8: DMS models with edgequant's post-training algorithms", "",
+             f"Machine: {m['cpu']} ({' '.join(m['isa'])}), onnxruntime {m['onnxruntime']}, CPU EP "
+             "(`PYTHONPATH=src .venv/bin/python -m edgequant doctor`: target x86-vnni). Command: "
+             "`PYTHONPATH=src .venv/bin/python benchmarks/accuracy.py [MODEL ...]` (`--markdown`: this file from "
+             "results/accuracy.json). Default static QDQ recipe of the machine's target, fully INT8 (every compute "
+             "op an integer kernel), calibrated on the DMS calibration splits (detector 101, landmark 99, iris 198 "
+             "samples); task metric on the held-out evaluation splits (100, 107, 214 samples): detector accuracy "
+             "(FP32 0.99, budget 1 point; one sample = 0.01), landmark displacement from FP32 in pixels of the crop "
+             "(budget 1 px). Per-tensor = `--no-per-channel` (one scale per weight tensor).", "",
+             "Algorithms (each a standard QDQ model out; the line is what `quantize` prints as a note):", ""]
+    mods = (ranges, bias_correction, equalization, range_search)
+    lines += [f"* {mod.DESCRIPTION}" for mod in mods]
+    lines += ["", "| model | weights | recipe | metric | INT8 ops | what the algorithm reported |",
+              "|---|---|---|---|---|---|"]
+
+    def said(note: str) -> str:
+        return next((note[len(mod.DESCRIPTION) + 2:] for mod in mods if note.startswith(mod.DESCRIPTION)), note)
+
+    lines += [f"| {r['model']} | {r['weights']} | {r['recipe']} | {r['value']:.4g} {r['unit']} | {r['int8']} | "
+              f"{said(r.get('note', ''))} |" for r in doc["rows"]]
+    old = path.read_text() if path.exists() else ""
+    kept = old[old.index("\n## Findings"):] if "\n## Findings" in old else "\n"
+    path.write_text("\n".join(lines) + "\n" + kept)
+
+
 def main() -> int:
+    if sys.argv[1:] == ["--markdown"]:
+        results = ROOT / "benchmarks" / "results"
+        write_markdown(json.loads((results / "accuracy.json").read_text()), results / "ACCURACY.md")
+        return 0
     work = ROOT / ".work" / "accuracy"
     work.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -107,30 +141,13 @@ def main() -> int:
                 print(json.dumps(rows[-1]), flush=True)
     if MOBILENET.exists() and (not only or "mobilenet_v2" in only):
         rows += mobilenet_rows(work)
-    doc = {"machine": machine_facts(SessionConfig(intra_op_threads=1)), "rows": rows}
     results = ROOT / "benchmarks" / "results"
+    if only and (results / "accuracy.json").exists():     # keep the other models' rows
+        ran = {r["model"] for r in rows}
+        rows = [r for r in json.loads((results / "accuracy.json").read_text())["rows"] if r["model"] not in ran] + rows
+    doc = {"machine": machine_facts(SessionConfig(intra_op_threads=1)), "rows": rows}
     (results / "accuracy.json").write_text(json.dumps(doc, indent=2) + "\n")
-    m = doc["machine"]
-    from edgequant.algorithms import bias_correction, equalization, ranges
-
-    lines = ["# Every layer INT8: DMS models with edgequant's post-training algorithms", "",
-             f"Machine: {m['cpu']} ({' '.join(m['isa'])}), onnxruntime {m['onnxruntime']}, CPU EP "
-             "(`PYTHONPATH=src .venv/bin/python -m edgequant doctor`: target x86-vnni). Command: "
-             "`PYTHONPATH=src .venv/bin/python benchmarks/accuracy.py` (one model: add its name). Default static "
-             "QDQ recipe of the machine's target (the DMS calibration splits: detector 101, landmark/iris 200 "
-             "samples), fully INT8 (every compute op an integer kernel); task metric on the held-out evaluation "
-             "split: detector accuracy (FP32 0.99, budget 1 point), landmark displacement from FP32 in pixels of "
-             "the crop (budget 1 px). Per-tensor = `--no-per-channel` (one scale per weight tensor).", "",
-             "Algorithms (each a standard QDQ model out; the line is what `quantize` prints as a note):", ""]
-    lines += [f"* {mod.DESCRIPTION}" for mod in (ranges, bias_correction, equalization, range_search)]
-    lines += ["", "| model | weights | recipe | metric | INT8 ops | what the algorithm reported |",
-              "|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['weights']} | {r['recipe']} | {r['value']:.4g} {r['unit']} | {r['int8']} | "
-              f"{r.get('note', '').partition(': ')[2]} |" for r in rows]
-    path = results / "ACCURACY.md"
-    old = path.read_text() if path.exists() else ""
-    kept = old[old.index("\n## Findings"):] if "\n## Findings" in old else "\n"   # hand-written, kept
-    path.write_text("\n".join(lines) + "\n" + kept)
+    write_markdown(doc, results / "ACCURACY.md")
     return 0
 
 
