@@ -419,10 +419,6 @@ def quantize_model(
         notes.extend([*prep.notes, *prep.warnings])
         prepared = prep.path
         check_names(model_path, config, prepared)
-        if config.equalize and config.mode == "static":
-            prepared = _equalize(prepared, config, calibration, notes)
-        if config.smooth_quant and config.mode == "static":
-            prepared = _smooth(prepared, calibration, notes)
         raw_out = work / "quantized.onnx"
         try:
             with quiet_logging():  # ORT's quantizer warns on the root logger; our notes say what matters
@@ -431,6 +427,10 @@ def quantize_model(
                 else:
                     from .data import calibration_reader
 
+                    if config.equalize:           # exact FP32 rewrites first, so the ranges see the final graph
+                        prepared = _equalize(prepared, config, calibration, notes)
+                    if config.smooth_quant:
+                        prepared = _smooth(prepared, calibration, notes)
                     reader = calibration_reader(calibration, on_sample=on_calib_sample)
                     _run_static(prepared, raw_out, config, reader, notes, calibration)
                     if config.bias_correction and config.quant_format == "qdq":
