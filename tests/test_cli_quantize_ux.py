@@ -109,3 +109,14 @@ def test_top5_and_metric_typos() -> None:
         load_metric("topp1")
     with pytest.raises(EdgequantError, match="did you mean edgequant.dms.metrics:detector_accuracy"):
         load_metric("edgequant.dms.metrics:detector_acuracy")
+
+
+def test_equalize_and_mse_ranges_from_the_command_line(conv, tmp_path: Path) -> None:
+    model, data = conv
+    proc = edgequant("quantize", model, "-o", tmp_path / "q.onnx", "--mode", "static", "--calib", data,
+                     "--no-per-channel", "--equalize", "--calib-method", "mse")
+    assert proc.returncode == 0, proc.stderr
+    assert "cross-layer equalization" in proc.stderr and "MSE range search" in proc.stderr
+    bad = edgequant("quantize", model, "-o", tmp_path / "r.onnx", "--mode", "static", "--calib", data,
+                    "--calib-method", "mse", "--format", "qoperator")
+    assert bad.returncode == 1 and "--calib-method mse needs --format qdq" in bad.stderr, bad.stderr

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from . import model as model_io
@@ -20,13 +19,21 @@ from .errors import EdgequantError
 from .fsutil import refuse_overwrite, scratch_cwd
 from .qdq.prepare import prepare
 from .quiet import quiet_logging
+from .quantize_steps import (
+    correct_biases,
+    equalize,
+    histogram_overrides,
+    range_overrides,
+    smooth,
+    with_overrides,
+)
 from .targets import RULES, TargetRule, resolve_target
 
 MODES = ("dynamic", "static")
 FORMATS = ("qdq", "qoperator")
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
 WEIGHT_TYPES = ("int8", "uint8")
-CALIB_METHODS = ("minmax", "entropy", "percentile", "distribution")
+CALIB_METHODS = ("minmax", "entropy", "percentile", "distribution", "mse")
 # computed here from streaming histograms (algorithms/histogram), never by ORT's HistogramCalibrater
 HISTOGRAM_METHODS = ("entropy", "percentile", "distribution")
 # Dynamic quantization of Conv (ConvInteger) has no fast x86/ARM kernel in ORT: 4-10x slower than FP32.
@@ -56,6 +63,9 @@ class QuantizeConfig:
     fuse_transformer: bool | None = None      # dynamic: fuse attention blocks first (None: when it looks like one)
     robust_ranges: bool = True                # static minmax: outlying calibration samples do not set ranges
     bias_correction: bool = False             # static QDQ: fold each layer's mean output error into its bias
+    equalize: bool = False                    # static: cross-layer equalization of Conv -> Conv pairs first
+    equalize_relu6: bool = False              # ... also through Clip(0, 6), replaced by Relu (not exact)
+    smooth_quant: bool = False                # static: migrate MatMul/Gemm input outlier channels into weights
     extra_options: dict = field(default_factory=dict)   # passed to onnxruntime's quantizer, and only there
 
     @property
@@ -87,6 +97,9 @@ def make_config(
     fuse_transformer: bool | None = None,
     robust_ranges: bool = True,
     bias_correction: bool = False,
+    equalize: bool = False,
+    equalize_relu6: bool = False,
+    smooth_quant: bool = False,
     extra_options: dict | None = None,
 ) -> QuantizeConfig:
     """Target rule defaults, overridden by whatever the caller set explicitly (None = rule)."""
@@ -104,6 +117,10 @@ def make_config(
         raise EdgequantError(f"calibration percentile must be in (0, 100], got {calib_percentile:g}")
     if rule.name == "qnn" and fmt != "qdq":
         raise EdgequantError("target qnn needs --format qdq (QNN HTP consumes QDQ graphs)")
+    if mode == "dynamic" and (equalize or equalize_relu6 or smooth_quant or calib_method == "mse"):
+        raise EdgequantError("--equalize, --smooth-quant and --calib-method mse need --mode static")
+    if mode == "static" and calib_method == "mse" and fmt != "qdq":
+        raise EdgequantError("--calib-method mse needs --format qdq (its ranges are QDQ tensor overrides)")
     if mode == "static" and act in ("uint16", "int16") and fmt == "qoperator":
         raise EdgequantError("16-bit activations need --format qdq (QOperator kernels are 8-bit)")
     if mode == "dynamic" and act != rule.activation_type and activation_type is not None:
@@ -119,6 +136,7 @@ def make_config(
         calib_method=calib_method, calib_percentile=calib_percentile, op_types=ops,
         exclude=tuple(exclude), weight_symmetric=rule.weight_symmetric, calib_limit=calib_limit,
         fuse_transformer=fuse_transformer, robust_ranges=robust_ranges, bias_correction=bias_correction,
+        equalize=equalize or equalize_relu6, equalize_relu6=equalize_relu6, smooth_quant=smooth_quant,
         extra_options=dict(extra_options or {}))
 
 
@@ -194,7 +212,8 @@ def _calib_method(name: str):
     from onnxruntime.quantization import CalibrationMethod
 
     return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile, "distribution": CalibrationMethod.Distribution}[name]
+            "percentile": CalibrationMethod.Percentile, "distribution": CalibrationMethod.Distribution,
+            "mse": CalibrationMethod.MinMax}[name]   # mse: MinMax, every searched range given as an override
 
 
 def _ort_op_types(config: QuantizeConfig) -> list[str] | None:
@@ -253,102 +272,19 @@ def _static_extra_options(config: QuantizeConfig, opset: int) -> dict:
     return extra
 
 
-def _range_overrides(src: Path, config: QuantizeConfig, calibration, notes: list[str]) -> dict:
-    """``TensorQuantOverrides`` rmin/rmax from :mod:`edgequant.algorithms.ranges` (QDQ, minmax)."""
-    if not (config.robust_ranges and config.calib_method == "minmax" and config.quant_format == "qdq"):
-        return {}
-    from .algorithms.ranges import robust_ranges
-    from .devices import local_cpu
-
-    result = robust_ranges(src, calibration, local_cpu())
-    notes.append(result.describe())
-    return result.overrides()
-
-
-def _histogram_overrides(src: Path, config: QuantizeConfig, calibration, notes: list[str],
-                         on_sample: Callable[[int], None] | None) -> dict:
-    """``TensorQuantOverrides`` rmin/rmax of every activation from :mod:`edgequant.algorithms.histogram`:
-    onnxruntime's HistogramCalibrater keeps every intermediate tensor of every sample (GBs)."""
-    from .algorithms.histogram import histogram_ranges
-    from .devices import local_cpu
-    from .measure.session import SessionConfig
-
-    # graph optimization off, as ORT's calibrator runs it: every tensor is the float graph's own
-    device = local_cpu(SessionConfig(graph_optimization="disable"))
-    symmetric = bool(config.extra_options.get("CalibTensorRangeSymmetric", True))  # ORT's percentile default
-    result = histogram_ranges(src, calibration, device, config.calib_method, percentile=config.calib_percentile,
-                              symmetric=symmetric, on_sample=on_sample)
-    if result.samples == 0:
-        raise EdgequantError(f"{calibration.spec}: no calibration samples")
-    notes.append(result.describe())
-    return _as_ort_adjusts(onnx.load(str(src), load_external_data=False), config, result.overrides())
-
-
-def _as_ort_adjusts(model: onnx.ModelProto, config: QuantizeConfig, overrides: dict) -> dict:
-    """What ORT's quantizer does to calibrated ranges (``adjust_tensor_ranges``) but not to
-    overrides: a quantized Relu/Clip that alone reads its input lends that input its output's
-    range (so the fused Conv->Relu keeps the full 8 bits), and a quantized Softmax's output keeps
-    ORT's [0, 1]. A Relu's range starts at 0: ORT drops the Relu and lets its output's Q clip,
-    which a range below 0 (distribution's +-absmax) would not do (ORT's own distribution
-    calibration yields a garbage model there)."""
-    def quantized(node: onnx.NodeProto) -> bool:
-        return (config.op_types is None or node.op_type in config.op_types) and node.name not in config.exclude
-
-    readers: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
-    out = dict(overrides)
-    for node in model.graph.node:
-        if not quantized(node):
-            continue
-        if node.op_type == "Relu" and node.output[0] in out:
-            (entry,) = out[node.output[0]]
-            out[node.output[0]] = [{**entry, "rmin": max(entry["rmin"], np.float32(0.0))}]
-        if node.op_type in ("Relu", "Clip") and readers.get(node.input[0]) == 1 and node.output[0] in out \
-                and node.input[0] in out:
-            out[node.input[0]] = out[node.output[0]]
-        elif node.op_type == "Softmax":
-            out.pop(node.output[0], None)
-    return out
-
-
-def _correct_biases(prepared: Path, qdq: Path, calibration, notes: list[str]) -> Path:
-    """:mod:`edgequant.algorithms.bias_correction` on the freshly quantized model."""
-    from .algorithms.bias_correction import correct_biases
-    from .devices import local_cpu
-
-    out = qdq.with_name("bias_corrected.onnx")
-    notes.append(correct_biases(prepared, qdq, out, calibration, local_cpu()).describe())
-    return out
-
-
-def _with_overrides(extra: dict, ranges: dict) -> dict:
-    """``extra`` with range overrides merged into its TensorQuantOverrides (a tensor's own
-    entries, e.g. 16-bit quant_type, are kept)."""
-    if not ranges:
-        return extra
-    merged = {t: [dict(e) for e in entries] for t, entries in (extra.get("TensorQuantOverrides") or {}).items()}
-    for tensor, (entry,) in ranges.items():
-        merged.setdefault(tensor, [{}])
-        if len(merged[tensor]) == 1:  # per-channel overrides are left as the caller set them
-            merged[tensor][0] = {**entry, **merged[tensor][0]}
-    return {**extra, "TensorQuantOverrides": merged}
-
-
 def _run_static(src: Path, out: Path, config: QuantizeConfig, reader, notes: list[str], calibration=None,
                 on_sample: Callable[[int], None] | None = None) -> None:
     from onnxruntime.quantization import QuantFormat, quantize, quantize_static
 
     method = config.calib_method
     if method in HISTOGRAM_METHODS and calibration is not None:
-        ranges = _histogram_overrides(src, config, calibration, notes, on_sample)
+        ranges = histogram_overrides(src, config, calibration, notes, on_sample)
         # every calibrated tensor is overridden: ORT's own min/max pass needs only one sample
         from .data import calibration_reader
 
         reader, method = calibration_reader(calibration, limit=1), "minmax"
     else:
-        ranges = _range_overrides(src, config, calibration, notes) if calibration is not None else {}
+        ranges = range_overrides(src, config, calibration, notes) if calibration is not None else {}
     if config.target == "qnn":
         from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
@@ -362,13 +298,13 @@ def _run_static(src: Path, out: Path, config: QuantizeConfig, reader, notes: lis
         # HTP's own op rules fill in what neither set (qdq.htp_rules)
         from .qdq.htp_rules import weight_overrides
 
-        qnn_config.extra_options = _with_overrides(_with_overrides(_with_overrides(
+        qnn_config.extra_options = with_overrides(with_overrides(with_overrides(
             qnn_config.extra_options, config.extra_options.get("TensorQuantOverrides") or {}), ranges),
             weight_overrides(onnx.load(str(src), load_external_data=False)))
         quantize(str(src), str(out), qnn_config)
         return
     opset = model_io.default_opset(onnx.load(str(src), load_external_data=False))
-    extra = _with_overrides(_static_extra_options(config, opset), ranges)
+    extra = with_overrides(_static_extra_options(config, opset), ranges)
     if config.quant_format == "qdq":
         # QDQ placement decides whether ORT's fusions fire: this recipe also verifies coverage
         # on ORT's optimized graph and explains every compute op left in float.
@@ -448,10 +384,14 @@ def quantize_model(
                 else:
                     from .data import calibration_reader
 
+                    if config.equalize:           # exact FP32 rewrites first, so the ranges see the final graph
+                        prepared = equalize(prepared, config, calibration, notes)
+                    if config.smooth_quant:
+                        prepared = smooth(prepared, calibration, notes)
                     reader = calibration_reader(calibration, on_sample=on_calib_sample)
                     _run_static(prepared, raw_out, config, reader, notes, calibration, on_calib_sample)
                     if config.bias_correction and config.quant_format == "qdq":
-                        raw_out = _correct_biases(prepared, raw_out, calibration, notes)
+                        raw_out = correct_biases(prepared, raw_out, calibration, notes)
         except EdgequantError:
             raise
         except Exception as exc:  # noqa: BLE001 - surface ORT's reason in one line

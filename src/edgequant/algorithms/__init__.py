@@ -1,4 +1,6 @@
 """Post-training algorithms on the ONNX graph (each with one entry point, each describing itself
-in one line for the report). ``ranges``: activation ranges robust to outlying calibration samples.
-``histogram``: percentile/entropy/distribution ranges from streaming histograms (fixed memory).
-Equalization, bias correction, range search, SmoothQuant and learned rounding plug in here."""
+in one line for the report): ``ranges`` (activation ranges robust to outlying calibration
+samples), ``histogram`` (percentile/entropy/distribution ranges from streaming histograms, fixed
+memory), ``range_search`` (MSE range per activation), ``equalization`` (cross-layer
+equalization), ``smoothquant`` (outlier channels of MatMul/Gemm inputs into the weights),
+``bias_correction``. Learned rounding is still to come."""

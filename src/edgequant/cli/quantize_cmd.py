@@ -35,7 +35,9 @@ def _split_ops(value: str | None) -> tuple[str, ...] | None:
 @click.option("--reduce-range/--no-reduce-range", default=None, help="7-bit weights (default: target rule).")
 @click.option("--activation-type", type=click.Choice(ACTIVATION_TYPES), default=None)
 @click.option("--weight-type", type=click.Choice(WEIGHT_TYPES), default=None)
-@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="minmax", show_default=True)
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="minmax", show_default=True,
+              help="Activation ranges. mse: per tensor, the shrink of the (robust) min/max range that minimizes "
+                   "the tensor's quantization MSE on the calibration data (QDQ only).")
 @click.option("--percentile", type=click.FloatRange(90.0, 100.0), default=99.999, show_default=True,
               help="Percentile for --calib-method percentile.")
 @click.option("--robust-ranges/--no-robust-ranges", default=True, show_default=True,
@@ -43,6 +45,14 @@ def _split_ops(value: str | None) -> tuple[str, ...] | None:
                    "percentile of per-sample extremes (those samples saturate).")
 @click.option("--bias-correction", is_flag=True,
               help="Static QDQ: fold each layer's mean per-channel output error on the calibration data into its bias.")
+@click.option("--equalize", is_flag=True,
+              help="Static: cross-layer equalization of Conv -> Conv pairs (through Relu/PRelu/pools; exact) "
+                   "before quantizing; helps most with --no-per-channel.")
+@click.option("--equalize-relu6", is_flag=True,
+              help="--equalize also through Clip(0, 6), replacing it by Relu (not exact; the change is reported).")
+@click.option("--smooth-quant", is_flag=True,
+              help="Static: SmoothQuant migration of MatMul/Gemm input outlier channels into the weights (exact; "
+                   "folded into LayerNorm or the previous linear layer).")
 @click.option("--exclude", multiple=True, help="Node name to keep in float (repeatable).")
 @click.option("--op-types", default=None, help="Comma-separated op types to quantize.")
 @click.option("--export-context", is_flag=True,
@@ -51,7 +61,7 @@ def _split_ops(value: str | None) -> tuple[str, ...] | None:
 def quantize(model: Path, out: Path, force: bool, json_path: Path | None, mode: str, calib: str | None, preprocess: str | None, calib_limit: int | None,
              target: str, fmt: str | None, per_channel: bool | None, reduce_range: bool | None,
              activation_type: str | None, weight_type: str | None, calib_method: str, percentile: float,
-             robust_ranges: bool, bias_correction: bool, exclude: tuple[str, ...], op_types: str | None, export_context: bool) -> None:
+             robust_ranges: bool, bias_correction: bool, equalize: bool, equalize_relu6: bool, smooth_quant: bool, exclude: tuple[str, ...], op_types: str | None, export_context: bool) -> None:
     """Quantize MODEL to INT8 (dynamic: weights only; static: weights and activations)."""
     if mode == "static" and not calib:
         raise click.UsageError("--mode static needs --calib SRC")
@@ -70,7 +80,7 @@ def quantize(model: Path, out: Path, force: bool, json_path: Path | None, mode: 
             quant_format=fmt, per_channel=per_channel, reduce_range=reduce_range, activation_type=activation_type,
             weight_type=weight_type, calib_method=calib_method, calib_percentile=percentile,
             op_types=_split_ops(op_types), exclude=exclude, robust_ranges=robust_ranges, bias_correction=bias_correction,
-            force=force)
+            equalize=equalize, equalize_relu6=equalize_relu6, smooth_quant=smooth_quant, force=force)
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {w}")
     for n in result.notes:

@@ -1,0 +1,136 @@
+"""The algorithm steps of static quantization, as :func:`edgequant.quantize.quantize_model` runs
+them: activation ranges handed to onnxruntime as ``TensorQuantOverrides`` (robust min/max, MSE
+search, streaming histograms), the FP32 graph passes before quantizing (equalization,
+SmoothQuant) and bias correction after. Each appends its one-line description to ``notes``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+
+from .errors import EdgequantError
+
+if TYPE_CHECKING:
+    from .quantize import QuantizeConfig
+
+
+def range_overrides(src: Path, config: QuantizeConfig, calibration, notes: list[str]) -> dict:
+    """``TensorQuantOverrides`` rmin/rmax (QDQ): :mod:`edgequant.algorithms.ranges` for minmax,
+    then for mse :mod:`edgequant.algorithms.range_search` from those (or the global) ranges."""
+    mse = config.calib_method == "mse"
+    if config.quant_format != "qdq" or not (mse or (config.robust_ranges and config.calib_method == "minmax")):
+        return {}
+    from .algorithms.ranges import robust_ranges
+    from .devices import local_cpu
+
+    result = robust_ranges(src, calibration, local_cpu())
+    if config.robust_ranges:
+        notes.append(result.describe())
+    if not mse:
+        return result.overrides()
+    from .algorithms.range_search import search_ranges
+
+    base = {t: (r.rmin, r.rmax) if config.robust_ranges else (r.global_rmin, r.global_rmax)
+            for t, r in result.ranges.items()}
+    act = "uint8" if config.activations_to_uint8 else config.activation_type
+    searched = search_ranges(src, calibration, local_cpu(), base, activation_type=act,
+                             symmetric=config.activation_symmetric)
+    notes.append(searched.describe())
+    return searched.overrides({t: (r.global_rmin, r.global_rmax) for t, r in result.ranges.items()})
+
+
+def equalize(prepared: Path, config: QuantizeConfig, calibration, notes: list[str]) -> Path:
+    """:mod:`edgequant.algorithms.equalization` on the prepared FP32 graph (BatchNorm already folded),
+    its output change measured on the first calibration samples."""
+    from .algorithms.equalization import equalize_file
+    from .devices import local_cpu
+
+    out = prepared.with_name("equalized.onnx")
+    notes.append(equalize_file(prepared, out, relu6=config.equalize_relu6, samples=calibration,
+                               device=local_cpu()).describe())
+    return out
+
+
+def smooth(prepared: Path, calibration, notes: list[str]) -> Path:
+    """:mod:`edgequant.algorithms.smoothquant` on the prepared FP32 graph."""
+    from .algorithms.smoothquant import smooth_file
+    from .devices import local_cpu
+
+    out = prepared.with_name("smoothed.onnx")
+    notes.append(smooth_file(prepared, out, calibration, local_cpu()).describe())
+    return out
+
+
+def histogram_overrides(src: Path, config: QuantizeConfig, calibration, notes: list[str],
+                         on_sample: Callable[[int], None] | None) -> dict:
+    """``TensorQuantOverrides`` rmin/rmax of every activation from :mod:`edgequant.algorithms.histogram`:
+    onnxruntime's HistogramCalibrater keeps every intermediate tensor of every sample (GBs)."""
+    from .algorithms.histogram import histogram_ranges
+    from .devices import local_cpu
+    from .measure.session import SessionConfig
+
+    # graph optimization off, as ORT's calibrator runs it: every tensor is the float graph's own
+    device = local_cpu(SessionConfig(graph_optimization="disable"))
+    symmetric = bool(config.extra_options.get("CalibTensorRangeSymmetric", True))  # ORT's percentile default
+    result = histogram_ranges(src, calibration, device, config.calib_method, percentile=config.calib_percentile,
+                              symmetric=symmetric, on_sample=on_sample)
+    if result.samples == 0:
+        raise EdgequantError(f"{calibration.spec}: no calibration samples")
+    notes.append(result.describe())
+    return as_ort_adjusts(onnx.load(str(src), load_external_data=False), config, result.overrides())
+
+
+def as_ort_adjusts(model: onnx.ModelProto, config: QuantizeConfig, overrides: dict) -> dict:
+    """What ORT's quantizer does to calibrated ranges (``adjust_tensor_ranges``) but not to
+    overrides: a quantized Relu/Clip that alone reads its input lends that input its output's
+    range (so the fused Conv->Relu keeps the full 8 bits), and a quantized Softmax's output keeps
+    ORT's [0, 1]. A Relu's range starts at 0: ORT drops the Relu and lets its output's Q clip,
+    which a range below 0 (distribution's +-absmax) would not do (ORT's own distribution
+    calibration yields a garbage model there)."""
+    def quantized(node: onnx.NodeProto) -> bool:
+        return (config.op_types is None or node.op_type in config.op_types) and node.name not in config.exclude
+
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    out = dict(overrides)
+    for node in model.graph.node:
+        if not quantized(node):
+            continue
+        if node.op_type == "Relu" and node.output[0] in out:
+            (entry,) = out[node.output[0]]
+            out[node.output[0]] = [{**entry, "rmin": max(entry["rmin"], np.float32(0.0))}]
+        if node.op_type in ("Relu", "Clip") and readers.get(node.input[0]) == 1 and node.output[0] in out \
+                and node.input[0] in out:
+            out[node.input[0]] = out[node.output[0]]
+        elif node.op_type == "Softmax":
+            out.pop(node.output[0], None)
+    return out
+
+
+def correct_biases(prepared: Path, qdq: Path, calibration, notes: list[str]) -> Path:
+    """:mod:`edgequant.algorithms.bias_correction` on the freshly quantized model."""
+    from .algorithms.bias_correction import correct_biases
+    from .devices import local_cpu
+
+    out = qdq.with_name("bias_corrected.onnx")
+    notes.append(correct_biases(prepared, qdq, out, calibration, local_cpu()).describe())
+    return out
+
+
+def with_overrides(extra: dict, ranges: dict) -> dict:
+    """``extra`` with range overrides merged into its TensorQuantOverrides (a tensor's own
+    entries, e.g. 16-bit quant_type, are kept)."""
+    if not ranges:
+        return extra
+    merged = {t: [dict(e) for e in entries] for t, entries in (extra.get("TensorQuantOverrides") or {}).items()}
+    for tensor, (entry,) in ranges.items():
+        merged.setdefault(tensor, [{}])
+        if len(merged[tensor]) == 1:  # per-channel overrides are left as the caller set them
+            merged[tensor][0] = {**entry, **merged[tensor][0]}
+    return {**extra, "TensorQuantOverrides": merged}
