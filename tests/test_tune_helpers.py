@@ -113,3 +113,21 @@ def test_placement_repair_recipes_carry_into_later_stages() -> None:
     assert overrides["g"] == [{"quant_type": "QUInt8"}]
     assert all(r.uint8_weights == ("g", "b") for r in calibration_recipes("qnn", by_name["static+u8w"]))
     assert placement_recipes(Recipe("static", "static"), ["not-a-node"], model) == []
+
+
+def test_algorithm_recipes_keep_every_layer_int8() -> None:
+    import onnx_models
+
+    """The ladder's 'algorithms' rung: MSE ranges for any model; equalization (+ bias correction,
+    + MSE) where there are Conv pairs; SmoothQuant where MatMuls follow a LayerNorm. No float."""
+    from edgequant.tune.recipes import Recipe, algorithm_recipes
+
+    conv = onnx_models.conv_net(opset=13, channels=8, size=8)
+    names = {r.name: r for r in algorithm_recipes(Recipe("static", "static", uint8_weights=("g",)), conv)}
+    assert set(names) == {"static-mse", "static-equalize", "static-equalize-bc", "static-equalize-mse"}
+    assert all(r.stage == "algorithms" and not r.exclude and r.uint8_weights == ("g",) for r in names.values())
+    cfg = names["static-equalize-bc"].config("x86-vnni")
+    assert cfg.equalize and cfg.bias_correction and cfg.calib_method == "minmax"
+    assert names["static-mse"].config("qnn").calib_method == "mse"
+    assert "equalized; bias-corrected" in names["static-equalize-bc"].summary("x86-vnni")
+    assert [r.name for r in algorithm_recipes(Recipe("static", "static"), onnx_models.matmul_net())] == ["static-mse"]

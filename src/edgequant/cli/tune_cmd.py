@@ -42,7 +42,7 @@ def trace_table(report: dict) -> Table:
                    "(timing always runs in one process, here).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[auto|ADDRESS]",
               help="Quantize candidates as tasks on a Ray cluster (needs edgequant[ray]).")
-@click.option("--max-candidates", type=click.IntRange(min=2), default=20, show_default=True)
+@click.option("--max-candidates", type=click.IntRange(min=2), default=24, show_default=True)
 @click.option("--calib-limit", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--eval-limit", type=click.IntRange(min=1), default=None)
 @click.option("--no-float-fallback", "no_float_fallback", is_flag=True,

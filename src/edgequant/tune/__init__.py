@@ -52,7 +52,7 @@ class TuneOptions:
     trial_runs: int = 30               # interleaved rounds per trial batch (final report: run.runs)
     trial_warmup: int = 3
     workers: int = 2                   # quantization processes (timing always runs here, sequentially)
-    max_candidates: int = 20
+    max_candidates: int = 24
     finalists: int = 3                 # best within-budget candidates re-measured for the report
     sensitivity_samples: int = 16
     # None: the target decides (qnn: no float layers, 16-bit instead); False: fully INT8 or say so

@@ -38,6 +38,9 @@ class Recipe:
     exclude: tuple[str, ...] = ()
     int16_tensors: tuple[str, ...] = ()
     uint8_weights: tuple[str, ...] = ()               # initializers quantized as uint8 (an accelerator's op rule)
+    equalize: bool = False                            # algorithms/: cross-layer equalization first
+    bias_correction: bool = False                     # algorithms/: empirical bias correction after
+    smooth_quant: bool = False                        # algorithms/: SmoothQuant migration first
     float_reasons: tuple[tuple[str, str], ...] = ()   # (node, why it is kept float / 16-bit)
 
     def _overrides(self, quant_type) -> dict:
@@ -59,7 +62,9 @@ class Recipe:
             self.mode, target, per_channel=self.per_channel, reduce_range=self.reduce_range,
             weight_type=self.weight_type, activation_type=self.activation_type if static else None,
             calib_method=self.calib_method if static else "minmax",
-            calib_percentile=self.calib_percentile, exclude=self.exclude, extra_options=extra)
+            calib_percentile=self.calib_percentile, exclude=self.exclude, extra_options=extra,
+            equalize=self.equalize and static, bias_correction=self.bias_correction and static,
+            smooth_quant=self.smooth_quant and static)
 
     def to_dict(self, target: str) -> dict:
         """JSON-safe full configuration (what the report records and the cache hashes)."""
@@ -87,6 +92,8 @@ class Recipe:
             parts.append(f"16-bit: {', '.join(self.int16_tensors)}")
         if self.uint8_weights:
             parts.append(f"uint8 weights: {', '.join(self.uint8_weights)}")
+        parts += [label for flag, label in ((self.smooth_quant, "SmoothQuant"), (self.equalize, "equalized"),
+                                            (self.bias_correction, "bias-corrected")) if flag]
         return "; ".join(parts)
 
     def renamed(self, name: str, **changes) -> Recipe:
@@ -131,6 +138,27 @@ def calibration_recipes(target: str, base: Recipe | None = None) -> list[Recipe]
         out.append(variant("static-reduce-range", "7-bit weights", reduce_range=True))
     if not rule.per_channel:
         out.append(variant("static-per-channel", "per-channel weights", per_channel=True))
+    return out
+
+
+def algorithm_recipes(base: Recipe, model: onnx.ModelProto) -> list[Recipe]:
+    """Still fully INT8, better numbers: the post-training algorithms of ``edgequant.algorithms``
+    on top of ``base``, cheapest first (each is exact in FP32 or a calibration choice)."""
+    ops = {n.op_type for n in model.graph.node}
+
+    def variant(name: str, why: str, **changes) -> Recipe:
+        return replace(base, name=name, stage="algorithms", why=why, **changes)
+
+    out = [variant("static-mse", "activation ranges minimizing the quantization MSE of their readers",
+                   calib_method="mse")]
+    if "Conv" in ops:
+        out += [variant("static-equalize", "cross-layer equalization of Conv pairs (exact in FP32)", equalize=True),
+                variant("static-equalize-bc", "equalization, then empirical bias correction",
+                        equalize=True, bias_correction=True),
+                variant("static-equalize-mse", "equalization, then MSE ranges", equalize=True, calib_method="mse")]
+    if ops & {"MatMul", "Gemm"} and ops & {"LayerNormalization", "ReduceMean"}:
+        out.append(variant("static-smoothquant", "outlier input channels of MatMul/Gemm migrated into the weights",
+                           smooth_quant=True))
     return out
 
 

@@ -7,7 +7,8 @@
    repaired recipe is the base of every later stage.
 3. Static over budget: per-node sensitivity on the calibration data, then ``calibration``
    (percentile/entropy, U8U8 or reduce_range, per-channel) and ``ranges`` (16-bit or float for
-   outlier-dominated tensors) variants.
+   outlier-dominated tensors) variants, then ``algorithms`` (MSE ranges, cross-layer
+   equalization, bias correction, SmoothQuant: every layer still INT8).
 4. Still over budget: ``fallback`` the most sensitive nodes of the best static recipe to float
    (16-bit where the target has no float path or float fallback is off) in growing groups
    (1, 2, 4, ...) until the budget holds, then bisect back so as few nodes as possible leave INT8.
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from ..sensitivity import SensitivityReport
 from .recipes import (
     Recipe,
+    algorithm_recipes,
     calibration_recipes,
     default_recipes,
     fallback_order,
@@ -99,6 +101,10 @@ class Search:
         stage2 = self._try(calibration_recipes(self.target, base) + self._range_recipes(base))
         if any(t.within_budget for t in stage2):
             return self.state
+        # every layer still INT8, better algorithms, before anything leaves INT8
+        stage3 = self._try(algorithm_recipes(base, self.runner.fp32_model()))
+        if any(t.within_budget for t in stage3):
+            return self.state
         if self.state.sensitivity is not None and self.state.sensitivity.nodes:
             if self.float_fallback or self.target == "qnn":
                 self._fallback(self._best_static_base(), self.state.sensitivity)
@@ -145,7 +151,7 @@ class Search:
 
     def _best_static_base(self) -> Recipe:
         family = [t for t in self.state.trials if t.ok and t.recipe.mode == "static"
-                  and t.recipe.stage in ("defaults", "placement", "calibration")
+                  and t.recipe.stage in ("defaults", "placement", "calibration", "algorithms")
                   and t.recipe.activation_type is None]
         deployable = [t for t in family if not t.operators_on_cpu] or family
         best = max(deployable, key=quality_score)  # max keeps the first on ties: the target default
