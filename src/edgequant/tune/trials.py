@@ -51,8 +51,9 @@ class Trial:
     accuracy: dict | None = None
     coverage: dict | None = None
     speed: Speedup | None = None          # vs FP32, from the trial batch's interleaved rounds
-    within_budget: bool = False
+    within_budget: bool = False           # False when undecided: the search needs a decided pass
     budget_why: str = ""
+    budget_decision: str = ""             # within | undecided | over (verdict.Judgement)
     quantized_cached: bool = False
     measured_cached: bool = False
 
@@ -85,6 +86,8 @@ class Trial:
         cached = " (cached)" if self.measured_cached else ""
         if self.error:
             return f"failed: {self.error}"
+        if self.budget_decision == "undecided":
+            return f"undecided: evaluation set too small: {self.budget_why}{cached}"
         if not self.within_budget:
             return f"over budget: {self.budget_why}{cached}"
         lo, hi = self.speedup_ci or (0.0, 0.0)
@@ -163,7 +166,8 @@ class TrialRunner:
         self._speed([t for t in trials if t.error is None and t.speed is None])
         for t in trials:
             if t.error is None:
-                t.within_budget, t.budget_why = self.budget.check(self.ref.fp32_accuracy, t.accuracy, t.fidelity)
+                judged = self.budget.judge(self.ref.fp32_accuracy, t.accuracy, t.fidelity)
+                t.within_budget, t.budget_why, t.budget_decision = judged.within, judged.why, judged.decision
         return trials
 
     def _quantize(self, trials: Sequence[Trial]) -> None:
