@@ -80,6 +80,7 @@ def test_embedding_proxies_measure_retrieval() -> None:
     fb = compare_outputs({"v": ref}, {"v": bad}, {"v": "embedding"})
     assert fg.top1_agreement is None and fg.nn_agreement == 1.0 and fg.mean_sample_cosine > 0.999
     assert fb.nn_agreement < 0.9 and fb.min_sample_cosine < fb.mean_sample_cosine
+    assert fg.similarity_rank_corr > 0.999 > fb.similarity_rank_corr      # the whole similarity order
     # 40/40 neighbours kept cannot show >= 0.99 (Wilson 0.91-1.00): undecided, not within budget
     judged = Budget().judge(None, None, fg.to_dict())
     assert judged.decision == "undecided" and judged.samples_needed == 381

@@ -79,6 +79,7 @@ class OutputFidelity:
     nn_agreement: float | None = None         # embeddings: same nearest neighbour among the samples
     mean_sample_cosine: float | None = None   # embeddings: per-sample cosine, mean and minimum
     min_sample_cosine: float | None = None
+    similarity_rank_corr: float | None = None  # embeddings: Spearman of all pairwise similarities (reported)
     detection_agreement: float | None = None  # detection: same anchors above the score threshold
     box_error: float | None = None            # detection: mean box error of FP32's kept anchors (output units)
     box_scale: float | None = None            # detection: mean |FP32 box coordinate| there
@@ -88,7 +89,8 @@ class OutputFidelity:
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"cosine": self.cosine, "sqnr_db": self.sqnr_db,
                              "max_abs_err": self.max_abs_err, "top1_agreement": self.top1_agreement}
-        for key in ("role", "nn_agreement", "mean_sample_cosine", "min_sample_cosine", "detection_agreement",
+        for key in ("role", "nn_agreement", "mean_sample_cosine", "min_sample_cosine", "similarity_rank_corr",
+                    "detection_agreement",
                     "box_error", "box_scale"):
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)
@@ -139,11 +141,20 @@ def position_agreement(reference: np.ndarray, candidate: np.ndarray) -> float | 
     return float(np.mean(np.argmax(ref.reshape(-1, c), axis=1) == np.argmax(cand.reshape(-1, c), axis=1)))
 
 
-def embedding_proxies(reference: np.ndarray, candidate: np.ndarray) -> tuple[float | None, float, float]:
-    """(nearest-neighbour agreement, mean and minimum per-sample cosine) of per-sample vectors.
+def _ranks(x: np.ndarray) -> np.ndarray:
+    r = np.empty(len(x), np.float64)
+    r[np.argsort(x, kind="stable")] = np.arange(len(x), dtype=np.float64)
+    return r
+
+
+def embedding_proxies(reference: np.ndarray, candidate: np.ndarray
+                      ) -> tuple[float | None, float, float, float | None]:
+    """(nearest-neighbour agreement, mean and minimum per-sample cosine, rank correlation of the
+    pairwise similarities) of per-sample vectors.
 
     Nearest neighbour: for each sample, the most similar other sample (cosine) under FP32 and under
     the candidate; agreement is the share of samples for which they are the same (retrieval).
+    Rank correlation (Spearman) of all pairwise cosines: whether the whole similarity order holds.
     """
     ref = np.asarray(reference, np.float64).reshape(len(reference), -1)
     cand = np.asarray(candidate, np.float64).reshape(len(candidate), -1)
@@ -153,13 +164,16 @@ def embedding_proxies(reference: np.ndarray, candidate: np.ndarray) -> tuple[flo
 
     r, c = unit(ref), unit(cand)
     per_sample = np.sum(r * c, axis=1)
-    nn = None
+    nn = rank = None
     if len(r) >= 3:
         sr, sc = r @ r.T, c @ c.T
+        iu = np.triu_indices(len(r), 1)
+        a, b = _ranks(sr[iu]), _ranks(sc[iu])
+        rank = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else None
         np.fill_diagonal(sr, -np.inf)
         np.fill_diagonal(sc, -np.inf)
         nn = float(np.mean(np.argmax(sr, axis=1) == np.argmax(sc, axis=1)))
-    return nn, float(per_sample.mean()), float(per_sample.min())
+    return nn, float(per_sample.mean()), float(per_sample.min()), rank
 
 
 def _samples(arr: np.ndarray) -> int:
@@ -203,7 +217,8 @@ def compare_outputs(reference: Mapping[str, np.ndarray], candidate: Mapping[str,
             if agree is not None:   # positions of one sample are correlated: samples are the unit
                 counts["top1_agreement"] = Proportion(agree * n, n, "samples (per-position rate)")
         elif role == "embedding":
-            nn, extra["mean_sample_cosine"], extra["min_sample_cosine"] = embedding_proxies(ref_a, cand_a)
+            nn, extra["mean_sample_cosine"], extra["min_sample_cosine"], extra["similarity_rank_corr"] = \
+                embedding_proxies(ref_a, cand_a)
             extra["nn_agreement"] = nn
             if nn is not None:
                 counts["nn_agreement"] = Proportion(round(nn * n), n)
@@ -238,5 +253,6 @@ def compare_outputs(reference: Mapping[str, np.ndarray], candidate: Mapping[str,
         sqnr_db=_worst([o.sqnr_db for o in per.values()], min),
         max_abs_err=_worst([o.max_abs_err for o in per.values()], max),
         mean_sample_cosine=lowest("mean_sample_cosine")[0], min_sample_cosine=lowest("min_sample_cosine")[0],
+        similarity_rank_corr=lowest("similarity_rank_corr")[0],
         box_error=worst_box.box_error if worst_box else None, box_scale=worst_box.box_scale if worst_box else None,
         counts=counts, per_output=per, **worst)
