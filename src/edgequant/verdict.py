@@ -103,7 +103,7 @@ def _drop_check(accuracy: Mapping, limit: float) -> Check:
     label = f"{accuracy['metric']} drop"
     drop = float(accuracy["drop"])
     paired = (accuracy.get("details") or {}).get("paired")
-    if not paired:
+    if not paired or not accuracy.get("higher_is_better", True):   # paired counts describe a proportion
         return Check("task_metric_drop", label, drop, limit, "pass" if drop <= limit + 1e-12 else "fail", False)
     counts = [float(paired[k]) for k in ("lost", "gained", "both", "neither")]
     _, lo, hi = paired_drop_interval(*counts)
