@@ -94,8 +94,8 @@ def _agreement_check(proxy: str, label: str, value: float, threshold: float, cou
     trials = int(counts["trials"])
     lo, hi = wilson(float(counts["successes"]), trials)
     decision = "pass" if lo >= threshold else ("fail" if hi < threshold else "undecided")
-    return Check(proxy, label, value, threshold, decision, True, (lo, hi), trials, counts.get("unit"),
-                 samples_needed(value, threshold, start=trials))
+    need = samples_needed(value, threshold, start=trials) if decision == "undecided" else None
+    return Check(proxy, label, value, threshold, decision, True, (lo, hi), trials, counts.get("unit"), need)
 
 
 def _drop_check(accuracy: Mapping, limit: float) -> Check:
@@ -108,8 +108,8 @@ def _drop_check(accuracy: Mapping, limit: float) -> Check:
     counts = [float(paired[k]) for k in ("lost", "gained", "both", "neither")]
     _, lo, hi = paired_drop_interval(*counts)
     decision = "pass" if hi <= limit + 1e-12 else ("fail" if lo > limit else "undecided")
-    return Check("task_metric_drop", label, drop, limit, decision, False, (lo, hi), int(sum(counts)), "samples",
-                 paired_samples_needed(*counts, limit))
+    need = paired_samples_needed(*counts, limit) if decision == "undecided" else None
+    return Check("task_metric_drop", label, drop, limit, decision, False, (lo, hi), int(sum(counts)), "samples", need)
 
 
 @dataclass(frozen=True)
