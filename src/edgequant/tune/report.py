@@ -17,8 +17,10 @@ def quality_summary(t: Trial) -> str:
     parts = []
     if t.accuracy is not None:
         parts.append(f"{t.accuracy['metric']} {t.accuracy['value']:.4f} (drop {t.accuracy['drop']:+.4f})")
-    if fid.get("top1_agreement") is not None:
-        parts.append(f"agreement {fid['top1_agreement']:.3f}")
+    for key, label in (("top1_agreement", "agreement"), ("nn_agreement", "NN agreement"),
+                       ("detection_agreement", "detection agreement")):
+        if fid.get(key) is not None:   # the role's own proxy, so the trace shows what the budget judged
+            parts.append(f"{label} {fid[key]:.3f}")
     parts.append(f"cosine {fid['cosine']:.4f}")
     return ", ".join(parts)
 
