@@ -132,6 +132,13 @@ def test_recommend_never_picks_an_undecided_variant() -> None:
     d = vs[1].to_dict()
     assert d["budget_decision"] == "undecided" and d["samples_needed"] == 381
     assert d["budget_checks"][0]["ci95"][0] == pytest.approx(0.8928, abs=1e-4)
+    # a variant with nothing quantized is not named among the undecided (its verdict says why it lost)
+    from edgequant.measure.coverage import Coverage
+
+    none_int8 = _variant("dynamic", 1.5, _fid("top1_agreement", 32, 32))
+    none_int8.coverage = Coverage(0, 5, ["a"])
+    name, reason = recommend([_variant("fp32", 1.0, {"cosine": 1.0}), none_int8], Budget())
+    assert name == "fp32" and "undecided" not in reason and none_int8.verdict.startswith("nothing quantized")
     # with enough samples the same rate is decided and the faster variant wins
     vs = [_variant("fp32", 1.0, {"cosine": 1.0}), _variant("static", 2.0, _fid("top1_agreement", 400, 400))]
     assert recommend(vs, Budget())[0] == "static" and vs[1].to_dict()["budget_decision"] == "within"

@@ -284,7 +284,8 @@ def recommend(variants: list[Variant], budget: Budget, *, min_speedup: float = 1
             v.verdict = f"eligible: {sp.ratio:.2f}x faster (95% CI {lo:.2f}-{hi:.2f}); {why}"
             eligible.append(v)
     if not eligible:
-        undecided = [v for v in variants[1:] if v.budget and v.budget["decision"] == "undecided"]
+        # only those the budget alone held back (not e.g. a variant with nothing quantized)
+        undecided = [v for v in variants[1:] if v.verdict and v.verdict.startswith("undecided")]
         why_undecided = ""
         if undecided:
             needs = [v.budget["samples_needed"] for v in undecided if v.budget["samples_needed"]]
