@@ -32,8 +32,8 @@ MODELS = [("face_detector", "face_detection_short_range", "edgequant.dms.metrics
           ("iris_landmark", "iris_landmark", "edgequant.dms.metrics:iris_landmark_displacement")]
 
 
-def fleet_yaml(copies: int = 2, runs: int = 50) -> Path:
-    lines = [f"defaults: {{threads: 1, runs: {runs}, warmup: 5, calib_limit: 100, eval_limit: 50}}", "models:"]
+def fleet_yaml(copies: int = 2, runs: int = 30) -> Path:
+    lines = [f"defaults: {{threads: 1, runs: {runs}, warmup: 3, calib_limit: 50, eval_limit: 30}}", "models:"]
     for i in range(copies):
         for name, stem, metric in MODELS:
             lines.append(f"  - {{name: {name}_{i}, model: {DMS}/models/{stem}.onnx, "
@@ -76,7 +76,7 @@ def main() -> int:
                 for conc in (1, 2):
                     out = WORK / f"tune{conc}"
                     shutil.rmtree(out, ignore_errors=True)
-                    options = TuneOptions(run=RunOptions(runs=30, warmup=3, calib_limit=100, eval_limit=50, metric=metric),
+                    options = TuneOptions(run=RunOptions(runs=20, warmup=3, calib_limit=50, eval_limit=30, metric=metric),
                                           trial_runs=10, workers=conc, max_candidates=8)
                     t1 = time.perf_counter()
                     report = api.tune(DMS / "models" / f"{stem}.onnx", out, calib=str(DMS / "data" / f"{stem}.calibration.npz"),

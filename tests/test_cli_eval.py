@@ -53,7 +53,8 @@ def test_eval_reference_and_labels(models: dict[str, Path], tmp_path: Path,
     assert "fidelity" in capsys.readouterr().out
     doc = json.loads(out.read_text())
     assert doc["schema"] == "edgequant.eval/1"
-    assert set(doc["fidelity"]) == FIDELITY_KEYS
+    assert set(doc["fidelity"]) == FIDELITY_KEYS | {"intervals"}
+    assert doc["fidelity"]["intervals"]["top1_agreement"]["trials"] > 0      # the samples behind the rate
     assert 0.5 < doc["fidelity"]["cosine"] < 1.0 and doc["fidelity"]["top1_agreement"] is not None
     acc = doc["accuracy"]
     assert acc["metric"] == "top1" and 0 <= acc["value"] <= 1

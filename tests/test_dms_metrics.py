@@ -90,6 +90,12 @@ def test_detector_accuracy_thresholds_the_best_anchor() -> None:
     assert res.value == pytest.approx(0.5)
     assert res.details["true_positive_rate"] == pytest.approx(0.5)
     assert res.details["false_positive_rate"] == pytest.approx(0.5)
+    # against an FP32 reference that got sample 1 right: one sample lost (the budget's paired interval)
+    ref = logits.copy()
+    ref[1, 800, 0] = 2.0
+    paired = metrics.detector_accuracy({"classificators": logits}, np.array([1, 1, 0, 0]),
+                                       {"classificators": ref}).details["paired"]
+    assert paired == {"both": 2, "lost": 1, "gained": 0, "neither": 1}
 
 
 def test_detector_accuracy_needs_labels_and_matching_count() -> None:

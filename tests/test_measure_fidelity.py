@@ -32,7 +32,8 @@ def test_identical_outputs() -> None:
     f = compare_outputs(ref, {"y": ref["y"].copy()})
     assert f.cosine == pytest.approx(1.0) and f.sqnr_db == float("inf") and f.max_abs_err == 0.0
     assert f.top1_agreement == 1.0
-    assert set(f.to_dict()) == {"cosine", "sqnr_db", "max_abs_err", "top1_agreement"}
+    assert set(f.to_dict()) == {"cosine", "sqnr_db", "max_abs_err", "top1_agreement", "intervals"}
+    assert f.to_dict()["intervals"]["top1_agreement"]["trials"] == 2   # the samples behind the rate
 
 
 def test_perturbed_known_values() -> None:

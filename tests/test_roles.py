@@ -80,7 +80,11 @@ def test_embedding_proxies_measure_retrieval() -> None:
     fb = compare_outputs({"v": ref}, {"v": bad}, {"v": "embedding"})
     assert fg.top1_agreement is None and fg.nn_agreement == 1.0 and fg.mean_sample_cosine > 0.999
     assert fb.nn_agreement < 0.9 and fb.min_sample_cosine < fb.mean_sample_cosine
-    assert Budget().check(None, None, fg.to_dict())[0]
+    assert fg.similarity_rank_corr > 0.999 > fb.similarity_rank_corr      # the whole similarity order
+    # 40/40 neighbours kept cannot show >= 0.99 (Wilson 0.91-1.00): undecided, not within budget
+    judged = Budget().judge(None, None, fg.to_dict())
+    assert judged.decision == "undecided" and judged.samples_needed == 381
+    assert Budget(min_nn_agreement=0.9).judge(None, None, fg.to_dict()).decision == "within"
     ok, why = Budget().check(None, None, fb.to_dict())
     assert not ok and "nearest-neighbour" in why
 
@@ -92,3 +96,60 @@ def test_sequence_outputs_use_per_position_agreement() -> None:
     cand[0, 0, :5] = cand[0, 0, :5][:, ::-1]              # 5 of 80 positions change their arg-max
     f = compare_outputs({"s": ref}, {"s": cand}, {"s": "sequence"})
     assert f.top1_agreement == pytest.approx(1 - 5 / 80, abs=1 / 80)
+
+
+def _detector(anchors: int = 64, coords: int = 16) -> onnx.ModelProto:
+    """A BlazeFace-like head: features -> per-anchor boxes [1, A, 16] and scores [1, A, 1]."""
+    rng = np.random.default_rng(4)
+    wb = numpy_helper.from_array(rng.normal(0, 1, (8, coords)).astype(np.float32), "wb")
+    ws = numpy_helper.from_array(rng.normal(0, 1, (8, 1)).astype(np.float32), "ws")
+    nodes = [helper.make_node("MatMul", ["x", "wb"], ["regressors"]),
+             helper.make_node("MatMul", ["x", "ws"], ["classificators"])]
+    g = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, anchors, 8])],
+                          [helper.make_tensor_value_info("regressors", TensorProto.FLOAT, [1, anchors, coords]),
+                           helper.make_tensor_value_info("classificators", TensorProto.FLOAT, [1, anchors, 1])],
+                          [wb, ws])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_detection_role_from_the_graph() -> None:
+    roles = detect_roles(_detector())
+    assert roles["classificators"].role == "detection" and "'regressors'" in roles["classificators"].reason
+    assert roles["regressors"].role == "detection"          # not "sequence": [1, A, 16] are boxes here
+    # without a box sibling the same scores are no detector; the override makes one
+    lone = _detector()
+    lone.graph.output.pop(0)
+    assert detect_roles(lone)["classificators"].role == "dense"
+    assert detect_roles(lone, {"classificators": "detection"})["classificators"].role == "detection"
+    assert detect_roles(_detector(), {"regressors": "dense"})["regressors"].role == "dense"
+
+
+def test_detection_proxies_decisions_and_box_error() -> None:
+    """Logit scores: 3 anchors fire per sample in FP32; the candidate loses one in sample 0 and
+    its kept boxes move by 0.5 (output units)."""
+    n, a = 20, 64
+    rng = np.random.default_rng(5)
+    scores = np.full((n, 1, a, 1), -8.0)
+    scores[:, 0, :3, 0] = 6.0
+    boxes = rng.normal(20, 5, (n, 1, a, 16))
+    cand_scores, cand_boxes = scores + rng.normal(0, 0.05, scores.shape), boxes.copy()
+    cand_scores[0, 0, 2, 0] = -3.0
+    cand_boxes[:, 0, :3, :4] += 0.5
+    roles = {"classificators": "detection", "regressors": "detection"}
+    f = compare_outputs({"classificators": scores, "regressors": boxes},
+                        {"classificators": cand_scores, "regressors": cand_boxes}, roles)
+    det = f.per_output["classificators"]
+    assert det.detection_agreement == pytest.approx(59 / 60) and det.top1_agreement is None
+    assert det.box_error == pytest.approx(0.5) and det.box_scale == pytest.approx(20, rel=0.1)
+    assert f.detection_agreement == det.detection_agreement and f.box_error == pytest.approx(0.5)
+    assert f.to_dict()["intervals"]["detection_agreement"]["trials"] == n     # samples are the unit
+    # 59/60 anchors on 20 samples: the interval straddles 0.95 (undecided); the box error passes 5%
+    judged = Budget().judge(None, None, f.to_dict())
+    by = {c.proxy: c for c in judged.checks}
+    assert by["detection_agreement"].decision == "undecided" and by["box_error"].decision == "pass"
+    assert judged.decision == "undecided"
+    assert Budget(max_box_error=0.1).judge(None, None, f.to_dict()).decision == "over"   # absolute, output units
+    # no anchor fires in either model: no decision proxy (cosine judges instead)
+    quiet = compare_outputs({"classificators": scores * 0 - 8, "regressors": boxes},
+                            {"classificators": scores * 0 - 8, "regressors": boxes}, roles)
+    assert quiet.detection_agreement is None and quiet.box_error is None

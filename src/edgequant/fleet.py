@@ -26,7 +26,8 @@ _ENTRY_KEYS = {"name", "model", "calib", "eval", "preprocess", "metric", "budget
                "threads", "runs", "warmup", "calib_limit", "eval_limit", "time_budget", "selective",
                "float_fallback"}
 _DEFAULT_KEYS = _ENTRY_KEYS - {"name", "model", "calib", "eval"}
-_BUDGET_KEYS = {"max_drop", "max_abs_drop", "min_agreement", "min_cosine"}
+_BUDGET_KEYS = {"max_drop", "max_abs_drop", "min_agreement", "min_cosine", "min_nn_agreement",
+                "min_detection_agreement", "max_box_error", "max_box_rel_error"}
 
 
 @dataclass(frozen=True)
@@ -293,10 +294,13 @@ def fleet_summary(outcomes: list[FleetOutcome]) -> dict:
                 "fidelity": rec["fidelity"],
                 "variants": [{"name": v["name"], "p50_ms": v["latency_ms"]["p50"], "speedup": v["speedup"],
                               "within_budget": v.get("within_budget"), "verdict": v.get("verdict", ""),
+                              "budget_decision": v.get("budget_decision"), "samples_needed": v.get("samples_needed"),
                               "accuracy": v.get("accuracy")} for v in r["variants"]],
                 "best_int8": ({"name": best_int8["name"], "speedup": best_int8["speedup"],
                                "accuracy": best_int8.get("accuracy"), "fidelity": best_int8["fidelity"],
-                               "verdict": best_int8.get("verdict", "")} if best_int8 else None),
+                               "verdict": best_int8.get("verdict", ""),
+                               "budget_decision": best_int8.get("budget_decision"),
+                               "samples_needed": best_int8.get("samples_needed")} if best_int8 else None),
                 "machine": r["machine"], "report": f"{o.name}/report.html",
                 "executed_on": r.get("executed_on")})     # the Ray node that ran it (edgequant.scaleout)
         rows.append(row)

@@ -49,7 +49,8 @@ class Variant:
     profile_us_by_op: dict[str, float] | None = None
     placement: dict | None = None         # accelerator/CPU node split (accelerator devices only)
     measured_on: dict | None = None       # {"outputs": device, "latency": device}
-    within_budget: bool | None = None     # set by the recommendation
+    within_budget: bool | None = None     # set by the recommendation (False when undecided)
+    budget: dict | None = None            # verdict.Judgement.to_dict(): decision, checks with 95% CIs
     verdict: str | None = None            # plain words, set by the recommendation
 
     @property
@@ -84,6 +85,10 @@ class Variant:
             d["memory_baseline_mb"] = self.memory.baseline_rss_mb
         if self.within_budget is not None:
             d["within_budget"] = self.within_budget
+        if self.budget is not None:
+            d["budget_decision"] = self.budget["decision"]
+            d["budget_checks"] = self.budget["checks"]
+            d["samples_needed"] = self.budget["samples_needed"]
         if self.verdict is not None:
             d["verdict"] = self.verdict
         return d

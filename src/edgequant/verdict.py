@@ -8,36 +8,150 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from .measure.intervals import paired_drop_interval, paired_samples_needed, samples_needed, wilson
 from .variant import Variant
+
+
+@dataclass(frozen=True)
+class Check:
+    """One proxy against its threshold; agreement-type proxies carry a 95% Wilson interval.
+
+    ``decision``: ``pass`` when the whole interval clears the threshold, ``fail`` when none of it
+    does, ``undecided`` when it straddles (the evaluation set is too small to tell); a proxy
+    without counts (cosine, SQNR, a metric without per-sample counts) is judged on its value.
+    """
+
+    proxy: str
+    label: str
+    value: float
+    threshold: float
+    decision: str                       # pass | fail | undecided
+    higher_is_better: bool = True
+    ci95: tuple[float, float] | None = None
+    trials: int | None = None
+    unit: str | None = None
+    samples_needed: int | None = None   # fewest samples at which this rate would pass (None: cannot)
+    note: str = ""                      # where the threshold comes from, when derived
+
+    def text(self) -> str:
+        op = (">=" if self.higher_is_better else "<=") if self.decision != "fail" else (
+            "<" if self.higher_is_better else ">")
+        if self.ci95 is None:
+            return f"{self.label} {self.value:.4g} {op} {self.threshold:.4g}" + (f" ({self.note})" if self.note else "")
+        lo, hi = self.ci95
+        ci = f"{self.label} {self.value:.4g} (95% CI {lo:.3f}-{hi:.3f}, n={self.trials} {self.unit or 'samples'})"
+        if self.decision != "undecided":
+            return f"{ci} {op} {self.threshold:g}"
+        need = (f"a decision needs >= {self.samples_needed} samples at this rate" if self.samples_needed
+                else "more samples cannot pass it at this rate")
+        return f"{ci} straddles {self.threshold:g}; {need}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"proxy": self.proxy, "value": self.value, "threshold": self.threshold, "decision": self.decision,
+                "higher_is_better": self.higher_is_better, "ci95": list(self.ci95) if self.ci95 else None,
+                "trials": self.trials, "unit": self.unit, "samples_needed": self.samples_needed, "note": self.note,
+                "text": self.text()}
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A variant against the budget: ``within``, ``undecided`` or ``over``, and the checks behind it."""
+
+    decision: str
+    checks: tuple[Check, ...]
+
+    @property
+    def within(self) -> bool:
+        return self.decision == "within"
+
+    @property
+    def why(self) -> str:
+        want = {"within": "pass", "undecided": "undecided", "over": "fail"}[self.decision]
+        return "; ".join(c.text() for c in self.checks if c.decision == want)
+
+    @property
+    def samples_needed(self) -> int | None:
+        """Fewest samples at which every undecided check would pass at its rate (None: cannot)."""
+        needs = [c.samples_needed for c in self.checks if c.decision == "undecided"]
+        return None if not needs or None in needs else max(needs)
+
+    def verdict(self) -> str:
+        """Plain words: ``over budget: ...``, ``undecided: evaluation set too small: ...`` or the passes."""
+        prefix = {"within": "", "undecided": "undecided: evaluation set too small: ", "over": "over budget: "}
+        return prefix[self.decision] + self.why
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"decision": self.decision, "samples_needed": self.samples_needed,
+                "checks": [c.to_dict() for c in self.checks]}
+
+
+def _agreement_check(proxy: str, label: str, value: float, threshold: float, counts: Mapping | None) -> Check:
+    """Pass only when the Wilson interval's lower end clears ``threshold`` (counts present)."""
+    if not counts or not counts.get("trials"):
+        return Check(proxy, label, value, threshold, "pass" if value >= threshold else "fail")
+    trials = int(counts["trials"])
+    lo, hi = wilson(float(counts["successes"]), trials)
+    decision = "pass" if lo >= threshold else ("fail" if hi < threshold else "undecided")
+    need = samples_needed(value, threshold, start=trials) if decision == "undecided" else None
+    return Check(proxy, label, value, threshold, decision, True, (lo, hi), trials, counts.get("unit"), need)
+
+
+def _drop_check(accuracy: Mapping, limit: float) -> Check:
+    """A task metric's drop; a paired 95% interval when the metric reports per-sample outcomes."""
+    label = f"{accuracy['metric']} drop"
+    drop = float(accuracy["drop"])
+    paired = (accuracy.get("details") or {}).get("paired")
+    if not paired or not accuracy.get("higher_is_better", True):   # paired counts describe a proportion
+        return Check("task_metric_drop", label, drop, limit, "pass" if drop <= limit + 1e-12 else "fail", False)
+    counts = [float(paired[k]) for k in ("lost", "gained", "both", "neither")]
+    _, lo, hi = paired_drop_interval(*counts)
+    decision = "pass" if hi <= limit + 1e-12 else ("fail" if lo > limit else "undecided")
+    need = paired_samples_needed(*counts, limit) if decision == "undecided" else None
+    return Check("task_metric_drop", label, drop, limit, decision, False, (lo, hi), int(sum(counts)), "samples", need)
 
 
 @dataclass(frozen=True)
 class Budget:
     """How much accuracy an INT8 variant may lose.
 
-    With a task metric: ``max_abs_drop`` (in the metric's units) when set, else ``max_drop`` as a
-    fraction of the FP32 value. Without one (no labels): top-1 agreement with FP32 >= ``min_agreement``
-    for classifier-like outputs, else output cosine >= ``min_cosine``.
+    With a task metric: ``max_drop`` as a fraction of the FP32 value, or ``max_abs_drop`` in the
+    metric's units. Without one (no labels), each output by its role (``measure.roles``):
+    classifier/sequence top-1 (per-position) agreement >= ``min_agreement``; embedding
+    nearest-neighbour agreement >= ``min_nn_agreement`` (default ``min_agreement``) and mean
+    per-sample cosine >= ``min_cosine``; detection decision agreement >= ``min_detection_agreement``
+    and box error <= ``max_box_error`` (output units) or, unset, <= ``max_box_rel_error`` of the
+    mean |FP32 box coordinate|; dense outputs cosine >= ``min_cosine``. Agreements and paired
+    task accuracies pass only when their 95% Wilson interval clears the threshold.
     """
 
     max_drop: float = 0.01
     max_abs_drop: float | None = None
     min_agreement: float = 0.99
     min_cosine: float = 0.99
+    min_nn_agreement: float | None = None
+    min_detection_agreement: float = 0.95     # counted over the few anchors that fire: 0.99 allows no flip
+    max_box_error: float | None = None
+    max_box_rel_error: float = 0.05
 
     def describe(self) -> str:
         task = (f"task metric drop <= {self.max_abs_drop:g} (absolute)" if self.max_abs_drop is not None
                 else f"task metric drop <= {self.max_drop:.1%} of FP32")
+        box = (f"box error <= {self.max_box_error:g}" if self.max_box_error is not None
+               else f"box error <= {self.max_box_rel_error:.0%} of the mean |FP32 box coordinate|")
+        nn = self.min_nn_agreement if self.min_nn_agreement is not None else self.min_agreement
         return (f"{task}; without a task metric, by output role: classifier/sequence top-1 agreement >= "
-                f"{self.min_agreement:g}, embedding nearest-neighbour agreement >= {self.min_agreement:g} and "
-                f"mean per-sample cosine >= {self.min_cosine:g}, otherwise output cosine >= {self.min_cosine:g}")
+                f"{self.min_agreement:g}, embedding nearest-neighbour agreement >= {nn:g} and "
+                f"mean per-sample cosine >= {self.min_cosine:g}, detection decision agreement >= "
+                f"{self.min_detection_agreement:g} and {box}, otherwise output cosine >= {self.min_cosine:g}; "
+                "agreements must clear their threshold with the whole 95% Wilson interval (else undecided)")
 
-    def check(self, fp32_accuracy: Mapping | None, accuracy: Mapping | None,
-              fidelity: Mapping) -> tuple[bool, str]:
-        """(within budget, why) for one variant."""
+    def judge(self, fp32_accuracy: Mapping | None, accuracy: Mapping | None, fidelity: Mapping) -> Judgement:
+        """One variant against the budget: within, undecided (interval straddles) or over."""
+        checks: list[Check] = []
         if accuracy is not None and fp32_accuracy is not None:
-            drop, ref = accuracy["drop"], fp32_accuracy["value"]
+            ref = fp32_accuracy["value"]
             if self.max_abs_drop is not None:
                 limit = self.max_abs_drop
             elif abs(ref) > 0:
@@ -45,28 +159,46 @@ class Budget:
             else:
                 limit = None  # a relative budget of a zero reference means nothing: use fidelity
             if limit is not None:
-                ok = drop <= limit + 1e-12
-                return ok, f"{accuracy['metric']} drop {drop:.4g} {'<=' if ok else '>'} budget {limit:.4g}"
-        # label-free: each output by its role's proxy (measure.roles); every proxy present must pass
-        checks: list[tuple[bool, str]] = []
-        agree = fidelity.get("top1_agreement")
-        if agree is not None:
-            ok = agree >= self.min_agreement
-            checks.append((ok, f"top-1 agreement with FP32 {agree:.3f} {'>=' if ok else '<'} {self.min_agreement:g}"))
-        nn = fidelity.get("nn_agreement")
-        if nn is not None:
-            ok = nn >= self.min_agreement
-            checks.append((ok, f"nearest-neighbour agreement {nn:.3f} {'>=' if ok else '<'} {self.min_agreement:g}"))
+                checks.append(_drop_check(accuracy, limit))
+        if not checks:
+            checks = self._label_free(fidelity)
+        decisions = {c.decision for c in checks}
+        decision = "over" if "fail" in decisions else ("undecided" if "undecided" in decisions else "within")
+        return Judgement(decision, tuple(checks))
+
+    def _label_free(self, fidelity: Mapping) -> list[Check]:
+        """Each output's role proxy (measure.roles); every proxy present must pass."""
+        counts = fidelity.get("intervals") or {}
+        checks: list[Check] = []
+        nn_min = self.min_nn_agreement if self.min_nn_agreement is not None else self.min_agreement
+        for key, label, threshold in (("top1_agreement", "top-1 agreement with FP32", self.min_agreement),
+                                      ("nn_agreement", "nearest-neighbour agreement", nn_min),
+                                      ("detection_agreement", "detection decision agreement",
+                                       self.min_detection_agreement)):
+            if fidelity.get(key) is not None:
+                checks.append(_agreement_check(key, label, fidelity[key], threshold, counts.get(key)))
         mean_cos = fidelity.get("mean_sample_cosine")
         if mean_cos is not None:
-            ok = mean_cos >= self.min_cosine
-            checks.append((ok, f"mean per-sample cosine {mean_cos:.4f} {'>=' if ok else '<'} {self.min_cosine:g}"))
+            checks.append(Check("mean_sample_cosine", "mean per-sample cosine", mean_cos, self.min_cosine,
+                                "pass" if mean_cos >= self.min_cosine else "fail"))
+        box, scale = fidelity.get("box_error"), fidelity.get("box_scale")
+        if box is not None:
+            limit = self.max_box_error if self.max_box_error is not None else self.max_box_rel_error * (scale or 0.0)
+            note = ("" if self.max_box_error is not None
+                    else f"{self.max_box_rel_error:.0%} of the mean |FP32 box value| {scale:.4g}")
+            checks.append(Check("box_error", "box error", box, limit, "pass" if box <= limit else "fail", False,
+                                note=note))
         if not checks:
             cos = fidelity["cosine"]
-            ok = cos >= self.min_cosine
-            checks.append((ok, f"output cosine {cos:.4f} {'>=' if ok else '<'} {self.min_cosine:g}"))
-        failed = [why for ok, why in checks if not ok]
-        return not failed, "; ".join(failed or [why for _, why in checks])
+            checks.append(Check("cosine", "output cosine", cos, self.min_cosine,
+                                "pass" if cos >= self.min_cosine else "fail"))
+        return checks
+
+    def check(self, fp32_accuracy: Mapping | None, accuracy: Mapping | None,
+              fidelity: Mapping) -> tuple[bool, str]:
+        """(within budget, why) for one variant; undecided counts as not within budget."""
+        j = self.judge(fp32_accuracy, accuracy, fidelity)
+        return j.within, j.why
 
 
 def _slow_reason(v: Variant) -> str:
@@ -111,14 +243,17 @@ def recommend(variants: list[Variant], budget: Budget, *, min_speedup: float = 1
 
     ``judge_speed=False`` (a simulated accelerator, whose time is not latency): the most accurate
     fully-INT8 variant within budget that runs entirely on the accelerator; speed is the NPU's by design.
-    Annotates each variant with ``within_budget`` and a plain-words ``verdict``.
+    Annotates each variant with ``within_budget``, its ``budget`` judgement and a plain-words
+    ``verdict``. An *undecided* variant (an agreement interval straddles its threshold) is never
+    within budget: it is not recommended, and its verdict says how many samples would decide it.
     """
     fp32 = variants[0]
     fp32.within_budget, fp32.verdict = True, "reference"
     eligible = []
     for v in variants[1:]:
-        ok, why = budget.check(fp32.accuracy, v.accuracy, v.fidelity.to_dict())
-        v.within_budget = ok
+        judged = budget.judge(fp32.accuracy, v.accuracy, v.fidelity.to_dict())
+        ok, why = judged.within, judged.why
+        v.within_budget, v.budget = ok, judged.to_dict()   # undecided is not within budget
         sp = v.speed
         lo, hi = sp.ci_low, sp.ci_high
         defect = _placement_defect(v)
@@ -129,7 +264,7 @@ def recommend(variants: list[Variant], budget: Budget, *, min_speedup: float = 1
             v.verdict = (f"nothing quantized: none of the {v.coverage.compute_ops} compute ops runs as an INT8 kernel "
                          f"(recipe {v.mode} has no op to quantize here)")
         elif not ok:
-            v.verdict = f"over budget: {why}"
+            v.verdict = judged.verdict()
         elif defect:
             v.verdict = f"not deployable on {device}: {defect}"
         elif not judge_speed and v.coverage is not None and v.coverage.quantized_compute_ops < v.coverage.compute_ops:
@@ -149,9 +284,17 @@ def recommend(variants: list[Variant], budget: Budget, *, min_speedup: float = 1
             v.verdict = f"eligible: {sp.ratio:.2f}x faster (95% CI {lo:.2f}-{hi:.2f}); {why}"
             eligible.append(v)
     if not eligible:
+        # only those the budget alone held back (not e.g. a variant with nothing quantized)
+        undecided = [v for v in variants[1:] if v.verdict and v.verdict.startswith("undecided")]
+        why_undecided = ""
+        if undecided:
+            needs = [v.budget["samples_needed"] for v in undecided if v.budget["samples_needed"]]
+            why_undecided = (f"; undecided, evaluation set too small: {', '.join(v.name for v in undecided)}"
+                             + (f" (the closest needs >= {min(needs)} samples)" if needs else ""))
         if not judge_speed:
-            return "fp32", f"no INT8 variant is within the accuracy budget and runs entirely on {device}"
+            return "fp32", (f"no INT8 variant is within the accuracy budget and runs entirely on {device}"
+                            + why_undecided)
         return "fp32", ("no INT8 variant is both within the accuracy budget and faster than FP32 beyond noise "
-                        f"by >= {min_speedup:g}x")
+                        f"by >= {min_speedup:g}x" + why_undecided)
     best = max(eligible, key=_quality_key) if not judge_speed else max(eligible, key=lambda v: v.speedup)
     return best.name, best.verdict.removeprefix("eligible: ")

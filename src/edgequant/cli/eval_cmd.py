@@ -17,7 +17,7 @@ from ..measure.serialize import dumps
 from . import cli
 from ..measure.roles import parse_overrides
 from .options import device_option, output_role_option, threads_option
-from .report_view import make_console
+from .report_view import agreement_cell, make_console
 
 
 def _fmt(v: float | None, spec: str = ".4f") -> str:
@@ -29,14 +29,14 @@ def _fmt(v: float | None, spec: str = ".4f") -> str:
 
 
 def _fidelity_table(fid: api.Fidelity) -> Table:
-    table = Table("output", "cosine", "SQNR dB", "max abs err", "top-1 agreement",
+    table = Table("output", "cosine", "SQNR dB", "max abs err", "agreement [95% CI]",
                   title="fidelity vs reference", title_justify="left", box=box.SIMPLE_HEAD)
     for c in table.columns[1:]:
         c.justify = "right"
     rows = [("all (worst)", fid)] + (list(fid.per_output.items()) if len(fid.per_output) > 1 else [])
     for name, f in rows:
         table.add_row(name, _fmt(f.cosine, ".6f"), _fmt(f.sqnr_db, ".2f"), _fmt(f.max_abs_err, ".4g"),
-                      _fmt(f.top1_agreement))
+                      agreement_cell(f.to_dict()))
     return table
 
 

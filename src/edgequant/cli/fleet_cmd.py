@@ -36,7 +36,11 @@ def _attempt(b: dict | None) -> str:
         return "-"
     acc = b.get("accuracy")
     quality = f"{acc['metric']} {acc['value']:.3f}" if acc else f"cos {b['fidelity']['cosine']:.3f}"
-    return f"{b['name']} {b['speedup']:.2f}x, {quality}"
+    undecided = ""
+    if b.get("budget_decision") == "undecided":   # never recommended: say what would decide it
+        need = b.get("samples_needed")
+        undecided = f", undecided (needs >= {need} eval samples)" if need else ", undecided"
+    return f"{b['name']} {b['speedup']:.2f}x, {quality}{undecided}"
 
 
 @cli.command("fleet")

@@ -54,7 +54,7 @@ def model_and_data_options(*, eval_required: bool, default_out: str) -> Callable
 def output_role_option(f: F) -> F:
     """--output-role NAME=ROLE (repeatable): how an output is judged without labels."""
     return click.option("--output-role", "output_role", multiple=True, metavar="NAME=ROLE",
-                        help="Judge output NAME as classifier | embedding | sequence | dense (default: "
+                        help="Judge output NAME as classifier | embedding | sequence | detection | dense (default: "
                              "detected from the graph; the report says which and why).")(f)
 
 

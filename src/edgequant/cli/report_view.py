@@ -16,22 +16,37 @@ def make_console(*, stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=None if tty else 160, soft_wrap=not tty)
 
 
+AGREEMENTS = (("top1_agreement", "top-1"), ("nn_agreement", "NN"), ("detection_agreement", "det."))
+
+
+def agreement_cell(fid: dict) -> str:
+    """The agreement proxies an output role has, each with its 95% Wilson interval when counted."""
+    parts = []
+    for key, short in AGREEMENTS:
+        if fid.get(key) is None:
+            continue
+        ci = (fid.get("intervals") or {}).get(key, {}).get("ci95")
+        label = "" if key == "top1_agreement" else f"{short} "
+        parts.append(f"{label}{fid[key]:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""))
+    return ", ".join(parts) or "-"
+
+
 def variants_table(report: dict, title: str | None = None) -> Table:
     t = Table(title=title or report["model"]["path"], title_justify="left")
     for col in ("variant", "MB", "p50 ms", "p95 ms", "speedup [95% CI]", "peak MB", "cosine",
-                "top1 agr", "accuracy (drop)", "INT8 ops"):
+                "agreement [95% CI]", "accuracy (drop)", "INT8 ops"):
         t.add_column(col, justify="left" if col == "variant" else "right", no_wrap=col == "speedup [95% CI]")
     for v in report["variants"]:
         ci = v.get("speedup_ci")
         acc = v.get("accuracy")
         cov = v.get("int8_coverage")
-        agr = v["fidelity"].get("top1_agreement")
+        agr = agreement_cell(v["fidelity"])
         style = "green" if v["name"] == report["recommended"] else None
         t.add_row(
             v["name"], f"{v['size_bytes'] / 1e6:.2f}", f"{v['latency_ms']['p50']:.3f}", f"{v['latency_ms']['p95']:.3f}",
             f"{v['speedup']:.2f}x" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""),
             f"{v['peak_memory_mb']:.0f}" if v["peak_memory_mb"] is not None and v["peak_memory_mb"] == v["peak_memory_mb"] else "-",
-            f"{v['fidelity']['cosine']:.4f}", "-" if agr is None else f"{agr:.3f}",
+            f"{v['fidelity']['cosine']:.4f}", agr,
             f"{acc['value']:.4f} ({acc['drop']:+.4f})" if acc else "not measured",
             f"{cov['quantized_compute_ops']}/{cov['compute_ops']}" if cov else "-", style=style)
     return t

@@ -48,6 +48,12 @@ def _displacement(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return np.linalg.norm(out[..., :2] - ref[..., :2], axis=-1)
 
 
+def _paired(hits: np.ndarray, ref_hits: np.ndarray) -> dict[str, int]:
+    """Per-sample outcomes against FP32's: the budget's paired 95% interval of the drop."""
+    return {"both": int(np.sum(hits & ref_hits)), "lost": int(np.sum(ref_hits & ~hits)),
+            "gained": int(np.sum(hits & ~ref_hits)), "neither": int(np.sum(~hits & ~ref_hits))}
+
+
 def detector_accuracy(outputs: Outputs, labels: np.ndarray | None,
                       reference: Outputs | None = None) -> MetricResult:
     """Face / non-face accuracy: a sample is a face when its best anchor scores > 0.5."""
@@ -65,6 +71,7 @@ def detector_accuracy(outputs: Outputs, labels: np.ndarray | None,
     if reference is not None:
         ref_pred = blazeface.max_score(_pick(reference, DETECTOR_SCORES, "reference")) > 0.5
         details["agreement_with_reference"] = float((pred == ref_pred).mean())
+        details["paired"] = _paired(pred == y, ref_pred == y)
     return MetricResult("face_detection_accuracy", float((pred == y).mean()), True, details)
 
 
@@ -78,6 +85,7 @@ def eye_state_agreement(outputs: Outputs, labels: np.ndarray | None,
     got, want = decisions.eyes_open(mesh), decisions.eyes_open(ref_mesh)
     return MetricResult("eye_state_agreement", float((got == want).mean()), True,
                         {"reference_open_rate": float(want.mean()), "samples": int(want.size),
+                         "paired": _paired(got == want, np.ones(want.shape, bool)),
                          "ear_threshold": decisions.EAR_CLOSED_BELOW})
 
 
@@ -94,10 +102,12 @@ def gaze_agreement(outputs: Outputs, labels: np.ndarray | None,
     got, want = directions(outputs, "gaze_agreement"), directions(ref, "reference")
     counts = {label: int((want == i).sum()) for i, label in enumerate(decisions.GAZE_LABELS)}
     return MetricResult("gaze_agreement", float((got == want).mean()), True,
-                        {"reference_counts": counts, "samples": int(want.size)})
+                        {"reference_counts": counts, "samples": int(want.size),
+                         "paired": _paired(got == want, np.ones(want.shape, bool))})
 
 
 def _displacement_result(name: str, disp: np.ndarray, crop_px: int, extra: dict) -> MetricResult:
+    extra = {k: v for k, v in extra.items() if k != "paired"}   # pixels are no proportion: no paired interval
     details = {"max_px": float(disp.max()), "p95_px": float(np.percentile(disp, 95)),
                "crop_px": crop_px, "samples": int(disp.shape[0]), **extra}
     return MetricResult(name, float(disp.mean()), False, details)

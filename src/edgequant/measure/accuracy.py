@@ -66,8 +66,20 @@ def _class_ids(labels: np.ndarray, n: int, classes: int) -> np.ndarray:
     raise EdgequantError(f"top1: labels of shape {lab.shape} are neither class ids nor one-hot over {classes} classes")
 
 
-def _topk(k: int, outputs: Outputs, labels: np.ndarray | None) -> MetricResult:
-    """Top-k accuracy of the first classifier-like output (``[N, C]`` or ``[N, 1, C]``)."""
+def _hits(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    best = np.argsort(-scores, axis=1)[:, :min(k, scores.shape[1])]
+    return np.any(best == ids[:, None], axis=1)
+
+
+def _paired(hits: np.ndarray, ref_hits: np.ndarray) -> dict[str, int]:
+    """Per-sample outcomes against FP32's on the same samples (the budget's paired interval)."""
+    return {"both": int(np.sum(hits & ref_hits)), "lost": int(np.sum(ref_hits & ~hits)),
+            "gained": int(np.sum(hits & ~ref_hits)), "neither": int(np.sum(~hits & ~ref_hits))}
+
+
+def _topk(k: int, outputs: Outputs, labels: np.ndarray | None, reference: Outputs | None = None) -> MetricResult:
+    """Top-k accuracy of the first classifier-like output (``[N, C]`` or ``[N, 1, C]``); with the
+    FP32 ``reference``, also the paired outcome counts (``details["paired"]``)."""
     name_k = f"top{k}"
     if labels is None:
         raise EdgequantError(f"{name_k} needs labels; the data has none (give --reference for fidelity, "
@@ -76,22 +88,25 @@ def _topk(k: int, outputs: Outputs, labels: np.ndarray | None) -> MetricResult:
         scores = class_scores(np.asarray(arr))
         if scores is not None:
             ids = _class_ids(labels, scores.shape[0], scores.shape[1])
-            best = np.argsort(-scores, axis=1)[:, :min(k, scores.shape[1])]
-            correct = int(np.sum(np.any(best == ids[:, None], axis=1)))
-            return MetricResult(name_k, correct / scores.shape[0], True,
-                                {"output": name, "correct": correct, "count": int(scores.shape[0])})
+            hits = _hits(scores, ids, k)
+            correct = int(np.sum(hits))
+            details = {"output": name, "correct": correct, "count": int(scores.shape[0])}
+            ref_scores = class_scores(np.asarray(reference[name])) if reference and name in reference else None
+            if ref_scores is not None and ref_scores.shape == scores.shape:
+                details["paired"] = _paired(hits, _hits(ref_scores, ids, k))
+            return MetricResult(name_k, correct / scores.shape[0], True, details)
     raise EdgequantError(f"{name_k}: no classifier-like output ([N, C] or [N, 1, C] scores); "
                          "use --metric module:function for this model")
 
 
 def top1(outputs: Outputs, labels: np.ndarray | None, reference: Outputs | None = None) -> MetricResult:
     """Top-1 accuracy of the first classifier-like output (``[N, C]`` or ``[N, 1, C]``)."""
-    return _topk(1, outputs, labels)
+    return _topk(1, outputs, labels, reference)
 
 
 def top5(outputs: Outputs, labels: np.ndarray | None, reference: Outputs | None = None) -> MetricResult:
     """Top-5 accuracy: the label is among the five highest scores."""
-    return _topk(5, outputs, labels)
+    return _topk(5, outputs, labels, reference)
 
 
 def ctc_decode(scores: np.ndarray, blank: int = 0) -> list[tuple[int, ...]]:

@@ -17,6 +17,8 @@ import numpy as np
 
 from ..errors import EdgequantError
 from ..qmath import cosine, max_abs_error, sqnr_db
+from .detection import SCORE_THRESHOLD, detection_proxies, pair_boxes
+from .intervals import Proportion
 
 
 @dataclass(frozen=True)
@@ -73,17 +75,27 @@ class OutputFidelity:
     sqnr_db: float
     max_abs_err: float
     top1_agreement: float | None
-    role: str | None = None                   # measure.roles: classifier | embedding | sequence | dense
+    role: str | None = None                   # measure.roles: classifier | embedding | sequence | detection | dense
     nn_agreement: float | None = None         # embeddings: same nearest neighbour among the samples
     mean_sample_cosine: float | None = None   # embeddings: per-sample cosine, mean and minimum
     min_sample_cosine: float | None = None
+    similarity_rank_corr: float | None = None  # embeddings: Spearman of all pairwise similarities (reported)
+    detection_agreement: float | None = None  # detection: same anchors above the score threshold
+    box_error: float | None = None            # detection: mean box error of FP32's kept anchors (output units)
+    box_scale: float | None = None            # detection: mean |FP32 box coordinate| there
+    #: agreement proxy -> Proportion (successes, trials, unit): what the budget's Wilson interval uses
+    counts: dict[str, Proportion] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, float | str | None]:
-        d: dict[str, float | str | None] = {"cosine": self.cosine, "sqnr_db": self.sqnr_db,
-                                            "max_abs_err": self.max_abs_err, "top1_agreement": self.top1_agreement}
-        for key in ("role", "nn_agreement", "mean_sample_cosine", "min_sample_cosine"):
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"cosine": self.cosine, "sqnr_db": self.sqnr_db,
+                             "max_abs_err": self.max_abs_err, "top1_agreement": self.top1_agreement}
+        for key in ("role", "nn_agreement", "mean_sample_cosine", "min_sample_cosine", "similarity_rank_corr",
+                    "detection_agreement",
+                    "box_error", "box_scale"):
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)
+        if self.counts:
+            d["intervals"] = {k: p.to_dict() for k, p in self.counts.items()}
         return d
 
 
@@ -129,11 +141,20 @@ def position_agreement(reference: np.ndarray, candidate: np.ndarray) -> float | 
     return float(np.mean(np.argmax(ref.reshape(-1, c), axis=1) == np.argmax(cand.reshape(-1, c), axis=1)))
 
 
-def embedding_proxies(reference: np.ndarray, candidate: np.ndarray) -> tuple[float | None, float, float]:
-    """(nearest-neighbour agreement, mean and minimum per-sample cosine) of per-sample vectors.
+def _ranks(x: np.ndarray) -> np.ndarray:
+    r = np.empty(len(x), np.float64)
+    r[np.argsort(x, kind="stable")] = np.arange(len(x), dtype=np.float64)
+    return r
+
+
+def embedding_proxies(reference: np.ndarray, candidate: np.ndarray
+                      ) -> tuple[float | None, float, float, float | None]:
+    """(nearest-neighbour agreement, mean and minimum per-sample cosine, rank correlation of the
+    pairwise similarities) of per-sample vectors.
 
     Nearest neighbour: for each sample, the most similar other sample (cosine) under FP32 and under
     the candidate; agreement is the share of samples for which they are the same (retrieval).
+    Rank correlation (Spearman) of all pairwise cosines: whether the whole similarity order holds.
     """
     ref = np.asarray(reference, np.float64).reshape(len(reference), -1)
     cand = np.asarray(candidate, np.float64).reshape(len(candidate), -1)
@@ -143,52 +164,95 @@ def embedding_proxies(reference: np.ndarray, candidate: np.ndarray) -> tuple[flo
 
     r, c = unit(ref), unit(cand)
     per_sample = np.sum(r * c, axis=1)
-    nn = None
+    nn = rank = None
     if len(r) >= 3:
         sr, sc = r @ r.T, c @ c.T
+        iu = np.triu_indices(len(r), 1)
+        a, b = _ranks(sr[iu]), _ranks(sc[iu])
+        rank = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else None
         np.fill_diagonal(sr, -np.inf)
         np.fill_diagonal(sc, -np.inf)
         nn = float(np.mean(np.argmax(sr, axis=1) == np.argmax(sc, axis=1)))
-    return nn, float(per_sample.mean()), float(per_sample.min())
+    return nn, float(per_sample.mean()), float(per_sample.min()), rank
+
+
+def _samples(arr: np.ndarray) -> int:
+    return int(arr.shape[0]) if arr.ndim else 1
 
 
 def compare_outputs(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
-                    roles: Mapping[str, str] | None = None) -> Fidelity:
+                    roles: Mapping[str, str] | None = None, score_threshold: float = SCORE_THRESHOLD) -> Fidelity:
     """Cosine, SQNR (dB), max abs error of ``candidate`` against ``reference``, plus each output's
     role proxy: top-1 agreement (classifier), per-position agreement (sequence), nearest-neighbour
-    agreement and per-sample cosine (embedding). Without ``roles`` every classifier-shaped output
-    gets top-1 agreement. Metrics use each output over all samples; the overall values are the worst.
+    agreement and per-sample cosine (embedding), decision agreement and box error (detection).
+    Without ``roles`` every classifier-shaped output gets top-1 agreement. Agreement proxies
+    carry their counts (``counts``) with the evaluation sample as the unit (measure.intervals).
+    Metrics use each output over all samples; the overall values are the worst.
     """
     if not reference:
         raise EdgequantError("reference has no outputs to compare")
     missing = [n for n in reference if n not in candidate]
     if missing:
         raise EdgequantError(f"candidate model lacks output(s) {', '.join(missing)} of the reference")
+    for name, ref in reference.items():
+        if np.shape(ref) != np.shape(candidate[name]):
+            raise EdgequantError(f"output {name!r}: shape {np.shape(candidate[name])} differs from the "
+                                 f"reference's {np.shape(ref)}")
+    detection = [n for n in reference if roles and roles.get(n) == "detection"]
+    boxes_of = pair_boxes(reference, detection)
     per: dict[str, OutputFidelity] = {}
     for name, ref in reference.items():
         ref_a, cand_a = np.asarray(ref), np.asarray(candidate[name])
-        if ref_a.shape != cand_a.shape:
-            raise EdgequantError(f"output {name!r}: shape {cand_a.shape} differs from the reference's {ref_a.shape}")
         role = roles.get(name) if roles else None
-        agree, nn, mean_cos, min_cos = None, None, None, None
+        n = _samples(ref_a)
+        extra: dict[str, Any] = {}
+        counts: dict[str, Proportion] = {}
+        agree = None
         if role in (None, "classifier"):
             agree = top1_agreement(ref_a, cand_a)
+            if agree is not None:
+                counts["top1_agreement"] = Proportion(round(agree * n), n)
         elif role == "sequence":
             agree = position_agreement(ref_a, cand_a)
+            if agree is not None:   # positions of one sample are correlated: samples are the unit
+                counts["top1_agreement"] = Proportion(agree * n, n, "samples (per-position rate)")
         elif role == "embedding":
-            nn, mean_cos, min_cos = embedding_proxies(ref_a, cand_a)
+            nn, extra["mean_sample_cosine"], extra["min_sample_cosine"], extra["similarity_rank_corr"] = \
+                embedding_proxies(ref_a, cand_a)
+            extra["nn_agreement"] = nn
+            if nn is not None:
+                counts["nn_agreement"] = Proportion(round(nn * n), n)
+        elif role == "detection" and name in boxes_of:
+            box = boxes_of[name]
+            det = detection_proxies(ref_a, cand_a, reference[box] if box else None,
+                                    candidate[box] if box else None, score_threshold)
+            extra.update(detection_agreement=det.agreement, box_error=det.box_error, box_scale=det.box_scale)
+            if det.agreement is not None:   # anchors of one sample are correlated: samples are the unit
+                counts["detection_agreement"] = Proportion(det.agreement * n, n, "samples (pooled anchor rate)")
         per[name] = OutputFidelity(cosine=cosine(ref_a, cand_a), sqnr_db=sqnr_db(ref_a, cand_a),
                                    max_abs_err=max_abs_error(ref_a, cand_a), top1_agreement=agree, role=role,
-                                   nn_agreement=nn, mean_sample_cosine=mean_cos, min_sample_cosine=min_cos)
+                                   counts=counts, **extra)
 
-    def lowest(key: str) -> float | None:
-        values = [getattr(o, key) for o in per.values() if getattr(o, key) is not None]
-        return min(values) if values else None
+    def lowest(key: str) -> tuple[float | None, Proportion | None]:
+        """The worst output's value of an agreement proxy, with its counts."""
+        found = [o for o in per.values() if getattr(o, key) is not None]
+        if not found:
+            return None, None
+        worst = min(found, key=lambda o: getattr(o, key))
+        return getattr(worst, key), worst.counts.get(key)
 
+    counts, worst = {}, {}
+    for key in ("top1_agreement", "nn_agreement", "detection_agreement"):
+        worst[key], prop = lowest(key)
+        if prop is not None:
+            counts[key] = prop
+    boxed = [o for o in per.values() if o.box_error is not None]
+    worst_box = max(boxed, key=lambda o: o.box_error / o.box_scale if o.box_scale else np.inf, default=None)
     return Fidelity(
         cosine=_worst([o.cosine for o in per.values()], min),
         sqnr_db=_worst([o.sqnr_db for o in per.values()], min),
         max_abs_err=_worst([o.max_abs_err for o in per.values()], max),
-        top1_agreement=lowest("top1_agreement"), nn_agreement=lowest("nn_agreement"),
-        mean_sample_cosine=lowest("mean_sample_cosine"), min_sample_cosine=lowest("min_sample_cosine"),
-        per_output=per)
+        mean_sample_cosine=lowest("mean_sample_cosine")[0], min_sample_cosine=lowest("min_sample_cosine")[0],
+        similarity_rank_corr=lowest("similarity_rank_corr")[0],
+        box_error=worst_box.box_error if worst_box else None, box_scale=worst_box.box_scale if worst_box else None,
+        counts=counts, per_output=per, **worst)

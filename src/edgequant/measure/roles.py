@@ -3,7 +3,8 @@
 A classifier is judged by arg-max agreement; an embedding by per-sample cosine and nearest-neighbour
 agreement among the evaluation samples (its arg-max means nothing); a sequence of per-position
 scores by per-position agreement; anything else (regression, boxes, feature maps) by cosine and
-SQNR. Roles come from the graph (the op that produces the output, its rank and width, its name) and
+SQNR; an anchor-based detection head (per-anchor scores beside per-anchor boxes) by whether the
+same anchors fire and how far their boxes move (``measure.detection``). Roles come from the graph (the op that produces the output, its rank and width, its name) and
 can be overridden per output (``--output-role NAME=ROLE``); the report states each role and why.
 """
 
@@ -17,7 +18,7 @@ import onnx
 
 from ..errors import EdgequantError
 
-ROLES = ("classifier", "embedding", "sequence", "dense")
+ROLES = ("classifier", "embedding", "sequence", "detection", "dense")
 #: A bare final MatMul/Gemm counts as class scores only up to this width (a 256-wide regression head
 #: is not a classifier); wider classifiers are recognized by a Softmax or by their name.
 MAX_BARE_CLASSES = 100
@@ -70,6 +71,26 @@ def _l2_normalized(name: str, producer: Mapping[str, onnx.NodeProto]) -> bool:
     return any(op in _NORMALIZING or op == "Sqrt" for op in chain)
 
 
+def _detection_heads(dims: Mapping[str, list[int | None]]) -> dict[str, OutputRole]:
+    """Per-anchor scores ``[N, A]``/``[N, A, 1]`` with a sibling ``[N, A, 4+k]`` box output (A known, > 1)."""
+    def anchors(d: list[int | None], last: bool) -> int | None:
+        if last:   # scores: [N, A] or [N, A, 1]
+            core = d[1:-1] if len(d) == 3 and d[-1] == 1 else (d[1:] if len(d) == 2 else None)
+        else:      # boxes: [N, A, K], K >= 4
+            core = d[1:2] if len(d) == 3 and d[-1] is not None and d[-1] >= 4 else None
+        return core[0] if core and core[0] is not None and core[0] > 1 else None
+
+    found: dict[str, OutputRole] = {}
+    for s, sd in dims.items():
+        a = anchors(sd, True)
+        box = next((b for b, bd in dims.items() if b != s and a is not None and anchors(bd, False) == a), None)
+        if box is None:
+            continue
+        found[s] = OutputRole(s, "detection", f"per-anchor scores {sd} beside the box output {box!r} {dims[box]}")
+        found.setdefault(box, OutputRole(box, "detection", f"per-anchor boxes {dims[box]} beside the scores {s!r}"))
+    return found
+
+
 def detect_roles(model: onnx.ModelProto, overrides: Mapping[str, str] | None = None) -> dict[str, OutputRole]:
     """Each graph output's role, with the reason (``overrides`` win; unknown names are errors)."""
     g = model.graph
@@ -82,9 +103,15 @@ def detect_roles(model: onnx.ModelProto, overrides: Mapping[str, str] | None = N
         if role not in ROLES:
             raise EdgequantError(f"--output-role {name}={role}: unknown role; expected one of {', '.join(ROLES)}")
     roles = {}
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    heads = _detection_heads({name: _dims(vi) for name, vi in outputs.items()    # ids/lengths are no scores
+                              if vi.type.tensor_type.elem_type in floats})
     for name, vi in outputs.items():
         if overrides and name in overrides:
             roles[name] = OutputRole(name, overrides[name], "set by --output-role / output_roles")
+            continue
+        if name in heads:
+            roles[name] = heads[name]
             continue
         roles[name] = _detect(name, _dims(vi), _producer_chain(name, producer), _l2_normalized(name, producer))
     return roles
@@ -111,7 +138,7 @@ def _detect(name: str, dims: list[int | None], chain: list[str], normalized: boo
         return OutputRole(name, "classifier", f"a final {chain[0]} into {width} classes")
     if chain and chain[0] in ("ReduceMean", "GlobalAveragePool") and rank == 2:
         return OutputRole(name, "embedding", f"pooled vectors ({chain[0]})")
-    return OutputRole(name, "dense", "no classifier, embedding or sequence signature")
+    return OutputRole(name, "dense", "no classifier, embedding, sequence or detection signature")
 
 
 def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, str]:

@@ -17,8 +17,10 @@ def quality_summary(t: Trial) -> str:
     parts = []
     if t.accuracy is not None:
         parts.append(f"{t.accuracy['metric']} {t.accuracy['value']:.4f} (drop {t.accuracy['drop']:+.4f})")
-    if fid.get("top1_agreement") is not None:
-        parts.append(f"agreement {fid['top1_agreement']:.3f}")
+    for key, label in (("top1_agreement", "agreement"), ("nn_agreement", "NN agreement"),
+                       ("detection_agreement", "detection agreement")):
+        if fid.get(key) is not None:   # the role's own proxy, so the trace shows what the budget judged
+            parts.append(f"{label} {fid[key]:.3f}")
     parts.append(f"cosine {fid['cosine']:.4f}")
     return ", ".join(parts)
 
@@ -39,6 +41,7 @@ def trace_rows(state: SearchState, target: str) -> list[dict]:
             "fidelity": t.fidelity, "accuracy": t.accuracy, "quality_summary": quality_summary(t),
             "coverage": t.coverage, "coverage_summary": coverage_summary(t),
             "within_budget": t.within_budget if t.error is None else None,
+            "budget_decision": t.budget_decision if t.error is None else None,
             "float_nodes": list(t.recipe.exclude), "int16_tensors": list(t.recipe.int16_tensors),
             "cached": t.quantized_cached, "quantized_on": t.quantized_on, "outcome": t.outcome(),
         })
@@ -138,6 +141,12 @@ def advice(state: SearchState, variants: Sequence[dict], recommended: str) -> st
             if out_of_int8:
                 msg.append(f"It meets the budget only with {len(out_of_int8)} node(s)/tensor(s) out of INT8 "
                            f"({', '.join(out_of_int8)}; reasons in the recommendation); the rest runs INT8.")
+    elif not within and any(t.ok and t.budget_decision == "undecided" for t in state.trials):
+        undecided = [t for t in state.trials if t.ok and t.budget_decision == "undecided"]
+        msg.append(f"{len(undecided)} candidate(s) ({', '.join(t.name for t in undecided[:4])}) are undecided: the "
+                   "evaluation set is too small for their agreement's 95% interval to clear the budget "
+                   f"({undecided[0].budget_why}). Evaluate on more samples before choosing; undecided candidates "
+                   "are never recommended.")
     elif not within:
         best = max((t for t in state.trials if t.ok), key=quality_score, default=None)
         best_txt = f" (closest: {best.name}, {quality_summary(best)})" if best else ""

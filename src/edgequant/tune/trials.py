@@ -52,8 +52,9 @@ class Trial:
     coverage: dict | None = None
     placement: dict | None = None         # accelerator devices: where its nodes ran (measure.Placement)
     speed: Speedup | None = None          # vs FP32, from the trial batch's interleaved rounds
-    within_budget: bool = False
+    within_budget: bool = False           # False when undecided: the search needs a decided pass
     budget_why: str = ""
+    budget_decision: str = ""             # within | undecided | over (verdict.Judgement)
     quantized_cached: bool = False
     quantized_on: str | None = None       # the Ray node that quantized it (tune --ray)
     measured_cached: bool = False
@@ -92,6 +93,8 @@ class Trial:
         cached = " (cached)" if self.measured_cached else ""
         if self.error:
             return f"failed: {self.error}"
+        if self.budget_decision == "undecided":
+            return f"undecided: evaluation set too small: {self.budget_why}{cached}"
         if not self.within_budget:
             return f"over budget: {self.budget_why}{cached}"
         lo, hi = self.speedup_ci or (0.0, 0.0)
@@ -173,9 +176,10 @@ class TrialRunner:
         self._speed([t for t in trials if t.error is None and t.speed is None])
         for t in trials:
             if t.error is None:
-                t.within_budget, t.budget_why = self.budget.check(self.ref.fp32_accuracy, t.accuracy, t.fidelity)
+                judged = self.budget.judge(self.ref.fp32_accuracy, t.accuracy, t.fidelity)
+                t.within_budget, t.budget_why, t.budget_decision = judged.within, judged.why, judged.decision
                 if t.operators_on_cpu:   # never accepted: the model cannot ship to the accelerator as built
-                    t.within_budget = False
+                    t.within_budget, t.budget_decision = False, "over"
                     t.budget_why = (f"{len(t.operators_on_cpu)} operator(s) run on the CPU, not on {self.device.name}: "
                                     f"{', '.join(t.operators_on_cpu[:4])}") + (f"; {t.budget_why}" if t.budget_why else "")
         return trials
