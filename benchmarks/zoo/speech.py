@@ -1,0 +1,71 @@
+"""Silero VAD (silero-vad wheel: opset 16, an ``If`` on the sample rate, a recurrent state
+``[2, batch, 128]``, a scalar int64 ``sr``) on speech synthesized by espeak-ng from docstring
+sentences, with silences between utterances.
+
+Every sample is one 512-sample chunk at 16 kHz with the 64 samples before it (576 in all, as
+silero_vad's OnnxWrapper feeds it) and the *real* state FP32 carried to that chunk, so the
+quantized model is calibrated and judged on the states it meets in streaming. Labels: speech
+when the clean synthesized chunk's RMS exceeds 0.01."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgequant.errors import EdgequantError
+
+from . import inputs
+from .sources import extract, save_npz
+from .spec import Sizes, ZooModel
+
+MEMBER = "silero_vad/data/silero_vad.onnx"
+RATE, CHUNK, CONTEXT = 16000, 512, 64
+
+
+def _stream(sentences: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(noisy signal, clean signal) of utterances separated by 0.2-0.8 s silences."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for i, s in enumerate(sentences):
+        parts.append(np.zeros(int(rng.uniform(0.2, 0.8) * RATE), np.float32))
+        voice = inputs.VOICES[(seed + i) % len(inputs.VOICES)]
+        parts.append(inputs.speak(s, voice, int(rng.integers(140, 190))) * float(rng.uniform(0.4, 1.0)))
+    clean = np.concatenate(parts + [np.zeros(RATE // 2, np.float32)])
+    noisy = clean + rng.normal(0, 0.003, clean.shape).astype(np.float32)
+    return noisy.clip(-1, 1).astype(np.float32), clean
+
+
+def _chunks(model: Path, noisy: np.ndarray, clean: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """Run FP32 over the stream; keep ``n`` evenly spaced (input, state, sr, label) samples."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    state = np.zeros((2, 1, 128), np.float32)
+    context = np.zeros((1, CONTEXT), np.float32)
+    sr = np.array(RATE, np.int64)
+    xs, states, labels = [], [], []
+    for start in range(0, len(noisy) - CHUNK + 1, CHUNK):
+        x = np.concatenate([context, noisy[None, start:start + CHUNK]], axis=1)
+        xs.append(x)
+        states.append(state)
+        labels.append(float(np.sqrt(np.mean(clean[start:start + CHUNK] ** 2))) > 0.01)
+        _, state = sess.run(None, {"input": x, "state": state, "sr": sr})
+        context = x[:, -CONTEXT:]
+    if len(xs) < n:
+        raise EdgequantError(f"silero_vad: {len(xs)} chunks synthesized, {n} wanted")
+    keep = np.linspace(0, len(xs) - 1, n).round().astype(int)
+    return {"input": np.stack([xs[i] for i in keep]), "state": np.stack([states[i] for i in keep]),
+            "sr": np.full(n, RATE, np.int64), "labels": np.array([labels[i] for i in keep], np.int64)}
+
+
+def vad_build(spec: ZooModel, folder: Path, wheel: Path, sizes: Sizes) -> dict:
+    sha = extract(wheel, MEMBER, folder / "model.onnx")
+    sents = inputs.sentences()
+    need = lambda n: max(2, n // 12 + 1)  # ~15 chunks of speech+silence per sentence  # noqa: E731
+    calib = _chunks(folder / "model.onnx", *_stream(sents[:need(sizes.calib)], 51), sizes.calib)
+    evals = _chunks(folder / "model.onnx", *_stream(sents[300:300 + need(sizes.eval)], 52), sizes.eval)
+    calib.pop("labels")
+    return {"member": MEMBER, "member_sha256": sha,
+            "calib": save_npz(folder / "calib.npz", calib),
+            "eval": save_npz(folder / "eval.npz", evals)}
