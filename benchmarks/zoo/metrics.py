@@ -72,14 +72,16 @@ def landmark_px(outputs: Outputs, labels: np.ndarray | None, reference: Outputs 
 
 
 def _split_detector(outputs: Outputs) -> tuple[np.ndarray, np.ndarray]:
-    """(scores [N, A], boxes [N, A, R]) of an SSD-style detector (MediaPipe palm/pose)."""
+    """(scores [N, A], boxes [N, A, R]) of an SSD-style detector (MediaPipe palm/pose): the
+    output with one value per anchor and the one with R >= 4 values per anchor."""
     arrs = [np.asarray(v) for v in outputs.values()]
-    scores = [a for a in arrs if a.ndim == 3 and a.shape[-1] == 1]
-    boxes = [a for a in arrs if a.ndim == 3 and a.shape[-1] >= 4]
+    scores = [a for a in arrs if a.ndim >= 2 and a.shape[-1] == 1]
+    boxes = [a for a in arrs if a.ndim >= 2 and a.shape[-1] >= 4]
     if len(scores) != 1 or len(boxes) != 1:
         raise EdgequantError(f"box_px: need one [N, A, 1] score and one [N, A, >=4] box output, "
                              f"got {[a.shape for a in arrs]}")
-    return scores[0][..., 0], boxes[0]
+    n = scores[0].shape[0]
+    return scores[0].reshape(n, -1), boxes[0].reshape(n, -1, boxes[0].shape[-1])
 
 
 def box_px(outputs: Outputs, labels: np.ndarray | None, reference: Outputs | None = None) -> MetricResult:
