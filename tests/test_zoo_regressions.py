@@ -73,3 +73,69 @@ def test_question_mark_dims_are_anonymous_not_one_symbol(tmp_path: Path) -> None
     np.save(tmp_path / "x.npy", np.zeros((2, 3, 48, 192), np.float32))
     src = open_source(tmp_path / "x.npy", model_io.graph_inputs(model))
     assert [s.feeds["x"].shape for s in src] == [(1, 3, 48, 192)] * 2
+
+
+def if_verifier_net() -> onnx.ModelProto:
+    """x -> Gemm -> Sigmoid = p; If(p >= 0.5) runs a second Gemm whose weights are top-level
+    initializers read from inside the then-branch, else returns p (openWakeWord's classifiers)."""
+    rng = np.random.default_rng(3)
+    then = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "vw", "vb"], ["v"], name="verifier", transB=1),
+         helper.make_node("Sigmoid", ["v"], ["then_out"], name="verifier_sigmoid")],
+        "then", [], [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, [1, 1])])
+    other = helper.make_graph([helper.make_node("Identity", ["p"], ["else_out"])], "else", [],
+                              [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, [1, 1])])
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["logit"], name="head", transB=1),
+             helper.make_node("Sigmoid", ["logit"], ["p"], name="sigmoid"),
+             helper.make_node("GreaterOrEqual", ["p", "half"], ["cond2d"], name="ge"),
+             helper.make_node("Squeeze", ["cond2d"], ["cond"], name="squeeze"),
+             helper.make_node("If", ["cond"], ["y"], name="if", then_branch=then, else_branch=other)]
+    inits = [_f32("w", rng.normal(0, 0.3, (1, 16))), _f32("b", [0.0]), _f32("vw", rng.normal(0, 0.3, (1, 16))),
+             _f32("vb", [0.1]), _f32("half", [[0.5]])]
+    graph = helper.make_graph(nodes, "if_verifier", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_if_body_reading_top_level_initializers_quantizes_in_both_modes(tmp_path: Path) -> None:
+    """quantize_dynamic failed with 'unknown initializers' (Gemm -> MatMul's clean-up dropped the
+    body's weights); quantize_static deleted them as unused and onnxruntime refused the result."""
+    src = tmp_path / "m.onnx"
+    onnx.save(if_verifier_net(), str(src))
+    x = np.random.default_rng(4).normal(size=(8, 1, 16)).astype(np.float32)
+    np.save(tmp_path / "calib.npy", x)
+    ref = ort.InferenceSession(str(src))
+    for mode in ("dynamic", "static"):
+        out = tmp_path / f"{mode}.onnx"
+        api.quantize(src, out, mode=mode, calib=str(tmp_path / "calib.npy") if mode == "static" else None)
+        q = ort.InferenceSession(str(out))
+        for sample in x:
+            assert abs(q.run(None, {"x": sample})[0].item() - ref.run(None, {"x": sample})[0].item()) < 0.1
+
+
+def test_subgraph_local_initializers_moves_only_what_the_body_reads() -> None:
+    model = if_verifier_net()
+    assert prepare_mod._subgraph_local_initializers(model) == 2
+    then = next(a.g for a in model.graph.node[-1].attribute if a.name == "then_branch")
+    assert sorted(t.name for t in then.initializer) == ["vb", "vw"]
+    assert sorted(t.name for t in model.graph.initializer) == ["b", "half", "w"]
+    onnx.checker.check_model(model)
+
+
+def test_bench_feeds_a_scalar_input_as_a_scalar(tmp_path: Path) -> None:
+    """silero_vad's sample rate is an int64 scalar input; the timing feeds went through
+    np.ascontiguousarray, which turned [] into [1], and every benchmark of the model failed."""
+    graph = helper.make_graph([helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
+                               helper.make_node("Mul", ["x", "srf"], ["y"])], "scalar_in",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+                               helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", x=np.ones((3, 1, 4), np.float32), sr=np.full(3, 16000, np.int64))
+    res = api.bench([tmp_path / "m.onnx"], input=str(tmp_path / "d.npz"), warmup=1, runs=3)
+    assert res.sweep[0].models[0].latency.to_dict()["p50"] > 0

@@ -48,6 +48,9 @@ def prepare(model_path: Path, work: Path, *, mode: str = "static", per_channel: 
 
     out = Prepared(Path(model_path))
     model = model_io.load_model(model_path)
+    localized = _subgraph_local_initializers(model)
+    if localized:
+        out.passes.append(f"subgraph_local_initializers({localized} initializer(s) copied into If/Loop bodies)")
     rule = resolve_target(target)
     if rule.exact_rewrites:
         out.notes.extend(apply_exact_rewrites(model))
@@ -92,6 +95,48 @@ def preprocess(src: Path, dst: Path, passes: list[str], warnings: list[str], *, 
             warnings.append(f"{label} failed: {first.strip()[:200]}")
     warnings.append("quantizing the model without ORT pre-processing")
     return src
+
+
+def _subgraphs(graph: onnx.GraphProto):
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield attr.g
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                yield from attr.graphs
+
+
+def _outer_names(graph: onnx.GraphProto) -> set[str]:
+    """Names a (sub)graph, its nested subgraphs included, reads from an enclosing scope."""
+    own = {t.name for t in graph.initializer} | {i.name for i in graph.input} \
+        | {o for n in graph.node for o in n.output}
+    used = {i for n in graph.node for i in n.input if i} | {o.name for o in graph.output}
+    for sub in _subgraphs(graph):
+        used |= _outer_names(sub)
+    return used - own
+
+
+def _subgraph_local_initializers(model: onnx.ModelProto) -> int:
+    """Copy the top-level initializers an If/Loop/Scan body reads into that body and drop those
+    the top level no longer uses; returns how many were copied. Every top-level pass here and in
+    ORT's quantizers sees only top-level uses: Gemm -> MatMul's clean-up and quantize_dynamic
+    then lose them ("unknown initializers"), quantize_static deletes them as unused and leaves a
+    graph onnxruntime refuses (openWakeWord's classifiers run a verifier in an If body this way)."""
+    graph = model.graph
+    by_name = {t.name: t for t in graph.initializer}
+    moved = set()
+    for sub in _subgraphs(graph):
+        for name in sorted(_outer_names(sub) & set(by_name)):
+            copy = onnx.TensorProto()
+            copy.CopyFrom(by_name[name])
+            sub.initializer.append(copy)
+            moved.add(name)
+    if moved:
+        top_used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        keep = [t for t in graph.initializer if t.name not in moved or t.name in top_used]
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+    return len(moved)
 
 
 _BIAS_OPS = ("Conv", "ConvTranspose", "Gemm")
