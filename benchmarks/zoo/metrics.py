@@ -100,14 +100,14 @@ def box_px(outputs: Outputs, labels: np.ndarray | None, reference: Outputs | Non
                          "fp32_detections": int((rs.max(axis=1) > 0).sum())})
 
 
-def vad_accuracy(outputs: Outputs, labels: np.ndarray | None, reference: Outputs | None = None) -> MetricResult:
-    """Voice-activity decisions (speech probability > 0.5) against the frame labels (speech
-    where the clean synthesized signal has energy)."""
+def binary_accuracy(outputs: Outputs, labels: np.ndarray | None, reference: Outputs | None = None) -> MetricResult:
+    """Yes/no decisions (the smallest output, one probability per sample, > 0.5) against the
+    labels: voice activity per chunk (silero_vad), wake word per window (openWakeWord)."""
     if labels is None:
-        raise EdgequantError("vad_accuracy: the eval data needs a 'labels' array")
+        raise EdgequantError("binary_accuracy: the eval data needs a 'labels' array")
     prob = min((np.asarray(v) for v in outputs.values()), key=lambda a: a[:1].size).reshape(-1)
     y = np.asarray(labels).reshape(-1).astype(bool)
     if y.shape != prob.shape:
-        raise EdgequantError(f"vad_accuracy: {y.shape[0]} labels for {prob.shape[0]} samples")
-    return MetricResult("vad_accuracy", float(np.mean((prob > 0.5) == y)), True,
-                        {"speech_fraction": float(y.mean())})
+        raise EdgequantError(f"binary_accuracy: {y.shape[0]} labels for {prob.shape[0]} samples")
+    return MetricResult("binary_accuracy", float(np.mean((prob > 0.5) == y)), True,
+                        {"positive_fraction": float(y.mean())})

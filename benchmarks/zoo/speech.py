@@ -69,3 +69,77 @@ def vad_build(spec: ZooModel, folder: Path, wheel: Path, sizes: Sizes) -> dict:
     return {"member": MEMBER, "member_sha256": sha,
             "calib": save_npz(folder / "calib.npz", calib),
             "eval": save_npz(folder / "eval.npz", evals)}
+
+
+# --- keyword spotting: openWakeWord 0.4.0 (its last wheel that ships the ONNX models) ---------
+
+OWW = "openwakeword/resources/models/"
+WAKE_PHRASES = ("hey jarvis", "hey jarvis, what time is it", "okay, hey jarvis", "hey jarvis, lights on")
+
+
+def _features(folder: Path, wheel: Path, audio: np.ndarray) -> np.ndarray:
+    """openWakeWord's front end in FP32: melspectrogram.onnx on int16-scaled audio, x / 10 + 2,
+    76-frame windows every 8 frames -> embedding_model.onnx inputs [W, 76, 32, 1]."""
+    import onnxruntime as ort
+
+    mel_path = folder / "melspectrogram.onnx"
+    extract(wheel, OWW + "melspectrogram.onnx", mel_path)
+    mel = ort.InferenceSession(str(mel_path), providers=["CPUExecutionProvider"])
+    padded = np.concatenate([np.zeros(RATE, np.float32), audio, np.zeros(RATE // 2, np.float32)])
+    spec = mel.run(None, {"input": (padded * 32767)[None].astype(np.float32)})[0].squeeze() / 10 + 2
+    return np.stack([spec[i:i + 76] for i in range(0, spec.shape[0] - 75, 8)])[..., None].astype(np.float32)
+
+
+def _clips(seed: int, n_pos: int, n_neg: int, offset: int) -> list[tuple[np.ndarray, int]]:
+    rng = np.random.default_rng(seed)
+    sents = inputs.sentences()
+    out = []
+    for i in range(n_pos):
+        voice = inputs.VOICES[(seed + i) % len(inputs.VOICES)]
+        out.append((inputs.speak(WAKE_PHRASES[i % len(WAKE_PHRASES)], voice, int(rng.integers(120, 190))), 1))
+    for i in range(n_neg):
+        voice = inputs.VOICES[(seed + 3 * i) % len(inputs.VOICES)]
+        out.append((inputs.speak(sents[offset + i], voice, int(rng.integers(130, 190))), 0))
+    return out
+
+
+def oww_embedding_build(spec: ZooModel, folder: Path, wheel: Path, sizes: Sizes) -> dict:
+    """Speech-embedding CNN: mel windows of wake-phrase and docstring utterances (espeak-ng)."""
+    sha = extract(wheel, OWW + "embedding_model.onnx", folder / "model.onnx")
+
+    def split(n: int, seed: int, offset: int) -> np.ndarray:
+        wins = np.concatenate([_features(folder, wheel, a) for a, _ in _clips(seed, 4, max(2, n // 16), offset)])
+        return wins[np.linspace(0, len(wins) - 1, n).round().astype(int)]
+
+    return {"member": OWW + "embedding_model.onnx", "member_sha256": sha,
+            "calib": save_npz(folder / "calib.npz", {"input_1": split(sizes.calib, 61, 0)}),
+            "eval": save_npz(folder / "eval.npz", {"input_1": split(sizes.eval, 62, 400)})}
+
+
+def oww_wakeword_build(spec: ZooModel, folder: Path, wheel: Path, sizes: Sizes) -> dict:
+    """'hey jarvis' classifier on 16 embeddings (1.28 s): per clip, the window FP32 scores
+    highest; labels 1 for wake-phrase clips, 0 for docstring sentences."""
+    import onnxruntime as ort
+
+    sha = extract(wheel, OWW + "hey_jarvis_v0.1.onnx", folder / "model.onnx")
+    emb_path = folder / "embedding_model.onnx"
+    extract(wheel, OWW + "embedding_model.onnx", emb_path)
+    emb = ort.InferenceSession(str(emb_path), providers=["CPUExecutionProvider"])
+    kw = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    name = kw.get_inputs()[0].name
+
+    def split(n: int, seed: int, offset: int) -> dict[str, np.ndarray]:
+        xs, ys = [], []
+        for audio, label in _clips(seed, n // 2, n - n // 2, offset):
+            e = emb.run(None, {"input_1": _features(folder, wheel, audio)})[0].reshape(-1, 96)
+            wins = [e[i - 16:i] for i in range(16, len(e) + 1)]
+            scores = [kw.run(None, {name: w[None]})[0].item() for w in wins]
+            xs.append(wins[int(np.argmax(scores))])
+            ys.append(label)
+        return {name: np.stack(xs).astype(np.float32), "labels": np.array(ys, np.int64)}
+
+    calib = split(sizes.calib, 71, 200)
+    calib.pop("labels")
+    return {"member": OWW + "hey_jarvis_v0.1.onnx", "member_sha256": sha,
+            "calib": save_npz(folder / "calib.npz", calib),
+            "eval": save_npz(folder / "eval.npz", split(sizes.eval, 72, 500))}
