@@ -96,6 +96,7 @@ def _side_by_side(e: dict, report: dict, work: Path, runs: int, log) -> dict:
 
 
 def collect(fleet_yaml: Path, fleet_dir: Path, runs: int, log=print) -> list[dict]:
+    fleet_dir = fleet_dir.resolve()  # ORT's flows run with the cwd in a scratch folder
     rows = []
     for e in _entries(fleet_yaml):
         spec = BY_NAME.get(e["name"])
@@ -115,7 +116,8 @@ def collect(fleet_yaml: Path, fleet_dir: Path, runs: int, log=print) -> list[dic
                    peak_mb=rec.get("peak_memory_mb"), accuracy=_acc(rec.get("accuracy")),
                    fp32_accuracy=_acc(fp32.get("accuracy")), cosine=(rec.get("fidelity") or {}).get("cosine"),
                    tuned=bool(e.get("tune")), budget=report.get("budget"),
-                   verdicts={v["name"]: v.get("verdict") for v in report["variants"]})
+                   verdicts={v["name"]: v.get("verdict") for v in report["variants"]},
+                   failed={f["name"]: f.get("error") for f in report.get("failed_variants", [])})
         try:
             row["ort"] = _side_by_side(e, report, fleet_dir / e["name"] / "ort-default", runs, log)
         except Exception as exc:  # noqa: BLE001 - keep the other models' rows

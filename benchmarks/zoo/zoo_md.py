@@ -71,7 +71,8 @@ def render(doc: dict) -> str:
                        f"{_sp(ort.get('recommended_same_run'))} | {_ort(ort.get('ort_dynamic'), r.get('accuracy'))} | "
                        f"{_ort(ort.get('ort_static'), r.get('accuracy'))} |")
             if r["recommended"] == "fp32":
-                why = "; ".join(f"{k}: {v}" for k, v in r.get("verdicts", {}).items() if k != "fp32" and v)
+                why = "; ".join([f"{k}: {v}" for k, v in r.get("verdicts", {}).items() if k != "fp32" and v]
+                                + [f"{k} failed: {v[:200]}" for k, v in r.get("failed", {}).items()])
                 reasons.append(f"- **{r['name']}** -> fp32: {r.get('reason')}. Variants: {why}")
         out += ["", "### Why fp32, where it is", "", *(reasons or ["- (none)"]), ""]
         out += ["### Models and data", "", "| model | source wheel | inputs |", "|---|---|---|"]
