@@ -151,3 +151,23 @@ def test_a_compute_op_inside_an_if_body_is_explained_not_unknown(tmp_path: Path)
     res = api.quantize(src, tmp_path / "q.onnx", mode="static", calib=str(tmp_path / "calib.npy"))
     body = [n for n in res.notes if "verifier stays float" in n]   # ORT names it 'fused verifier'
     assert body and all(n.endswith(f"stays float: {_IN_BODY}") for n in body)
+
+
+def _dies_on_boom(job: str) -> dict:
+    """A stand-in for run_quantize_job: its process dies the way the OOM killer ends it."""
+    import os
+    import signal
+
+    if job == "boom":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"ok": True, "job": job}
+
+
+def test_a_worker_killed_mid_search_fails_its_job_only() -> None:
+    """PP-OCR's detector: one tune recipe's calibration took 11 GB, the OOM killer ended its
+    worker, and BrokenProcessPool ended the whole tune (the fleet lost the model)."""
+    from edgequant.jobs import quantize_batch
+
+    got = quantize_batch(["a", "boom", "b"], workers=2, fn=_dies_on_boom)
+    assert got[0] == {"ok": True, "job": "a"} and got[2] == {"ok": True, "job": "b"}
+    assert got[1]["ok"] is False and "SIGKILL" in got[1]["error"] and "out-of-memory" in got[1]["error"]
