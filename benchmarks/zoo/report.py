@@ -95,10 +95,12 @@ def _side_by_side(e: dict, report: dict, work: Path, runs: int, log) -> dict:
     return result
 
 
-def collect(fleet_yaml: Path, fleet_dir: Path, runs: int, log=print) -> list[dict]:
+def collect(fleet_yaml: Path, fleet_dir: Path, runs: int, log=print, only: list[str] | None = None) -> list[dict]:
     fleet_dir = fleet_dir.resolve()  # ORT's flows run with the cwd in a scratch folder
     rows = []
     for e in _entries(fleet_yaml):
+        if only and e["name"] not in only:
+            continue
         spec = BY_NAME.get(e["name"])
         row = {"name": e["name"], "family": spec.family if spec else "", "source": f"{spec.dist}=={spec.version}" if spec else "",
                "data": spec.data if spec else ""}
@@ -117,7 +119,8 @@ def collect(fleet_yaml: Path, fleet_dir: Path, runs: int, log=print) -> list[dic
                    fp32_accuracy=_acc(fp32.get("accuracy")), cosine=(rec.get("fidelity") or {}).get("cosine"),
                    tuned=bool(e.get("tune")), budget=report.get("budget"),
                    verdicts={v["name"]: v.get("verdict") for v in report["variants"]},
-                   failed={f["name"]: f.get("error") for f in report.get("failed_variants", [])})
+                   failed={f["name"]: f.get("error") for f in report.get("failed_variants", [])},
+                   advice=report.get("advice"))
         try:
             row["ort"] = _side_by_side(e, report, fleet_dir / e["name"] / "ort-default", runs, log)
         except Exception as exc:  # noqa: BLE001 - keep the other models' rows
@@ -138,9 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--runs", type=int, default=30, help="interleaved rounds for the ORT side-by-side timing")
     p.add_argument("--loadavg", type=Path, help="file with /proc/loadavg lines taken around the fleet run")
+    p.add_argument("--only", nargs="*", help="measure these models only; the others keep their rows from zoo.json")
     a = p.parse_args(argv)
     start_load = _loadavg()
-    rows = collect(a.fleet, a.fleet_dir, a.runs, log=lambda s: print(f"[zoo.report] {s}", file=sys.stderr, flush=True))
+    rows = collect(a.fleet, a.fleet_dir, a.runs, log=lambda s: print(f"[zoo.report] {s}", file=sys.stderr, flush=True),
+                   only=a.only)
     measured = [r for r in rows if "machine" in r]
     if not measured:
         print(f"error: {a.fleet_dir}: no zoo report found (run `make zoo`)", file=sys.stderr)
@@ -155,8 +160,16 @@ def main(argv: list[str] | None = None) -> int:
         doc = json.loads(json_path.read_text())
     except (OSError, ValueError):
         doc = {"schema": "edgequant.zoo-results/1", "targets": {}}
+    load = f"{fleet_load}side-by-side run: {start_load} -> {_loadavg()}"
+    if a.only and target in doc["targets"]:  # merge: keep the other models' rows, in fleet order
+        old = doc["targets"][target]
+        kept = {r["name"]: r for r in old["models"]}
+        kept.update({r["name"]: r for r in rows})
+        order = [e["name"] for e in _entries(a.fleet)]
+        rows = [kept[n] for n in order if n in kept]
+        load = f"{old['loadavg']}; {', '.join(a.only)}: {load}"
     doc["targets"][target] = {"machine": measured[0]["machine"], "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                              "loadavg": f"{fleet_load}side-by-side run: {start_load} -> {_loadavg()}", "models": rows}
+                              "loadavg": load, "models": rows}
     a.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(json_path, json.dumps(doc, indent=1, default=str) + "\n")
     write_text_atomic(a.out / "ZOO.md", render(doc))

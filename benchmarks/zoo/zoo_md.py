@@ -73,7 +73,8 @@ def render(doc: dict) -> str:
             if r["recommended"] == "fp32":
                 why = "; ".join([f"{k}: {v}" for k, v in r.get("verdicts", {}).items() if k != "fp32" and v]
                                 + [f"{k} failed: {v[:200]}" for k, v in r.get("failed", {}).items()])
-                reasons.append(f"- **{r['name']}** -> fp32: {r.get('reason')}. Variants: {why}")
+                reasons.append(f"- **{r['name']}** -> fp32: {r.get('reason')}. Variants: {why}"
+                               + (f". Tune: {r['advice']}" if r.get("advice") else ""))
         out += ["", "### Why fp32, where it is", "", *(reasons or ["- (none)"]), ""]
         out += ["### Models and data", "", "| model | source wheel | inputs |", "|---|---|---|"]
         out += [f"| {r['name']} | {r.get('source', '')} | {r.get('data', '')} |" for r in run["models"]]
