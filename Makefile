@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test clean arm64-emu chromium
+.PHONY: install demo test clean arm64-emu chromium zoo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,20 @@ demo: $(STAMP)
 	-$(BIN)/edgequant devices setup arm64-emu
 	$(BIN)/edgequant fleet examples/dms/fleet.yaml -o reports/demo
 	$(BIN)/python -m edgequant.dms.frame_pipeline --fleet-dir reports/demo --runs 50
+
+# The model zoo (benchmarks/zoo): real public models from PyPI wheels, built offline into
+# .cache/zoo, run through `edgequant fleet` (run, or tune where the defaults miss the budget),
+# then ORT's default flows beside each answer -> benchmarks/results/ZOO.md and zoo.json (per ISA).
+# Needs espeak-ng (Debian) for the speech models: installed here when missing. PYTHONPATH=src
+# runs this checkout's code even where .venv is shared with another checkout.
+zoo: $(STAMP)
+	@command -v espeak-ng >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng) \
+		|| echo "espeak-ng could not be installed: the speech models will fail to build"
+	PYTHONPATH=src:. $(BIN)/python -m benchmarks.zoo.build --out .cache/zoo
+	mkdir -p reports && cat /proc/loadavg > reports/zoo.loadavg
+	PYTHONPATH=src:. $(BIN)/edgequant fleet benchmarks/zoo/fleet.yaml -o reports/zoo
+	cat /proc/loadavg >> reports/zoo.loadavg
+	PYTHONPATH=src:. $(BIN)/python -m benchmarks.zoo.report --fleet-dir reports/zoo --loadavg reports/zoo.loadavg
 
 # The arm64-emu device's Debian arm64 root (qemu-user; needs root): built once, kept in
 # ~/.cache/edgequant/arm64-emu. Where it cannot be built, its tests say why and are skipped.

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Sequence
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,11 +60,56 @@ def run_quantize_job(job: QuantizeJob) -> dict:
         return {"ok": False, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
 
 
-def quantize_batch(jobs: Sequence[QuantizeJob], workers: int) -> list[dict]:
-    """Run jobs in up to ``workers`` (max 2) spawned processes, or inline for one job/worker."""
+def _pool(workers: int) -> ProcessPoolExecutor:
+    # spawn, not fork: forking a process that holds onnxruntime thread pools can deadlock
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _death(exitcode: int | None) -> str:
+    """Why a job's worker process is gone, as far as its exit code tells."""
+    if exitcode == -9:
+        return ("its worker process was killed (SIGKILL: on Linux usually the out-of-memory killer; "
+                "histogram calibration methods keep every calibration sample's activations, so lower "
+                "--calib-limit or use minmax)")
+    return f"its worker process died (exit code {exitcode})"
+
+
+def _child(fn: Callable[[Any], dict], job: Any, conn: Any) -> None:
+    conn.send(fn(job))
+    conn.close()
+
+
+def _isolated(job: Any, fn: Callable[[Any], dict]) -> dict:
+    """One job alone in a fresh spawned process, so that a crash is pinned on this job only."""
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(fn, job, send), daemon=True)
+    proc.start()
+    send.close()
+    try:
+        result = receive.recv()
+    except EOFError:  # the child ended without sending: it died
+        result = None
+    proc.join()
+    return result if result is not None else {"ok": False, "error": _death(proc.exitcode)}
+
+
+def quantize_batch(jobs: Sequence[QuantizeJob], workers: int,
+                   fn: Callable[[Any], dict] = run_quantize_job) -> list[dict]:
+    """Run jobs in up to ``workers`` (max 2) spawned processes, or inline for one job/worker.
+
+    A worker that dies (the out-of-memory killer, a crash inside onnxruntime) breaks the whole
+    pool: the jobs left without a result then run again one per fresh process, and the one whose
+    process dies again fails alone with the reason; the other recipes' results stand."""
     workers = max(1, min(2, workers, len(jobs)))
     if workers == 1:
-        return [run_quantize_job(j) for j in jobs]
-    # spawn, not fork: forking a process that holds onnxruntime thread pools can deadlock
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(run_quantize_job, jobs))
+        return [fn(j) for j in jobs]
+    results: list[dict | None] = [None] * len(jobs)
+    try:
+        with _pool(workers) as pool:
+            futures = [pool.submit(fn, j) for j in jobs]
+            for i, fut in enumerate(futures):
+                results[i] = fut.result()
+    except BrokenProcessPool:
+        pass
+    return [r if r is not None else _isolated(j, fn) for r, j in zip(results, jobs)]

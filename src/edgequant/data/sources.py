@@ -73,6 +73,13 @@ def _is_dynamic(dim: int | str | None) -> bool:
     return not isinstance(dim, int) or dim <= 0
 
 
+def _symbol(dim: int | str | None) -> str | None:
+    """The name that ties a dynamic dim across inputs, or None for an anonymous one: a
+    placeholder without letters or digits (Paddle2ONNX writes '?' for every unknown dim, so
+    height and width of one image share it without being equal)."""
+    return dim if isinstance(dim, str) and any(c.isalnum() for c in dim) else None
+
+
 @dataclass(frozen=True)
 class _Input:
     """How raw arrays for one model input become feeds (validated once, applied per sample)."""
@@ -141,7 +148,7 @@ def _check_symbols(fed: dict[str, tuple[int, ...]], inputs: Sequence[TensorSpec]
     seen: dict[str, tuple[int, str]] = {}
     for spec in inputs:
         for dim, value in zip(spec.shape, fed[spec.name]):
-            if isinstance(dim, str) and dim:
+            if _symbol(dim) is not None:
                 first = seen.setdefault(dim, (value, spec.name))
                 if first[0] != value:
                     raise EdgequantError(f"{where}: dim '{dim}' is {first[0]} in input '{first[1]}' "
@@ -399,7 +406,7 @@ class _RandomSource(DataSource):
                 if not _is_dynamic(d):
                     dims.append(int(d))
                     continue
-                key = d if isinstance(d, str) and d else f"{s.name}:{axis}"
+                key = _symbol(d) or f"{s.name}:{axis}"
                 if key not in symbols:
                     symbols[key] = 1 if axis == 0 else RANDOM_DYNAMIC_DIM
                     notes.append(f"{spec}: dynamic dim {d if isinstance(d, str) and d else '?'} "

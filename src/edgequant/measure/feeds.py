@@ -57,7 +57,8 @@ def select(feeds: Mapping[str, np.ndarray], inputs: Sequence[TensorSpec], *, mod
         want = ", ".join(f"{s.name}:{s.dtype}{list(s.shape)}" for s in inputs)
         have = ", ".join(f"{k}:{v.dtype}{list(v.shape)}" for k, v in feeds.items())
         raise EdgequantError(f"{model}: inputs do not match the feeds (model wants {want}; got {have})")
-    return {s.name: np.ascontiguousarray(feeds[s.name]) for s in inputs}
+    # np.asarray(order="C"), not np.ascontiguousarray: that one turns a scalar input ([]) into [1]
+    return {s.name: np.asarray(feeds[s.name], order="C") for s in inputs}
 
 
 def resolve_feeds(feeds: FeedsArg, paths: Sequence[str],

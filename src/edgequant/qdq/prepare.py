@@ -48,6 +48,9 @@ def prepare(model_path: Path, work: Path, *, mode: str = "static", per_channel: 
 
     out = Prepared(Path(model_path))
     model = model_io.load_model(model_path)
+    localized = _subgraph_local_initializers(model)
+    if localized:
+        out.passes.append(f"subgraph_local_initializers({localized} initializer(s) copied into If/Loop bodies)")
     rule = resolve_target(target)
     if rule.exact_rewrites:
         out.notes.extend(apply_exact_rewrites(model))
@@ -67,6 +70,8 @@ def prepare(model_path: Path, work: Path, *, mode: str = "static", per_channel: 
     onnx.save_model(model, str(staged))
     del model
     out.path = preprocess(staged, work / "prepared.onnx", out.passes, out.warnings, optimize=mode == "static")
+    if mode == "static":
+        out.path = _unshared_biases(out.path, work / "unshared.onnx", out.passes)
     return out
 
 
@@ -90,6 +95,94 @@ def preprocess(src: Path, dst: Path, passes: list[str], warnings: list[str], *, 
             warnings.append(f"{label} failed: {first.strip()[:200]}")
     warnings.append("quantizing the model without ORT pre-processing")
     return src
+
+
+def _subgraphs(graph: onnx.GraphProto):
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield attr.g
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                yield from attr.graphs
+
+
+def _outer_names(graph: onnx.GraphProto) -> set[str]:
+    """Names a (sub)graph, its nested subgraphs included, reads from an enclosing scope."""
+    own = {t.name for t in graph.initializer} | {i.name for i in graph.input} \
+        | {o for n in graph.node for o in n.output}
+    used = {i for n in graph.node for i in n.input if i} | {o.name for o in graph.output}
+    for sub in _subgraphs(graph):
+        used |= _outer_names(sub)
+    return used - own
+
+
+def _subgraph_local_initializers(model: onnx.ModelProto) -> int:
+    """Copy the top-level initializers an If/Loop/Scan body reads into that body and drop those
+    the top level no longer uses; returns how many were copied. Every top-level pass here and in
+    ORT's quantizers sees only top-level uses: Gemm -> MatMul's clean-up and quantize_dynamic
+    then lose them ("unknown initializers"), quantize_static deletes them as unused and leaves a
+    graph onnxruntime refuses (openWakeWord's classifiers run a verifier in an If body this way)."""
+    graph = model.graph
+    by_name = {t.name: t for t in graph.initializer}
+    moved = set()
+    for sub in _subgraphs(graph):
+        for name in sorted(_outer_names(sub) & set(by_name)):
+            copy = onnx.TensorProto()
+            copy.CopyFrom(by_name[name])
+            sub.initializer.append(copy)
+            moved.add(name)
+    if moved:
+        top_used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        keep = [t for t in graph.initializer if t.name not in moved or t.name in top_used]
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+    return len(moved)
+
+
+_BIAS_OPS = ("Conv", "ConvTranspose", "Gemm")
+
+
+def _unshared_biases(src: Path, dst: Path, passes: list[str]) -> Path:
+    """Give every Conv/ConvTranspose/Gemm its own bias initializer (``dst``; ``src`` when none
+    is shared). ORT's QDQ quantizer copies a shared bias as ``<name><largest numeric suffix among
+    initializers + 1>`` without looking at activation names: where the exporter numbered tensors
+    the same way (tflite2onnx: ``x``, ``x1``, ``x2``), the copy takes an activation's name and the
+    quantized graph feeds a bias into a Conv's data input (onnxruntime refuses to load it)."""
+    header = onnx.load(str(src), load_external_data=False)
+    inits = {t.name for t in header.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in header.graph.node:
+        if node.op_type in _BIAS_OPS and len(node.input) > 2 and node.input[2] in inits:
+            uses[node.input[2]] = uses.get(node.input[2], 0) + 1
+    if not any(n > 1 for n in uses.values()):
+        return src
+    del header
+    model = model_io.load_model(src)
+    graph = model.graph
+    by_name = {t.name: t for t in graph.initializer}
+    taken = set(by_name) | {x for n in graph.node for x in (*n.input, *n.output)} \
+        | {v.name for v in (*graph.input, *graph.output, *graph.value_info)}
+    seen, copies = set(), 0
+    for node in graph.node:
+        if node.op_type not in _BIAS_OPS or len(node.input) < 3 or node.input[2] not in by_name:
+            continue
+        bias = node.input[2]
+        if bias not in seen:
+            seen.add(bias)
+            continue
+        k = 1
+        while f"{bias}__edgequant_bias{k}" in taken:
+            k += 1
+        copy = onnx.TensorProto()
+        copy.CopyFrom(by_name[bias])
+        copy.name = f"{bias}__edgequant_bias{k}"
+        taken.add(copy.name)
+        graph.initializer.append(copy)
+        node.input[2] = copy.name
+        copies += 1
+    onnx.save_model(model, str(dst))
+    passes.append(f"unshare_biases({copies} shared bias initializer use(s) given their own copy)")
+    return dst
 
 
 def _gemm_to_matmul(model: onnx.ModelProto) -> int:

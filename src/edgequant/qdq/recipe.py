@@ -147,6 +147,20 @@ def _fix_up(model: onnx.ModelProto, activations_to_uint8: bool, summary: Quantiz
             summary.passes.append(result.label)
 
 
+# coverage_of_graph walks If/Loop/Scan bodies too; only top-level nodes can be diagnosed.
+_IN_BODY = ("inside an If/Loop/Scan body: onnxruntime's static (QDQ) quantizer calibrates and "
+            "quantizes the top-level graph only")
+
+
+def _body_node_names(graph: onnx.GraphProto) -> set[str]:
+    names: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            for body in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                names |= {n.name for n in body.node} | _body_node_names(body)
+    return names
+
+
 def _record_coverage(model_out: Path, summary: QuantizationSummary, excluded: list[str], device: Any) -> None:
     optimized = device.optimized_graph(model_out, "extended")
     cov = coverage_of_graph(optimized)
@@ -154,7 +168,9 @@ def _record_coverage(model_out: Path, summary: QuantizationSummary, excluded: li
     by_name = {n.name: n for n in optimized.graph.node}
     summary.quantized_compute_ops = cov.quantized_compute_ops
     summary.compute_ops = cov.compute_ops
-    summary.float_compute_nodes = {name: (diagnose_float_node(by_name[name], idx) if name in by_name else "unknown")
+    in_body = _body_node_names(optimized.graph)
+    summary.float_compute_nodes = {name: (diagnose_float_node(by_name[name], idx) if name in by_name
+                                          else _IN_BODY if name in in_body else "unknown")
                                    for name in cov.float_compute_nodes}
     summary.optimized_ops = coverage_of_graph(device.optimized_graph(model_out, "all")).op_counts
     ignored = sorted(n.name for n in optimized.graph.node if n.name in set(excluded) and n.op_type in INT8_COMPUTE_OPS)
