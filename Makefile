@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test clean arm64-emu chromium zoo
+.PHONY: install demo test clean arm64-emu chromium espeak-ng zoo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,9 +28,7 @@ demo: $(STAMP)
 # then ORT's default flows beside each answer -> benchmarks/results/ZOO.md and zoo.json (per ISA).
 # Needs espeak-ng (Debian) for the speech models: installed here when missing. PYTHONPATH=src
 # runs this checkout's code even where .venv is shared with another checkout.
-zoo: $(STAMP)
-	@command -v espeak-ng >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng) \
-		|| echo "espeak-ng could not be installed: the speech models will fail to build"
+zoo: $(STAMP) espeak-ng
 	PYTHONPATH=src:. $(BIN)/python -m benchmarks.zoo.build --out .cache/zoo
 	mkdir -p reports && cat /proc/loadavg > reports/zoo.loadavg
 	PYTHONPATH=src:. $(BIN)/edgequant fleet benchmarks/zoo/fleet.yaml -o reports/zoo
@@ -47,7 +45,12 @@ chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
 		|| echo "chromium could not be installed: the browser tests will be skipped"
 
-test: $(STAMP) chromium
+# Debian's espeak-ng speaks the zoo's speech inputs offline (VAD, keyword spotting).
+espeak-ng:
+	@command -v espeak-ng >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng) \
+		|| echo "espeak-ng could not be installed: the zoo's speech models will be skipped"
+
+test: $(STAMP) chromium espeak-ng
 	$(BIN)/python -m edgequant.dms.build --out .cache/dms
 	-$(BIN)/edgequant devices setup arm64-emu
 	$(BIN)/python -m pytest -q
