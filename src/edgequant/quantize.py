@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -27,58 +27,18 @@ from .quantize_steps import (
     smooth,
     with_overrides,
 )
+from .quantize_config import (  # noqa: F401 - re-exported: callers import these from here
+    ACTIVATION_TYPES,
+    CALIB_METHODS,
+    DYNAMIC_DEFAULT_OPS,
+    FORMATS,
+    HISTOGRAM_METHODS,
+    MODES,
+    SLOW_DYNAMIC_OPS,
+    WEIGHT_TYPES,
+    QuantizeConfig,
+)
 from .targets import RULES, TargetRule, resolve_target
-
-MODES = ("dynamic", "static")
-FORMATS = ("qdq", "qoperator")
-ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
-WEIGHT_TYPES = ("int8", "uint8")
-CALIB_METHODS = ("minmax", "entropy", "percentile", "distribution", "mse")
-# computed here from streaming histograms (algorithms/histogram), never by ORT's HistogramCalibrater
-HISTOGRAM_METHODS = ("entropy", "percentile", "distribution")
-# Dynamic quantization of Conv (ConvInteger) has no fast x86/ARM kernel in ORT: 4-10x slower than FP32.
-DYNAMIC_DEFAULT_OPS = ("MatMul", "Gemm")
-SLOW_DYNAMIC_OPS = {"Conv": "ConvInteger has no fast kernel in onnxruntime's CPU provider; "
-                            "dynamic Conv typically runs 4-10x slower than FP32"}
-
-
-@dataclass(frozen=True)
-class QuantizeConfig:
-    """Everything that decides the quantized model; recorded verbatim in reports."""
-
-    mode: str
-    target: str
-    quant_format: str
-    per_channel: bool
-    reduce_range: bool
-    activation_type: str
-    weight_type: str
-    calib_method: str = "minmax"
-    calib_percentile: float = 99.999
-    op_types: tuple[str, ...] | None = None
-    exclude: tuple[str, ...] = ()
-    activation_symmetric: bool = False
-    weight_symmetric: bool = True
-    calib_limit: int | None = None
-    fuse_transformer: bool | None = None      # dynamic: fuse attention blocks first (None: when it looks like one)
-    robust_ranges: bool = True                # static minmax: outlying calibration samples do not set ranges
-    bias_correction: bool = False             # static QDQ: fold each layer's mean output error into its bias
-    equalize: bool = False                    # static: cross-layer equalization of Conv -> Conv pairs first
-    equalize_relu6: bool = False              # ... also through Clip(0, 6), replaced by Relu (not exact)
-    smooth_quant: bool = False                # static: migrate MatMul/Gemm input outlier channels into weights
-    extra_options: dict = field(default_factory=dict)   # passed to onnxruntime's quantizer, and only there
-
-    @property
-    def activations_to_uint8(self) -> bool:
-        """x86 targets: rewrite int8 activation Q/DQ to uint8 so ORT's x86 QDQ fusions fire."""
-        return self.target.startswith("x86")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["op_types"] = list(self.op_types) if self.op_types is not None else None
-        d["exclude"] = list(self.exclude)
-        return d
-
 
 def make_config(
     mode: str,

@@ -7,15 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 import onnx
 
 from .errors import EdgequantError
-
-if TYPE_CHECKING:
-    from .quantize import QuantizeConfig
+from .quantize_config import QuantizeConfig
 
 
 def range_overrides(src: Path, config: QuantizeConfig, calibration, notes: list[str]) -> dict:
