@@ -72,8 +72,11 @@ def _check_external_data_paths(model: onnx.ModelProto, path: Path) -> bool:
     return found
 
 
-def load_model(path: str | Path, *, check: bool = True) -> onnx.ModelProto:
-    """Load an ONNX model with clear one-line errors for every way the file can be wrong."""
+def load_model(path: str | Path, *, check: bool = True, weights: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model with clear one-line errors for every way the file can be wrong.
+
+    ``weights=False`` leaves external-data tensors on disk (references only): for graph work on
+    models too big to hold twice."""
     p = Path(path)
     if not p.exists():
         raise EdgequantError(f"{p}: no such file")
@@ -88,7 +91,7 @@ def load_model(path: str | Path, *, check: bool = True) -> onnx.ModelProto:
     if not model.HasField("graph") or not model.opset_import:
         raise EdgequantError(f"{p}: not an ONNX model (no graph or opset); is the file truncated?")
     has_external = _check_external_data_paths(model, p)
-    if has_external:
+    if has_external and weights:
         onnx.external_data_helper.load_external_data_for_model(model, str(p.parent))
     if check:
         check_ops_known(model, p)
@@ -194,6 +197,38 @@ def model_size_bytes(path: str | Path) -> int:
                 seen.add(loc)
                 total += (p.parent / loc).stat().st_size
     return total
+
+
+def is_large(path: str | Path) -> bool:
+    """Too big for one protobuf (2 GiB): weights must stay in external data end to end."""
+    return model_size_bytes(path) > _EXTERNAL_DATA_THRESHOLD
+
+
+def external_locations(model: onnx.ModelProto) -> list[str]:
+    """The external-data files a model's tensors point to (relative to its folder)."""
+    found: list[str] = []
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            if loc and loc not in found:
+                found.append(loc)
+    return found
+
+
+def save_referencing(model: onnx.ModelProto, out: str | Path, source: str | Path) -> Path:
+    """Save a working copy of a model loaded with ``weights=False`` into another folder, with its
+    external-data files copied beside it (onnx refuses symbolic and hard links to them as a
+    security measure). Costs the weights' size in disk, never in memory."""
+    import shutil
+
+    out, source = Path(out), Path(source)
+    for loc in external_locations(model):
+        dest = out.parent / loc
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not dest.exists():
+            shutil.copyfile(source.parent / loc, dest)
+    onnx.save_model(model, str(out))
+    return out
 
 
 def sha256_file(path: str | Path) -> str:

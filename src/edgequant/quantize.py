@@ -213,7 +213,7 @@ def _run_dynamic(src: Path, out: Path, config: QuantizeConfig, notes: list[str])
     quantize_dynamic(str(src), str(out), op_types_to_quantize=_ort_op_types(config),
                      per_channel=config.per_channel, reduce_range=config.reduce_range,
                      weight_type=_qtype(config.weight_type), nodes_to_exclude=list(config.exclude),
-                     extra_options=extra)
+                     use_external_data_format=model_io.is_large(src), extra_options=extra)
 
 
 def _static_extra_options(config: QuantizeConfig, opset: int) -> dict:

@@ -72,8 +72,13 @@ def float_tensors(model: onnx.ModelProto) -> set[str]:
 
 
 def expose_tensors(model_path: Path, out_path: Path, wanted: Iterable[str] | None = None) -> list[str]:
-    """Write a copy of the model whose graph outputs include every float activation; returns them."""
-    model = onnx.load(str(model_path))
+    """Write a copy of the model whose graph outputs include every float activation; returns them.
+
+    External-data weights are never loaded: they are copied beside the copy (models over 2 GiB
+    cannot be serialized as one protobuf)."""
+    from edgequant import model as model_io
+
+    model = onnx.load(str(model_path), load_external_data=False)
     available = float_tensors(model)
     produced = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
     names = sorted((available & set(wanted)) if wanted is not None else available)
@@ -82,7 +87,10 @@ def expose_tensors(model_path: Path, out_path: Path, wanted: Iterable[str] | Non
     for name in names:
         if name not in existing:
             model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    onnx.save(model, str(out_path))
+    if model_io.external_locations(model):
+        model_io.save_referencing(model, out_path, model_path)
+    else:
+        onnx.save(model, str(out_path))
     return names
 
 

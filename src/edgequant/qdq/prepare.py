@@ -47,7 +47,8 @@ def prepare(model_path: Path, work: Path, *, mode: str = "static", per_channel: 
     from .htp_rules import HTP_REWRITES
 
     out = Prepared(Path(model_path))
-    model = model_io.load_model(model_path)
+    large = model_io.is_large(model_path)   # over 2 GiB: weights stay on disk, graph work only
+    model = model_io.load_model(model_path, weights=not large)
     localized = _subgraph_local_initializers(model)
     if localized:
         out.passes.append(f"subgraph_local_initializers({localized} initializer(s) copied into If/Loop bodies)")
@@ -62,11 +63,23 @@ def prepare(model_path: Path, work: Path, *, mode: str = "static", per_channel: 
         model = model_io.upgrade_opset(model, min_opset, path=model_path)
         out.passes.append(f"upgrade_opset({opset}->{min_opset})")
         out.notes.append(f"opset upgraded {opset} -> {min_opset} (per-channel DequantizeLinear needs >= 13)")
-    if gemm_to_matmul:
+    changed = bool(out.passes or out.notes)     # the graph differs from the file on disk
+    if gemm_to_matmul and large:
+        out.notes.append("Gemm left as is: rewriting it as MatMul would load the weights of a model over 2 GiB")
+    elif gemm_to_matmul:
         n = _gemm_to_matmul(model)
         if n:
             out.notes.append(f"{n} Gemm rewritten as MatMul+Add for dynamic quantization")
     staged = work / "staged.onnx"
+    if large:
+        # one protobuf cannot hold it: the weights stay in their external files end to end, and
+        # ORT's pre-processing (which loads and optimizes a full copy) is skipped; unchanged, the
+        # quantizer reads the original file itself
+        out.notes.append("model over 2 GiB: weights kept in external data; ORT's pre-processing skipped "
+                         "(it would hold the weights twice)")
+        if changed:
+            out.path = model_io.save_referencing(model, staged, model_path)
+        return out
     onnx.save_model(model, str(staged))
     del model
     out.path = preprocess(staged, work / "prepared.onnx", out.passes, out.warnings, optimize=mode == "static")

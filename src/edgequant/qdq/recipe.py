@@ -16,6 +16,7 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
 
 from edgequant.measure.coverage import INT8_COMPUTE_OPS, coverage_of_graph
+from edgequant import model as model_io
 from edgequant.qdq.graph import GraphIndex, op_counts
 from edgequant.graph_pass import GraphPass, run_passes
 from edgequant.qdq.passes import ActivationsToUint8, DropZeroBiasZeroPoints, FoldIdentityQdq, diagnose_float_node
@@ -109,7 +110,7 @@ def quantize_static_optimized(
             op_types_to_quantize=op_types, per_channel=per_channel, reduce_range=reduce_range,
             activation_type=activation_type, weight_type=weight_type,
             nodes_to_exclude=nodes_to_exclude or [], calibrate_method=calibrate_method,
-            use_external_data_format=summary.size_in_bytes > _PROTOBUF_LIMIT,
+            use_external_data_format=model_io.is_large(src),
             extra_options=opts,
         )
         summary.passes.append("quantize_static(QDQ)")
