@@ -66,3 +66,44 @@ def test_planted_outlier_samples_no_longer_destroy_static_quantization(tmp_path:
     assert any("robust activation ranges" in n and "tensor(s)" in n for n in res.notes), res.notes
     x = np.random.default_rng(5).normal(0, 1, (32, 1, 16)).astype(np.float32)   # ordinary inputs
     assert _sqnr(model, robust, x) >= _sqnr(model, plain, x) + 10.0
+
+
+def test_in_graph_extrema_equal_the_exposed_tensors_and_follow_their_producers(tmp_path: Path) -> None:
+    """Min/max reduced inside the graph (what range estimation runs) equal those of the exposed
+    tensors, and each reduction runs right after its producer, so activations are not kept alive."""
+    import onnx
+
+    from edgequant.algorithms.ranges import robust_ranges
+    from edgequant.devices import analysis_cpu, local_cpu
+    from edgequant.qdq.graph import expose_reduced, expose_tensors
+
+    model = mlp(tmp_path / "m.onnx", layers=3, width=16, classes=8)
+    x = np.random.default_rng(2).normal(0, 1, (6, 1, 16)).astype(np.float32)
+    samples = [{"x": xi} for xi in x]
+    names = expose_tensors(model, tmp_path / "t.onnx")
+    extrema = expose_reduced(model, tmp_path / "e.onnx")
+    assert set(extrema) == set(names) and len(names) >= 6
+    full = local_cpu().outputs([tmp_path / "t.onnx"], samples).outputs[0]
+    ranges = robust_ranges(model, samples, analysis_cpu())
+    for name in names:
+        r = ranges.ranges[name]
+        assert (r.global_rmin, r.global_rmax) == (float(full[name].min()), float(full[name].max())), name
+
+    nodes = list(onnx.load(str(tmp_path / "e.onnx")).graph.node)
+    position = {o: i for i, n in enumerate(nodes) for o in n.output}
+    for name, (lo, hi) in extrema.items():
+        before = position.get(name, -1)               # -1: a graph input
+        assert {position[lo], position[hi]} == {before + 1, before + 2}, name
+
+
+def test_analysis_sessions_run_without_arena_in_priority_order() -> None:
+    from edgequant.devices import analysis_cpu
+    from edgequant.measure.session import SessionConfig, session_options
+
+    cfg = analysis_cpu(SessionConfig(intra_op_threads=1)).session
+    assert cfg.intra_op_threads == 1 and not cfg.enable_mem_arena and cfg.execution_order == "priority"
+    import onnxruntime as ort
+
+    assert session_options(cfg).execution_order == ort.ExecutionOrder.PRIORITY_BASED
+    with pytest.raises(Exception, match="execution order"):
+        SessionConfig(execution_order="random")

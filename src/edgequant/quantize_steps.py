@@ -21,9 +21,9 @@ def range_overrides(src: Path, config: QuantizeConfig, calibration, notes: list[
     if config.quant_format != "qdq" or not (mse or (config.robust_ranges and config.calib_method == "minmax")):
         return {}
     from .algorithms.ranges import robust_ranges
-    from .devices import local_cpu
+    from .devices import analysis_cpu
 
-    result = robust_ranges(src, calibration, local_cpu())
+    result = robust_ranges(src, calibration, analysis_cpu())
     if config.robust_ranges:
         notes.append(result.describe())
     if not mse:
@@ -33,7 +33,7 @@ def range_overrides(src: Path, config: QuantizeConfig, calibration, notes: list[
     base = {t: (r.rmin, r.rmax) if config.robust_ranges else (r.global_rmin, r.global_rmax)
             for t, r in result.ranges.items()}
     act = "uint8" if config.activations_to_uint8 else config.activation_type
-    searched = search_ranges(src, calibration, local_cpu(), base, activation_type=act,
+    searched = search_ranges(src, calibration, analysis_cpu(), base, activation_type=act,
                              symmetric=config.activation_symmetric)
     notes.append(searched.describe())
     return searched.overrides({t: (r.global_rmin, r.global_rmax) for t, r in result.ranges.items()})
@@ -43,21 +43,21 @@ def equalize(prepared: Path, config: QuantizeConfig, calibration, notes: list[st
     """:mod:`edgequant.algorithms.equalization` on the prepared FP32 graph (BatchNorm already folded),
     its output change measured on the first calibration samples."""
     from .algorithms.equalization import equalize_file
-    from .devices import local_cpu
+    from .devices import analysis_cpu
 
     out = prepared.with_name("equalized.onnx")
     notes.append(equalize_file(prepared, out, relu6=config.equalize_relu6, samples=calibration,
-                               device=local_cpu()).describe())
+                               device=analysis_cpu()).describe())
     return out
 
 
 def smooth(prepared: Path, calibration, notes: list[str]) -> Path:
     """:mod:`edgequant.algorithms.smoothquant` on the prepared FP32 graph."""
     from .algorithms.smoothquant import smooth_file
-    from .devices import local_cpu
+    from .devices import analysis_cpu
 
     out = prepared.with_name("smoothed.onnx")
-    notes.append(smooth_file(prepared, out, calibration, local_cpu()).describe())
+    notes.append(smooth_file(prepared, out, calibration, analysis_cpu()).describe())
     return out
 
 
@@ -66,11 +66,11 @@ def histogram_overrides(src: Path, config: QuantizeConfig, calibration, notes: l
     """``TensorQuantOverrides`` rmin/rmax of every activation from :mod:`edgequant.algorithms.histogram`:
     onnxruntime's HistogramCalibrater keeps every intermediate tensor of every sample (GBs)."""
     from .algorithms.histogram import histogram_ranges
-    from .devices import local_cpu
+    from .devices import analysis_cpu
     from .measure.session import SessionConfig
 
     # graph optimization off, as ORT's calibrator runs it: every tensor is the float graph's own
-    device = local_cpu(SessionConfig(graph_optimization="disable"))
+    device = analysis_cpu(SessionConfig(graph_optimization="disable"))
     symmetric = bool(config.extra_options.get("CalibTensorRangeSymmetric", True))  # ORT's percentile default
     result = histogram_ranges(src, calibration, device, config.calib_method, percentile=config.calib_percentile,
                               symmetric=symmetric, on_sample=on_sample)
@@ -112,10 +112,10 @@ def as_ort_adjusts(model: onnx.ModelProto, config: QuantizeConfig, overrides: di
 def correct_biases(prepared: Path, qdq: Path, calibration, notes: list[str]) -> Path:
     """:mod:`edgequant.algorithms.bias_correction` on the freshly quantized model."""
     from .algorithms.bias_correction import correct_biases
-    from .devices import local_cpu
+    from .devices import analysis_cpu
 
     out = qdq.with_name("bias_corrected.onnx")
-    notes.append(correct_biases(prepared, qdq, out, calibration, local_cpu()).describe())
+    notes.append(correct_biases(prepared, qdq, out, calibration, analysis_cpu()).describe())
     return out
 
 

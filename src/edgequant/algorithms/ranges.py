@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..qdq.graph import expose_tensors
+from ..qdq.graph import expose_reduced
 
 DESCRIPTION = ("robust activation ranges: where a few calibration samples stretch a tensor's range, the "
                "90th percentile of per-sample extremes sets it and those samples saturate")
@@ -108,15 +108,15 @@ def robust_ranges(model_path: str | Path, samples: Iterable[Any], device: Any, *
     per_hi: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="edgequant-ranges-") as tmp:
         exposed = Path(tmp) / "exposed.onnx"
-        names = expose_tensors(Path(model_path), exposed, tensors)
+        extrema = expose_reduced(Path(model_path), exposed, tensors)
+        outputs = [o for pair in extrema.values() for o in pair]
         count = 0
-        for (values,), _label in device.iter_outputs([exposed], samples, outputs=[names]):
-            for name, arr in values.items():
-                a = np.asarray(arr)
-                if a.size == 0 or not np.issubdtype(a.dtype, np.floating):
-                    continue
-                per_lo.setdefault(name, []).append(float(a.min()))
-                per_hi.setdefault(name, []).append(float(a.max()))
+        for (values,), _label in device.iter_outputs([exposed], samples, outputs=[outputs]):
+            for name, (lo_name, hi_name) in extrema.items():
+                lo, hi = float(np.asarray(values[lo_name])), float(np.asarray(values[hi_name]))
+                if np.isfinite(lo) and np.isfinite(hi):       # an empty tensor reduces to +-inf
+                    per_lo.setdefault(name, []).append(lo)
+                    per_hi.setdefault(name, []).append(hi)
             count += 1
     result = RobustRanges(samples=count)
     for name in per_lo:

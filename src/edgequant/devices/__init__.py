@@ -15,7 +15,7 @@ from typing import Any
 
 _EXPORTS = {
     "Device": "base", "DeviceFacts": "base",
-    "CpuDevice": "cpu", "local_cpu": "cpu",
+    "CpuDevice": "cpu", "local_cpu": "cpu", "analysis_cpu": "cpu",
     "get_device": "registry", "list_devices": "registry", "resolve_device": "registry", "DEVICE_NAMES": "registry",
 }
 __all__ = sorted(_EXPORTS)

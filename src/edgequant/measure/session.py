@@ -24,6 +24,10 @@ EXECUTION_MODES: dict[str, ort.ExecutionMode] = {
     "sequential": ort.ExecutionMode.ORT_SEQUENTIAL,
     "parallel": ort.ExecutionMode.ORT_PARALLEL,
 }
+EXECUTION_ORDERS: dict[str, ort.ExecutionOrder] = {
+    "default": ort.ExecutionOrder.DEFAULT,
+    "priority": ort.ExecutionOrder.PRIORITY_BASED,
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class SessionConfig:
     enable_mem_pattern: bool = True
     execution_mode: str = "sequential"       # sequential | parallel
     allow_spinning: bool | None = None       # None: ORT default (spin)
+    execution_order: str = "default"         # default | priority (the order nodes are run in)
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     config_entries: dict[str, str] = field(default_factory=dict)
 
@@ -47,6 +52,9 @@ class SessionConfig:
         if self.execution_mode not in EXECUTION_MODES:
             raise EdgequantError(f"unknown execution mode {self.execution_mode!r}; "
                                  f"expected one of {', '.join(EXECUTION_MODES)}")
+        if self.execution_order not in EXECUTION_ORDERS:
+            raise EdgequantError(f"unknown execution order {self.execution_order!r}; "
+                                 f"expected one of {', '.join(EXECUTION_ORDERS)}")
         for name in ("intra_op_threads", "inter_op_threads"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
@@ -83,6 +91,7 @@ def session_options(cfg: SessionConfig) -> ort.SessionOptions:
     so.enable_cpu_mem_arena = cfg.enable_mem_arena
     so.enable_mem_pattern = cfg.enable_mem_pattern
     so.execution_mode = EXECUTION_MODES[cfg.execution_mode]
+    so.execution_order = EXECUTION_ORDERS[cfg.execution_order]
     so.log_severity_level = 4  # fatal only: a failure reaches the user as our one-line error
     if cfg.allow_spinning is not None:
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if cfg.allow_spinning else "0")

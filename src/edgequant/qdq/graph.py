@@ -80,27 +80,70 @@ def float_tensors(model: onnx.ModelProto) -> set[str]:
     return names - inits
 
 
-def expose_tensors(model_path: Path, out_path: Path, wanted: Iterable[str] | None = None) -> list[str]:
-    """Write a copy of the model whose graph outputs include every float activation; returns them.
-
-    External-data weights are never loaded: they are copied beside the copy (models over 2 GiB
-    cannot be serialized as one protobuf)."""
-    from edgequant import model as model_io
-
-    model = onnx.load(str(model_path), load_external_data=False)
+def _exposable(model: onnx.ModelProto, wanted: Iterable[str] | None) -> list[str]:
+    """The float activations of ``model`` (those in ``wanted``) that a node or the graph input produces."""
     available = float_tensors(model)
     produced = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
     names = sorted((available & set(wanted)) if wanted is not None else available)
-    names = [n for n in names if n in produced]
-    existing = {o.name for o in model.graph.output}
-    for name in names:
-        if name not in existing:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return [n for n in names if n in produced]
+
+
+def _save_beside(model: onnx.ModelProto, out_path: Path, model_path: Path) -> None:
+    """External-data weights are never loaded: they are referenced from the copy (models over 2 GiB
+    cannot be serialized as one protobuf)."""
+    from edgequant import model as model_io
+
     if model_io.external_locations(model):
         model_io.save_referencing(model, out_path, model_path)
     else:
         onnx.save(model, str(out_path))
+
+
+def expose_tensors(model_path: Path, out_path: Path, wanted: Iterable[str] | None = None) -> list[str]:
+    """Write a copy of the model whose graph outputs include every float activation; returns them."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    names = _exposable(model, wanted)
+    existing = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in existing:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    _save_beside(model, out_path, model_path)
     return names
+
+
+_REDUCTIONS = {"ReduceMin": (onnx.TensorProto.FLOAT, {"keepdims": 0}),
+               "ReduceMax": (onnx.TensorProto.FLOAT, {"keepdims": 0}),
+               "Size": (onnx.TensorProto.INT64, {})}
+
+
+def expose_reduced(model_path: Path, out_path: Path, wanted: Iterable[str] | None = None,
+                   ops: tuple[str, ...] = ("ReduceMin", "ReduceMax")) -> dict[str, tuple[str, ...]]:
+    """Write a copy of the model that outputs, per float activation, each of ``ops`` (ReduceMin,
+    ReduceMax, Size) applied to it inside the graph; returns tensor -> one output name per op.
+
+    Scalars are all that range estimation (per-sample extrema) or sizing needs: exposing the tensors
+    themselves makes onnxruntime keep every activation of a sample alive at once (hundreds of MB on a
+    text recognizer), where in-graph reductions leave the buffers to be reused as in inference."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    out: dict[str, tuple[str, ...]] = {}
+    reductions: dict[str, list[onnx.NodeProto]] = {}
+    for i, name in enumerate(_exposable(model, wanted)):
+        names = tuple(f"edgequant_{op.lower()}_{i}" for op in ops)
+        reductions[name] = [onnx.helper.make_node(op, [name], [o], name=o, **_REDUCTIONS[op][1])
+                            for op, o in zip(ops, names)]
+        model.graph.output.extend(onnx.helper.make_tensor_value_info(o, _REDUCTIONS[op][0], None)
+                                  for op, o in zip(ops, names))
+        out[name] = names
+    # each reduction right after its producer: reductions left at the end of the node list would
+    # keep every activation alive until then
+    nodes = [r for i in model.graph.input for r in reductions.get(i.name, [])]
+    for n in model.graph.node:
+        nodes.append(n)
+        nodes.extend(r for o in n.output for r in reductions.get(o, []))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    _save_beside(model, out_path, model_path)
+    return out
 
 
 def dequantize_constant(dq: onnx.NodeProto, idx: GraphIndex) -> np.ndarray | None:
