@@ -88,9 +88,25 @@ def prepare(model_path: Path, work: Path, *, mode: str = "static", per_channel: 
     return out
 
 
+def _import_ort_tools_without_torch() -> None:
+    """``quant_pre_process`` imports ``onnxruntime.tools``, which imports torch whenever it is
+    installed (``edgequant[qat]``) only to offer a PyTorch export helper: ~170 MB and seconds in every
+    quantizing process. Import it once with torch hidden, unless this process already uses torch."""
+    import sys
+
+    if "torch" in sys.modules or "onnxruntime.tools" in sys.modules:
+        return
+    sys.modules["torch"] = None          # find_spec("torch") -> None: onnxruntime.tools skips the helper
+    try:
+        import onnxruntime.tools  # noqa: F401
+    finally:
+        del sys.modules["torch"]
+
+
 def preprocess(src: Path, dst: Path, passes: list[str], warnings: list[str], *, optimize: bool = True) -> Path:
     """``quant_pre_process`` into ``dst``, retrying without symbolic shape inference; ``src``
     itself when both fail. ``optimize=False`` skips ORT's graph optimization."""
+    _import_ort_tools_without_torch()
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     attempts = [("quant_pre_process", {}),
