@@ -109,3 +109,21 @@ def test_memory_does_not_grow_with_the_sample_count() -> None:
 
     few, many = retained(4), retained(64)
     assert many < few + 64 * 2**10, (few, many)
+
+
+def test_analysis_in_several_passes_equals_one_pass(sensitive, tmp_path: Path, monkeypatch) -> None:
+    """Activations are exposed a few at a time (memory bound): the report must not depend on it."""
+    import edgequant.sensitivity as sens
+
+    model, calib, _ = sensitive
+    qdq, src = _static(model, calib, tmp_path / "static.onnx")
+    one = analyze_model(model, qdq, src, target="x86-avx2", limit=8)
+    groups: list[int] = []
+    real = sens._tensor_groups
+    monkeypatch.setattr(sens, "PASS_BYTES", 1)               # one tensor per pass
+    monkeypatch.setattr(sens, "_tensor_groups", lambda *a: groups.append(len(g := real(*a))) or g)
+    many = analyze_model(model, qdq, src, target="x86-avx2", limit=8)
+    assert groups and groups[0] >= 4 and many.samples == one.samples == 8
+    assert [(n.name, round(n.output_sqnr_db, 6), round(n.drop_db, 6), n.cause) for n in many.nodes] == \
+        [(n.name, round(n.output_sqnr_db, 6), round(n.drop_db, 6), n.cause) for n in one.nodes]
+    assert many.to_dict()["flagged_tensors"] == one.to_dict()["flagged_tensors"]

@@ -29,7 +29,7 @@ from onnx import numpy_helper
 
 from .algorithms.histogram import StreamingHistogram
 from .errors import EdgequantError
-from .qdq.graph import GraphIndex, dequantize_constant, expose_tensors, float_tensors
+from .qdq.graph import GraphIndex, dequantize_constant, expose_reduced, expose_tensors, float_tensors
 
 DQ_SUFFIX = "_DequantizeLinear_Output"
 Q_INPUT_SUFFIX = "_QuantizeLinear_Input"
@@ -39,6 +39,7 @@ COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Attention",
 SQNR_CAP_DB = 100.0             # "no measurable error" (also the input SQNR of an unquantized graph input)
 OUTLIER_RATIO_FLAG = 16.0       # absmax / p99.9(|x|): 8-bit leaves <= 16 levels for 99.9% of the values
 CHANNEL_SPREAD_FLAG = 64.0      # max / median per-channel absmax: the median channel gets <= 4 levels
+PASS_BYTES = 64 << 20           # activations exposed per pass over the samples (x3: FP32, QDQ, raw)
 HIST_BINS = 4096                # |x| histogram per tensor (32 KB): p99.9 within 1/1024 of the range
 
 
@@ -125,10 +126,10 @@ class SensitivityReport:
 
 def _device(threads: int):
     """The CPU device with graph optimization off: every intermediate tensor stays observable."""
-    from .devices import local_cpu
+    from .devices import analysis_cpu
     from .measure.session import SessionConfig
 
-    return local_cpu(SessionConfig(graph_optimization="disable", intra_op_threads=threads))
+    return analysis_cpu(SessionConfig(graph_optimization="disable", intra_op_threads=threads))
 
 
 def _weights_of(qdq: onnx.ModelProto, float_model: onnx.ModelProto) -> dict[str, float]:
@@ -312,21 +313,28 @@ def analyze(float_model: str | Path, qdq_model: str | Path, samples: Iterable[An
     # the value a node produced before its output was quantized (e.g. "g" or "y_QuantizeLinear_Input")
     raw_for = {base_tensor(o): o for n in qproto.graph.node if n.op_type not in QDQ_OPS for o in n.output
                if base_tensor(o) in quantized_tensors and o != q_for.get(base_tensor(o))}
+    device = _device(threads)
+    acc: dict[str, _Acc] = {}
+    count = 0
     with tempfile.TemporaryDirectory(prefix="edgequant-sens-") as tmp:
         f_aug, q_aug = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx"
-        f_names = expose_tensors(float_model, f_aug, wanted_base)
-        q_names = expose_tensors(qdq_model, q_aug, set(q_for.values()) | set(raw_for.values()))
-        acc: dict[str, _Acc] = {t: _Acc() for t in f_names}
-        count = 0
-        runs = _device(threads).iter_outputs([f_aug, q_aug], itertools.islice(samples, limit),
-                                             outputs=[f_names, q_names])
-        for (fvals, qvals), _label in runs:
-            for t, ref in fvals.items():
-                cand = qvals.get(q_for.get(t, ""))
-                raw = qvals.get(raw_for.get(t, ""))
-                acc[t].add(np.asarray(ref), None if cand is None else np.asarray(cand),
-                           ranges=t in quantized_tensors, raw=None if raw is None else np.asarray(raw))
-            count += 1
+        # a few tensors at a time (one pass over the samples each): every activation of both graphs
+        # at once is GBs on a text recognizer, and peak memory should not grow with the model
+        for group in _tensor_groups(float_model, wanted_base, samples, device, Path(tmp) / "sizes.onnx"):
+            f_names = expose_tensors(float_model, f_aug, group)
+            q_names = expose_tensors(qdq_model, q_aug, {m[t] for m in (q_for, raw_for) for t in group if t in m})
+            acc.update({t: _Acc() for t in f_names})
+            passed = 0
+            for (fvals, qvals), _label in device.iter_outputs([f_aug, q_aug], itertools.islice(samples, limit),
+                                                               outputs=[f_names, q_names]):
+                for t, ref in fvals.items():
+                    cand = qvals.get(q_for.get(t, ""))
+                    raw = qvals.get(raw_for.get(t, ""))
+                    acc[t].add(np.asarray(ref), None if cand is None else np.asarray(cand),
+                               ranges=t in quantized_tensors, raw=None if raw is None else np.asarray(raw))
+                passed += 1
+                del fvals, qvals
+            count = passed
     if count == 0:
         raise EdgequantError(f"{float_model}: no calibration samples for the sensitivity analysis")
     tensors = _tensor_ranges(acc, quantized_tensors, graph_outputs)
@@ -337,6 +345,31 @@ def analyze(float_model: str | Path, qdq_model: str | Path, samples: Iterable[An
     if missing:
         notes.append(f"{len(missing)} tensors of the QDQ graph have no FP32 counterpart (renamed by pre-processing)")
     return SensitivityReport(ranked, tensors, count, str(float_model), str(qdq_model), notes)
+
+
+def _tensor_groups(float_model: Path, wanted: set[str], samples: Iterable[Any], device, sized: Path,
+                   ) -> list[list[str]]:
+    """``wanted`` tensors of ``float_model`` in graph order, grouped so each group's activations on
+    the first sample (sized in-graph) hold about ``PASS_BYTES``."""
+    sizes = expose_reduced(float_model, sized, wanted, ops=("Size",))
+    nodes = onnx.load(str(float_model), load_external_data=False).graph.node
+    order = {o: i for i, n in enumerate(nodes) for o in n.output}
+    names = sorted(sizes, key=lambda t: order.get(t, -1))
+    first = next(iter(device.iter_outputs([sized], itertools.islice(samples, 1),
+                                          outputs=[[sizes[t][0] for t in names]])), None)
+    if first is None:
+        return [names]
+    (values,), _ = first
+    groups: list[list[str]] = [[]]
+    held = 0
+    for t in names:
+        nbytes = 4 * int(np.asarray(values[sizes[t][0]]))
+        if groups[-1] and held + nbytes > PASS_BYTES:
+            groups.append([])
+            held = 0
+        groups[-1].append(t)
+        held += nbytes
+    return groups
 
 
 def _tensor_ranges(acc: Mapping[str, _Acc], quantized: set[str], graph_outputs: set[str]) -> dict[str, TensorRange]:
