@@ -245,7 +245,7 @@ def test_cli_qat_writes_model_and_record(net_files, tmp_path: Path) -> None:
     rec = json.loads((out / "qat.json").read_text())
     assert (out / "model.int8.onnx").is_file() and (out / "model.ptq.onnx").is_file()
     assert rec["epochs_run"] == 2 and len(rec["loss_curve"]) == 3 and rec["holdout_samples"] == 8
-    assert all(v["max_steps"] <= 1.0001 for v in rec["export_check"].values())
+    assert all(v["max_steps"] <= 1.0001 and v["within_one_step"] == 1.0 for v in rec["export_check"].values())
     assert set(rec["fidelity"]) == {"ptq", "qat"}
     # a second run refuses to replace the model without --force
     assert main(["qat", str(model), "--calib", str(calib), "--epochs", "1", "-o", str(out)]) == 1

@@ -67,12 +67,14 @@ def qat(model: Path, calib: str, eval_spec: str | None, out: Path | None, target
     fid = record["fidelity"]
     console.print(f"trained {record['epochs_run']} epoch(s), {record['steps']} steps in {record['train_time_s']:.0f}s "
                   f"({record['stopped_by']}); kept epoch {record['best_epoch']}")
-    console.print(f"SQNR vs FP32 on {record['judged_on']}: PTQ {fid['ptq']['sqnr_db']:.2f} dB -> "
-                  f"QAT {fid['qat']['sqnr_db']:.2f} dB (worst output)")
+    for name, before in fid["ptq"]["per_output_sqnr_db"].items():
+        console.print(f"SQNR vs FP32 of {name} on {record['judged_on']}: PTQ {before:.2f} dB -> "
+                      f"QAT {fid['qat']['per_output_sqnr_db'][name]:.2f} dB")
     if record["accuracy"]:
         acc = record["accuracy"]
         console.print(f"{acc['qat']['metric']}: PTQ {_fmt(acc['ptq'])} -> QAT {_fmt(acc['qat'])}")
-    worst = max((v["max_steps"] for v in record["export_check"].values() if v["max_steps"] is not None), default=None)
-    if worst is not None:
-        console.print(f"export check: onnxruntime vs torch fake-quant within {worst:.3g} output step(s)")
+    for name, v in record["export_check"].items():
+        if v["max_steps"] is not None:
+            console.print(f"export check {name}: onnxruntime vs torch fake-quant: {v['within_one_step']:.2%} of "
+                          f"values within one output step, at most {v['max_steps']:.3g} step(s)")
     console.print(f"wrote {record['files']['qat']} and {out / 'qat.json'}")
