@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev,dms,qnn,ray]"
+	$(BIN)/python -m pip install -q -e ".[dev,dms,qnn,ray,qat]"
 	touch $(STAMP)
 
 install: $(STAMP)

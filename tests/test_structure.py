@@ -48,7 +48,7 @@ IMPORTS = {name: _imports(name, path) for name, path in MODULES.items()}
 
 # layer -> what it must never import (a prefix match on edgequant.X)
 UPPER = ["edgequant.cli", "edgequant.api", "edgequant.scaleout", "edgequant.fleet", "edgequant.tune",
-         "edgequant.pipeline"]
+         "edgequant.pipeline", "edgequant.qat"]
 FORBIDDEN = {
     "edgequant.measure": [*UPPER, "edgequant.devices", "edgequant.qdq", "edgequant.quantize", "edgequant.sensitivity"],
     "edgequant.data": [*UPPER, "edgequant.devices", "edgequant.qdq", "edgequant.quantize", "edgequant.measure"],
@@ -58,6 +58,8 @@ FORBIDDEN = {
     "edgequant.quantize": UPPER,
     "edgequant.verdict": [*UPPER, "edgequant.devices"],
     "edgequant.fleet": ["edgequant.cli", "edgequant.api", "edgequant.scaleout"],
+    # beside tune: builds on quantize/qdq/devices/measure/data/model; cli and api call it
+    "edgequant.qat": [u for u in UPPER if u != "edgequant.qat"],
     "edgequant.scaleout": ["edgequant.cli", "edgequant.api"],
 }
 
@@ -82,16 +84,24 @@ def test_modules_stay_small() -> None:
     assert long == []
 
 
+def _imports_top(path: Path, package: str) -> bool:
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == package for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == package:
+            return True
+    return False
+
+
 def test_only_scaleout_imports_ray() -> None:
     """Without --ray nothing imports Ray (it is an optional extra, and slow to import)."""
-    def imports_ray(path: Path) -> bool:
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "ray" for a in node.names):
-                return True
-            if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "ray":
-                return True
-        return False
-
     allowed = ("edgequant.scaleout", "edgequant.devices._ray", "edgequant.devices.ray_node")
-    offenders = sorted(name for name, p in MODULES.items() if imports_ray(p) and not name.startswith(allowed))
+    offenders = sorted(name for name, p in MODULES.items() if _imports_top(p, "ray") and not name.startswith(allowed))
+    assert offenders == []
+
+
+def test_only_qat_imports_torch() -> None:
+    """torch is the optional qat extra: nothing else may import it."""
+    offenders = sorted(name for name, p in MODULES.items()
+                       if _imports_top(p, "torch") and not name.startswith("edgequant.qat"))
     assert offenders == []

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from .tune import TuneOptions
 
 __all__ = [
-    "doctor", "devices", "setup_device", "SETUP_DEVICES", "inspect", "export_context", "quantize", "bench", "evaluate", "run", "tune", "fleet", "fleet_entries",
+    "doctor", "devices", "setup_device", "SETUP_DEVICES", "inspect", "export_context", "quantize", "bench", "evaluate", "run", "tune", "qat", "fleet", "fleet_entries",
     "ModelFacts", "TensorFacts", "EvalResult", "FileRef", "BenchReport", "BenchModel", "BenchInput",
     "ThreadRun", "MemoryBaseline", "FleetResult", "Fidelity", "Budget", "RunOptions", "TuneOptions", "SessionConfig",
     "Preprocess", "QuantizeConfig", "QuantizeResult", "make_config", "DEFAULT_THREADS", "DEFAULT_INPUT",
@@ -395,6 +395,23 @@ def tune(model: str | Path, out_dir: str | Path, *, calib: str, eval: str | None
 
         options = replace(options, quantizer=ray_quantize_batch(ray, max_concurrency=options.workers))
     return run_tune(model, out_dir, calib=calib, eval_spec=eval, options=options, progress=progress)
+
+
+def qat(model: str | Path, out_dir: str | Path, *, calib: str, eval: str | None = None, target: str = "auto",
+        per_channel: bool | None = None, epochs: int = 10, time_budget_min: float | None = None,
+        metric: str | None = None, preprocess: Preprocess | str | None = None, calib_limit: int | None = None,
+        eval_limit: int | None = None, lr: float = 1e-2, batch_size: int = 8, threads: int = 0,
+        force: bool = False, progress: Progress | None = None) -> dict:
+    """Quantization-aware training from the ONNX file (needs ``edgequant[qat]``): the target's static
+    QDQ model, trained by distillation from ``model``'s FP32 outputs on the ``calib`` samples (no
+    labels), exported to ``out_dir``/model.int8.onnx; returns the qat.json record (loss curve,
+    fidelity and ``metric`` before/after on ``eval``, or on a held-out part of ``calib``)."""
+    from .qat import train_qat
+
+    return train_qat(model, out_dir, calib=calib, eval=eval, target=target, per_channel=per_channel, epochs=epochs,
+                     time_budget_min=time_budget_min, metric=metric, preprocess=_preprocess(preprocess),
+                     calib_limit=calib_limit, eval_limit=eval_limit, lr=lr, batch_size=batch_size, threads=threads,
+                     force=force, progress=progress)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ def _register() -> None:
     import importlib
 
     for name in ("doctor", "devices_cmd", "inspect_cmd", "quantize_cmd", "bench_cmd", "eval_cmd", "run_cmd",
-                 "tune_cmd", "fleet_cmd"):
+                 "tune_cmd", "qat_cmd", "fleet_cmd"):
         try:
             importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as exc:
