@@ -20,6 +20,7 @@ from .fsutil import refuse_overwrite, scratch_cwd
 from .qdq.prepare import prepare
 from .quiet import quiet_logging
 from .quantize_steps import (
+    adaround,
     correct_biases,
     equalize,
     histogram_overrides,
@@ -60,6 +61,7 @@ def make_config(
     equalize: bool = False,
     equalize_relu6: bool = False,
     smooth_quant: bool = False,
+    adaround: bool = False,
     extra_options: dict | None = None,
 ) -> QuantizeConfig:
     """Target rule defaults, overridden by whatever the caller set explicitly (None = rule)."""
@@ -77,8 +79,10 @@ def make_config(
         raise EdgequantError(f"calibration percentile must be in (0, 100], got {calib_percentile:g}")
     if rule.name == "qnn" and fmt != "qdq":
         raise EdgequantError("target qnn needs --format qdq (QNN HTP consumes QDQ graphs)")
-    if mode == "dynamic" and (equalize or equalize_relu6 or smooth_quant or calib_method == "mse"):
-        raise EdgequantError("--equalize, --smooth-quant and --calib-method mse need --mode static")
+    if mode == "dynamic" and (equalize or equalize_relu6 or smooth_quant or adaround or calib_method == "mse"):
+        raise EdgequantError("--equalize, --smooth-quant, --adaround and --calib-method mse need --mode static")
+    if mode == "static" and adaround and fmt != "qdq":
+        raise EdgequantError("--adaround needs --format qdq (it rewrites the QDQ model's integer weights)")
     if mode == "static" and calib_method == "mse" and fmt != "qdq":
         raise EdgequantError("--calib-method mse needs --format qdq (its ranges are QDQ tensor overrides)")
     if mode == "static" and act in ("uint16", "int16") and fmt == "qoperator":
@@ -97,7 +101,7 @@ def make_config(
         exclude=tuple(exclude), weight_symmetric=rule.weight_symmetric, calib_limit=calib_limit,
         fuse_transformer=fuse_transformer, robust_ranges=robust_ranges, bias_correction=bias_correction,
         equalize=equalize or equalize_relu6, equalize_relu6=equalize_relu6, smooth_quant=smooth_quant,
-        extra_options=dict(extra_options or {}))
+        adaround=adaround, extra_options=dict(extra_options or {}))
 
 
 @dataclass
@@ -350,6 +354,8 @@ def quantize_model(
                         prepared = smooth(prepared, calibration, notes)
                     reader = calibration_reader(calibration, on_sample=on_calib_sample)
                     _run_static(prepared, raw_out, config, reader, notes, calibration, on_calib_sample)
+                    if config.adaround and config.quant_format == "qdq":   # before: bias correction sees its rounding
+                        raw_out = adaround(prepared, raw_out, calibration, notes)
                     if config.bias_correction and config.quant_format == "qdq":
                         raw_out = correct_biases(prepared, raw_out, calibration, notes)
         except EdgequantError:

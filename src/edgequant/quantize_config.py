@@ -43,6 +43,7 @@ class QuantizeConfig:
     equalize: bool = False                    # static: cross-layer equalization of Conv -> Conv pairs first
     equalize_relu6: bool = False              # ... also through Clip(0, 6), replaced by Relu (not exact)
     smooth_quant: bool = False                # static: migrate MatMul/Gemm input outlier channels into weights
+    adaround: bool = False                    # static QDQ: learned weight rounding (before bias correction)
     extra_options: dict = field(default_factory=dict)   # passed to onnxruntime's quantizer, and only there
 
     @property

@@ -1,7 +1,7 @@
 """The algorithm steps of static quantization, as :func:`edgequant.quantize.quantize_model` runs
 them: activation ranges handed to onnxruntime as ``TensorQuantOverrides`` (robust min/max, MSE
 search, streaming histograms), the FP32 graph passes before quantizing (equalization,
-SmoothQuant) and bias correction after. Each appends its one-line description to ``notes``."""
+SmoothQuant), learned rounding and bias correction after. Each appends its one-line description to ``notes``."""
 
 from __future__ import annotations
 
@@ -116,6 +116,16 @@ def correct_biases(prepared: Path, qdq: Path, calibration, notes: list[str]) -> 
 
     out = qdq.with_name("bias_corrected.onnx")
     notes.append(correct_biases(prepared, qdq, out, calibration, analysis_cpu()).describe())
+    return out
+
+
+def adaround(prepared: Path, qdq: Path, calibration, notes: list[str]) -> Path:
+    """:mod:`edgequant.algorithms.adaround` on the freshly quantized model."""
+    from .algorithms import adaround as algo
+    from .devices import local_cpu
+
+    out = qdq.with_name("adarounded.onnx")
+    notes.append(algo.adaround(prepared, qdq, out, calibration, local_cpu()).describe())
     return out
 
 

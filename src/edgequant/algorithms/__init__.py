@@ -3,4 +3,4 @@ in one line for the report): ``ranges`` (activation ranges robust to outlying ca
 samples), ``histogram`` (percentile/entropy/distribution ranges from streaming histograms, fixed
 memory), ``range_search`` (MSE range per activation), ``equalization`` (cross-layer
 equalization), ``smoothquant`` (outlier channels of MatMul/Gemm inputs into the weights),
-``bias_correction``. Learned rounding is still to come."""
+``bias_correction``, ``adaround`` (learned weight rounding)."""

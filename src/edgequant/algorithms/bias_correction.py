@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..qdq.graph import GraphIndex, dequantize_constant, expose_tensors
+from ..qdq.graph import GraphIndex, dequantize_constant, expose_tensors, float_source
 
 DESCRIPTION = ("bias correction: each layer's weight-rounding shift of its output mean (W_q - W times the "
                "mean input on calibration data) is folded into its bias")
@@ -63,7 +63,7 @@ def _layers(qdq: onnx.ModelProto, float_inits: dict[str, onnx.TensorProto]) -> l
     for n in qdq.graph.node:
         if n.op_type not in ("Conv", "Gemm") or len(n.input) < 3 or not n.input[2]:
             continue
-        wdq, bdq, xdq = (idx.producer.get(n.input[i]) for i in (1, 2, 0))
+        wdq, bdq = (idx.producer.get(n.input[i]) for i in (1, 2))
         if any(d is None or d.op_type != "DequantizeLinear" for d in (wdq, bdq)):
             continue
         if _const(bdq.input[0], inits) is None or _const(bdq.input[0], inits).dtype != np.int32:
@@ -76,11 +76,7 @@ def _layers(qdq: onnx.ModelProto, float_inits: dict[str, onnx.TensorProto]) -> l
         if n.op_type == "Gemm":
             trans_b = next((a.i for a in n.attribute if a.name == "transB"), 0)
             eps = eps if trans_b else eps.T                   # -> [out, in]
-        src = n.input[0]
-        if xdq is not None and xdq.op_type == "DequantizeLinear":
-            q = idx.producer.get(xdq.input[0])
-            src = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else src
-        out.append(_Layer(n.name, src.removesuffix("_QuantizeLinear_Input"), eps, bdq.input[0], bdq.input[1]))
+        out.append(_Layer(n.name, float_source(idx, n.input[0]), eps, bdq.input[0], bdq.input[1]))
     return out
 
 

@@ -146,6 +146,17 @@ def expose_reduced(model_path: Path, out_path: Path, wanted: Iterable[str] | Non
     return out
 
 
+def float_source(idx: GraphIndex, tensor: str) -> str:
+    """The FP32 graph's name of what a QDQ graph's node reads as ``tensor``: through
+    DequantizeLinear <- QuantizeLinear back to the quantized activation."""
+    src = tensor
+    dq = idx.producer.get(tensor)
+    if dq is not None and dq.op_type == "DequantizeLinear":
+        q = idx.producer.get(dq.input[0])
+        src = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else src
+    return src.removesuffix("_QuantizeLinear_Input")
+
+
 def dequantize_constant(dq: onnx.NodeProto, idx: GraphIndex) -> np.ndarray | None:
     """The float64 value of a DequantizeLinear whose input, scale and zero point are constants
     (per-tensor or per-channel along its ``axis``); None when any of them is not a constant."""

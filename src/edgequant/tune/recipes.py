@@ -41,6 +41,7 @@ class Recipe:
     equalize: bool = False                            # algorithms/: cross-layer equalization first
     bias_correction: bool = False                     # algorithms/: empirical bias correction after
     smooth_quant: bool = False                        # algorithms/: SmoothQuant migration first
+    adaround: bool = False                            # algorithms/: learned weight rounding after
     float_reasons: tuple[tuple[str, str], ...] = ()   # (node, why it is kept float / 16-bit)
 
     def _overrides(self, quant_type) -> dict:
@@ -64,7 +65,7 @@ class Recipe:
             calib_method=self.calib_method if static else "minmax",
             calib_percentile=self.calib_percentile, exclude=self.exclude, extra_options=extra,
             equalize=self.equalize and static, bias_correction=self.bias_correction and static,
-            smooth_quant=self.smooth_quant and static)
+            smooth_quant=self.smooth_quant and static, adaround=self.adaround and static)
 
     def to_dict(self, target: str) -> dict:
         """JSON-safe full configuration (what the report records and the cache hashes)."""
@@ -93,7 +94,8 @@ class Recipe:
         if self.uint8_weights:
             parts.append(f"uint8 weights: {', '.join(self.uint8_weights)}")
         parts += [label for flag, label in ((self.smooth_quant, "SmoothQuant"), (self.equalize, "equalized"),
-                                            (self.bias_correction, "bias-corrected")) if flag]
+                                            (self.adaround, "AdaRound"), (self.bias_correction, "bias-corrected"))
+                  if flag]
         return "; ".join(parts)
 
     def renamed(self, name: str, **changes) -> Recipe:
@@ -159,6 +161,22 @@ def algorithm_recipes(base: Recipe, model: onnx.ModelProto) -> list[Recipe]:
     if ops & {"MatMul", "Gemm"} and ops & {"LayerNormalization", "ReduceMean"}:
         out.append(variant("static-smoothquant", "outlier input channels of MatMul/Gemm migrated into the weights",
                            smooth_quant=True))
+    return out
+
+
+def rounding_recipes(base: Recipe) -> list[Recipe]:
+    """Learned rounding (AdaRound) on ``base``, then with bias correction too: slower to quantize
+    (it optimizes every layer's rounding), so tried only when the cheaper algorithms were not enough."""
+    if base.mode != "static":
+        return []
+
+    def variant(suffix: str, why: str, **changes) -> Recipe:
+        return replace(base, name=f"{base.name}+{suffix}", stage="learned rounding", why=why, adaround=True,
+                       **changes)
+
+    out = [variant("adaround", "weights rounded up or down to reconstruct each layer's FP32 output")]
+    if not base.bias_correction:
+        out.append(variant("adaround-bc", "learned rounding, then empirical bias correction", bias_correction=True))
     return out
 
 

@@ -8,7 +8,8 @@
 3. Static over budget: per-node sensitivity on the calibration data, then ``calibration``
    (percentile/entropy, U8U8 or reduce_range, per-channel) and ``ranges`` (16-bit or float for
    outlier-dominated tensors) variants, then ``algorithms`` (MSE ranges, cross-layer
-   equalization, bias correction, SmoothQuant: every layer still INT8).
+   equalization, bias correction, SmoothQuant: every layer still INT8), then ``learned rounding``
+   (AdaRound, with and without bias correction) on the best static recipe so far.
 4. Still over budget: ``fallback`` the most sensitive nodes of the best static recipe to float
    (16-bit where the target has no float path or float fallback is off) in growing groups
    (1, 2, 4, ...) until the budget holds, then bisect back so as few nodes as possible leave INT8.
@@ -34,6 +35,7 @@ from .recipes import (
     keeps_int8,
     placement_recipes,
     range_recipes,
+    rounding_recipes,
 )
 from .trials import Trial, TrialRunner
 
@@ -105,6 +107,9 @@ class Search:
         stage3 = self._try(algorithm_recipes(base, self.runner.fp32_model()))
         if any(t.within_budget for t in stage3):
             return self.state
+        stage4 = self._try(rounding_recipes(self._best_static_base()))   # slower: only when still needed
+        if any(t.within_budget for t in stage4):
+            return self.state
         if self.state.sensitivity is not None and self.state.sensitivity.nodes:
             if self.float_fallback or self.target == "qnn":
                 self._fallback(self._best_static_base(), self.state.sensitivity)
@@ -151,7 +156,7 @@ class Search:
 
     def _best_static_base(self) -> Recipe:
         family = [t for t in self.state.trials if t.ok and t.recipe.mode == "static"
-                  and t.recipe.stage in ("defaults", "placement", "calibration", "algorithms")
+                  and t.recipe.stage in ("defaults", "placement", "calibration", "algorithms", "learned rounding")
                   and t.recipe.activation_type is None]
         deployable = [t for t in family if not t.operators_on_cpu] or family
         best = max(deployable, key=quality_score)  # max keeps the first on ties: the target default
