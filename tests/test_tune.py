@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 
 from edgequant.cli import main
 from edgequant.pipeline import Budget, RunOptions
@@ -140,3 +142,20 @@ def test_cli_no_float_fallback_flag(sensitive, tmp_path: Path, capsys) -> None:
     report = json.loads((out / "report.json").read_text())
     assert report["tune"]["float_fallback"] is False
     assert not any(r["float_nodes"] for r in report["search_trace"])
+
+
+def test_qat_is_the_last_fully_int8_step_before_giving_up(sensitive, tmp_path: Path) -> None:
+    """--no-float-fallback on a model no post-training step fixes: tune trains a QAT candidate from
+    the best static recipe (the qat extra is installed by `make test`) and measures it like the rest."""
+    pytest.importorskip("torch")
+    model, calib, evals = sensitive
+    report = run_tune(model, tmp_path / "out", calib=str(calib), eval_spec=str(evals),
+                      options=_options(float_fallback=False, max_candidates=24, qat_minutes=1.0))
+    stages = [r["stage"] for r in report["search_trace"]]
+    assert "qat" in stages and stages.index("qat") > stages.index("learned rounding"), stages
+    qat = next(r for r in report["search_trace"] if r["stage"] == "qat")
+    assert not qat["outcome"].startswith("failed") and qat["fidelity"] is not None, qat["outcome"]
+    assert "QAT" in qat["recipe_summary"] and not qat["float_nodes"] and qat["recipe"]["qat_minutes"] == 1.0
+    static = next(r for r in report["search_trace"] if r["name"] == "static")
+    assert qat["fidelity"]["sqnr_db"] > static["fidelity"]["sqnr_db"] + 3.0, (qat["fidelity"], static["fidelity"])
+    _check_pick_is_honest(report)

@@ -107,9 +107,10 @@ def train_qat(model: str | Path, out_dir: str | Path, *, calib: str, eval: str |
               time_budget_min: float | None = None, metric: str | None = None, preprocess: Any = None,
               calib_limit: int | None = None, eval_limit: int | None = None, lr: float = 1e-2,
               batch_size: int = 8, seed: int = 0, threads: int = 0, force: bool = False,
-              progress: Callable[[str], None] | None = None, **quantize_overrides: Any) -> dict:
+              progress: Callable[[str], None] | None = None, config: Any = None, **quantize_overrides: Any) -> dict:
     """QAT of ``model``: writes ``out_dir``/model.int8.onnx (trained), model.ptq.onnx (where it
-    started) and qat.json (the record this returns)."""
+    started) and qat.json (the record this returns). ``config`` (a static QuantizeConfig, e.g. the
+    recipe tune found best) replaces the target defaults as the starting point."""
     require_torch()
     import torch
 
@@ -141,7 +142,11 @@ def train_qat(model: str | Path, out_dir: str | Path, *, calib: str, eval: str |
     say(f"reading calibration samples from {calib}")
     feeds, _ = _load(calib, proto, preprocess, calib_limit)
     eval_feeds, eval_labels = _load(eval, proto, preprocess, eval_limit) if eval else (None, None)
-    config = make_config("static", target, per_channel=per_channel, calib_limit=calib_limit, **quantize_overrides)
+    if config is None:
+        config = make_config("static", target, per_channel=per_channel, calib_limit=calib_limit, **quantize_overrides)
+    elif config.mode != "static" or config.equalize or config.smooth_quant:
+        raise EdgequantError("qat starts from a static recipe whose FP32 weights are the prepared model's "
+                             "(no equalization or SmoothQuant)")
     say(f"static PTQ for {config.target} ({'per-channel' if config.per_channel else 'per-tensor'} weights)")
     from ..data import open_source
 

@@ -57,6 +57,8 @@ class TuneOptions:
     sensitivity_samples: int = 16
     # None: the target decides (qnn: no float layers, 16-bit instead); False: fully INT8 or say so
     float_fallback: bool | None = None
+    # QAT (edgequant[qat]) when every post-training step missed the budget: training minutes, 0 = never
+    qat_minutes: float = 10.0
     # where candidates are quantized: None = here (up to 2 processes); tune --ray plugs in
     # edgequant.scaleout's Ray tasks (jobs, workers -> results)
     quantizer: Callable | None = None
@@ -144,13 +146,18 @@ def run_tune(model: str | Path, out_dir: str | Path, *, calib: str, eval_spec: s
                          eval_src, run.budget, device, timer, trial_runs=options.trial_runs,
                          trial_warmup=options.trial_warmup, workers=options.workers, progress=progress,
                          **({"quantize_batch": options.quantizer} if options.quantizer else {}))
+    from .qat_stage import QatTrainer, qat_available
+
+    if options.qat_minutes > 0 and qat_available():   # training is never timed: all cores
+        runner.qat_trainer = QatTrainer(model_path, target, runner.calib, progress=progress)
     deadline = started + 60.0 * options.time_budget_min if options.time_budget_min is not None else None
     from ..targets import resolve_target
 
     float_fallback = (resolve_target(target).float_fallback if options.float_fallback is None
                       else options.float_fallback)
     search = Search(runner, target, _analyzer(model_path, calib_src, options, target, progress),
-                    deadline=deadline, max_candidates=options.max_candidates, float_fallback=float_fallback)
+                    deadline=deadline, max_candidates=options.max_candidates, float_fallback=float_fallback,
+                    qat_minutes=options.qat_minutes)
     state = search.run()
     notes.extend(state.notes)
 

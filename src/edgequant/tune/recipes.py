@@ -42,6 +42,7 @@ class Recipe:
     bias_correction: bool = False                     # algorithms/: empirical bias correction after
     smooth_quant: bool = False                        # algorithms/: SmoothQuant migration first
     adaround: bool = False                            # algorithms/: learned weight rounding after
+    qat_minutes: float = 0.0                          # > 0: QAT (edgequant.qat) from this recipe's PTQ model
     float_reasons: tuple[tuple[str, str], ...] = ()   # (node, why it is kept float / 16-bit)
 
     def _overrides(self, quant_type) -> dict:
@@ -74,6 +75,8 @@ class Recipe:
         if INT16_KEY in extra:
             extra[INT16_KEY] = self._overrides(lambda name: "Q" + name.upper().replace("INT", "Int"))
         d["extra_options"] = extra
+        if self.qat_minutes:
+            d["qat_minutes"] = self.qat_minutes
         return d
 
     def summary(self, target: str) -> str:
@@ -96,6 +99,8 @@ class Recipe:
         parts += [label for flag, label in ((self.smooth_quant, "SmoothQuant"), (self.equalize, "equalized"),
                                             (self.adaround, "AdaRound"), (self.bias_correction, "bias-corrected"))
                   if flag]
+        if self.qat_minutes:
+            parts.append(f"QAT (distilled from FP32, up to {self.qat_minutes:g} min)")
         return "; ".join(parts)
 
     def renamed(self, name: str, **changes) -> Recipe:
@@ -178,6 +183,18 @@ def rounding_recipes(base: Recipe) -> list[Recipe]:
     if not base.bias_correction:
         out.append(variant("adaround-bc", "learned rounding, then empirical bias correction", bias_correction=True))
     return out
+
+
+def qat_recipe(base: Recipe, minutes: float) -> list[Recipe]:
+    """Quantization-aware training from ``base``'s PTQ model (:mod:`edgequant.qat`): the last fully
+    INT8 step. QAT relearns the weights from FP32, so the recipe keeps ``base``'s calibration, types
+    and 16-bit/uint8 tensors but none of the weight algorithms (equalization and SmoothQuant change the
+    FP32 weights QAT starts from; AdaRound and bias correction are what training replaces)."""
+    if base.mode != "static" or minutes <= 0:
+        return []
+    return [replace(base, name="static-qat", stage="qat", why="quantization-aware training, distilled from FP32 "
+                    "outputs on the calibration samples", equalize=False, smooth_quant=False, adaround=False,
+                    bias_correction=False, qat_minutes=minutes)]
 
 
 def placement_recipes(base: Recipe, operators_on_cpu: Sequence[str], model: onnx.ModelProto) -> list[Recipe]:

@@ -9,7 +9,8 @@
    (percentile/entropy, U8U8 or reduce_range, per-channel) and ``ranges`` (16-bit or float for
    outlier-dominated tensors) variants, then ``algorithms`` (MSE ranges, cross-layer
    equalization, bias correction, SmoothQuant: every layer still INT8), then ``learned rounding``
-   (AdaRound, with and without bias correction) on the best static recipe so far.
+   (AdaRound, with and without bias correction) on the best static recipe so far, then ``qat``
+   (quantization-aware training from that recipe's PTQ model, where torch is installed).
 4. Still over budget: ``fallback`` the most sensitive nodes of the best static recipe to float
    (16-bit where the target has no float path or float fallback is off) in growing groups
    (1, 2, 4, ...) until the budget holds, then bisect back so as few nodes as possible leave INT8.
@@ -35,6 +36,7 @@ from .recipes import (
     keeps_int8,
     placement_recipes,
     range_recipes,
+    qat_recipe,
     rounding_recipes,
 )
 from .trials import Trial, TrialRunner
@@ -69,6 +71,7 @@ class Search:
     deadline: float | None = None
     max_candidates: int = 20
     float_fallback: bool = True        # may layers be kept float? (False: fully INT8 or 16-bit only)
+    qat_minutes: float = 0.0           # QAT step's training time (needs runner.qat_trainer)
     state: SearchState = field(default_factory=SearchState)
 
     def _budget_left(self, n: int = 1) -> bool:
@@ -110,6 +113,8 @@ class Search:
         stage4 = self._try(rounding_recipes(self._best_static_base()))   # slower: only when still needed
         if any(t.within_budget for t in stage4):
             return self.state
+        if any(t.within_budget for t in self._try(qat_recipe(self._best_static_base(), self._qat_minutes()))):
+            return self.state
         if self.state.sensitivity is not None and self.state.sensitivity.nodes:
             if self.float_fallback or self.target == "qnn":
                 self._fallback(self._best_static_base(), self.state.sensitivity)
@@ -118,6 +123,19 @@ class Search:
                     "float fallback is off (--no-float-fallback) and 16-bit activations are float compute on "
                     "this CPU: no fully INT8 candidate met the budget")
         return self.state
+
+    def _qat_minutes(self) -> float:
+        """Training time for the QAT step: ``qat_minutes``, less where the time budget is shorter
+        (a minute kept for the final measurement); 0 (no QAT) without torch or under a minute."""
+        if self.runner.qat_trainer is None or self.qat_minutes <= 0:
+            return 0.0
+        minutes = self.qat_minutes
+        if self.deadline is not None:
+            minutes = min(minutes, (self.deadline - time.monotonic()) / 60.0 - 1.0)
+        if minutes < 1.0:
+            self.state.notes.append("QAT skipped: less than a minute of the time budget left")
+            return 0.0
+        return round(minutes, 1)
 
     def _repair_placement(self, trials: list[Trial]) -> Recipe:
         """Repair defaults whose operators the accelerator left to the CPU; the recipe to build on.

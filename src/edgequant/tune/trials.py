@@ -161,6 +161,7 @@ class TrialRunner:
     workers: int = 2
     progress: Progress | None = None
     quantize_batch: Callable = quantize_batch      # jobs, workers -> results (Ray: scaleout.tune_tasks)
+    qat_trainer: Callable | None = None           # (recipe, out_path) -> result, for QAT recipes (tune.qat_stage)
     quantized_count: int = 0
 
     def _say(self, msg: str) -> None:
@@ -203,10 +204,19 @@ class TrialRunner:
                 todo.append(t)
         if not todo:
             return
-        names = ", ".join(t.name for t in todo)
-        self._say(f"quantizing {names}" + (f" ({min(2, self.workers, len(todo))} workers)" if len(todo) > 1 else ""))
-        jobs = [QuantizeJob(self.model_path, t.path, t.recipe.config(self.target), self.calib) for t in todo]
-        for t, res in zip(todo, self.quantize_batch(jobs, self.workers)):
+        trained = [t for t in todo if t.recipe.qat_minutes]
+        todo = [t for t in todo if not t.recipe.qat_minutes]
+        results = []
+        if todo:
+            names = ", ".join(t.name for t in todo)
+            self._say(f"quantizing {names}" + (f" ({min(2, self.workers, len(todo))} workers)" if len(todo) > 1 else ""))
+            jobs = [QuantizeJob(self.model_path, t.path, t.recipe.config(self.target), self.calib) for t in todo]
+            results = self.quantize_batch(jobs, self.workers)
+        for t in trained:
+            self._say(f"training {t.name} (QAT, up to {t.recipe.qat_minutes:g} min)")
+            results.append(self.qat_trainer(t.recipe, t.path) if self.qat_trainer is not None
+                           else {"ok": False, "error": "QAT needs torch: pip install 'edgequant[qat]'"})
+        for t, res in zip([*todo, *trained], results):
             self.quantized_count += 1
             t.quantized_on = res.get("quantized_on")
             if not res["ok"]:
