@@ -1,0 +1,59 @@
+"""Choose between alternative graphs of one model by a quick interleaved timing on a device.
+
+Where a recipe can write the same model more than one way (a transformer fused or not, a
+runtime fusion kept or blocked), which one is faster depends on the machine and the runtime
+version, so it is measured, not assumed: a probe of two rounds sizes the timing, then every
+alternative runs once per round in random order (``Device.time_interleaved``) for about
+``budget_s`` seconds, and the lowest median wins. ``run``/``tune`` time their candidates again
+with the full interleaved timing; this is the cheap check ``quantize`` can afford.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class QuickChoice:
+    chosen: str
+    medians_ms: dict[str, float] = field(default_factory=dict)
+    rounds: int = 0
+    threads: int = 1
+    why_untimed: str | None = None      # set when the choice was not timed (then: the first)
+
+    def describe(self) -> str:
+        if self.why_untimed:
+            return f"kept {self.chosen} without timing: {self.why_untimed}"
+        times = ", ".join(f"{k} {v:.2f} ms" for k, v in self.medians_ms.items())
+        return (f"quick timing ({self.rounds} interleaved rounds, {self.threads} thread(s), median): "
+                f"{times}; kept {self.chosen}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"chosen": self.chosen, "medians_ms": self.medians_ms, "rounds": self.rounds,
+                "threads": self.threads, "why_untimed": self.why_untimed}
+
+
+def choose_fastest(candidates: Mapping[str, str | Path], device, feeds, *, budget_s: float = 3.0,
+                   min_rounds: int = 5, max_rounds: int = 20, warmup: int = 2) -> QuickChoice:
+    """The candidate (name -> model path) with the lowest median latency on ``device``.
+
+    A probe (one warm-up, two rounds) sizes the timing to ``budget_s``; when even ``min_rounds``
+    rounds would not fit, the probe's own two rounds decide (the note says so)."""
+    names = list(candidates)
+    threads = max(1, getattr(getattr(device, "session", None), "intra_op_threads", 1) or 1)
+    if len(names) == 1:
+        return QuickChoice(names[0], threads=threads, why_untimed="no alternative")
+    paths = [str(candidates[n]) for n in names]
+    probe = device.time_interleaved(paths, feeds, warmup=1, runs=2)
+    round_s = sum(m.stats.p50 for m in probe.models) / 1000.0
+    rounds = int(min(max_rounds, budget_s / max(round_s, 1e-9)))
+    result = probe
+    if rounds >= min_rounds:
+        result = device.time_interleaved(paths, feeds, warmup=warmup, runs=rounds)
+    else:
+        rounds = 2
+    medians = {n: m.stats.p50 for n, m in zip(names, result.models)}
+    return QuickChoice(min(medians, key=medians.__getitem__), medians, rounds, threads)
