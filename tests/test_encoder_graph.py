@@ -101,6 +101,19 @@ def test_quick_timing_keeps_the_faster_model(tmp_path: Path) -> None:
     assert choose_fastest({"only": small}, device, x).why_untimed == "no alternative"
 
 
+def test_quick_timing_drops_an_alternative_that_cannot_run(tmp_path: Path) -> None:
+    """An alternative that fails on the timing inputs is dropped and named, never fatal."""
+    small = onnx_models.save(onnx_models.matmul_net(hidden=16), tmp_path / "small.onnx")
+    big = onnx_models.save(onnx_models.matmul_net(hidden=4096), tmp_path / "big.onnx")
+    other = onnx_models.save(onnx_models.matmul_net(features=32), tmp_path / "other.onnx")   # wants x [N, 32]
+    device = local_cpu(SessionConfig(intra_op_threads=1))
+    x = {"x": np.ones((1, 64), np.float32)}
+    choice = choose_fastest({"other": other, "big": big, "small": small}, device, x, budget_s=0.5)
+    assert choice.chosen == "small" and set(choice.dropped) == {"other"} and "other dropped" in choice.describe()
+    none_runs = choose_fastest({"a": other, "b": other}, device, x)
+    assert none_runs.chosen == "a" and none_runs.why_untimed.startswith("no alternative runs")
+
+
 def test_dynamic_quantize_times_fused_and_unfused_and_keeps_one(tmp_path: Path) -> None:
     src = onnx_models.save(onnx_models.bert_layers(heads_in_shape=False), tmp_path / "bert.onnx")
     res = quantize_model(src, tmp_path / "bert.dyn.onnx", make_config("dynamic", "x86-vnni"))

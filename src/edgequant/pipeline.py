@@ -96,7 +96,8 @@ def quantize_variants(model_path: Path, out_dir: Path, specs: Sequence[tuple[str
         _say(progress, f"quantizing {name}")
         out = out_dir / f"{model_path.stem}.{name}.onnx"
         try:
-            res: QuantizeResult = quantize_model(model_path, out, config, calib if config.mode == "static" else None)
+            # dynamic: the data's first sample feeds the timing of alternative graphs (real shapes)
+            res: QuantizeResult = quantize_model(model_path, out, config, calib)
         except EdgequantError as exc:
             failed.append({"name": name, "config": config.to_dict(), "error": str(exc)})
             continue

@@ -192,7 +192,7 @@ def looks_like_transformer(model: onnx.ModelProto) -> bool:
     return "Softmax" in ops and ops.count("MatMul") >= 4 and has_norm
 
 
-def _run_dynamic(src: Path, out: Path, config: QuantizeConfig, notes: list[str]) -> None:
+def _run_dynamic(src: Path, out: Path, config: QuantizeConfig, notes: list[str], timing_feeds=None) -> None:
     from onnxruntime.quantization import quantize_dynamic
 
     fuse = config.fuse_transformer
@@ -206,7 +206,7 @@ def _run_dynamic(src: Path, out: Path, config: QuantizeConfig, notes: list[str])
         default_ops = config.op_types in (None, DYNAMIC_DEFAULT_OPS)
         with scratch_cwd(out.parent):  # the optimizer's shape inference writes into the cwd
             made = quantize_encoder_dynamic(
-                src.resolve(), out.resolve(), fuse=fuse, per_channel=config.per_channel,
+                src.resolve(), out.resolve(), fuse=fuse, feeds=timing_feeds, per_channel=config.per_channel,
                 reduce_range=config.reduce_range, weight_type=_qtype(config.weight_type),
                 nodes_to_exclude=list(config.exclude) or None,
                 op_types=None if default_ops else _ort_op_types(config))
@@ -321,8 +321,9 @@ def quantize_model(
 ) -> QuantizeResult:
     """Quantize ``model_path`` to ``out_path`` with ``config``.
 
-    ``calibration`` is a :class:`edgequant.data.DataSource` (required for static mode). The
-    output is written atomically; the input is never touched.
+    ``calibration`` is a :class:`edgequant.data.DataSource` (required for static mode; in dynamic
+    mode its first sample only feeds the timing of alternative graphs). The output is written
+    atomically; the input is never touched.
     """
     model_path, out_path = Path(model_path), Path(out_path)
     refuse_overwrite(out_path, model_path)
@@ -345,7 +346,9 @@ def quantize_model(
         try:
             with quiet_logging():  # ORT's quantizer warns on the root logger; our notes say what matters
                 if config.mode == "dynamic":
-                    _run_dynamic(prepared, raw_out, config, notes)
+                    # data, when given, only feeds the timing of alternative graphs (real shapes)
+                    feeds = next(iter(calibration)).feeds if calibration is not None else None
+                    _run_dynamic(prepared, raw_out, config, notes, feeds)
                 else:
                     from .data import calibration_reader
 

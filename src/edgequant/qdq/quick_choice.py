@@ -22,18 +22,20 @@ class QuickChoice:
     medians_ms: dict[str, float] = field(default_factory=dict)
     rounds: int = 0
     threads: int = 1
-    why_untimed: str | None = None      # set when the choice was not timed (then: the first)
+    why_untimed: str | None = None      # set when the choice was not timed
+    dropped: dict[str, str] = field(default_factory=dict)   # alternative -> why it could not run
 
     def describe(self) -> str:
+        failed = "".join(f"; {k} dropped: {v}" for k, v in self.dropped.items())
         if self.why_untimed:
-            return f"kept {self.chosen} without timing: {self.why_untimed}"
+            return f"kept {self.chosen} without timing: {self.why_untimed}{failed}"
         times = ", ".join(f"{k} {v:.2f} ms" for k, v in self.medians_ms.items())
         return (f"quick timing ({self.rounds} interleaved rounds, {self.threads} thread(s), median): "
-                f"{times}; kept {self.chosen}")
+                f"{times}; kept {self.chosen}{failed}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"chosen": self.chosen, "medians_ms": self.medians_ms, "rounds": self.rounds,
-                "threads": self.threads, "why_untimed": self.why_untimed}
+                "threads": self.threads, "why_untimed": self.why_untimed, "dropped": self.dropped}
 
 
 def choose_fastest(candidates: Mapping[str, str | Path], device, feeds, *, budget_s: float = 3.0,
@@ -41,13 +43,35 @@ def choose_fastest(candidates: Mapping[str, str | Path], device, feeds, *, budge
     """The candidate (name -> model path) with the lowest median latency on ``device``.
 
     A probe (one warm-up, two rounds) sizes the timing to ``budget_s``; when even ``min_rounds``
-    rounds would not fit, the probe's own two rounds decide (the note says so)."""
+    rounds would not fit, the probe's own two rounds decide (the note says so). A candidate that
+    fails to run on ``feeds`` is dropped (``dropped`` says why); when none runs, the first is
+    kept untimed."""
+    from edgequant.errors import EdgequantError
+
     names = list(candidates)
     threads = max(1, getattr(getattr(device, "session", None), "intra_op_threads", 1) or 1)
     if len(names) == 1:
         return QuickChoice(names[0], threads=threads, why_untimed="no alternative")
+    try:
+        probe = device.time_interleaved([str(candidates[n]) for n in names], feeds, warmup=1, runs=2)
+    except EdgequantError:
+        dropped = {}
+        for n in names:
+            try:
+                device.time_interleaved([str(candidates[n])], feeds, warmup=0, runs=2)
+            except EdgequantError as exc:
+                dropped[n] = " ".join(str(exc).split())[:200]
+        names = [n for n in names if n not in dropped]
+        if len(names) < 2:
+            kept = names[0] if names else next(iter(candidates))
+            return QuickChoice(kept, threads=threads, dropped=dropped,
+                               why_untimed="the other alternatives fail on the timing inputs" if names
+                               else f"no alternative runs on the timing inputs ({next(iter(dropped.values()))})")
+        choice = choose_fastest({n: candidates[n] for n in names}, device, feeds, budget_s=budget_s,
+                                min_rounds=min_rounds, max_rounds=max_rounds, warmup=warmup)
+        return QuickChoice(choice.chosen, choice.medians_ms, choice.rounds, threads, choice.why_untimed,
+                           {**dropped, **choice.dropped})
     paths = [str(candidates[n]) for n in names]
-    probe = device.time_interleaved(paths, feeds, warmup=1, runs=2)
     round_s = sum(m.stats.p50 for m in probe.models) / 1000.0
     rounds = int(min(max_rounds, budget_s / max(round_s, 1e-9)))
     result = probe

@@ -170,13 +170,13 @@ def _alternative_names(fuse: bool | None) -> list[tuple[str, bool]]:
 
 
 def quantize_encoder_dynamic(model_in: str | Path, model_out: str | Path, *, fuse: bool | None = None,
-                             device=None, budget_s: float = 3.0, **kwargs) -> EncoderChoice:
+                             device=None, feeds=None, budget_s: float = 3.0, **kwargs) -> EncoderChoice:
     """Dynamic INT8 of an encoder, each way it can be written, keeping the fastest on ``device``.
 
     Alternatives: fused by ORT's transformer optimizer and not (``fuse`` None: both; True/False:
     that one), each as quantized and with :func:`encoder_graph.unfuse_skip_layernorm` applied
-    (when it changes anything). They are timed interleaved (:func:`quick_choice.choose_fastest`,
-    random inputs, ``device`` defaults to this CPU at 1 thread) and the fastest is written to
+    (when it changes anything). They are timed interleaved (:func:`quick_choice.choose_fastest` on
+    ``feeds``, default random inputs; ``device`` defaults to this CPU at 1 thread) and the fastest is written to
     ``model_out``, so a partial fusion slower than none, or a runtime fusion slower than the ops
     it replaces, is never kept. ``kwargs`` go to :func:`quantize_transformer_dynamic`."""
     from edgequant.data import open_source
@@ -204,7 +204,9 @@ def quantize_encoder_dynamic(model_in: str | Path, model_out: str | Path, *, fus
                     *summaries[name].passes, f"unfuse_skip_layernorm({changed}): residual Add as Sum so "
                     "onnxruntime does not fuse SkipLayerNormalization"]})
             del model
-        feeds = next(iter(open_source("random:1", graph_inputs(onnx.load(str(model_in), load_external_data=False))))).feeds
+        if feeds is None:
+            header = onnx.load(str(model_in), load_external_data=False)
+            feeds = next(iter(open_source("random:1", graph_inputs(header)))).feeds
         choice = choose_fastest(paths, device, feeds, budget_s=budget_s)
         kept = summaries[choice.chosen]
         model_out.parent.mkdir(parents=True, exist_ok=True)
