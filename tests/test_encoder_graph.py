@@ -96,8 +96,8 @@ def test_quick_timing_keeps_the_faster_model(tmp_path: Path) -> None:
     x = {"x": np.ones((1, 64), np.float32)}
     choice = choose_fastest({"big": big, "small": small}, device, x, budget_s=0.5)
     assert choice.chosen == "small"
-    assert set(choice.medians_ms) == {"big", "small"} and choice.medians_ms["big"] > choice.medians_ms["small"]
-    assert 5 <= choice.rounds <= 20 and "kept small" in choice.describe()
+    assert set(choice.quartile_ms) == {"big", "small"} and choice.quartile_ms["big"] > choice.quartile_ms["small"]
+    assert 5 <= choice.rounds <= 30 and "kept small" in choice.describe()
     assert choose_fastest({"only": small}, device, x).why_untimed == "no alternative"
 
 
