@@ -43,7 +43,7 @@ def _encoder_block_opset12(path: Path, d: int = 16, t: int = 8) -> Path:
 def test_opset12_encoder_fuses_at_opset17_and_stays_valid(tmp_path: Path) -> None:
     model = _encoder_block_opset12(tmp_path / "enc12.onnx")
     out = tmp_path / "enc.dyn.onnx"
-    res = api.quantize(model, out, mode="dynamic")
+    res = api.quantize(model, out, mode="dynamic", fuse_transformer=True)
     q = onnx.load(str(out))
     onnx.checker.check_model(q, full_check=True)
     ops = {node.op_type for node in q.graph.node}

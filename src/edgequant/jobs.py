@@ -45,8 +45,8 @@ def run_quantize_job(job: QuantizeJob) -> dict:
 
     try:
         with quiet_logging():
-            calib = None
-            if job.config.mode == "static":
+            calib = None     # dynamic: only the timing of alternative graphs reads its first sample
+            if job.config.mode == "static" or job.calib.spec:
                 proto = model_io.load_model(job.model_path)
                 calib = open_source(job.calib.spec, model_io.graph_inputs(proto), preprocess=job.calib.preprocess,
                                     limit=job.calib.limit)

@@ -70,11 +70,19 @@ class RunOptions:
         return device, host, device if device.facts().can_time else host
 
 
-def default_variants(target: str) -> list[tuple[str, QuantizeConfig]]:
+def default_variants(target: str, model=None) -> list[tuple[str, QuantizeConfig]]:
     """The seed's pipeline: dynamic (weights only) and static (weights + activations); on Hexagon
     also A16W8 (16-bit activations, int8 weights), which HTP runs natively and which keeps range-
-    sensitive heads (a detector's raw logits) within budget where 8-bit cannot."""
+    sensitive heads (a detector's raw logits) within budget where 8-bit cannot. A transformer
+    ``model`` gets dynamic twice, fused by onnxruntime's optimizer ("dynamic") and not
+    ("dynamic-unfused"): which is faster depends on the CPU and runtime, so the full interleaved
+    timing decides, as for every other candidate."""
+    from .quantize import looks_like_transformer
+
     specs = [("dynamic", make_config("dynamic", target)), ("static", make_config("static", target))]
+    if model is not None and looks_like_transformer(model):
+        specs[:1] = [("dynamic", make_config("dynamic", target, fuse_transformer=True)),
+                     ("dynamic-unfused", make_config("dynamic", target, fuse_transformer=False))]
     if target == "qnn":
         specs.append(("static-a16w8", make_config("static", target, activation_type="uint16")))
     return specs
@@ -88,7 +96,8 @@ def quantize_variants(model_path: Path, out_dir: Path, specs: Sequence[tuple[str
         _say(progress, f"quantizing {name}")
         out = out_dir / f"{model_path.stem}.{name}.onnx"
         try:
-            res: QuantizeResult = quantize_model(model_path, out, config, calib if config.mode == "static" else None)
+            # dynamic: the data's first sample feeds the timing of alternative graphs (real shapes)
+            res: QuantizeResult = quantize_model(model_path, out, config, calib)
         except EdgequantError as exc:
             failed.append({"name": name, "config": config.to_dict(), "error": str(exc)})
             continue
@@ -350,7 +359,7 @@ def run_pipeline(model_path: str | Path, out_dir: str | Path, *, calib: str, eva
     options = setup.options
     model_path, out_dir, proto, target = setup.model_path, setup.out_dir, setup.proto, setup.target
     calib_src, eval_src, notes = setup.calib, setup.eval, setup.notes
-    specs = list(variants) if variants is not None else default_variants(target)
+    specs = list(variants) if variants is not None else default_variants(target, proto)
     made, failed = quantize_variants(model_path, out_dir, specs, calib_src, progress)
     for f in failed:
         notes.append(f"variant {f['name']} failed: {f['error']}")

@@ -87,6 +87,8 @@ def make_config(
         raise EdgequantError("--calib-method mse needs --format qdq (its ranges are QDQ tensor overrides)")
     if mode == "static" and act in ("uint16", "int16") and fmt == "qoperator":
         raise EdgequantError("16-bit activations need --format qdq (QOperator kernels are 8-bit)")
+    if mode == "static" and fuse_transformer is not None:
+        raise EdgequantError("--fuse-transformer/--no-fuse-transformer apply to --mode dynamic")
     if mode == "dynamic" and act != rule.activation_type and activation_type is not None:
         raise EdgequantError("--activation-type does not apply to dynamic mode (activations are quantized to uint8 at run time)")
     rr = rule.reduce_range if reduce_range is None else reduce_range
@@ -194,23 +196,26 @@ def looks_like_transformer(model: onnx.ModelProto) -> bool:
     return "Softmax" in ops and ops.count("MatMul") >= 4 and has_norm
 
 
-def _run_dynamic(src: Path, out: Path, config: QuantizeConfig, notes: list[str]) -> None:
+def _run_dynamic(src: Path, out: Path, config: QuantizeConfig, notes: list[str], timing_feeds=None) -> None:
     from onnxruntime.quantization import quantize_dynamic
 
     fuse = config.fuse_transformer
-    if fuse or (fuse is None and looks_like_transformer(onnx.load(str(src), load_external_data=False))):
-        # Fused Attention/SkipLayerNorm/Gelu become QAttention/DynamicQuantizeMatMul with few
-        # boundaries; unfused, the encoder is mostly float glue around quantized MatMuls.
-        from .qdq.transformers import quantize_transformer_dynamic
+    if fuse or looks_like_transformer(onnx.load(str(src), load_external_data=False)):
+        # Fused (Attention/SkipLayerNorm/Gelu -> QAttention/DynamicQuantizeMatMul, few boundaries)
+        # or not (float glue around quantized MatMuls), with or without onnxruntime's own
+        # SkipLayerNormalization: which is faster depends on the CPU and the runtime, so each
+        # alternative the config allows is built and timed (qdq.transformers.quantize_encoder_dynamic).
+        from .qdq.transformers import quantize_encoder_dynamic
 
         default_ops = config.op_types in (None, DYNAMIC_DEFAULT_OPS)
         with scratch_cwd(out.parent):  # the optimizer's shape inference writes into the cwd
-            summary = quantize_transformer_dynamic(
-                src.resolve(), out.resolve(), per_channel=config.per_channel, reduce_range=config.reduce_range,
-                weight_type=_qtype(config.weight_type), nodes_to_exclude=list(config.exclude) or None,
+            made = quantize_encoder_dynamic(
+                src.resolve(), out.resolve(), fuse=fuse, feeds=timing_feeds, per_channel=config.per_channel,
+                reduce_range=config.reduce_range, weight_type=_qtype(config.weight_type),
+                nodes_to_exclude=list(config.exclude) or None,
                 op_types=None if default_ops else _ort_op_types(config))
-        notes.append("transformer encoder: " + "; ".join(summary.passes))
-        notes.extend(summary.warnings)
+        notes.append("transformer encoder: " + "; ".join(made.summary.passes))
+        notes.extend(made.summary.warnings)
         return
 
     extra = {"MatMulConstBOnly": True, **config.extra_options}
@@ -320,8 +325,9 @@ def quantize_model(
 ) -> QuantizeResult:
     """Quantize ``model_path`` to ``out_path`` with ``config``.
 
-    ``calibration`` is a :class:`edgequant.data.DataSource` (required for static mode). The
-    output is written atomically; the input is never touched.
+    ``calibration`` is a :class:`edgequant.data.DataSource` (required for static mode; in dynamic
+    mode its first sample only feeds the timing of alternative graphs). The output is written
+    atomically; the input is never touched.
     """
     model_path, out_path = Path(model_path), Path(out_path)
     refuse_overwrite(out_path, model_path)
@@ -344,7 +350,9 @@ def quantize_model(
         try:
             with quiet_logging():  # ORT's quantizer warns on the root logger; our notes say what matters
                 if config.mode == "dynamic":
-                    _run_dynamic(prepared, raw_out, config, notes)
+                    # data, when given, only feeds the timing of alternative graphs (real shapes)
+                    feeds = next(iter(calibration)).feeds if calibration is not None else None
+                    _run_dynamic(prepared, raw_out, config, notes, feeds)
                 else:
                     from .data import calibration_reader
 

@@ -20,6 +20,7 @@ from onnxruntime.quantization import QuantType
 
 from edgequant.devices import local_cpu
 from edgequant.qdq.graph import op_counts
+from edgequant.qdq.quick_choice import QuickChoice
 from edgequant.qdq.summary import QuantizationSummary
 
 #: Ops we quantize dynamically in a fused encoder (Gather/EmbedLayerNormalization: embeddings).
@@ -34,6 +35,7 @@ class FusionSummary:
     fused: dict[str, int] = field(default_factory=dict)
     ops_before: dict[str, int] = field(default_factory=dict)
     ops_after: dict[str, int] = field(default_factory=dict)
+    heads_from_graph: str | None = None     # how num_heads/hidden_size were read, when not given
 
     @property
     def attention_fused(self) -> bool:
@@ -44,18 +46,28 @@ def fuse_transformer(model_in: str | Path, model_out: str | Path, *, model_type:
                      num_heads: int = 0, hidden_size: int = 0) -> FusionSummary:
     """Fuse attention/LayerNorm/GELU with ORT's transformer optimizer (python fusions only).
 
-    ``num_heads``/``hidden_size`` of 0 let the optimizer detect them from the graph.
-    ``opt_level=0``: we don't run ORT's session optimizer here (that path imports torch).
+    ``num_heads``/``hidden_size`` of 0: read from the graph (:func:`encoder_graph.attention_shape`),
+    which also covers exports whose head-split Reshape says -1 heads, where the optimizer's own
+    detection fails. ``opt_level=0``: we don't run ORT's session optimizer here (that path imports torch).
     """
     from onnxruntime.transformers.optimizer import optimize_model
 
-    before = op_counts(onnx.load(os.fspath(model_in), load_external_data=False))
+    from .encoder_graph import attention_shape
+
+    header = onnx.load(os.fspath(model_in), load_external_data=False)
+    before = op_counts(header)
+    heads_note = None
+    if num_heads == 0 and hidden_size == 0:
+        found = attention_shape(header)
+        if found is not None:
+            num_heads, hidden_size, heads_note = found.num_heads, found.hidden_size, found.describe()
+    del header
     opt = optimize_model(os.fspath(model_in), model_type=model_type, num_heads=num_heads,
                          hidden_size=hidden_size, opt_level=0)
     stats = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
     Path(model_out).parent.mkdir(parents=True, exist_ok=True)
     opt.save_model_to_file(os.fspath(model_out))
-    return FusionSummary(model_type, stats, before, op_counts(opt.model))
+    return FusionSummary(model_type, stats, before, op_counts(opt.model), heads_note)
 
 
 #: LayerNormalization, which the fusions emit in the ai.onnx domain, exists from opset 17.
@@ -88,6 +100,8 @@ def _fused_or_none(model_in: Path, work: Path, summary: QuantizationSummary, **f
     except Exception as exc:  # noqa: BLE001 - any checker failure means: do not hand ORT this graph
         summary.warnings.append(f"transformer fusion skipped: the fused graph is not valid ONNX ({str(exc)[:160]})")
         return None
+    if fusion.heads_from_graph:
+        summary.passes.append(fusion.heads_from_graph)
     summary.passes.append("fuse_transformer(" + ", ".join(f"{k}={v}" for k, v in fusion.fused.items()) + ")")
     if not fusion.attention_fused:
         summary.warnings.append("attention was not fused; MatMuls still quantize but QAttention won't be used")
@@ -140,3 +154,67 @@ def quantize_transformer_dynamic(model_in: str | Path, model_out: str | Path, *,
         summary.warnings.append(f"{cov.compute_ops - cov.quantized_compute_ops} of {cov.compute_ops} "
                                 "compute ops stay float after ORT optimization")
     return summary
+
+
+@dataclass
+class EncoderChoice:
+    """What :func:`quantize_encoder_dynamic` built, timed and kept."""
+
+    summary: QuantizationSummary          # the kept alternative's
+    choice: QuickChoice
+    built: dict[str, list[str]] = field(default_factory=dict)   # alternative -> its passes
+
+
+def _alternative_names(fuse: bool | None) -> list[tuple[str, bool]]:
+    return [(name, f) for name, f in (("fused", True), ("unfused", False)) if fuse is None or fuse == f]
+
+
+def quantize_encoder_dynamic(model_in: str | Path, model_out: str | Path, *, fuse: bool | None = None,
+                             device=None, feeds=None, budget_s: float = 3.0, **kwargs) -> EncoderChoice:
+    """Dynamic INT8 of an encoder, each way it can be written, keeping the fastest on ``device``.
+
+    Alternatives: fused by ORT's transformer optimizer and not (``fuse`` None: both; True/False:
+    that one), each as quantized and with :func:`encoder_graph.unfuse_skip_layernorm` applied
+    (when it changes anything). They are timed interleaved (:func:`quick_choice.choose_fastest` on
+    ``feeds``, default random inputs; ``device`` defaults to this CPU at 1 thread) and the fastest is written to
+    ``model_out``, so a partial fusion slower than none, or a runtime fusion slower than the ops
+    it replaces, is never kept. ``kwargs`` go to :func:`quantize_transformer_dynamic`."""
+    from edgequant.data import open_source
+    from edgequant.measure.session import SessionConfig
+    from edgequant.model import graph_inputs
+
+    from .encoder_graph import unfuse_skip_layernorm
+    from .quick_choice import choose_fastest
+
+    model_in, model_out = Path(model_in), Path(model_out)
+    device = device or local_cpu(SessionConfig(intra_op_threads=1))
+    with tempfile.TemporaryDirectory(prefix="edgequant-enc-") as tmp:
+        paths: dict[str, Path] = {}
+        summaries: dict[str, QuantizationSummary] = {}
+        for name, f in _alternative_names(fuse):
+            paths[name] = Path(tmp) / f"{name}.onnx"
+            summaries[name] = quantize_transformer_dynamic(model_in, paths[name], fuse=f, **kwargs)
+            model = onnx.load(str(paths[name]))
+            changed = unfuse_skip_layernorm(model)
+            if changed:
+                alt = f"{name}+Add/LayerNorm"
+                paths[alt] = Path(tmp) / f"{name}.sum.onnx"
+                onnx.save(model, str(paths[alt]))
+                summaries[alt] = QuantizationSummary(**{**summaries[name].__dict__, "passes": [
+                    *summaries[name].passes, f"unfuse_skip_layernorm({changed}): residual Add as Sum so "
+                    "onnxruntime does not fuse SkipLayerNormalization"]})
+            del model
+        if feeds is None:
+            header = onnx.load(str(model_in), load_external_data=False)
+            feeds = next(iter(open_source("random:1", graph_inputs(header)))).feeds
+        choice = choose_fastest(paths, device, feeds, budget_s=budget_s)
+        kept = summaries[choice.chosen]
+        model_out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_out = model_out.with_name(model_out.name + ".tmp")
+        tmp_out.write_bytes(paths[choice.chosen].read_bytes())
+        os.replace(tmp_out, model_out)
+    kept.model_out = str(model_out)
+    kept.size_out_bytes = model_out.stat().st_size
+    kept.passes.append(choice.describe())
+    kept.config = {**kept.config, "alternatives": choice.to_dict()}
+    return EncoderChoice(kept, choice, {k: list(s.passes) for k, s in summaries.items()})

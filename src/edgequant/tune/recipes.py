@@ -43,6 +43,7 @@ class Recipe:
     smooth_quant: bool = False                        # algorithms/: SmoothQuant migration first
     adaround: bool = False                            # algorithms/: learned weight rounding after
     qat_minutes: float = 0.0                          # > 0: QAT (edgequant.qat) from this recipe's PTQ model
+    fuse_transformer: bool | None = None              # dynamic: ORT's transformer fusion first (None: auto)
     float_reasons: tuple[tuple[str, str], ...] = ()   # (node, why it is kept float / 16-bit)
 
     def _overrides(self, quant_type) -> dict:
@@ -66,7 +67,8 @@ class Recipe:
             calib_method=self.calib_method if static else "minmax",
             calib_percentile=self.calib_percentile, exclude=self.exclude, extra_options=extra,
             equalize=self.equalize and static, bias_correction=self.bias_correction and static,
-            smooth_quant=self.smooth_quant and static, adaround=self.adaround and static)
+            smooth_quant=self.smooth_quant and static, adaround=self.adaround and static,
+            fuse_transformer=None if static else self.fuse_transformer)
 
     def to_dict(self, target: str) -> dict:
         """JSON-safe full configuration (what the report records and the cache hashes)."""
@@ -84,6 +86,8 @@ class Recipe:
         c = self.config(target)
         if c.mode == "dynamic":
             parts = [f"dynamic {c.weight_type} weights", f"ops {','.join(c.op_types or ())}"]
+            if c.fuse_transformer is not None:
+                parts.append("transformer fused" if c.fuse_transformer else "transformer unfused")
         else:
             parts = [f"static {c.quant_format.upper()} {_SHORT[c.activation_type]}{_SHORT[c.weight_type]}",
                      c.calib_method + (f" {c.calib_percentile:g}" if c.calib_method == "percentile" else "")]
@@ -107,16 +111,23 @@ class Recipe:
         return replace(self, name=name, **changes)
 
 
-def default_recipes(target: str = "auto") -> list[Recipe]:
+def default_recipes(target: str = "auto", model: onnx.ModelProto | None = None) -> list[Recipe]:
     """The seed's first two steps: dynamic (quick check) and static (production), target defaults.
 
     On an accelerator without a float path (qnn) dynamic quantization cannot run on it at all
     (its integer ops are CPU kernels), so the second default there is 16-bit activations
-    (A16W8), which HTP runs natively."""
+    (A16W8), which HTP runs natively. A transformer ``model`` gets dynamic fused by onnxruntime's
+    optimizer and not, timed together: which is faster depends on the CPU and the runtime."""
+    from ..quantize import looks_like_transformer
+
     static = Recipe("static", "static", why="seed: production")
     if not resolve_target(target).float_fallback:
         return [static, Recipe("static-a16w8", "static", why="16-bit activations, native on the accelerator",
                                activation_type="uint16")]
+    if model is not None and looks_like_transformer(model):
+        return [Recipe("dynamic", "dynamic", why="seed: quick check (transformer fused)", fuse_transformer=True),
+                Recipe("dynamic-unfused", "dynamic", why="transformer left unfused", fuse_transformer=False),
+                static]
     return [Recipe("dynamic", "dynamic", why="seed: quick check"), static]
 
 

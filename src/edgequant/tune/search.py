@@ -94,7 +94,7 @@ class Search:
         return trials
 
     def run(self) -> SearchState:
-        defaults = self._try(default_recipes(self.target))
+        defaults = self._try(default_recipes(self.target, self.runner.fp32_model()))
         static = self.state.get("static")
         if static is None or static.error:
             self.state.notes.append("static quantization failed; only dynamic was searched")
