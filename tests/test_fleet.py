@@ -100,3 +100,17 @@ def test_missing_files_fail_before_any_work_and_the_cli_says_how_many(fleet_dir)
     assert "broken" in first and "missing.onnx" in first and "no such file" in first    # up front, on stderr
     assert "1 of 3 models failed: broken" in proc.stderr
     assert not (fleet_dir / "o" / "broken").exists()                                    # no work started for it
+
+
+def test_fleet_entry_sets_tune_options(fleet_dir):
+    """float_fallback and qat_minutes reach tune; a bad value names the entry."""
+    fy = _write(fleet_dir / "f.yaml", "defaults: {tune: true, qat_minutes: 0}\nmodels:\n"
+                "  - {name: conv, model: conv.onnx, calib: conv_calib.npz, float_fallback: false}\n"
+                "  - {name: mlp, model: mlp.onnx, calib: mlp_calib.npz, qat_minutes: 2.5}\n")
+    entries = {e.name: e for e in load_fleet(fy)}
+    assert (entries["conv"].qat_minutes, entries["conv"].float_fallback) == (0, False)
+    assert (entries["mlp"].qat_minutes, entries["mlp"].float_fallback) == (2.5, None)
+    bad = _write(fleet_dir / "bad.yaml", "models:\n  - {name: conv, model: conv.onnx, calib: conv_calib.npz, "
+                 "qat_minutes: -1}\n")
+    with pytest.raises(EdgequantError, match="qat_minutes"):
+        load_fleet(bad)

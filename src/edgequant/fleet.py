@@ -24,7 +24,7 @@ from .targets import TARGETS
 
 _ENTRY_KEYS = {"name", "model", "calib", "eval", "preprocess", "metric", "budget", "tune", "target", "device", "output_roles",
                "threads", "runs", "warmup", "calib_limit", "eval_limit", "time_budget", "selective",
-               "float_fallback"}
+               "float_fallback", "qat_minutes"}
 _DEFAULT_KEYS = _ENTRY_KEYS - {"name", "model", "calib", "eval"}
 _BUDGET_KEYS = {"max_drop", "max_abs_drop", "min_agreement", "min_cosine", "min_nn_agreement",
                 "min_detection_agreement", "max_box_error", "max_box_rel_error"}
@@ -40,6 +40,7 @@ class FleetEntry:
     tune: bool = False
     time_budget_min: float | None = None
     float_fallback: bool | None = None    # tune only; None: the target decides
+    qat_minutes: float = 10.0             # tune only: the QAT step's training time (0: never)
     raw: dict = field(default_factory=dict)
 
     def missing_files(self) -> list[str]:
@@ -132,7 +133,9 @@ def _entry(fleet_path: Path, i: int, raw: dict, defaults: dict) -> FleetEntry:
                       eval=_source(raw["eval"], base) if raw.get("eval") else None, options=options,
                       tune=bool(merged.get("tune", False)),
                       time_budget_min=_number(f"{where}.time_budget", tb, lo=0) if tb is not None else None,
-                      float_fallback=float_fallback, raw=merged)
+                      float_fallback=float_fallback, raw=merged,
+                      **({"qat_minutes": _number(f"{where}.qat_minutes", merged["qat_minutes"], lo=0)}
+                         if merged.get("qat_minutes") is not None else {}))
 
 
 def load_fleet(path: str | Path) -> list[FleetEntry]:
@@ -191,7 +194,8 @@ def run_entry(entry: FleetEntry, target_dir: Path, progress: Callable[[str], Non
 
         report = run_tune(entry.model, target_dir, calib=entry.calib, eval_spec=entry.eval,
                           options=TuneOptions(run=entry.options, time_budget_min=entry.time_budget_min,
-                                              float_fallback=entry.float_fallback),
+                                              float_fallback=entry.float_fallback,
+                                              qat_minutes=entry.qat_minutes),
                           progress=progress)
     else:
         report = run_pipeline(entry.model, target_dir, calib=entry.calib, eval_spec=entry.eval,

@@ -48,16 +48,20 @@ def trace_table(report: dict) -> Table:
 @click.option("--no-float-fallback", "no_float_fallback", is_flag=True,
               help="Never keep layers in float: fully INT8 (16-bit where the target runs it natively) "
                    "or say it could not be done. Implied for --target qnn.")
+@click.option("--qat-minutes", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Training time of the QAT step, tried when every post-training step missed the budget "
+                   "(needs edgequant[qat]; cut to --time-budget); 0: never.")
 def tune(model: Path, calib: str, eval_spec: str, out: Path | None, target: str, metric: str | None,
          preprocess: str | None, max_drop: float, max_abs_drop: float | None, threads: int,
          time_budget: float | None, runs: int, trial_runs: int, warmup: int, workers: int,
          max_candidates: int, calib_limit: int, eval_limit: int | None, device: str, output_role: tuple[str, ...],
-         no_float_fallback: bool, ray_address: str | None) -> None:
+         no_float_fallback: bool, qat_minutes: float, ray_address: str | None) -> None:
     """Find the fastest quantized MODEL within the accuracy budget, by measurement."""
     run = run_options(target=target, device=device, output_role=output_role, max_drop=max_drop, max_abs_drop=max_abs_drop, threads=threads, warmup=warmup,
                       runs=runs, metric=metric, preprocess=preprocess, calib_limit=calib_limit, eval_limit=eval_limit)
     options = api.TuneOptions(run=run, time_budget_min=time_budget, trial_runs=trial_runs, workers=workers,
-                              max_candidates=max_candidates, float_fallback=False if no_float_fallback else None)
+                              max_candidates=max_candidates, float_fallback=False if no_float_fallback else None,
+                              qat_minutes=qat_minutes)
     out = out or Path("reports") / f"{model.stem}-tune"
     with make_console(stderr=True).status("starting") as status:
         report = api.tune(model, out, calib=calib, eval=eval_spec, options=options, ray=ray_address,
