@@ -24,8 +24,10 @@ from .quantize_steps import (
     correct_biases,
     equalize,
     histogram_overrides,
+    keep_coarse_float,
     range_overrides,
     smooth,
+    softmax_floor,
     with_overrides,
 )
 from .quantize_config import (  # noqa: F401 - re-exported: callers import these from here
@@ -254,6 +256,8 @@ def _run_static(src: Path, out: Path, config: QuantizeConfig, reader, notes: lis
         reader, method = calibration_reader(calibration, limit=1), "minmax"
     else:
         ranges = range_overrides(src, config, calibration, notes) if calibration is not None else {}
+    if calibration is not None:   # every target: an attention mask must not set the scores' step
+        ranges = softmax_floor(src, calibration, ranges, notes)
     if config.target == "qnn":
         from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
@@ -362,6 +366,8 @@ def quantize_model(
                         prepared = smooth(prepared, calibration, notes)
                     reader = calibration_reader(calibration, on_sample=on_calib_sample)
                     _run_static(prepared, raw_out, config, reader, notes, calibration, on_calib_sample)
+                    if config.quant_format == "qdq" and RULES[config.target].float_fallback:
+                        raw_out = keep_coarse_float(prepared, raw_out, calibration, notes)
                     if config.adaround and config.quant_format == "qdq":   # before: bias correction sees its rounding
                         raw_out = adaround(prepared, raw_out, calibration, notes)
                     if config.bias_correction and config.quant_format == "qdq":

@@ -39,6 +39,18 @@ def range_overrides(src: Path, config: QuantizeConfig, calibration, notes: list[
     return searched.overrides({t: (r.global_rmin, r.global_rmax) for t, r in result.ranges.items()})
 
 
+def softmax_floor(src: Path, calibration, ranges: dict, notes: list[str]) -> dict:
+    """``ranges`` plus :mod:`edgequant.algorithms.softmax_floor`'s clamped Softmax inputs (an
+    attention mask's -10000 no longer sets the scores' 8-bit step)."""
+    from .algorithms.softmax_floor import softmax_floors
+    from .devices import analysis_cpu
+
+    floors = softmax_floors(src, calibration, analysis_cpu())
+    if floors.floors:
+        notes.append(floors.describe())
+    return floors.overrides(ranges)
+
+
 def equalize(prepared: Path, config: QuantizeConfig, calibration, notes: list[str]) -> Path:
     """:mod:`edgequant.algorithms.equalization` on the prepared FP32 graph (BatchNorm already folded),
     its output change measured on the first calibration samples."""
@@ -109,6 +121,21 @@ def as_ort_adjusts(model: onnx.ModelProto, config: QuantizeConfig, overrides: di
     return out
 
 
+def keep_coarse_float(prepared: Path, qdq: Path, calibration, notes: list[str]) -> Path:
+    """:mod:`edgequant.algorithms.coarse_tensors` on the freshly quantized model (CPU targets)."""
+    from . import model as model_io
+    from .algorithms.coarse_tensors import keep_coarse_float as keep
+    from .devices import analysis_cpu
+
+    if model_io.is_large(qdq):      # one protobuf cannot hold it; its Q/DQ pairs stay
+        return qdq
+    out = qdq.with_name("coarse_float.onnx")
+    result = keep(prepared, qdq, out, calibration, analysis_cpu())
+    if result.kept_float:
+        notes.append(result.describe())
+    return out
+
+
 def correct_biases(prepared: Path, qdq: Path, calibration, notes: list[str]) -> Path:
     """:mod:`edgequant.algorithms.bias_correction` on the freshly quantized model."""
     from .algorithms.bias_correction import correct_biases
@@ -122,10 +149,10 @@ def correct_biases(prepared: Path, qdq: Path, calibration, notes: list[str]) -> 
 def adaround(prepared: Path, qdq: Path, calibration, notes: list[str]) -> Path:
     """:mod:`edgequant.algorithms.adaround` on the freshly quantized model."""
     from .algorithms import adaround as algo
-    from .devices import local_cpu
+    from .devices import analysis_cpu
 
     out = qdq.with_name("adarounded.onnx")
-    notes.append(algo.adaround(prepared, qdq, out, calibration, local_cpu()).describe())
+    notes.append(algo.adaround(prepared, qdq, out, calibration, analysis_cpu()).describe())
     return out
 
 

@@ -113,13 +113,14 @@ def expose_tensors(model_path: Path, out_path: Path, wanted: Iterable[str] | Non
 
 _REDUCTIONS = {"ReduceMin": (onnx.TensorProto.FLOAT, {"keepdims": 0}),
                "ReduceMax": (onnx.TensorProto.FLOAT, {"keepdims": 0}),
+               "ReduceL1": (onnx.TensorProto.FLOAT, {"keepdims": 0}),
                "Size": (onnx.TensorProto.INT64, {})}
 
 
 def expose_reduced(model_path: Path, out_path: Path, wanted: Iterable[str] | None = None,
                    ops: tuple[str, ...] = ("ReduceMin", "ReduceMax")) -> dict[str, tuple[str, ...]]:
     """Write a copy of the model that outputs, per float activation, each of ``ops`` (ReduceMin,
-    ReduceMax, Size) applied to it inside the graph; returns tensor -> one output name per op.
+    ReduceMax, ReduceL1, Size) applied to it inside the graph; returns tensor -> one output name per op.
 
     Scalars are all that range estimation (per-sample extrema) or sizing needs: exposing the tensors
     themselves makes onnxruntime keep every activation of a sample alive at once (hundreds of MB on a
