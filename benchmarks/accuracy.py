@@ -2,6 +2,7 @@
 edgequant's post-training algorithms, per-channel and per-tensor weights, on this machine's CPU EP.
 
     .venv/bin/python benchmarks/accuracy.py          # writes results/accuracy.json and ACCURACY.md
+    .venv/bin/python benchmarks/accuracy.py --only AdaRound face_landmark   # those rows only, merged in
 
 Needs the DMS cache (`make test` or `python -m edgequant.dms.build --out .cache/dms`). With
 benchmarks/.models/mobilenet_v2.onnx present it also runs that model per-tensor (top-1 agreement
@@ -11,7 +12,9 @@ with FP32 on synthetic images: no labelled image set can be fetched here).
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +23,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from edgequant import api  # noqa: E402
 from edgequant.measure.machine import machine_facts  # noqa: E402
 from edgequant.measure.session import SessionConfig  # noqa: E402
-from edgequant.algorithms import range_search  # noqa: E402
+from edgequant.algorithms import adaround, range_search  # noqa: E402
 
 DMS = ROOT / ".cache" / "dms"
 MODELS = {
@@ -39,6 +42,9 @@ RECIPES = [
     ("equalization", {"equalize": True}, (PER_TENSOR,)),
     ("equalization + bias correction", {"equalize": True, "bias_correction": True}, (PER_TENSOR,)),
     ("equalization + MSE ranges", {"equalize": True, "calib_method": "mse"}, (PER_TENSOR,)),
+    ("AdaRound", {"adaround": True}, (PER_CHANNEL, PER_TENSOR)),
+    ("MSE ranges + AdaRound", {"calib_method": "mse", "adaround": True}, (PER_CHANNEL,)),
+    ("equalization + AdaRound", {"equalize": True, "adaround": True}, (PER_TENSOR,)),
 ]
 MOBILENET = ROOT / "benchmarks" / ".models" / "mobilenet_v2.onnx"
 MOBILENET_RECIPES = [
@@ -86,6 +92,24 @@ def mobilenet_rows(work: Path) -> list[dict]:
     return rows
 
 
+def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` with the rows of ``new`` replacing or joining them, in MODELS/weights/RECIPES order."""
+    key = lambda r: (r["model"], r["weights"], r["recipe"])  # noqa: E731
+    merged = {key(r): r for r in old}
+    merged.update({key(r): r for r in new})
+    models, labels = list(MODELS), [label for label, _, _ in RECIPES]
+
+    rows = list(merged.values())
+
+    def order(i: int) -> tuple:          # other models (mobilenet_v2) keep their place, after the DMS ones
+        r = rows[i]
+        if r["model"] not in models:
+            return (len(models), i)
+        return (models.index(r["model"]), r["weights"] != "per-channel",
+                labels.index(r["recipe"]) if r["recipe"] in labels else len(labels), i)
+    return [rows[i] for i in sorted(range(len(rows)), key=order)]
+
+
 def write_markdown(doc: dict, path: Path) -> None:
     """ACCURACY.md from the rows; a hand-written '## Findings' section already there is kept."""
     from edgequant.algorithms import bias_correction, equalization, ranges
@@ -101,16 +125,22 @@ def write_markdown(doc: dict, path: Path) -> None:
              "(FP32 0.99, budget 1 point; one sample = 0.01), landmark displacement from FP32 in pixels of the crop "
              "(budget 1 px). Per-tensor = `--no-per-channel` (one scale per weight tensor).", "",
              "Algorithms (each a standard QDQ model out; the line is what `quantize` prints as a note):", ""]
-    mods = (ranges, bias_correction, equalization, range_search)
+    mods = (ranges, bias_correction, equalization, range_search, adaround)
     lines += [f"* {mod.DESCRIPTION}" for mod in mods]
-    lines += ["", "| model | weights | recipe | metric | INT8 ops | what the algorithm reported |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "Quantize time: seconds for `edgequant quantize` with that recipe (calibration included), one "
+              "process, with the 1-minute load average when it ran (2 cores shared with other jobs: noisy); "
+              "'-' where the row predates the timing.", "",
+              "| model | weights | recipe | metric | INT8 ops | quantize s (load) | what the algorithm reported |",
+              "|---|---|---|---|---|---|---|"]
 
     def said(note: str) -> str:
         return next((note[len(mod.DESCRIPTION) + 2:] for mod in mods if note.startswith(mod.DESCRIPTION)), note)
 
+    def took(r: dict) -> str:
+        return f"{r['quantize_s']:.0f} ({r['load']:.1f})" if "quantize_s" in r else "-"
+
     lines += [f"| {r['model']} | {r['weights']} | {r['recipe']} | {r['value']:.4g} {r['unit']} | {r['int8']} | "
-              f"{said(r.get('note', ''))} |" for r in doc["rows"]]
+              f"{took(r)} | {said(r.get('note', ''))} |" for r in doc["rows"]]
     old = path.read_text() if path.exists() else ""
     kept = old[old.index("\n## Findings"):] if "\n## Findings" in old else "\n"
     path.write_text("\n".join(lines) + "\n" + kept)
@@ -124,34 +154,42 @@ def main() -> int:
     work = ROOT / ".work" / "accuracy"
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    only = set(sys.argv[1:])             # model names to run (default: all)
+    args = sys.argv[1:]
+    recipe_filter = args[args.index("--only") + 1] if "--only" in args else None   # recipe labels containing it
+    if recipe_filter is not None:
+        args.remove("--only")
+        args.remove(recipe_filter)
+    only = set(args)                     # model names to run (default: all)
     for name, (stem, metric, unit) in MODELS.items():
         if only and name not in only:
             continue
         fp32 = DMS / "models" / f"{stem}.onnx"
         for per_channel in (True, False):
             for label, overrides, weights in RECIPES:
-                if per_channel not in weights:
+                if per_channel not in weights or (recipe_filter and recipe_filter not in label):
                     continue
                 out = work / f"{stem}.{per_channel}.{label.replace(' ', '_')}.onnx"
                 overrides = dict(overrides)
                 range_search.CONSUMER_WEIGHTED = not overrides.pop("_own_mse", False)   # the ablation row
+                start = time.perf_counter()
                 res = api.quantize(fp32, out, mode="static", calib=str(DMS / "data" / f"{stem}.calibration.npz"),
                                    per_channel=per_channel, force=True, **overrides)
+                took = time.perf_counter() - start
                 ev = api.evaluate(out, str(DMS / "data" / f"{stem}.evaluation.npz"), reference=fp32, metric=metric)
                 cov = api.inspect(out).int8_coverage
                 rows.append({"model": name, "weights": "per-channel" if per_channel else "per-tensor",
                              "recipe": label, "value": ev.accuracy["value"], "unit": unit,
                              "int8": f"{cov.quantized_compute_ops}/{cov.compute_ops}" if cov else "-",
-                             "note": _note(res, "cross-layer equalization") or _note(res, "MSE range search")})
+                             "quantize_s": round(took, 1), "load": os.getloadavg()[0],
+                             "note": (_note(res, "learned rounding") or _note(res, "cross-layer equalization")
+                                      or _note(res, "MSE range search"))})
                 print(json.dumps(rows[-1]), flush=True)
     if MOBILENET.exists() and (not only or "mobilenet_v2" in only):
         rows = [r for r in rows if not r["model"].startswith("mobilenet_v2")]
         rows += mobilenet_rows(work)
     results = ROOT / "benchmarks" / "results"
-    if only and (results / "accuracy.json").exists():     # keep the other models' rows
-        ran = {r["model"] for r in rows} | ({"mobilenet_v2"} if "mobilenet_v2" in only else set())
-        rows = [r for r in json.loads((results / "accuracy.json").read_text())["rows"] if r["model"] not in ran] + rows
+    if (only or recipe_filter) and (results / "accuracy.json").exists():     # keep the rows not re-run
+        rows = merge_rows(json.loads((results / "accuracy.json").read_text())["rows"], rows)
     doc = {"machine": machine_facts(SessionConfig(intra_op_threads=1)), "rows": rows}
     (results / "accuracy.json").write_text(json.dumps(doc, indent=2) + "\n")
     write_markdown(doc, results / "ACCURACY.md")
