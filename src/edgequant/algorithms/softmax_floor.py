@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..qdq.graph import GraphIndex, float_tensors, opset_of
+from ..qdq.graph import GraphIndex, float_tensors, insert_after_producers, opset_of, save_beside
 
 DESCRIPTION = ("Softmax input floor: values more than ln N + 16 ln 2 below the smallest row maximum "
                "(e.g. an attention mask's -10000) are clamped there, so the scores get the 8 bits")
@@ -107,8 +107,6 @@ def softmax_inputs(model: onnx.ModelProto) -> dict[str, int]:
 def _exposed(model_path: Path, out_path: Path, tensors: dict[str, int]) -> dict[str, tuple[str, ...]]:
     """Copy of the model computing per Softmax input, in-graph: min, max, the smallest row maximum
     and the element count (scalars, so no activation is kept alive)."""
-    from ..qdq.graph import _save_beside
-
     model = onnx.load(str(model_path), load_external_data=False)
     new_axes = opset_of(model) >= 18            # ReduceMax takes axes as an input from opset 18
     extra_nodes: dict[str, list[onnx.NodeProto]] = {}
@@ -131,13 +129,8 @@ def _exposed(model_path: Path, out_path: Path, tensors: dict[str, int]) -> dict[
                        (size, onnx.TensorProto.INT64), (rows_size, onnx.TensorProto.INT64)):
             model.graph.output.append(helper.make_tensor_value_info(o, typ, None))
         names[t] = (lo, hi, rowmin, size, rows_size)
-    ordered = [r for i in model.graph.input for r in extra_nodes.get(i.name, [])]
-    for n in model.graph.node:                 # each reduction right after its producer
-        ordered.append(n)
-        ordered.extend(r for o in n.output for r in extra_nodes.get(o, []))
-    del model.graph.node[:]
-    model.graph.node.extend(ordered)
-    _save_beside(model, out_path, model_path)
+    insert_after_producers(model, extra_nodes)
+    save_beside(model, out_path, model_path)
     return names
 
 

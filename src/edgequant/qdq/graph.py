@@ -88,7 +88,7 @@ def _exposable(model: onnx.ModelProto, wanted: Iterable[str] | None) -> list[str
     return [n for n in names if n in produced]
 
 
-def _save_beside(model: onnx.ModelProto, out_path: Path, model_path: Path) -> None:
+def save_beside(model: onnx.ModelProto, out_path: Path, model_path: Path) -> None:
     """External-data weights are never loaded: they are referenced from the copy (models over 2 GiB
     cannot be serialized as one protobuf)."""
     from edgequant import model as model_io
@@ -107,7 +107,7 @@ def expose_tensors(model_path: Path, out_path: Path, wanted: Iterable[str] | Non
     for name in names:
         if name not in existing:
             model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    _save_beside(model, out_path, model_path)
+    save_beside(model, out_path, model_path)
     return names
 
 
@@ -135,16 +135,20 @@ def expose_reduced(model_path: Path, out_path: Path, wanted: Iterable[str] | Non
         model.graph.output.extend(onnx.helper.make_tensor_value_info(o, _REDUCTIONS[op][0], None)
                                   for op, o in zip(ops, names))
         out[name] = names
-    # each reduction right after its producer: reductions left at the end of the node list would
-    # keep every activation alive until then
-    nodes = [r for i in model.graph.input for r in reductions.get(i.name, [])]
+    insert_after_producers(model, reductions)
+    save_beside(model, out_path, model_path)
+    return out
+
+
+def insert_after_producers(model: onnx.ModelProto, readers: dict[str, list[onnx.NodeProto]]) -> None:
+    """Put ``readers[t]`` right after the node producing ``t`` (graph inputs: first). onnxruntime runs
+    nodes in this order: statistics nodes left at the end would keep every activation alive until then."""
+    nodes = [r for i in model.graph.input for r in readers.get(i.name, [])]
     for n in model.graph.node:
         nodes.append(n)
-        nodes.extend(r for o in n.output for r in reductions.get(o, []))
+        nodes.extend(r for o in n.output for r in readers.get(o, []))
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    _save_beside(model, out_path, model_path)
-    return out
 
 
 def float_source(idx: GraphIndex, tensor: str) -> str:
