@@ -9,6 +9,7 @@ import io
 import re
 import shutil
 import subprocess
+import warnings
 import wave
 
 import numpy as np
@@ -70,8 +71,10 @@ def sentences(n: int | None = None, min_words: int = 5, max_words: int = 30) -> 
     seen, out = set(), []
     for mod_name in _DOC_MODULES:
         mod = importlib.import_module(mod_name)
-        docs = [mod.__doc__ or ""] + [getattr(getattr(mod, a), "__doc__", "") or ""
-                                     for a in sorted(dir(mod)) if not a.startswith("_")]
+        with warnings.catch_warnings():     # typing.io / typing.re warn when touched: only their text is read
+            warnings.simplefilter("ignore", DeprecationWarning)
+            docs = [mod.__doc__ or ""] + [getattr(getattr(mod, a), "__doc__", "") or ""
+                                         for a in sorted(dir(mod)) if not a.startswith("_")]
         for doc in docs:
             if not isinstance(doc, str):
                 continue
