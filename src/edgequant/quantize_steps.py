@@ -53,14 +53,18 @@ def softmax_floor(src: Path, calibration, ranges: dict, notes: list[str]) -> dic
 
 def equalize(prepared: Path, config: QuantizeConfig, calibration, notes: list[str]) -> Path:
     """:mod:`edgequant.algorithms.equalization` on the prepared FP32 graph (BatchNorm already folded),
-    its output change measured on the first calibration samples."""
+    its output change measured on the first calibration samples; then, as the paper does, the high
+    biases equalization leaves behind are absorbed (:mod:`edgequant.algorithms.bias_absorption`)."""
+    from .algorithms.bias_absorption import absorb_high_biases
     from .algorithms.equalization import equalize_file
     from .devices import analysis_cpu
 
     out = prepared.with_name("equalized.onnx")
     notes.append(equalize_file(prepared, out, relu6=config.equalize_relu6, samples=calibration,
                                device=analysis_cpu()).describe())
-    return out
+    absorbed = prepared.with_name("absorbed.onnx")
+    notes.append(absorb_high_biases(out, absorbed, calibration, analysis_cpu()).describe())
+    return absorbed
 
 
 def smooth(prepared: Path, calibration, notes: list[str]) -> Path:
