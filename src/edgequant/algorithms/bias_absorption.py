@@ -4,7 +4,8 @@ Why: after equalization (or in a trained net as it is) some Conv -> Relu channel
 bias, so the Relu output lives in, say, [39, 41]: the activation's 8-bit range must include 0 and
 spends its 256 levels on [0, 41], leaving the signal a dozen. If channel i's pre-activation stays
 above c_i >= 0 on the data, Relu(y_i) = Relu(y_i - c_i) + c_i, and the constant c_i moves into the
-next Conv's bias: b2 += W2 . c (summed over its kernel). Exact wherever y_i >= c_i; the next Conv must
+next Conv's bias: b2 += W2 . c (summed over its kernel); the same holds for PRelu and LeakyRelu, which
+are the identity above 0. Exact wherever y_i >= c_i; the next Conv must
 have no padding (a padded border would miss the constant). c_i is the channel's smallest
 pre-activation on the calibration samples less a tenth of its spread, so that inputs a little
 outside the calibration range still satisfy it.
@@ -27,6 +28,8 @@ from ..qdq.graph import GraphIndex, expose_tensors, use_counts
 
 DESCRIPTION = ("high-bias absorption: a Conv -> Relu channel whose output never falls below c sheds c "
                "into the next Conv's bias, so its 8-bit range no longer spans [0, c]")
+# activations equal to the identity for inputs >= 0: f(y) = f(y - c) + c whenever y >= c >= 0
+_IDENTITY_ABOVE_ZERO = ("Relu", "PRelu", "LeakyRelu")
 MARGIN = 0.1          # of a channel's calibrated spread, kept below its minimum
 SAMPLES = 64
 
@@ -60,7 +63,8 @@ def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
 
 
 def find_sites(model: onnx.ModelProto) -> list[_Site]:
-    """Conv (bias, output read only by a Relu) -> Relu -> exactly one unpadded Conv with constant weights."""
+    """Conv (bias, output read only by a Relu/PRelu/LeakyRelu) -> that activation -> exactly one unpadded
+    Conv with constant weights."""
     idx = GraphIndex.build(model.graph)
     uses = use_counts(model.graph)
     sites = []
@@ -70,7 +74,7 @@ def find_sites(model: onnx.ModelProto) -> list[_Site]:
         if uses.get(conv1.input[2], 0) != 1:
             continue
         readers = idx.consumers.get(conv1.output[0], [])
-        if len(readers) != 1 or readers[0].op_type != "Relu" or conv1.output[0] in idx.graph_outputs:
+        if len(readers) != 1 or readers[0].op_type not in _IDENTITY_ABOVE_ZERO or conv1.output[0] in idx.graph_outputs:
             continue
         relu = readers[0]
         nxt = idx.consumers.get(relu.output[0], [])
