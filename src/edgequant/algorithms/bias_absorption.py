@@ -24,7 +24,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..qdq.graph import GraphIndex, expose_tensors, use_counts
+from ..qdq.graph import GraphIndex, attribute, expose_tensors, use_counts
+from .equalization import conv_group, scale_in_channels
 
 DESCRIPTION = ("high-bias absorption: a Conv -> Relu channel whose output never falls below c sheds c "
                "into the next Conv's bias, so its 8-bit range no longer spans [0, c]")
@@ -57,11 +58,6 @@ class _Site:
     conv2: onnx.NodeProto
 
 
-def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    a = next((a for a in node.attribute if a.name == name), None)
-    return default if a is None else onnx.helper.get_attribute_value(a)
-
-
 def find_sites(model: onnx.ModelProto) -> list[_Site]:
     """Conv (bias, output read only by a Relu/PRelu/LeakyRelu) -> that activation -> exactly one unpadded
     Conv with constant weights."""
@@ -83,7 +79,7 @@ def find_sites(model: onnx.ModelProto) -> list[_Site]:
         conv2 = nxt[0]
         if conv2.input[0] != relu.output[0] or conv2.input[1] not in idx.initializers:
             continue
-        if any(_attr(conv2, "pads", [0])) or _attr(conv2, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", "NOTSET", "VALID"):
+        if any(attribute(conv2, "pads", [0])) or attribute(conv2, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"):
             continue
         if len(conv2.input) > 2 and conv2.input[2] and uses.get(conv2.input[2], 0) != 1:
             continue
@@ -122,16 +118,13 @@ def absorb_high_biases(src: Path, dst: Path, samples: Iterable[Any], device: Any
             c = floors.get(s.conv1.output[0])
             if c is None or not np.any(c > 0):
                 continue
-            b1 = numpy_helper.to_array(inits[s.conv1.input[2]]).astype(np.float64)
+            b1 = numpy_helper.to_array(inits[s.conv1.input[2]])
             w2 = numpy_helper.to_array(inits[s.conv2.input[1]]).astype(np.float64)
-            group = _attr(s.conv2, "group", 1)
-            out_per_group, per_group = w2.shape[0] // group, w2.shape[1]
-            if b1.shape != c.shape or c.size != group * per_group:
+            group, dtype = conv_group(s.conv2), b1.dtype
+            if b1.shape != c.shape or c.size != group * w2.shape[1]:
                 continue
-            # b2[o] += sum over o's input channels j and kernel taps of W2[o, j, k] * c[group(o) * per_group + j]
-            c_in = c.reshape(group, 1, per_group, 1)
-            delta = (w2.reshape(group, out_per_group, per_group, -1) * c_in).sum(axis=(2, 3)).reshape(-1)
-            dtype = numpy_helper.to_array(inits[s.conv1.input[2]]).dtype
+            # b2[o] += W2[o] . c over o's input channels and kernel taps: W2 with input channel i scaled by c_i
+            delta = scale_in_channels(w2, group, c).reshape(w2.shape[0], -1).sum(axis=1)
             inits[s.conv1.input[2]].CopyFrom(numpy_helper.from_array((b1 - c).astype(dtype), s.conv1.input[2]))
             if len(s.conv2.input) > 2 and s.conv2.input[2]:
                 b2 = numpy_helper.to_array(inits[s.conv2.input[2]]).astype(np.float64)

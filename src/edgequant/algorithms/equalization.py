@@ -30,7 +30,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..graph_pass import GraphPass, PassContext
-from ..qdq.graph import GraphIndex, use_counts
+from ..qdq.graph import GraphIndex, attribute, use_counts
 
 DESCRIPTION = ("cross-layer equalization: per channel, Conv1's output and the next Conv's input are "
                "rescaled (exactly, through ReLU-like ops) so both weight tensors share the channel's range")
@@ -156,8 +156,8 @@ def find_pairs(model: onnx.ModelProto, *, relu6: bool = False) -> tuple[list[_Pa
         channels = numpy_helper.to_array(idx.initializers[conv1.input[1]]).shape[0]
         for c in convs:
             w2 = numpy_helper.to_array(idx.initializers[c.input[1]])
-            if w2.shape[1] * _group(c) != channels:
-                why = why or f"{c.name} reads {w2.shape[1] * _group(c)} channels, {conv1.name} writes {channels}"
+            if w2.shape[1] * conv_group(c) != channels:
+                why = why or f"{c.name} reads {w2.shape[1] * conv_group(c)} channels, {conv1.name} writes {channels}"
         if why or not convs:
             refused[conv1.name or conv1.output[0]] = why or "no Conv follows"
             continue
@@ -165,8 +165,8 @@ def find_pairs(model: onnx.ModelProto, *, relu6: bool = False) -> tuple[list[_Pa
     return pairs, refused
 
 
-def _group(node: onnx.NodeProto) -> int:
-    return next((a.i for a in node.attribute if a.name == "group"), 1)
+def conv_group(node: onnx.NodeProto) -> int:
+    return attribute(node, "group", 1)
 
 
 def _in_channel_view(w2: np.ndarray, group: int) -> np.ndarray:
@@ -176,7 +176,7 @@ def _in_channel_view(w2: np.ndarray, group: int) -> np.ndarray:
     return np.moveaxis(v, 2, 1).reshape(group * per_group, -1)    # [in, out/g * k]
 
 
-def _scale_in_channels(w2: np.ndarray, group: int, s: np.ndarray) -> np.ndarray:
+def scale_in_channels(w2: np.ndarray, group: int, s: np.ndarray) -> np.ndarray:
     out_per_group, per_group = w2.shape[0] // group, w2.shape[1]
     v = w2.reshape(group, out_per_group, per_group, -1) * s.reshape(group, 1, per_group, 1)
     return v.reshape(w2.shape)
@@ -194,7 +194,7 @@ def equalize(model: onnx.ModelProto, *, relu6: bool = False, iterations: int = M
     def ranges(p: _Pair) -> tuple[np.ndarray, np.ndarray]:
         w1 = arrays[p.conv1.input[1]]
         r1 = np.abs(w1.reshape(w1.shape[0], -1)).max(axis=1)
-        r2 = np.max([np.abs(_in_channel_view(arrays[c.input[1]], _group(c))).max(axis=1) for c in p.convs2], axis=0)
+        r2 = np.max([np.abs(_in_channel_view(arrays[c.input[1]], conv_group(c))).max(axis=1) for c in p.convs2], axis=0)
         return r1, r2
 
     def spread(r: np.ndarray) -> float:
@@ -213,7 +213,7 @@ def equalize(model: onnx.ModelProto, *, relu6: bool = False, iterations: int = M
             if len(p.conv1.input) > 2 and p.conv1.input[2]:
                 arrays[p.conv1.input[2]] = arrays[p.conv1.input[2]] / s
             for c in p.convs2:
-                arrays[c.input[1]] = _scale_in_channels(arrays[c.input[1]], _group(c), s)
+                arrays[c.input[1]] = scale_in_channels(arrays[c.input[1]], conv_group(c), s)
             moved = max(moved, float(np.abs(np.log(s)).max()) if s.size else 0.0)
         result.iterations = it + 1
         if moved < tolerance:

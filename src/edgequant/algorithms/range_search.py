@@ -31,9 +31,8 @@ from typing import Any
 import numpy as np
 
 import onnx
-from onnx import numpy_helper
 
-from ..qdq.graph import GraphIndex, expose_tensors
+from ..qdq.graph import GraphIndex, attribute, expose_tensors
 
 DESCRIPTION = ("MSE range search: each activation's range is the shrink of its robust range (per side) "
                "that minimizes the quantization MSE of its readers' outputs (Conv/MatMul/Gemm; else its own) "
@@ -163,7 +162,7 @@ def consumer_weights(model: onnx.ModelProto) -> dict[str, tuple[int, np.ndarray]
                 break
             w = np.asarray(w, np.float64) ** 2
             if n.op_type == "Conv":
-                group = next((a.i for a in n.attribute if a.name == "group"), 1)
+                group = attribute(n, "group", 1)
                 per = w.reshape(group, w.shape[0] // group, w.shape[1], -1).sum(axis=(1, 3)).ravel()
             elif w.ndim != 2 or any(a.name == "transA" and a.i for a in n.attribute):
                 acc = None

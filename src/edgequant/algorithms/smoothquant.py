@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
-from ..qdq.graph import GraphIndex, expose_tensors, use_counts
+from ..qdq.graph import GraphIndex, attribute, expose_tensors, use_counts
 
 DESCRIPTION = ("SmoothQuant: outlier input channels of MatMul/Gemm layers are divided by s_k (folded into the "
                "producer: LayerNorm or a linear layer) and the weights' rows multiplied by s_k")
@@ -55,10 +55,6 @@ class Smoothing:
                 f"max / median {before:.0f}x -> {after:.1f}x at {worst}")
 
 
-def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-
 def _weight_rows(node: onnx.NodeProto, idx: GraphIndex) -> tuple[str, int] | None:
     """(initializer, axis along the input channels k) of a linear layer's constant weight."""
     if len(node.input) < 2 or node.input[1] not in idx.initializers:
@@ -68,8 +64,8 @@ def _weight_rows(node: onnx.NodeProto, idx: GraphIndex) -> tuple[str, int] | Non
         return None
     if node.op_type == "MatMul":
         return node.input[1], 0
-    if node.op_type == "Gemm" and not _attr(node, "transA", 0) and _attr(node, "alpha", 1.0) == 1.0:
-        return node.input[1], 1 if _attr(node, "transB", 0) else 0
+    if node.op_type == "Gemm" and not attribute(node, "transA", 0) and attribute(node, "alpha", 1.0) == 1.0:
+        return node.input[1], 1 if attribute(node, "transB", 0) else 0
     return None
 
 
@@ -82,7 +78,7 @@ def _producer_folds(x: str, idx: GraphIndex, uses: dict[str, int], channels: int
     node = idx.producer.get(x)
     if node is None or len(idx.consumers.get(x, [])) == 0:
         return None
-    if node.op_type == "LayerNormalization" and _attr(node, "axis", -1) == -1:
+    if node.op_type == "LayerNormalization" and attribute(node, "axis", -1) == -1:
         ins = [i for i in node.input[1:3] if i]
         return [(i, 0) for i in ins] if all(own(i, (channels,)) for i in ins) else None
     if node.op_type == "Add":

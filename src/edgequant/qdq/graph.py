@@ -44,6 +44,11 @@ class GraphIndex:
         return None
 
 
+def attribute(node: onnx.NodeProto, name: str, default=None):
+    """The value of ``node``'s attribute ``name`` (strings as bytes), else ``default``."""
+    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     """Op-type histogram of the main graph."""
     return dict(Counter(n.op_type for n in model.graph.node))
