@@ -349,12 +349,10 @@ def analyze(float_model: str | Path, qdq_model: str | Path, samples: Iterable[An
 
 def _tensor_groups(float_model: Path, wanted: set[str], samples: Iterable[Any], device, sized: Path,
                    ) -> list[list[str]]:
-    """``wanted`` tensors of ``float_model`` in graph order, grouped so each group's activations on
-    the first sample (sized in-graph) hold about ``PASS_BYTES``."""
+    """``wanted`` tensors of ``float_model`` grouped so each group's activations on the first sample
+    (sized in-graph) hold about ``PASS_BYTES`` (every pass runs the whole graph: order is immaterial)."""
     sizes = expose_reduced(float_model, sized, wanted, ops=("Size",))
-    nodes = onnx.load(str(float_model), load_external_data=False).graph.node
-    order = {o: i for i, n in enumerate(nodes) for o in n.output}
-    names = sorted(sizes, key=lambda t: order.get(t, -1))
+    names = list(sizes)
     first = next(iter(device.iter_outputs([sized], itertools.islice(samples, 1),
                                           outputs=[[sizes[t][0] for t in names]])), None)
     if first is None:
