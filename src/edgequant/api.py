@@ -164,7 +164,7 @@ def quantize(model: str | Path, out: str | Path, *, mode: str, calib: str | None
 
         if not calib:
             raise EdgequantError(f"{model}: static quantization needs calibration data (calib=...)")
-        source = open_source(calib, model_io.graph_inputs(model_io.load_model(model)),
+        source = open_source(calib, model_io.graph_inputs(model_io.load_model(model, weights=False)),
                              preprocess=_preprocess(preprocess), limit=calib_limit)
     total = getattr(source, "count", None)
     hook = (lambda i: on_calib_sample(i + 1, total)) if on_calib_sample is not None else None

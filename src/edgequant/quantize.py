@@ -20,6 +20,7 @@ from .fsutil import refuse_overwrite, scratch_cwd
 from .qdq.prepare import prepare
 from .quiet import quiet_logging
 from .quantize_steps import (
+    activation_ranges,
     adaround,
     correct_biases,
     equalize,
@@ -227,6 +228,33 @@ def _run_dynamic(src: Path, out: Path, config: QuantizeConfig, notes: list[str],
                      use_external_data_format=model_io.is_large(src), extra_options=extra)
 
 
+def _streams(config: QuantizeConfig, model_path: Path) -> bool:
+    """Whether a model over 2 GiB goes through :mod:`edgequant.qdq.streaming` (onnxruntime's quantizer
+    holds 3.3x its weights): dynamic, and static QDQ on CPU targets. The FP32 graph passes and
+    learned rounding would load every weight, so they are refused there rather than run at that cost."""
+    if config.mode == "static" and (config.quant_format != "qdq" or config.target == "qnn"):
+        return False
+    asked = [flag for flag, on in (("--equalize", config.equalize), ("--smooth-quant", config.smooth_quant),
+                                   ("--adaround", config.adaround), ("--bias-correction", config.bias_correction),
+                                   ("--calib-method mse", config.calib_method == "mse")) if on]
+    if asked:
+        raise EdgequantError(f"{model_path}: {', '.join(asked)} not supported on a model over 2 GiB "
+                             "(its weights are streamed from disk, never loaded whole)")
+    return True
+
+
+def _run_streaming(src: Path, out: Path, config: QuantizeConfig, calibration, notes: list[str],
+                   model_path: Path) -> None:
+    from .qdq.streaming import activation_inputs, quantize_streaming
+
+    ranges = None
+    if config.mode == "static":
+        ranges = activation_ranges(src, config, calibration, activation_inputs(src, config), notes)
+    summary = quantize_streaming(src, out, config, ranges=ranges, inputs=(model_path,))
+    notes.append(summary.describe())
+    notes.extend(f"{name} stays float: {why}" for name, why in summary.float_nodes.items())
+
+
 def _static_extra_options(config: QuantizeConfig, opset: int) -> dict:
     extra: dict = {
         "WeightSymmetric": config.weight_symmetric,
@@ -351,9 +379,12 @@ def quantize_model(
         prepared = prep.path
         check_names(model_path, config, prepared)
         raw_out = work / "quantized.onnx"
+        streamed = model_io.is_large(prepared) and _streams(config, model_path)
         try:
             with quiet_logging():  # ORT's quantizer warns on the root logger; our notes say what matters
-                if config.mode == "dynamic":
+                if streamed:       # over 2 GiB: weights from disk straight into out_path's data file
+                    _run_streaming(prepared, out_path, config, calibration, notes, model_path)
+                elif config.mode == "dynamic":
                     # data, when given, only feeds the timing of alternative graphs (real shapes)
                     feeds = next(iter(calibration)).feeds if calibration is not None else None
                     _run_dynamic(prepared, raw_out, config, notes, feeds)
@@ -377,8 +408,9 @@ def quantize_model(
         except Exception as exc:  # noqa: BLE001 - surface ORT's reason in one line
             msg = " ".join(str(exc).split())[:300]
             raise EdgequantError(f"{model_path}: {config.mode} quantization failed: {type(exc).__name__}: {msg}") from exc
-        quantized = model_io.load_model(raw_out)
-        model_io.save_model(quantized, out_path, inputs=(model_path,))
+        if not streamed:
+            quantized = model_io.load_model(raw_out)
+            model_io.save_model(quantized, out_path, inputs=(model_path,))
     if quantized_nothing(out_path):
         warnings.append(f"nothing was quantized: no {'/'.join(config.op_types or ('compute',))} op of this model "
                         "could be quantized in " + config.mode + " mode"

@@ -39,6 +39,34 @@ def range_overrides(src: Path, config: QuantizeConfig, calibration, notes: list[
     return searched.overrides({t: (r.global_rmin, r.global_rmax) for t, r in result.ranges.items()})
 
 
+def activation_ranges(src: Path, config: QuantizeConfig, calibration, tensors: list[str],
+                      notes: list[str]) -> dict[str, tuple[float, float]]:
+    """(rmin, rmax) of ``tensors`` only, by the config's method: robust or global min/max reduced in the
+    graph, or streaming histograms. For the streaming quantizer of models over 2 GiB, whose calibration
+    session is the one copy of the weights in memory."""
+    from .devices import analysis_cpu
+
+    if config.calib_method in ("entropy", "percentile", "distribution"):
+        from .algorithms.histogram import histogram_ranges
+        from .measure.session import SessionConfig
+
+        symmetric = bool(config.extra_options.get("CalibTensorRangeSymmetric", True))
+        hist = histogram_ranges(src, calibration, analysis_cpu(SessionConfig(graph_optimization="disable")),
+                                config.calib_method, percentile=config.calib_percentile, symmetric=symmetric,
+                                tensors=tensors)
+        notes.append(hist.describe())
+        return dict(hist.ranges)
+    from .algorithms.ranges import robust_ranges
+
+    result = robust_ranges(src, calibration, analysis_cpu(), tensors=tensors)
+    if result.samples == 0:
+        raise EdgequantError(f"{calibration.spec}: no calibration samples")
+    if config.robust_ranges:
+        notes.append(result.describe())
+    return {t: (r.rmin, r.rmax) if config.robust_ranges else (r.global_rmin, r.global_rmax)
+            for t, r in result.ranges.items()}
+
+
 def softmax_floor(src: Path, calibration, ranges: dict, notes: list[str]) -> dict:
     """``ranges`` plus :mod:`edgequant.algorithms.softmax_floor`'s clamped Softmax inputs (an
     attention mask's -10000 no longer sets the scores' 8-bit step)."""

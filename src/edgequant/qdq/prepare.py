@@ -64,9 +64,7 @@ def prepare(model_path: Path, work: Path, *, mode: str = "static", per_channel: 
         out.passes.append(f"upgrade_opset({opset}->{min_opset})")
         out.notes.append(f"opset upgraded {opset} -> {min_opset} (per-channel DequantizeLinear needs >= 13)")
     changed = bool(out.passes or out.notes)     # the graph differs from the file on disk
-    if gemm_to_matmul and large:
-        out.notes.append("Gemm left as is: rewriting it as MatMul would load the weights of a model over 2 GiB")
-    elif gemm_to_matmul:
+    if gemm_to_matmul and not large:     # over 2 GiB the streaming quantizer rewrites Gemm itself
         n = _gemm_to_matmul(model)
         if n:
             out.notes.append(f"{n} Gemm rewritten as MatMul+Add for dynamic quantization")
