@@ -174,3 +174,20 @@ def test_ctrl_c_is_one_line_and_exit_130(corpus: Path, tmp_path: Path, capfd, mo
     err = capfd.readouterr().err
     assert code == 130 and "interrupted" in err and "Traceback" not in err
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_a_successful_quantize_prints_no_onnxruntime_log_lines(tmp_path: Path, capfd) -> None:
+    """onnxruntime's pre-processing and calibration sessions warn at its default level (an unused
+    initializer folded away: real exports have them); none of it reaches the user's terminal."""
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "W")
+    unused = numpy_helper.from_array(np.ones(3, np.float32), "unused")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "W4"], ["y"], name="conv")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "W4"), w, unused])
+    src = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(src))
+    code = main(["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--mode", "static", "--calib", "random:4"])
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    assert not any(leak in out + err for leak in LEAKS), out + err

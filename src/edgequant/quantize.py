@@ -372,9 +372,10 @@ def quantize_model(
         warnings.append("calibrating on synthetic random data: activation ranges will not match real inputs")
     with tempfile.TemporaryDirectory(prefix="edgequant-") as tmp:
         work = Path(tmp)
-        prep = prepare(model_path, work, mode=config.mode, per_channel=config.per_channel,
-                       gemm_to_matmul=config.mode == "dynamic" and "Gemm" in (config.op_types or ()),
-                       target=config.target)
+        with quiet_logging():      # ORT's pre-processing session warns about what it folds away
+            prep = prepare(model_path, work, mode=config.mode, per_channel=config.per_channel,
+                           gemm_to_matmul=config.mode == "dynamic" and "Gemm" in (config.op_types or ()),
+                           target=config.target)
         notes.extend([*prep.notes, *prep.warnings])
         prepared = prep.path
         check_names(model_path, config, prepared)

@@ -1,7 +1,7 @@
 """Keep third-party noise out of the user's terminal: edgequant reports through its own output only.
 
-onnxruntime's quantizer logs warnings on the root logger and its histogram calibrators print to
-stdout (``quiet_logging``); Qualcomm's QNN libraries write banners from native code
+onnxruntime's quantizer logs warnings on the root logger, its histogram calibrators print to
+stdout and the sessions it creates log native warnings (``quiet_logging``); Qualcomm's QNN libraries write banners from native code
 (``native_output_silenced``). ``EDGEQUANT_DEBUG=1`` shows everything.
 """
 
@@ -49,8 +49,14 @@ def quiet_logging() -> Iterator[None]:
         return
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
+    ort = sys.modules.get("onnxruntime")
+    if ort is None:
+        import onnxruntime as ort
+    # sessions the quantization tools create log native warnings at onnxruntime's default level (2)
+    ort.set_default_logger_severity(4)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
+        ort.set_default_logger_severity(2)
         logging.disable(previous)
