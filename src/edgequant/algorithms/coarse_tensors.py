@@ -77,6 +77,11 @@ def _candidates(model: onnx.ModelProto) -> list[_Pair]:
         if scale is None or scale.size != 1 or not dqs or q.output[0] in idx.graph_outputs \
                 or any(d.op_type != "DequantizeLinear" for d in dqs):
             continue
+        # a DQ that does not undo its Q (qdq.hard_activations folds HardSigmoid's alpha into the Q's
+        # scale) cannot go: its readers would see the Q's input, not the value the DQ gives back
+        if any(len(d.input) < 2 or idx.const(d.input[1]) is None
+               or not np.array_equal(idx.const(d.input[1]), scale) for d in dqs):
+            continue
         readers = [r for d in dqs for r in idx.consumers.get(d.output[0], [])]
         producer = idx.producer.get(t)
         if any(r.op_type in INT8_READERS for r in readers) or any(d.output[0] in idx.graph_outputs for d in dqs):

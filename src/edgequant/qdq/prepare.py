@@ -83,7 +83,25 @@ def prepare(model_path: Path, work: Path, *, mode: str = "static", per_channel: 
     out.path = preprocess(staged, work / "prepared.onnx", out.passes, out.warnings, optimize=mode == "static")
     if mode == "static":
         out.path = _unshared_biases(out.path, work / "unshared.onnx", out.passes)
+        if rule.exact_rewrites:   # after quant_pre_process: it inlines HardSwish into HardSigmoid + Mul
+            out.path = _hard_activation_rewrites(out.path, work / "hard_activations.onnx", out)
     return out
+
+
+def _hard_activation_rewrites(src: Path, dst: Path, out: Prepared) -> Path:
+    """:data:`edgequant.qdq.hard_activations.PREPARE_PASSES` into ``dst`` (``src`` when none applies)."""
+    from edgequant.graph_pass import run_passes
+
+    from .hard_activations import PREPARE_PASSES
+
+    model = model_io.load_model(src)
+    done = [r for r in run_passes(model, PREPARE_PASSES) if r.changed]
+    if not done:
+        return src
+    onnx.save_model(model, str(dst))
+    out.passes.extend(r.label for r in done)
+    out.notes.extend(f"{r.changed} {r.description}" for r in done)
+    return dst
 
 
 def _import_ort_tools_without_torch() -> None:

@@ -18,6 +18,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from edgequant.measure.coverage import INT8_COMPUTE_OPS, coverage_of_graph
 from edgequant import model as model_io
 from edgequant.qdq.graph import GraphIndex, op_counts
+from edgequant.qdq.hard_activations import HardSigmoidAsAdd
 from edgequant.graph_pass import GraphPass, run_passes
 from edgequant.qdq.passes import ActivationsToUint8, DropZeroBiasZeroPoints, FoldIdentityQdq, diagnose_float_node
 from edgequant.qdq.prepare import prepare
@@ -143,6 +144,7 @@ def _fix_up(model: onnx.ModelProto, activations_to_uint8: bool, summary: Quantiz
     passes: list[GraphPass] = [FoldIdentityQdq(), DropZeroBiasZeroPoints()]
     if activations_to_uint8:
         passes.append(ActivationsToUint8())
+    passes.append(HardSigmoidAsAdd())   # last: it reads the final activation types
     for result in run_passes(model, passes):
         if result.changed or result.name == ActivationsToUint8.name:
             summary.passes.append(result.label)
