@@ -119,6 +119,16 @@ def write_markdown(results: dict, path: Path) -> None:
         lines += ["", f"Recipe: `{mres['recipe']}`. Verdict: **{mres['verdict']}**. Load average before/after "
                   f"timing: {', '.join(f'{x:.2f}' for x in mres['loadavg_before'])} / "
                   f"{', '.join(f'{x:.2f}' for x in mres['loadavg_after'])} (other processes share these cores).", ""]
+        batch = mres.get("batch") or {}
+        if batch.get("variants"):
+            lines += [f"Batch {batch['batch']}, {batch['threads']} thread, {batch['rounds']} interleaved rounds:", "",
+                      "| variant | median ms | samples/s | speedup |", "|---|---|---|---|"]
+            for vn, b in batch["variants"].items():
+                lines.append(f"| {vn} | {_ms(b['median_ms'])} | {b['samples_per_s']:.0f} | "
+                             f"{_fmt_speed(b['speedup']) if 'speedup' in b else '-'} |")
+            lines.append("")
+        elif batch.get("skipped"):
+            lines += [f"Batch throughput not measured: {batch['skipped']}", ""]
         tms = [(vn, v["task_metric"]) for vn, v in mres["variants"].items() if v.get("task_metric")]
         if tms:
             lines += ["| variant | task metric | value | budget | details |", "|---|---|---|---|---|"]

@@ -34,6 +34,15 @@ def _quality(variant: dict | None) -> str:
     return f"{fid['cosine']:.4f}" if "cosine" in fid else "-"
 
 
+def _batch(entry: dict) -> str:
+    """The primary variant's batch speedup over FP32 and its samples/s (suite runs since batch was added)."""
+    batch = entry.get("batch") or {}
+    got = (batch.get("variants") or {}).get(entry.get("primary", ""))
+    if not got:
+        return "fixed batch 1" if "fixes batch 1" in batch.get("skipped", "") else "-"
+    return f"{_speed({'speedup': {'1': got['speedup']}}, '1')}; {got['samples_per_s']:.0f}/s"
+
+
 def _ort_default(variants: dict) -> tuple[str, dict | None]:
     """The faster of onnxruntime's documented flows the suite timed for this model (1 thread)."""
     found = [(name, v) for name, v in variants.items() if name.startswith("ort_default")]
@@ -56,7 +65,7 @@ def markdown(runs: list[tuple[str, dict]]) -> str:
         lines.append(f"- **{label}**: {m['cpu']} ({m['cores']} cores), ISA {' '.join(m['isa'])}; onnxruntime "
                      f"{m['onnxruntime']}; load at start {load}")
     lines += ["", "| model | ISA | FP32 1T ms | ORT default | ORT default 1T | edgequant | edgequant 1T | "
-              "edgequant 2T | cosine (edgequant) |", "|---|---|---|---|---|---|---|---|---|"]
+              "edgequant 2T | edgequant batch 8 (1T) | cosine (edgequant) |", "|---|---|---|---|---|---|---|---|---|---|"]
     models: list[str] = []
     for _, data in runs:
         models += [name for name in data["models"] if name not in models]
@@ -64,16 +73,16 @@ def markdown(runs: list[tuple[str, dict]]) -> str:
         for label, data in runs:
             entry = data["models"].get(model)
             if entry is None:
-                lines.append(f"| {model} | {label} | - | - | - | - | - | - | - |")
+                lines.append(f"| {model} | {label} | - | - | - | - | - | - | - | - |")
                 continue
             variants = entry["variants"]
             primary = variants.get(entry.get("primary", ""))
             ort_name, ort = _ort_default(variants)
             lines.append(f"| {model} | {label} | {_ms(variants.get('fp32'), '1')} | {ort_name} | {_speed(ort, '1')} | "
                          f"{entry.get('primary', '-')} | {_speed(primary, '1')} | {_speed(primary, '2')} | "
-                         f"{_quality(primary)} |")
-    lines += ["", "Not in these runs yet: batch-8 throughput, and mobilenet_v3_small (see results/vnni/ for",
-              "the per-model benchmarks recorded since)."]
+                         f"{_batch(entry)} | {_quality(primary)} |")
+    lines += ["", "`-`: not in that ISA's run (the batch column and mobilenet_v3_small came later than the AVX2",
+              "run; this machine kind cannot re-run it: see each RESULTS.md for the date)."]
     return "\n".join(lines) + "\n"
 
 
