@@ -333,7 +333,7 @@ def static_qdq_kwargs(config: QuantizeConfig, extra: dict | None = None, *, cali
     if extra is None:
         extra = _static_extra_options(config, 13)
     return dict(per_channel=config.per_channel, reduce_range=config.reduce_range,
-                activations_to_uint8=config.activations_to_uint8,
+                activations_to_uint8=config.activations_to_uint8, target=config.target,
                 activation_type=_qtype(config.activation_type), weight_type=_qtype(config.weight_type),
                 calibrate_method=_calib_method(calib_method or config.calib_method),
                 nodes_to_exclude=list(config.exclude) or None,
