@@ -147,3 +147,28 @@ def test_verify_skips_without_litert(tiny: Path, tmp_path: Path, monkeypatch) ->
     monkeypatch.setattr(verify, "litert_version", lambda: None)
     result = verify.compare(tiny, tmp_path / "missing.onnx", np.zeros((1, 3, 4, 4), np.float32))
     assert result.status == "skipped" and "ai-edge-litert" in result.reason
+
+
+def test_a_paddings_constant_shared_by_several_pads_converts(tmp_path: Path, monkeypatch) -> None:
+    """MediaPipe's pose_landmark_full.tflite feeds one paddings constant to several PADs: stock
+    tflite2onnx rewrites it in place for the first and fails on the second (IndexError)."""
+    import contextlib
+
+    from edgequant.dms.wheel import extract_member, find_wheel
+
+    wheel = find_wheel(Path(__file__).resolve().parents[1] / ".cache" / "dms" / "wheel")
+    if wheel is None:
+        pytest.skip("the mediapipe wheel is not cached (python -m edgequant.dms.build fetches it)")
+    tfl = tmp_path / "pose.tflite"
+    extract_member(wheel, "mediapipe/modules/pose_landmark/pose_landmark_full.tflite", tfl)
+    with monkeypatch.context() as m:
+        m.setattr(convert, "shared_pads_fix", contextlib.nullcontext)
+        with pytest.raises(EdgequantError, match="IndexError"):
+            convert.tflite_to_onnx(tfl, tmp_path / "stock.onnx")
+    model = convert.tflite_to_onnx(tfl, tmp_path / "pose.onnx")
+    assert sum(n.op_type == "Pad" for n in model.graph.node) == 5
+    from edgequant.dms import verify
+
+    if verify.litert_version() is not None:     # the converted model computes what the .tflite does
+        x = np.random.default_rng(2).uniform(0, 1, size=(2, 3, 256, 256)).astype(np.float32)
+        assert verify.compare(tfl, tmp_path / "pose.onnx", x).status == "ok"

@@ -42,6 +42,18 @@ def photos() -> list[np.ndarray]:
     return out
 
 
+def people() -> list[np.ndarray]:
+    """scikit-image's photos of a person (the astronaut, the cameraman), and each mirrored."""
+    import skimage.data as data
+
+    out = []
+    for name in ("astronaut", "camera"):
+        img = np.asarray(getattr(data, name)())
+        img = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
+        out += [img, img[:, ::-1].copy()]
+    return out
+
+
 def faces() -> np.ndarray:
     """The 200 lfw_subset faces (25x25 grey, float in [0, 1]) as uint8 RGB."""
     import skimage.data as data

@@ -50,6 +50,21 @@ def mask_miou(outputs: Outputs, labels: np.ndarray | None, reference: Outputs | 
     return _miou(_only(outputs, "mask_miou"), _only(ref, "mask_miou"), 0.5)
 
 
+def mask_logits_miou(outputs: Outputs, labels: np.ndarray | None, reference: Outputs | None = None) -> MetricResult:
+    """Mean IoU of a one-channel 4-D mask output given as logits (MediaPipe's pose segmentation),
+    thresholded at 0 (probability 0.5), against FP32's. Picks that output among others (landmarks,
+    heatmaps) by its shape: one channel of H x W per sample (batch dims of 1 aside), the largest."""
+    def mask(outs: Outputs) -> np.ndarray:
+        arrays = [np.asarray(v) for v in outs.values()]
+        cands = [a for a in arrays if a.ndim >= 4 and min(a.shape[-2:]) > 1 and int(np.prod(a.shape[1:-2])) == 1]
+        if not cands:
+            raise EdgequantError(f"mask_logits_miou: no one-channel H x W output in {sorted(outs)}")
+        return max(cands, key=lambda a: a[:1].size)
+
+    res = _miou(mask(outputs), mask(_ref(reference, "mask_logits_miou")), 0.0)
+    return MetricResult("mask_logits_miou", res.value, True, res.details)
+
+
 def text_map_miou(outputs: Outputs, labels: np.ndarray | None, reference: Outputs | None = None) -> MetricResult:
     """DB text detection: mean IoU of the probability map thresholded at 0.3 (PP-OCR's
     ``thresh``) against FP32's map: the text regions the post-processing would box."""

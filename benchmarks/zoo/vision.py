@@ -27,7 +27,7 @@ def _input_name(path: Path) -> str:
 
 
 def mediapipe_builder(member: str, size: int, value_range: tuple[float, float], source: str):
-    """A builder for one MediaPipe .tflite: ``source`` is 'photos' or 'faces'."""
+    """A builder for one MediaPipe .tflite: ``source`` is 'photos', 'people' or 'faces'."""
 
     def build(spec: ZooModel, folder: Path, wheel: Path, sizes: Sizes) -> dict:
         tfl = folder / "model.tflite"
@@ -37,7 +37,7 @@ def mediapipe_builder(member: str, size: int, value_range: tuple[float, float], 
         if not (onnx_path.is_file() and stamp.is_file() and stamp.read_text() == tfl_sha):
             tflite_to_onnx(tfl, onnx_path)
             stamp.write_text(tfl_sha)
-        images = inputs.faces() if source == "faces" else inputs.photos()
+        images = {"faces": inputs.faces, "people": inputs.people, "photos": inputs.photos}[source]()
         name = _input_name(onnx_path)
         calib = inputs.crops(images, sizes.calib, size, seed=1)
         evals = inputs.crops(images, sizes.eval, size, seed=2)

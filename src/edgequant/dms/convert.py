@@ -5,6 +5,10 @@ Fixes, applied only while converting:
   pads the alpha's shape [1,1,C] to rank 4 so its NHWC->NCHW layout pass can permute it,
   but leaves the DEQUANTIZE's fp16 source at rank 3; the same layout then reaches that
   tensor and the permutation fails with IndexError. We pad the source the same way.
+- A PAD's paddings constant shared by several PADs (pose_landmark_full.tflite): tflite2onnx
+  rewrites the constant in place from TFLite's [n, 2] to ONNX's flat order when it transforms
+  the first PAD, and the second PAD's transform then fails on the already-flat array
+  (IndexError). The rewritten constant serves every PAD of the same layout, so it is done once.
 - Opset: tflite2onnx writes opset 11; we upgrade to 13 so per-channel QDQ is possible.
 """
 
@@ -53,6 +57,25 @@ def prelu_alpha_fix() -> Iterator[None]:
         Activation.parse = original
 
 
+@contextlib.contextmanager
+def shared_pads_fix() -> Iterator[None]:
+    """Patch tflite2onnx's PAD transform to convert a shared paddings constant once (module doc)."""
+    from tflite2onnx.op.padding import Padding
+
+    original = Padding.transform
+
+    def transform(self) -> None:  # type: ignore[no-untyped-def]
+        if len(self.inputs[1].shape) == 1:     # already ONNX's flat [begins..., ends...]
+            return
+        original(self)
+
+    Padding.transform = transform
+    try:
+        yield
+    finally:
+        Padding.transform = original
+
+
 def _canonical_order(graph: onnx.GraphProto) -> None:
     """Sort initializers and value_info by name: tflite2onnx emits them from Python sets,
     so without this the same .tflite gives different bytes (and sha256) run to run."""
@@ -76,7 +99,7 @@ def tflite_to_onnx(tflite_path: Path, onnx_path: Path, opset: int = TARGET_OPSET
     try:
         with tempfile.TemporaryDirectory() as tmp:
             raw = Path(tmp) / "raw.onnx"
-            with prelu_alpha_fix() if fix_prelu else contextlib.nullcontext():
+            with prelu_alpha_fix() if fix_prelu else contextlib.nullcontext(), shared_pads_fix():
                 tflite2onnx.convert(str(tflite_path), str(raw))
             model = onnx.load(str(raw))
     except (AssertionError, IndexError, ValueError, NotImplementedError) as exc:
