@@ -171,3 +171,27 @@ def test_a_worker_killed_mid_search_fails_its_job_only() -> None:
     got = quantize_batch(["a", "boom", "b"], workers=2, fn=_dies_on_boom)
     assert got[0] == {"ok": True, "job": "a"} and got[2] == {"ok": True, "job": "b"}
     assert got[1]["ok"] is False and "SIGKILL" in got[1]["error"] and "out-of-memory" in got[1]["error"]
+
+
+def _sleeps_on_slow(job: str) -> dict:
+    import time
+
+    if job == "slow":
+        time.sleep(120)
+    return {"ok": True, "job": job}
+
+
+def test_a_batch_past_its_time_budget_is_stopped_and_the_rest_stands() -> None:
+    """MiniLM's tune with --time-budget 3: an AdaRound batch started just before the end held the
+    search for many minutes. Jobs still running at the timeout are ended and fail with the reason."""
+    import time
+
+    from edgequant.jobs import quantize_batch
+
+    start = time.monotonic()
+    got = quantize_batch(["a", "slow", "b"], workers=2, fn=_sleeps_on_slow, timeout_s=8.0)
+    assert time.monotonic() - start < 60
+    assert got[0] == {"ok": True, "job": "a"} and got[2] == {"ok": True, "job": "b"}
+    assert got[1]["ok"] is False and got[1].get("timed_out") and "time budget" in got[1]["error"]
+    one = quantize_batch(["slow"], workers=1, fn=_sleeps_on_slow, timeout_s=3.0)   # one worker: still stoppable
+    assert one[0].get("timed_out")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Sequence
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,22 +94,41 @@ def _isolated(job: Any, fn: Callable[[Any], dict]) -> dict:
     return result if result is not None else {"ok": False, "error": _death(proc.exitcode)}
 
 
+def timed_out(timeout_s: float) -> dict:
+    """The result of a job stopped because the caller's time ran out."""
+    return {"ok": False, "error": f"stopped: the time budget ran out while it was quantizing ({timeout_s:.0f} s)",
+            "timed_out": True}
+
+
 def quantize_batch(jobs: Sequence[QuantizeJob], workers: int,
-                   fn: Callable[[Any], dict] = run_quantize_job) -> list[dict]:
+                   fn: Callable[[Any], dict] = run_quantize_job, *, timeout_s: float | None = None) -> list[dict]:
     """Run jobs in up to ``workers`` (max 2) spawned processes, or inline for one job/worker.
 
     A worker that dies (the out-of-memory killer, a crash inside onnxruntime) breaks the whole
     pool: the jobs left without a result then run again one per fresh process, and the one whose
-    process dies again fails alone with the reason; the other recipes' results stand."""
+    process dies again fails alone with the reason; the other recipes' results stand.
+    ``timeout_s``: jobs not finished by then are stopped (their processes ended) and fail with the
+    reason; jobs then always run in worker processes, since an inline one could not be stopped."""
     workers = max(1, min(2, workers, len(jobs)))
-    if workers == 1:
+    if workers == 1 and timeout_s is None:
         return [fn(j) for j in jobs]
     results: list[dict | None] = [None] * len(jobs)
+    pool = _pool(workers)
     try:
-        with _pool(workers) as pool:
-            futures = [pool.submit(fn, j) for j in jobs]
-            for i, fut in enumerate(futures):
+        futures = [pool.submit(fn, j) for j in jobs]
+        done, late = wait(futures, timeout=timeout_s)
+        for i, fut in enumerate(futures):
+            if fut in done and fut.exception() is None:
                 results[i] = fut.result()
+            elif fut in late:
+                results[i] = timed_out(timeout_s or 0.0)
+        if late:
+            # ProcessPoolExecutor cannot cancel a running job: end its workers (CPython keeps them in
+            # _processes; shutdown alone would wait for the jobs to finish)
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
     except BrokenProcessPool:
         pass
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return [r if r is not None else _isolated(j, fn) for r, j in zip(results, jobs)]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..devices._ray import Shipped, Shipper, connect, materialize
 from ..fsutil import atomic_path
-from ..jobs import CalibSpec, QuantizeJob, run_quantize_job
+from ..jobs import CalibSpec, QuantizeJob, run_quantize_job, timed_out
 
 
 def _quantize_remote(job: QuantizeJob, model: Shipped, calib: Shipped | None) -> dict:
@@ -43,8 +43,11 @@ def ray_quantize_batch(address: str = "auto", *, max_concurrency: int = 2,
                        max_retries: int = 2) -> Callable[[Sequence[QuantizeJob], int], list[dict]]:
     """A drop-in for :func:`edgequant.jobs.quantize_batch` that quantizes on the Ray cluster."""
 
-    def quantize_batch(jobs: Sequence[QuantizeJob], workers: int) -> list[dict]:
+    def quantize_batch(jobs: Sequence[QuantizeJob], workers: int, *, timeout_s: float | None = None) -> list[dict]:
+        import time
+
         ray = connect(address)
+        end = None if timeout_s is None else time.monotonic() + timeout_s
         task = ray.remote(_quantize_remote).options(num_cpus=1, max_retries=max_retries, retry_exceptions=False)
         shipper = Shipper(ray)
         limit = max(1, min(max_concurrency, workers))
@@ -57,7 +60,16 @@ def ray_quantize_batch(address: str = "auto", *, max_concurrency: int = 2,
                     i, job = queue.pop(0)
                     calib = _ship_calib(shipper, job.calib)
                     pending[task.remote(job, shipper.ship(job.model_path), calib)] = i
-                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                left = None if end is None else max(0.0, end - time.monotonic())
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=left)
+                if not ready:          # the time budget ran out: stop what runs, skip what waits
+                    for ref, i in pending.items():
+                        ray.cancel(ref, force=True)
+                        results[i] = timed_out(timeout_s or 0.0)
+                    for i, _job in queue:
+                        results[i] = timed_out(timeout_s or 0.0)
+                    break
+                (ref,) = ready
                 i = pending.pop(ref)
                 try:
                     res = ray.get(ref)

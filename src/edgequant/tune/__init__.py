@@ -151,6 +151,7 @@ def run_tune(model: str | Path, out_dir: str | Path, *, calib: str, eval_spec: s
     if options.qat_minutes > 0 and qat_available():   # training is never timed: all cores
         runner.qat_trainer = QatTrainer(model_path, target, runner.calib, progress=progress)
     deadline = started + 60.0 * options.time_budget_min if options.time_budget_min is not None else None
+    runner.deadline = deadline
     from ..targets import resolve_target
 
     float_fallback = (resolve_target(target).float_fallback if options.float_fallback is None

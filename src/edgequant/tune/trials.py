@@ -8,6 +8,7 @@ never does.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from .cache import TuneCache
 from .recipes import Recipe
 
 Progress = Callable[[str], None]
+DEADLINE_GRACE_S = 30.0      # a batch may quantize this long past the time budget, no longer
 
 
 @dataclass
@@ -162,6 +164,7 @@ class TrialRunner:
     progress: Progress | None = None
     quantize_batch: Callable = quantize_batch      # jobs, workers -> results (Ray: scaleout.tune_tasks)
     qat_trainer: Callable | None = None           # (recipe, out_path) -> result, for QAT recipes (tune.qat_stage)
+    deadline: float | None = None                 # time.monotonic() when the search's time budget ends
     quantized_count: int = 0
 
     def _say(self, msg: str) -> None:
@@ -211,7 +214,7 @@ class TrialRunner:
             names = ", ".join(t.name for t in todo)
             self._say(f"quantizing {names}" + (f" ({min(2, self.workers, len(todo))} workers)" if len(todo) > 1 else ""))
             jobs = [QuantizeJob(self.model_path, t.path, t.recipe.config(self.target), self.calib) for t in todo]
-            results = self.quantize_batch(jobs, self.workers)
+            results = self.quantize_batch(jobs, self.workers, timeout_s=self._time_left())
         for t in trained:
             self._say(f"training {t.name} (QAT, up to {t.recipe.qat_minutes:g} min)")
             results.append(self.qat_trainer(t.recipe, t.path) if self.qat_trainer is not None
@@ -223,7 +226,19 @@ class TrialRunner:
                 t.error = res["error"]
             else:
                 t.notes = [*res["warnings"], *res["notes"]]
+            if res.get("timed_out"):   # not a verdict on the recipe: a later run with more time retries it
+                for stale in t.path.parent.glob(f".{t.path.name}.*.tmp"):   # its writer was stopped mid-way
+                    stale.unlink(missing_ok=True)
+                continue
             self.cache.store_quantized(t.recipe_dict, res)
+
+    def _time_left(self) -> float | None:
+        """How long a batch started now may quantize: the budget's rest plus a grace, so that a
+        candidate started just before the end can finish, but a slow one (AdaRound on a large
+        model) cannot hold the search for many times its budget."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic()) + DEADLINE_GRACE_S
 
     def _quality(self, t: Trial) -> None:
         cached = self.cache.measured(t.recipe_dict)
