@@ -252,18 +252,20 @@ def quantize_streaming(src: Path, out: Path, config, *, ranges: dict[str, tuple[
                 if static and x not in (ranges or {}):
                     summary.float_nodes[node.name] = "no calibrated range for its input"
                     continue
-                if site.weight not in quantized_weight:
+                key = (site.weight, site.transposed)     # a weight read both ways gets both layouts
+                if key not in quantized_weight:
                     qp = _weight_params(weights, site, config.weight_type, reduce_range=config.reduce_range,
                                         symmetric=config.weight_symmetric and signed, per_channel=config.per_channel)
-                    wq = f"{site.weight}_quantized"
+                    stem = site.weight + ("_transposed" if site.transposed else "")
+                    wq = f"{stem}_quantized"
                     new_inits[wq] = _write_weight(weights, site, qp, data, wq)
-                    new_inits[f"{site.weight}_scale"] = _const(f"{site.weight}_scale", qp.scale)
-                    new_inits[f"{site.weight}_zero_point"] = _const(f"{site.weight}_zero_point", qp.zero_point)
-                    quantized_weight[site.weight] = (wq, f"{site.weight}_scale", f"{site.weight}_zero_point")
+                    new_inits[f"{stem}_scale"] = _const(f"{stem}_scale", qp.scale)
+                    new_inits[f"{stem}_zero_point"] = _const(f"{stem}_zero_point", qp.zero_point)
+                    quantized_weight[key] = (wq, f"{stem}_scale", f"{stem}_zero_point")
                     rows, cols = weights.float_matrix(site.weight)
                     summary.weights_in_bytes += rows * cols * 4
                     summary.weights_out_bytes += rows * cols * np.dtype(qmath.QTYPES[qp.dtype][2]).itemsize
-                wq, ws, wz = quantized_weight[site.weight]
+                wq, ws, wz = quantized_weight[key]
                 inserted = before.setdefault(i, [])
                 y = node.output[0]
                 mm_out = f"{node.name}_matmul_output" if node.op_type == "Gemm" and len(node.input) > 2 else y
@@ -279,11 +281,11 @@ def quantize_streaming(src: Path, out: Path, config, *, ranges: dict[str, tuple[
                                      helper.make_node("DequantizeLinear", [names[2], names[0], names[1]], [names[3]],
                                                       name=f"{x}_DequantizeLinear")]
                         activation[x] = names
-                    w_dq = f"{site.weight}_dequantized"
+                    w_dq = f"{wq}_dequantized"
                     if w_dq not in dequantized_weight:
                         axis = {"axis": 1} if config.per_channel else {}
                         inserted.append(helper.make_node("DequantizeLinear", [wq, ws, wz], [w_dq],
-                                                         name=f"{site.weight}_DequantizeLinear", **axis))
+                                                         name=f"{wq}_DequantizeLinear", **axis))
                         dequantized_weight.add(w_dq)
                     inserted.append(helper.make_node("MatMul", [activation[x][3], w_dq], [mm_out], name=node.name))
                 else:
