@@ -86,3 +86,16 @@ def test_other_targets_and_wide_inputs_are_left_alone(tmp_path: Path) -> None:
     assert not any(n.op_type == "Pad" for n in onnx.load(str(out)).graph.node)   # not measured there
     float_model = onnx.load(str(src))
     assert pad_conv_input_channels(float_model) == 0                   # FP32 Convs (no DQ) untouched
+
+
+def test_16_bit_activations_are_left_alone(tmp_path: Path) -> None:
+    """onnxruntime's CPU Pad has no 16-bit kernel: padding a uint16 stem input made a model it
+    refuses to load (found on the zoo's pose_landmark with --activation-type uint16)."""
+    src = _stem_net(tmp_path / "stem.onnx")
+    np.savez(tmp_path / "calib.npz", x=RNG.standard_normal((8, 3, 32, 32)).astype(np.float32))
+    out = tmp_path / "a16.onnx"
+    api.quantize(src, out, mode="static", calib=str(tmp_path / "calib.npz"), target="x86-vnni",
+                 activation_type="uint16")
+    assert not any(n.op_type == "Pad" for n in onnx.load(str(out)).graph.node)
+    x = RNG.standard_normal((1, 3, 32, 32)).astype(np.float32)
+    assert _run(out, x).shape == (1, 8, 16, 16)

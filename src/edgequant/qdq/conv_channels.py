@@ -18,6 +18,7 @@ from edgequant.graph_pass import GraphPass, PassContext
 from edgequant.qdq.graph import GraphIndex, attribute
 
 MULTIPLE = 4
+EIGHT_BIT = (np.dtype(np.uint8), np.dtype(np.int8))
 MAX_CHANNELS = 16     # stems: the pad copies the activation once, cheap only where channels are few
 
 
@@ -53,6 +54,8 @@ def pad_conv_input_channels(model: onnx.ModelProto) -> int:
         w = numpy_helper.to_array(inits[dq_w.input[0]])
         if x_zp is None or x_zp.size != 1 or w_zp is None or w.ndim < 3 or attribute(dq_w, "axis", 1) != 0 and w_zp.size > 1:
             continue
+        if x_zp.dtype not in EIGHT_BIT or w.dtype not in EIGHT_BIT:
+            continue       # 16-bit activations: onnxruntime's CPU Pad has no 16-bit kernel (and MLAS no such path)
         cin = w.shape[1]
         if cin % MULTIPLE == 0 or cin >= MAX_CHANNELS:
             continue
