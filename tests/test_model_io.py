@@ -94,3 +94,33 @@ def test_save_is_atomic_and_refuses_input(tmp_path, conv_model):
     out = model_io.save_model(model, tmp_path / "sub" / "copy.onnx", inputs=(conv_model,))
     assert model_io.sha256_file(out) == model_io.sha256_file(conv_model)
     assert [p.name for p in out.parent.iterdir()] == ["copy.onnx"]  # no temp files left behind
+
+
+def test_copy_model_brings_its_external_data_under_its_own_name(tmp_path) -> None:
+    """tune publishes cached candidates (each 'model.onnx' + 'model.onnx.data') side by side under
+    readable names: each copy must get its own data file (a plain copy lost the weights)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgequant.model import copy_model
+
+    out = tmp_path / "published"
+    out.mkdir()
+    for i, name in enumerate(("dynamic", "static")):
+        folder = tmp_path / f"cache{i}"
+        folder.mkdir()
+        w = numpy_helper.from_array(np.full((4, 4), float(i + 1), np.float32), "W")
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w])
+        onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(folder / "model.onnx"),
+                        save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+        copy_model(folder / "model.onnx", out / f"m.{name}.onnx")
+        assert (folder / "model.onnx.data").is_file()                    # the source keeps its data
+    assert sorted(p.name for p in out.iterdir()) == ["m.dynamic.onnx", "m.dynamic.onnx.data",
+                                                     "m.static.onnx", "m.static.onnx.data"]
+    for i, name in enumerate(("dynamic", "static")):
+        sess = ort.InferenceSession(str(out / f"m.{name}.onnx"), providers=["CPUExecutionProvider"])
+        assert sess.run(None, {"x": np.ones((1, 4), np.float32)})[0][0, 0] == 4.0 * (i + 1)

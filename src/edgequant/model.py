@@ -231,6 +231,32 @@ def save_referencing(model: onnx.ModelProto, out: str | Path, source: str | Path
     return out
 
 
+def copy_model(src: str | Path, dest: str | Path) -> Path:
+    """Copy a model file to ``dest`` with its external-data files, each written atomically; the copy's
+    data file is named after it (``dest.name + ".data"``, numbered when there are several), so that
+    copies of differently named models never share or overwrite one another's weights."""
+    import shutil
+
+    src, dest = Path(src), Path(dest)
+    header = onnx.load(str(src), load_external_data=False)
+    locations = external_locations(header)
+    if not locations:
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(src, tmp)
+        return dest
+    renamed = {loc: dest.name + (".data" if len(locations) == 1 else f".{i}.data") for i, loc in enumerate(locations)}
+    for loc, name in renamed.items():
+        with atomic_path(dest.parent / name) as tmp:
+            shutil.copyfile(src.parent / loc, tmp)
+    for tensor in onnx.external_data_helper._get_all_tensors(header):
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value in renamed:
+                entry.value = renamed[entry.value]
+    with atomic_path(dest) as tmp:
+        onnx.save_model(header, str(tmp))
+    return dest
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -16,7 +16,6 @@ Nothing here prints; ``progress`` receives one-line status messages.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,12 +103,9 @@ def _finalists(state: SearchState, count: int, *, judge_speed: bool = True) -> l
 
 
 def _publish(trial: Trial, out_dir: Path, stem: str) -> Candidate:
-    """Copy a cached candidate next to the report under a readable name."""
-    from ..fsutil import atomic_path
-
+    """Copy a cached candidate next to the report under a readable name (external data too)."""
     dest = out_dir / f"{stem}.{trial.name}.onnx"
-    with atomic_path(dest) as tmp:
-        shutil.copyfile(trial.path, tmp)
+    model_io.copy_model(trial.path, dest)
     return Candidate(trial.name, dest, trial.recipe_dict, list(trial.notes))
 
 
