@@ -15,7 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgequant.graph_pass import GraphPass, PassContext
-from edgequant.qdq.graph import GraphIndex, attribute
+from edgequant.qdq.graph import GraphIndex, attribute, insert_after_producers
 
 MULTIPLE = 4
 EIGHT_BIT = (np.dtype(np.uint8), np.dtype(np.int8))
@@ -40,7 +40,7 @@ def pad_conv_input_channels(model: onnx.ModelProto) -> int:
     graph = model.graph
     idx = GraphIndex.build(graph)
     inits = {t.name: t for t in graph.initializer}
-    before: dict[str, list[onnx.NodeProto]] = {}
+    readers: dict[str, list[onnx.NodeProto]] = {}     # quantized tensor -> the Pads that read it
     changed = 0
     for conv in list(graph.node):
         if conv.op_type != "Conv" or attribute(conv, "group", 1) != 1 or len(conv.input) < 2:
@@ -63,24 +63,18 @@ def pad_conv_input_channels(model: onnx.ModelProto) -> int:
                 and _single_reader(idx, dq_w.input[0])):
             continue       # shared tensors: a copy would cost more than the pad saves
         target = -(-cin // MULTIPLE) * MULTIPLE
-        pads = np.zeros(2 * w.ndim, np.int64)
-        pads[w.ndim + 1] = target - cin
+        amounts = np.zeros(2 * w.ndim, np.int64)
+        amounts[w.ndim + 1] = target - cin
         stem = conv.name or conv.output[0]
         pads_name, padded = f"{stem}_channel_pads", f"{dq_x.input[0]}_channel_padded_{stem}"
-        graph.initializer.append(numpy_helper.from_array(pads, pads_name))
-        before.setdefault(dq_x.name or dq_x.output[0], []).append(
+        graph.initializer.append(numpy_helper.from_array(amounts, pads_name))
+        readers.setdefault(dq_x.input[0], []).append(
             helper.make_node("Pad", [dq_x.input[0], pads_name, dq_x.input[2]], [padded], name=f"{stem}_channel_pad",
                              mode="constant"))
         dq_x.input[0] = padded
         inits[dq_w.input[0]].CopyFrom(numpy_helper.from_array(_padded_weight(w, w_zp, target), dq_w.input[0]))
         changed += 1
-    if changed:
-        nodes = []
-        for node in graph.node:
-            nodes.extend(before.get(node.name or node.output[0], []))
-            nodes.append(node)
-        del graph.node[:]
-        graph.node.extend(nodes)
+    insert_after_producers(model, readers)
     return changed
 
 
