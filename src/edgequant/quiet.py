@@ -41,6 +41,9 @@ def native_output_silenced() -> Iterator[None]:
                 os.close(fd)
 
 
+_ort_quiet_depth = 0
+
+
 @contextlib.contextmanager
 def quiet_logging() -> Iterator[None]:
     """Python-level noise of onnxruntime's quantization tools: root-logger warnings and prints."""
@@ -52,11 +55,17 @@ def quiet_logging() -> Iterator[None]:
     ort = sys.modules.get("onnxruntime")
     if ort is None:
         import onnxruntime as ort
-    # sessions the quantization tools create log native warnings at onnxruntime's default level (2)
-    ort.set_default_logger_severity(4)
+    # sessions the quantization tools create log native warnings at onnxruntime's default level (2);
+    # onnxruntime has no getter, so nesting is counted: only the outermost block restores it
+    global _ort_quiet_depth
+    if _ort_quiet_depth == 0:
+        ort.set_default_logger_severity(4)
+    _ort_quiet_depth += 1
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
-        ort.set_default_logger_severity(2)
+        _ort_quiet_depth -= 1
+        if _ort_quiet_depth == 0:
+            ort.set_default_logger_severity(2)
         logging.disable(previous)
