@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from .errors import EdgequantError
-from .quantize_config import QuantizeConfig
+from .quantize_config import HISTOGRAM_METHODS, QuantizeConfig
 
 
 def range_overrides(src: Path, config: QuantizeConfig, calibration, notes: list[str]) -> dict:
@@ -46,16 +46,8 @@ def activation_ranges(src: Path, config: QuantizeConfig, calibration, tensors: l
     session is the one copy of the weights in memory."""
     from .devices import analysis_cpu
 
-    if config.calib_method in ("entropy", "percentile", "distribution"):
-        from .algorithms.histogram import histogram_ranges
-        from .measure.session import SessionConfig
-
-        symmetric = bool(config.extra_options.get("CalibTensorRangeSymmetric", True))
-        hist = histogram_ranges(src, calibration, analysis_cpu(SessionConfig(graph_optimization="disable")),
-                                config.calib_method, percentile=config.calib_percentile, symmetric=symmetric,
-                                tensors=tensors)
-        notes.append(hist.describe())
-        return dict(hist.ranges)
+    if config.calib_method in HISTOGRAM_METHODS:
+        return dict(_histograms(src, config, calibration, notes, tensors=tensors).ranges)
     from .algorithms.ranges import robust_ranges
 
     result = robust_ranges(src, calibration, analysis_cpu(), tensors=tensors)
@@ -109,6 +101,13 @@ def histogram_overrides(src: Path, config: QuantizeConfig, calibration, notes: l
                          on_sample: Callable[[int], None] | None) -> dict:
     """``TensorQuantOverrides`` rmin/rmax of every activation from :mod:`edgequant.algorithms.histogram`:
     onnxruntime's HistogramCalibrater keeps every intermediate tensor of every sample (GBs)."""
+    result = _histograms(src, config, calibration, notes, on_sample=on_sample)
+    return as_ort_adjusts(onnx.load(str(src), load_external_data=False), config, result.overrides())
+
+
+def _histograms(src: Path, config: QuantizeConfig, calibration, notes: list[str], *, tensors=None, on_sample=None):
+    """:func:`edgequant.algorithms.histogram.histogram_ranges` by the config's method (all activations, or
+    ``tensors``), its one line appended to ``notes``."""
     from .algorithms.histogram import histogram_ranges
     from .devices import analysis_cpu
     from .measure.session import SessionConfig
@@ -117,11 +116,11 @@ def histogram_overrides(src: Path, config: QuantizeConfig, calibration, notes: l
     device = analysis_cpu(SessionConfig(graph_optimization="disable"))
     symmetric = bool(config.extra_options.get("CalibTensorRangeSymmetric", True))  # ORT's percentile default
     result = histogram_ranges(src, calibration, device, config.calib_method, percentile=config.calib_percentile,
-                              symmetric=symmetric, on_sample=on_sample)
+                              symmetric=symmetric, tensors=tensors, on_sample=on_sample)
     if result.samples == 0:
         raise EdgequantError(f"{calibration.spec}: no calibration samples")
     notes.append(result.describe())
-    return as_ort_adjusts(onnx.load(str(src), load_external_data=False), config, result.overrides())
+    return result
 
 
 def as_ort_adjusts(model: onnx.ModelProto, config: QuantizeConfig, overrides: dict) -> dict:
