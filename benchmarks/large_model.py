@@ -116,11 +116,14 @@ def main() -> int:
     weights_mb = round(args.layers * args.dim * args.dim * 4 / 2**20)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
+    from edgequant.targets import resolve_target
+
+    target = resolve_target("auto").name       # the ISA the numbers belong to (x86-avx2 / x86-vnni)
     rows = []
     with tempfile.TemporaryDirectory(prefix="eq-large-", dir=CACHE) as tmp:
         for mode in args.modes:
             row = {"when": time.strftime("%Y-%m-%d %H:%M"), "commit": commit,
-                   "machine": f"{platform.machine()} {Path('/proc/loadavg').read_text().split()[0]} load",
+                   "machine": f"{platform.machine()} {target}, cpu device, load {Path('/proc/loadavg').read_text().split()[0]}",
                    "model": model.name, "weights_mb": weights_mb, **run(model, mode, Path(tmp))}
             print(json.dumps(row))
             rows.append(row)
