@@ -90,6 +90,20 @@ def test_cli_fleet_ray_and_the_missing_extra(cluster, tmp_path: Path, monkeypatc
         cluster_mod.import_ray()
 
 
+def test_a_ray_task_uses_the_cpus_it_was_assigned(cluster) -> None:
+    """Ray reserves num_cpus but does not confine a task: edgequant's sessions follow the reservation."""
+    def allowance_in_task() -> int | None:   # defined here: Ray ships it by value (no test module there)
+        import ray as worker_ray
+
+        from edgequant.devices._ray import use_assigned_cpus
+        from edgequant.measure.session import cpu_allowance
+
+        use_assigned_cpus(worker_ray)
+        return cpu_allowance()
+
+    assert ray.get(ray.remote(allowance_in_task).options(num_cpus=1).remote()) == 1
+
+
 def test_tune_quantizes_candidates_as_ray_tasks(cluster, tmp_path: Path) -> None:
     """tune --ray: candidates are quantized on the workers (two at a time), quality and timing
     here; the cache makes a second run quantize nothing."""

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import model as model_io
 from .errors import EdgequantError
+from .measure.session import available_cpus, limit_cpus
 from .quantize import QuantizeConfig, quantize_model
 from .quiet import quiet_logging
 
@@ -61,8 +62,12 @@ def run_quantize_job(job: QuantizeJob) -> dict:
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
-    # spawn, not fork: forking a process that holds onnxruntime thread pools can deadlock
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    # spawn, not fork: forking a process that holds onnxruntime thread pools can deadlock.
+    # Each worker gets its share of the cores (measure.session.cpu_allowance): with onnxruntime's
+    # default pool per session, two workers spin against each other on the same cores.
+    share = max(1, available_cpus() // workers)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=limit_cpus, initargs=(share,))
 
 
 def _death(exitcode: int | None) -> str:

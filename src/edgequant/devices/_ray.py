@@ -58,6 +58,16 @@ def node_facts(ray: Any) -> dict:
             "target": auto_target(cpu)}
 
 
+def use_assigned_cpus(ray: Any) -> None:
+    """Sessions in this task use the CPUs Ray assigned it (its ``num_cpus``), not every core of
+    the node: Ray reserves CPUs but does not confine a task to them."""
+    from ..measure.session import limit_cpus
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    if cpus:
+        limit_cpus(max(1, round(cpus)))
+
+
 @dataclass(frozen=True)
 class Shipped:
     """A file or folder in the object store: what a worker needs to materialize it."""

@@ -7,6 +7,7 @@ fidelity runs use exactly the options the report names. This module imports only
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -20,6 +21,35 @@ GRAPH_OPT_LEVELS: dict[str, ort.GraphOptimizationLevel] = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+# CPUs an edgequant worker was given (a process-pool worker, a Ray task's num_cpus): sessions left
+# at "ORT decides" use that many threads. ORT's own default pins one spinning thread per core, so
+# two workers sharing the cores would each wait on the other's spinning threads (measured: two
+# concurrent 1-CPU processes run 2x slower with ORT's default pool than with one thread each).
+CPUS_ENV = "EDGEQUANT_CPUS"
+
+
+def limit_cpus(count: int) -> None:
+    """This process (and the processes it starts) may use ``count`` CPUs."""
+    os.environ[CPUS_ENV] = str(max(1, int(count)))
+
+
+def cpu_allowance() -> int | None:
+    """CPUs this process was given by the worker that runs it, or None when it has the machine."""
+    value = os.environ.get(CPUS_ENV, "")
+    return max(1, int(value)) if value.isdigit() else None
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its allowance, else the cores its affinity mask allows."""
+    given = cpu_allowance()
+    if given is not None:
+        return given
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
 EXECUTION_MODES: dict[str, ort.ExecutionMode] = {
     "sequential": ort.ExecutionMode.ORT_SEQUENTIAL,
     "parallel": ort.ExecutionMode.ORT_PARALLEL,
@@ -32,7 +62,8 @@ EXECUTION_ORDERS: dict[str, ort.ExecutionOrder] = {
 
 @dataclass(frozen=True)
 class SessionConfig:
-    """ONNX Runtime session options. ``0`` threads means "let ORT decide" (physical cores)."""
+    """ONNX Runtime session options. ``0`` threads means "let ORT decide" (physical cores), or in an
+    edgequant worker the CPUs it was given (:func:`cpu_allowance`)."""
 
     intra_op_threads: int = 0
     inter_op_threads: int = 0
@@ -85,8 +116,9 @@ class SessionConfig:
 def session_options(cfg: SessionConfig) -> ort.SessionOptions:
     """Translate a :class:`SessionConfig` into ``ort.SessionOptions``."""
     so = ort.SessionOptions()
-    so.intra_op_num_threads = cfg.intra_op_threads
-    so.inter_op_num_threads = cfg.inter_op_threads
+    given = cpu_allowance() or 0
+    so.intra_op_num_threads = cfg.intra_op_threads or given
+    so.inter_op_num_threads = cfg.inter_op_threads or given
     so.graph_optimization_level = GRAPH_OPT_LEVELS[cfg.graph_optimization]
     so.enable_cpu_mem_arena = cfg.enable_mem_arena
     so.enable_mem_pattern = cfg.enable_mem_pattern
@@ -105,6 +137,8 @@ def effective_threads(cfg: SessionConfig) -> int:
     """Intra-op threads the session will use: the configured number, or ORT's default."""
     if cfg.intra_op_threads > 0:
         return cfg.intra_op_threads
+    if cpu_allowance() is not None:
+        return cpu_allowance()
     try:  # ORT's default is one thread per physical core
         import psutil
 

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..devices._ray import Shipped, Shipper, connect, materialize
+from ..devices._ray import Shipped, Shipper, connect, materialize, use_assigned_cpus
 from ..fsutil import atomic_path
 from ..jobs import CalibSpec, QuantizeJob, run_quantize_job, timed_out
 
@@ -23,6 +23,7 @@ from ..jobs import CalibSpec, QuantizeJob, run_quantize_job, timed_out
 def _quantize_remote(job: QuantizeJob, model: Shipped, calib: Shipped | None) -> dict:
     import ray
 
+    use_assigned_cpus(ray)
     work = Path(tempfile.mkdtemp(prefix="edgequant-tune-"))
     try:
         spec = job.calib
