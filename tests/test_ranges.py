@@ -68,6 +68,56 @@ def test_planted_outlier_samples_no_longer_destroy_static_quantization(tmp_path:
     assert _sqnr(model, robust, x) >= _sqnr(model, plain, x) + 10.0
 
 
+def test_onnxruntime_calibrates_one_sample_once_every_range_is_ours(tmp_path: Path, monkeypatch) -> None:
+    """Default static: robust min/max gives every activation's range, so ORT's own min/max pass (a
+    second full calibration run in a session it builds with its default thread pool) reads one
+    sample; the model equals the one from ORT's full pass up to float rounding of the scales."""
+    import onnx
+    from onnx import numpy_helper
+
+    import edgequant.data as data
+    from edgequant.data import open_source
+    from edgequant.model import graph_inputs, load_model
+    from edgequant.quantize_steps import covers_calibration, range_overrides
+
+    model = mlp(tmp_path / "m.onnx", layers=3, width=16, classes=8)
+    calib = _data(tmp_path / "calib.npz", outliers=0)
+    src = open_source(str(calib), graph_inputs(load_model(model)))
+    config = make_config("static", "x86-vnni")
+    ranges = range_overrides(model, config, src, [])
+    assert covers_calibration(model, config, ranges)
+    assert not covers_calibration(model, config, dict(list(ranges.items())[1:]))   # one tensor short: ORT's pass runs
+
+    served = []            # samples the calibration readers hand to ORT's calibrator
+
+    def counting(source, **kw):
+        reader = real(source, **kw)
+        get_next = reader.get_next
+
+        def counted():
+            item = get_next()
+            served.append(item is not None)
+            return item
+        reader.get_next = counted
+        return reader
+    real = data.calibration_reader
+    monkeypatch.setattr(data, "calibration_reader", counting)
+    quantize_model(model, tmp_path / "ours.onnx", config, src)
+    assert sum(served) == 1
+    monkeypatch.setattr("edgequant.quantize.covers_calibration", lambda *a: False)
+    served.clear()
+    quantize_model(model, tmp_path / "ort.onnx", config, src)
+    assert sum(served) == 40                                # without the check: ORT's full pass
+
+    def inits(p: Path) -> dict:
+        return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(p)).graph.initializer}
+    ours, ort = inits(tmp_path / "ours.onnx"), inits(tmp_path / "ort.onnx")
+    assert ours.keys() == ort.keys()
+    for name in ours:
+        np.testing.assert_allclose(ours[name].astype(np.float64), ort[name].astype(np.float64), rtol=1e-5, atol=1,
+                                   err_msg=name)                    # scales to rounding, int8/int32 within a step
+
+
 def test_in_graph_extrema_equal_the_exposed_tensors_and_follow_their_producers(tmp_path: Path) -> None:
     """Min/max reduced inside the graph (what range estimation runs) equal those of the exposed
     tensors, and each reduction runs right after its producer, so activations are not kept alive."""

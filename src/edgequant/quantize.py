@@ -23,6 +23,7 @@ from .quantize_steps import (
     activation_ranges,
     adaround,
     correct_biases,
+    covers_calibration,
     equalize,
     histogram_overrides,
     keep_coarse_float,
@@ -284,6 +285,10 @@ def _run_static(src: Path, out: Path, config: QuantizeConfig, reader, notes: lis
         reader, method = calibration_reader(calibration, limit=1), "minmax"
     else:
         ranges = range_overrides(src, config, calibration, notes) if calibration is not None else {}
+        if covers_calibration(src, config, ranges):   # ORT's min/max pass would only repeat ours
+            from .data import calibration_reader
+
+            reader, method = calibration_reader(calibration, limit=1), "minmax"
     if calibration is not None:   # every target: an attention mask must not set the scores' step
         ranges = softmax_floor(src, calibration, ranges, notes)
     if config.target == "qnn":

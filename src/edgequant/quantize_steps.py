@@ -15,8 +15,10 @@ from .quantize_config import HISTOGRAM_METHODS, QuantizeConfig
 
 
 def range_overrides(src: Path, config: QuantizeConfig, calibration, notes: list[str]) -> dict:
-    """``TensorQuantOverrides`` rmin/rmax (QDQ): :mod:`edgequant.algorithms.ranges` for minmax,
-    then for mse :mod:`edgequant.algorithms.range_search` from those (or the global) ranges."""
+    """``TensorQuantOverrides`` rmin/rmax (QDQ) of every activation: :mod:`edgequant.algorithms.ranges`
+    for minmax (robust where samples disagree, else the global min/max, as ORT's MinMax computes it),
+    then for mse :mod:`edgequant.algorithms.range_search` from those (or the global) ranges. With
+    every range given, ORT's own calibration pass needs one sample (:func:`covers_calibration`)."""
     mse = config.calib_method == "mse"
     if config.quant_format != "qdq" or not (mse or (config.robust_ranges and config.calib_method == "minmax")):
         return {}
@@ -26,8 +28,9 @@ def range_overrides(src: Path, config: QuantizeConfig, calibration, notes: list[
     result = robust_ranges(src, calibration, analysis_cpu())
     if config.robust_ranges:
         notes.append(result.describe())
+    model = onnx.load(str(src), load_external_data=False)
     if not mse:
-        return result.overrides()
+        return as_ort_adjusts(model, config, result.overrides(every=True))
     from .algorithms.range_search import search_ranges
 
     base = {t: (r.rmin, r.rmax) if config.robust_ranges else (r.global_rmin, r.global_rmax)
@@ -36,7 +39,25 @@ def range_overrides(src: Path, config: QuantizeConfig, calibration, notes: list[
     searched = search_ranges(src, calibration, analysis_cpu(), base, activation_type=act,
                              symmetric=config.activation_symmetric)
     notes.append(searched.describe())
-    return searched.overrides({t: (r.global_rmin, r.global_rmax) for t, r in result.ranges.items()})
+    return as_ort_adjusts(model, config, searched.overrides())
+
+
+def covers_calibration(src: Path, config: QuantizeConfig, ranges: dict) -> bool:
+    """Does ``ranges`` set every tensor ORT's calibrator would measure (the float inputs and outputs of
+    the nodes it quantizes, after shape inference, as its ``select_tensors_to_calibrate``)?"""
+    if not ranges:
+        return False
+    try:
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(src), load_external_data=False))
+    except Exception:  # noqa: BLE001 - then ORT calibrates as usual
+        return False
+    g = model.graph
+    floats = {vi.name for vi in [*g.value_info, *g.output, *g.input]
+              if vi.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+    floats -= {t.name for t in g.initializer}
+    wanted = {t for n in g.node if config.op_types is None or n.op_type in config.op_types
+              for t in [*n.input, *n.output] if t in floats}
+    return wanted <= set(ranges)
 
 
 def activation_ranges(src: Path, config: QuantizeConfig, calibration, tensors: list[str],

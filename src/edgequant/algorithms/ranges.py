@@ -67,9 +67,11 @@ class RobustRanges:
     def changed(self) -> dict[str, TensorRange]:
         return {t: r for t, r in self.ranges.items() if r.outliers}
 
-    def overrides(self) -> dict[str, list[dict[str, Any]]]:
-        """onnxruntime ``TensorQuantOverrides`` entries (rmin/rmax) for the tensors that changed."""
-        return {t: [{"rmin": np.float32(r.rmin), "rmax": np.float32(r.rmax)}] for t, r in self.changed.items()}
+    def overrides(self, *, every: bool = False) -> dict[str, list[dict[str, Any]]]:
+        """onnxruntime ``TensorQuantOverrides`` entries (rmin/rmax) for the tensors that changed, or
+        with ``every`` for all of them (unchanged ones at their global min/max)."""
+        chosen = self.ranges if every else self.changed
+        return {t: [{"rmin": np.float32(r.rmin), "rmax": np.float32(r.rmax)}] for t, r in chosen.items()}
 
     def describe(self) -> str:
         """One line for the report."""
