@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import onnx
 import pytest
 
 import onnx_models
@@ -114,3 +115,25 @@ def test_fleet_entry_sets_tune_options(fleet_dir):
                  "qat_minutes: -1}\n")
     with pytest.raises(EdgequantError, match="qat_minutes"):
         load_fleet(bad)
+
+
+def test_parallel_workers_get_the_longest_models_first(fleet_dir):
+    """LPT order for parallel executors: the bigger graph first on a first run, then the last
+    run's measured times (recorded per model in fleet.json)."""
+    from edgequant.fleet import longest_first
+
+    fy = _write(fleet_dir / "fleet.yaml", FLEET.replace("  - {name: broken, model: missing.onnx, calib: conv_calib.npz}\n", ""))
+    entries = load_fleet(fy)
+    nodes = {e.name: len(onnx.load(str(e.model)).graph.node) for e in entries}
+    out = fleet_dir / "out"
+    by_size = [e.name for e in longest_first(entries, out)]
+    assert by_size == sorted(nodes, key=lambda n: -nodes[n])
+    outcomes = run_fleet(fy, out)
+    rows = {r["name"]: r for r in json.loads((out / "fleet.json").read_text())["models"]}
+    assert all(o.elapsed_s and o.elapsed_s > 0 and rows[o.name]["elapsed_s"] == o.elapsed_s for o in outcomes)
+    summary = json.loads((out / "fleet.json").read_text())
+    slow = by_size[-1]                      # make the smaller graph the one that took longest last time
+    for row in summary["models"]:
+        row["elapsed_s"] = 100.0 if row["name"] == slow else 1.0
+    (out / "fleet.json").write_text(json.dumps(summary))
+    assert [e.name for e in longest_first(entries, out)][0] == slow

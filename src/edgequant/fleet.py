@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +172,7 @@ class FleetOutcome:
     status: str                 # done | up to date | failed
     report: dict | None = None
     error: str | None = None
+    elapsed_s: float | None = None  # wall time of this model's run where it ran (None: not run now)
 
 
 def _finished(entry: FleetEntry, out: Path) -> dict | None:
@@ -237,10 +239,35 @@ def run_here(todo: list[FleetEntry], out_dir: Path,
              progress: Callable[[str, str], None] | None = None) -> Iterator[FleetOutcome]:
     for entry in todo:
         say = (lambda msg, _n=entry.name: progress(_n, msg)) if progress else None
+        started = time.monotonic()
         try:
-            yield FleetOutcome(entry.name, "done", run_entry(entry, out_dir / entry.name, say))
+            report = run_entry(entry, out_dir / entry.name, say)
         except Exception as exc:  # noqa: BLE001 - one model's crash must not stop the fleet
             yield failure(entry.name, exc)
+            continue
+        yield FleetOutcome(entry.name, "done", report, elapsed_s=round(time.monotonic() - started, 2))
+
+
+def longest_first(todo: list[FleetEntry], out_dir: Path) -> list[FleetEntry]:
+    """The order in which to hand entries to parallel workers: expected longest first (the LPT rule,
+    so that no worker is left alone with a long model at the end). Expected = the model's elapsed
+    time in the last ``fleet.json`` here when every entry has one; else its graph's node count (what
+    calibration and onnxruntime's quantizer scale with), tune entries first (a search runs many)."""
+    past: dict[str, float] = {}
+    try:
+        past = {row["name"]: float(row["elapsed_s"])
+                for row in json.loads((out_dir / "fleet.json").read_text())["models"] if row.get("elapsed_s")}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if all(e.name in past for e in todo):
+        return sorted(todo, key=lambda e: -past[e.name])
+    def nodes(entry: FleetEntry) -> int:
+        try:
+            return len(model_io.load_model(entry.model, check=False, weights=False).graph.node)
+        except EdgequantError:   # a broken model fails in its own run, with its reason
+            return 0
+    count = {e.name: nodes(e) for e in todo}
+    return sorted(todo, key=lambda e: (not e.tune, -count[e.name]))
 
 
 def run_fleet(fleet_path: str | Path, out_dir: str | Path, *, force: bool = False,
@@ -280,7 +307,7 @@ def fleet_summary(outcomes: list[FleetOutcome]) -> dict:
     """One row per model: FP32 vs the recommended variant (the seed's 4.1 table, measured)."""
     rows = []
     for o in outcomes:
-        row: dict = {"name": o.name, "status": o.status, "error": o.error}
+        row: dict = {"name": o.name, "status": o.status, "error": o.error, "elapsed_s": o.elapsed_s}
         if o.report:
             r = o.report
             by_name = {v["name"]: v for v in r["variants"]}

@@ -11,13 +11,14 @@ import dataclasses
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..fleet import FleetEntry, FleetOutcome, failure, run_entry
+from ..fleet import FleetEntry, FleetOutcome, failure, longest_first, run_entry
 from ..fsutil import atomic_path
-from ..devices._ray import Shipped, Shipper, connect, materialize, node_facts
+from ..devices._ray import Shipped, Shipper, connect, materialize, node_facts, use_assigned_cpus
 
 _TEXT = (".json", ".html")
 
@@ -26,6 +27,7 @@ def _run_remote(entry: FleetEntry, files: dict[str, Shipped], driver_dir: str) -
     """On a worker: materialize the inputs, run the model, return its output files."""
     import ray
 
+    use_assigned_cpus(ray)
     local = {key: str(materialize(item, ray)) for key, item in files.items()}
     here = dataclasses.replace(entry, model=Path(local["model"]), calib=local.get("calib", entry.calib),
                                eval=local.get("eval", entry.eval))
@@ -33,10 +35,12 @@ def _run_remote(entry: FleetEntry, files: dict[str, Shipped], driver_dir: str) -
     work = Path(tempfile.mkdtemp(prefix="edgequant-fleet-"))
     try:
         out = work / entry.name
+        started = time.monotonic()
         try:
             run_entry(here, out)
         except Exception as exc:  # noqa: BLE001 - reported for this model only
             return {"error": failure(entry.name, exc).error, "executed_on": facts}
+        elapsed = round(time.monotonic() - started, 2)
         (out / "report.json").write_text(json.dumps(json.loads((out / "report.json").read_text())
                                                     | {"executed_on": facts}, indent=2) + "\n")
         # paths in the report are this node's: make them the driver's
@@ -51,7 +55,8 @@ def _run_remote(entry: FleetEntry, files: dict[str, Shipped], driver_dir: str) -
                         text = text.replace(old, new)
                     data = text.encode()
                 payload[str(p.relative_to(out))] = data
-        return {"error": None, "files": payload, "report": json.loads(payload["report.json"]), "executed_on": facts}
+        return {"error": None, "files": payload, "report": json.loads(payload["report.json"]), "executed_on": facts,
+                "elapsed_s": elapsed}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -77,7 +82,7 @@ def ray_executor(address: str = "auto", *, max_retries: int = 2):
         task = ray.remote(_run_remote)
         shipper = Shipper(ray)
         pending: dict[Any, FleetEntry] = {}
-        for entry in todo:
+        for entry in longest_first(todo, out_dir):   # Ray starts tasks roughly in submission order
             files = {"model": shipper.ship(entry.model)}
             for key in ("calib", "eval"):
                 src = getattr(entry, key)
@@ -104,7 +109,7 @@ def ray_executor(address: str = "auto", *, max_retries: int = 2):
                 _write_outputs(out_dir / entry.name, result["files"])
                 if progress:
                     progress(entry.name, f"done on node {result['executed_on']['node_id'][:8]}")
-                yield FleetOutcome(entry.name, "done", result["report"])
+                yield FleetOutcome(entry.name, "done", result["report"], elapsed_s=result.get("elapsed_s"))
         except BaseException:
             for ref in pending:        # Ctrl-C (or anything else): no orphaned remote work
                 ray.cancel(ref, force=True)
