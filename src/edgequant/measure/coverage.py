@@ -18,7 +18,7 @@ import onnx
 #: Float compute ops (matrix/conv work) that ORT can run as an integer kernel.
 FLOAT_COMPUTE_OPS: frozenset[str] = frozenset({
     "Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul",
-    "NchwcConv", "Attention", "MultiHeadAttention",
+    "NchwcConv", "Attention", "MultiHeadAttention", "LSTM",
 })
 
 #: Integer kernels those float ops become after quantization and ORT's QDQ fusions.
