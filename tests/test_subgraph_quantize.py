@@ -134,8 +134,8 @@ def test_static_branch_no_sample_takes_stays_float_and_says_why(model_and_data, 
     np.savez(tmp_path / "calib.npz", x=xs[:6], flag=np.ones(6, bool))
     out = tmp_path / "static.onnx"
     res = api.quantize(src, out, mode="static", calib=str(tmp_path / "calib.npz"))
-    assert ("if/else_branch stays float: no calibration sample takes this branch (no data to calibrate it on)"
-            in res.notes)
+    assert ("If/Loop/Scan body if/else_branch stays float: no calibration sample takes this branch "
+            "(no data to calibrate it on)") in res.notes
     ops = _branch_ops(onnx.load(str(out)))
     assert ops["then_branch"]["QuantizeLinear"] and not ops["else_branch"]["QuantizeLinear"]
     cov = local_cpu().coverage(out)
@@ -177,3 +177,65 @@ def test_dynamic_quantizes_an_lstm_in_a_body_and_coverage_counts_it(tmp_path: Pa
     a = ort.InferenceSession(str(src)).run(None, {"x": x, "flag": np.array(True)})[0]
     b = ort.InferenceSession(str(out)).run(None, {"x": x, "flag": np.array(True)})[0]
     assert np.abs(a - b).max() < 0.05
+
+
+def test_verdict_quotes_why_a_body_stayed_float_when_nothing_else_was_quantized() -> None:
+    """A model whose compute all sits in a Loop body: 'no op to quantize here' was wrong."""
+    from edgequant.measure.coverage import BODY_FLOAT_NOTE, Coverage
+    from edgequant.measure.fidelity import Fidelity
+    from edgequant.measure.latency import LatencyStats, Speedup
+    from edgequant.qdq.subgraph_static import LOOP_REASON
+    from edgequant.variant import Variant
+    from edgequant.verdict import Budget, recommend
+
+    def variant(name: str, notes: list[str]) -> Variant:
+        return Variant(name=name, path=f"/m/{name}.onnx", config={"mode": name}, size_bytes=1000,
+                       latency=LatencyStats.from_samples([1.0] * 5), speed=Speedup(1.0, 0.99, 1.01, 0.95, 1000),
+                       fidelity=Fidelity(cosine=1.0, sqnr_db=60.0, max_abs_err=0.0, top1_agreement=None),
+                       coverage=Coverage(0, 4, ["a", "b", "c", "d"]), notes=notes)
+
+    vs = [variant("fp32", []), variant("static", [f"{BODY_FLOAT_NOTE}loop/body stays float: {LOOP_REASON}"]),
+          variant("dynamic", [])]
+    recommend(vs, Budget())
+    assert vs[1].verdict == ("nothing quantized: none of the 4 compute ops runs as an INT8 kernel (the compute is in "
+                             f"control-flow bodies: loop/body stays float: {LOOP_REASON})")
+    assert vs[2].verdict.endswith("(recipe dynamic has no op to quantize here)")
+
+
+def loop_matmul_net() -> onnx.ModelProto:
+    """A Loop (3 trips) whose body multiplies the carried [1, 8] vector by a Constant weight."""
+    w = RNG.normal(0, 0.4, (8, 8))
+    body = helper.make_graph(
+        [_const("w", w), helper.make_node("MatMul", ["v_in", "w"], ["mm"], name="loop_matmul"),
+         helper.make_node("Tanh", ["mm"], ["v_out"]), helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1, 8])])
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "go", "x"], ["y"], name="loop", body=body)], "loop_net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [numpy_helper.from_array(np.array(3, np.int64), "trips"), numpy_helper.from_array(np.array(True), "go")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_loop_body_dynamic_quantizes_static_explains(tmp_path: Path) -> None:
+    from edgequant.qdq.subgraph_static import LOOP_REASON
+
+    src = tmp_path / "m.onnx"
+    onnx.save(loop_matmul_net(), str(src))
+    xs = RNG.normal(size=(6, 1, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", xs)
+    api.quantize(src, tmp_path / "dyn.onnx", mode="dynamic")
+    body = next(a.g for a in onnx.load(str(tmp_path / "dyn.onnx")).graph.node[0].attribute if a.name == "body")
+    assert "MatMulInteger" in {n.op_type for n in body.node}
+    ref, q = ort.InferenceSession(str(src)), ort.InferenceSession(str(tmp_path / "dyn.onnx"))
+    for x in xs:
+        assert np.abs(ref.run(None, {"x": x})[0] - q.run(None, {"x": x})[0]).max() < 0.05
+    res = api.quantize(src, tmp_path / "static.onnx", mode="static", calib=str(tmp_path / "x.npy"))
+    assert f"If/Loop/Scan body loop/body stays float: {LOOP_REASON}" in res.notes

@@ -225,6 +225,7 @@ def _run_dynamic(src: Path, out: Path, config: QuantizeConfig, notes: list[str],
         notes.extend(made.summary.warnings)
         return
 
+    from .measure.coverage import BODY_FLOAT_NOTE
     from .qdq.subgraphs import add_missing_domains, bodies_with_compute, toposort
 
     extra = {"MatMulConstBOnly": True, **config.extra_options}
@@ -242,7 +243,7 @@ def _run_dynamic(src: Path, out: Path, config: QuantizeConfig, notes: list[str],
     except Exception as exc:  # noqa: BLE001 - ORT's subgraph pass is less used: the top level still counts
         if not bodies:
             raise
-        notes.append("If/Loop/Scan bodies stay float: onnxruntime's subgraph quantization failed: "
+        notes.append(f"{BODY_FLOAT_NOTE}compute stays float: onnxruntime's subgraph quantization failed: "
                      + " ".join(str(exc).split())[:200])
         run({**extra, "EnableSubgraph": False})
         return

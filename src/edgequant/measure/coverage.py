@@ -29,6 +29,11 @@ INT8_COMPUTE_OPS: frozenset[str] = frozenset({
 })
 
 
+#: Quantizer notes naming a control-flow body whose compute stays float start with this (the
+#: verdict quotes the first one when nothing else was quantized).
+BODY_FLOAT_NOTE = "If/Loop/Scan body "
+
+
 @dataclass(frozen=True)
 class Coverage:
     """Counts of compute ops in the ORT-optimized graph."""

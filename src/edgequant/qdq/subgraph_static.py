@@ -14,6 +14,7 @@ tensors are not. So, for every top-level ``If`` whose branches hold compute:
 What stays float, and why, is returned: a branch no calibration sample takes (no data, no
 ranges: silero_vad's 8 kHz branch on 16 kHz audio), and Loop/Scan bodies, whose tensors change
 every iteration while only the loop's inputs and final outputs can be observed from outside.
+The captured branch inputs are held in memory, up to :data:`CAPTURE_LIMIT_BYTES` in all.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import onnx
 from onnx import helper
 
 from edgequant.data import DataSource, Sample
+from edgequant.measure.coverage import BODY_FLOAT_NOTE
 from edgequant.model import TensorSpec
 
 from .subgraphs import WEIGHT_SLOTS, all_nodes, graft_body, has_compute, node_bodies, outer_reads, standalone_body
@@ -38,6 +40,8 @@ QuantizeBody = Callable[[Path, Path, DataSource, list[str]], None]
 LOOP_REASON = ("inside a Loop/Scan body: its tensors change every iteration and cannot be calibrated "
                "from outside the loop (onnxruntime's QDQ quantizer does not enter bodies)")
 _CAPTURE = "__edgequant_capture"
+#: Captured branch inputs are held in memory: past this many bytes, later samples are not kept.
+CAPTURE_LIMIT_BYTES = 1 << 30
 
 
 @dataclass
@@ -51,7 +55,7 @@ class BodyReport:
     def describe(self) -> list[str]:
         out = [f"{b}: quantized in static mode on the {n} calibration sample(s) that take it"
                for b, n in self.quantized.items()]
-        out += [f"{b} stays float: {why}" for b, why in self.float_bodies.items()]
+        out += [f"{BODY_FLOAT_NOTE}{b} stays float: {why}" for b, why in self.float_bodies.items()]
         return out + self.notes
 
 
@@ -161,10 +165,15 @@ def _capture(fmodel: onnx.ModelProto, ifs: list[onnx.NodeProto], calibration, de
         aug.graph.output.append(vi)
     onnx.save(aug, str(path))
     rows: dict[tuple[int, str], list[dict[str, np.ndarray]]] = {key: [] for key in reads}
+    held = 0
     for (outs,), _ in device.iter_outputs([path], calibration, outputs=[[n + _CAPTURE for n in wanted]]):
         for k, node in enumerate(ifs):
             attr = "then_branch" if bool(np.asarray(outs[node.input[0] + _CAPTURE]).reshape(-1)[0]) else "else_branch"
-            rows[(k, attr)].append({n: np.asarray(outs[n + _CAPTURE]) for n in reads[(k, attr)]})
+            row = {n: np.asarray(outs[n + _CAPTURE]) for n in reads[(k, attr)]}
+            size = sum(v.nbytes for v in row.values())
+            if held + size <= CAPTURE_LIMIT_BYTES or not rows[(k, attr)]:
+                rows[(k, attr)].append(row)
+                held += size
     return rows
 
 

@@ -11,6 +11,7 @@ cuts an If branch out as a standalone model and grafts its quantized version bac
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator
 
 import numpy as np
@@ -285,8 +286,9 @@ def _rename(graph: onnx.GraphProto, rename: dict[str, str]) -> None:
 
 
 def toposort(graph: onnx.GraphProto) -> None:
-    """Order the nodes of ``graph`` and of its bodies so each follows the producers of what it reads, counting what its
-    bodies read from it (ORT's quantizer sorts on explicit inputs only; onnx's checker refuses that)."""
+    """Order the nodes of ``graph`` and of its bodies so each follows the producers of what it
+    reads, counting what its bodies read from it (ORT's quantizer sorts on explicit inputs only;
+    onnx's checker refuses that)."""
     producer = {o: k for k, n in enumerate(graph.node) for o in n.output if o}
     deps = []
     for node in graph.node:
@@ -294,24 +296,27 @@ def toposort(graph: onnx.GraphProto) -> None:
         for _, body in node_bodies(node):
             reads.extend(outer_reads(body))
         deps.append({producer[r] for r in reads if r in producer})
-    done: set[int] = set()
-    order: list[int] = []
-
-    def visit(k: int, path: set[int]) -> None:
-        if k in done or k in path:    # a cycle is left as it was found
-            return
-        path.add(k)
-        for d in sorted(deps[k]):
-            visit(d, path)
-        path.discard(k)
-        done.add(k)
-        order.append(k)
-
     for node in graph.node:
         for _, body in node_bodies(node):
             toposort(body)
-    for k in range(len(graph.node)):
-        visit(k, set())
+    # Kahn's algorithm, always taking the earliest ready node: an already sorted graph is unchanged
+    readers: list[list[int]] = [[] for _ in graph.node]
+    waiting = [len(d - {k}) for k, d in enumerate(deps)]
+    for k, d in enumerate(deps):
+        for p in d - {k}:
+            readers[p].append(k)
+    ready = [k for k, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(k)
+        for r in readers[k]:
+            waiting[r] -= 1
+            if waiting[r] == 0:
+                heapq.heappush(ready, r)
+    if len(order) < len(graph.node):   # a cycle: leave the graph as it was found
+        return
     if order != list(range(len(graph.node))):
         nodes = [graph.node[k] for k in order]
         copies = [onnx.NodeProto() for _ in nodes]
