@@ -141,16 +141,16 @@ def test_bench_feeds_a_scalar_input_as_a_scalar(tmp_path: Path) -> None:
     assert res.sweep[0].models[0].latency.to_dict()["p50"] > 0
 
 
-def test_a_compute_op_inside_an_if_body_is_explained_not_unknown(tmp_path: Path) -> None:
-    """silero_vad's convolutions all sit in If bodies; every one was reported 'stays float: unknown'."""
-    from edgequant.qdq.recipe import _IN_BODY
-
+def test_a_compute_op_inside_an_if_body_is_quantized_or_explained_not_unknown(tmp_path: Path) -> None:
+    """silero_vad's convolutions all sit in If bodies; every one was reported 'stays float: unknown'.
+    The taken branch is now quantized on the samples that take it (qdq.subgraph_static)."""
     src = tmp_path / "m.onnx"
     onnx.save(if_verifier_net(), str(src))
     np.save(tmp_path / "calib.npy", np.random.default_rng(5).normal(size=(4, 1, 16)).astype(np.float32))
     res = api.quantize(src, tmp_path / "q.onnx", mode="static", calib=str(tmp_path / "calib.npy"))
-    body = [n for n in res.notes if "verifier stays float" in n]   # ORT names it 'fused verifier'
-    assert body and all(n.endswith(f"stays float: {_IN_BODY}") for n in body)
+    assert not [n for n in res.notes if n.endswith("stays float: unknown")]
+    assert any(n.startswith("if/then_branch: quantized in static mode") for n in res.notes)
+    assert any("2 of 2 compute ops run as INT8 kernels" in n for n in res.notes)
 
 
 def _dies_on_boom(job: str) -> dict:

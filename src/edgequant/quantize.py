@@ -130,9 +130,11 @@ def check_names(model_path: Path, config: QuantizeConfig, prepared: Path | None 
     everything) and exit 0. The error lists the near matches."""
     import difflib
 
+    from .qdq.subgraphs import all_nodes
+
     graphs = [onnx.load(str(p), load_external_data=False).graph for p in (model_path, prepared) if p is not None]
-    ops = sorted({n.op_type for g in graphs for n in g.node})
-    names = sorted({n.name for g in graphs for n in g.node if n.name})
+    ops = sorted({n.op_type for g in graphs for n in all_nodes(g)})
+    names = sorted({n.name for g in graphs for n in all_nodes(g) if n.name})
     for op in config.op_types or ():
         if op not in ops and not onnx.defs.has(op):   # a real op type the model lacks is harmless
             near = difflib.get_close_matches(op, ops, n=3, cutoff=0.5)
@@ -147,11 +149,13 @@ def check_names(model_path: Path, config: QuantizeConfig, prepared: Path | None 
 
 
 def quantized_nothing(path: Path) -> bool:
-    """No quantize/dequantize or integer op in the file at all."""
+    """No quantize/dequantize or integer op in the file at all (If/Loop/Scan bodies included)."""
+    from .qdq.subgraphs import all_nodes
+
     quant_ops = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
-                 "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul", "QAttention", "QGemm"}
+                 "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul", "QAttention", "QGemm", "DynamicQuantizeLSTM"}
     model = onnx.load(str(path), load_external_data=False)
-    return not any(n.op_type in quant_ops for n in model.graph.node)
+    return not any(n.op_type in quant_ops for n in all_nodes(model.graph))
 
 
 def config_warnings(config: QuantizeConfig) -> list[str]:
@@ -222,11 +226,33 @@ def _run_dynamic(src: Path, out: Path, config: QuantizeConfig, notes: list[str],
         notes.extend(made.summary.warnings)
         return
 
+    from .measure.coverage import BODY_FLOAT_NOTE
+    from .qdq.subgraphs import add_missing_domains, bodies_with_compute, toposort
+
     extra = {"MatMulConstBOnly": True, **config.extra_options}
-    quantize_dynamic(str(src), str(out), op_types_to_quantize=_ort_op_types(config),
-                     per_channel=config.per_channel, reduce_range=config.reduce_range,
-                     weight_type=_qtype(config.weight_type), nodes_to_exclude=list(config.exclude),
-                     use_external_data_format=model_io.is_large(src), extra_options=extra)
+    bodies = "EnableSubgraph" not in extra and bool(bodies_with_compute(onnx.load(str(src), load_external_data=False)))
+    if bodies:   # ORT leaves If/Loop/Scan bodies float unless asked (prepare folded their weights)
+        extra["EnableSubgraph"] = True
+
+    def run(options: dict) -> None:
+        quantize_dynamic(str(src), str(out), op_types_to_quantize=_ort_op_types(config),
+                         per_channel=config.per_channel, reduce_range=config.reduce_range,
+                         weight_type=_qtype(config.weight_type), nodes_to_exclude=list(config.exclude),
+                         use_external_data_format=model_io.is_large(src), extra_options=options)
+    try:
+        run(dict(extra))
+    except Exception as exc:  # noqa: BLE001 - ORT's subgraph pass is less used: the top level still counts
+        if not bodies:
+            raise
+        notes.append(f"{BODY_FLOAT_NOTE}compute stays float: onnxruntime's subgraph quantization failed: "
+                     + " ".join(str(exc).split())[:200])
+        run({**extra, "EnableSubgraph": False})
+        return
+    if bodies:    # ORT's subgraph pass declares domains and orders nodes for the top level only
+        quantized = onnx.load(str(out))
+        add_missing_domains(quantized)
+        toposort(quantized.graph)
+        onnx.save(quantized, str(out))
 
 
 def _streams(config: QuantizeConfig, model_path: Path) -> bool:
@@ -345,6 +371,35 @@ def static_qdq_kwargs(config: QuantizeConfig, extra: dict | None = None, *, cali
                 op_types=list(config.op_types) if config.op_types else None, extra_options=extra)
 
 
+def _static_bodies(prepared: Path, qpath: Path, config: QuantizeConfig, calibration, notes: list[str],
+                   work: Path) -> Path:
+    """Static INT8 inside If branches (:mod:`edgequant.qdq.subgraph_static`): this recipe per branch,
+    calibrated on the samples that take it; the notes name every body left float and why."""
+    from .qdq.recipe import FLOAT_AFTER_OPT, IN_BODY
+    from .qdq.subgraphs import bodies_with_compute
+
+    if not bodies_with_compute(onnx.load(str(prepared), load_external_data=False)):
+        return qpath
+    from .data import calibration_reader
+    from .devices import analysis_cpu
+    from .qdq.subgraph_static import quantize_if_bodies
+
+    def body(src: Path, dst: Path, source, body_notes: list[str]) -> None:
+        _run_static(src, dst, config, calibration_reader(source), body_notes, source)
+
+    device = analysis_cpu()
+    out, report = quantize_if_bodies(prepared, qpath, work / "bodies.onnx", calibration, body,
+                                     device=device, work=work)
+    # the top-level recipe's per-node and overall float notes predate the bodies: replaced
+    notes[:] = [n for n in notes if not n.endswith(IN_BODY) and not (report.quantized and FLOAT_AFTER_OPT in n)]
+    notes.extend(report.describe())
+    if report.quantized:
+        cov = device.coverage(out)
+        notes.append(f"with the quantized If branches: {cov.quantized_compute_ops} of {cov.compute_ops} compute ops "
+                     "run as INT8 kernels (bodies included)")
+    return out
+
+
 def _check_static_shapes(model_path: Path) -> None:
     model = onnx.load(str(model_path), load_external_data=False)
     dynamic = [s.name for s in model_io.graph_inputs(model) if not s.is_static]
@@ -409,6 +464,8 @@ def quantize_model(
                         raw_out = adaround(prepared, raw_out, calibration, notes)
                     if config.bias_correction and config.quant_format == "qdq":
                         raw_out = correct_biases(prepared, raw_out, calibration, notes)
+                    if config.target != "qnn":    # QNN's HTP runs no If: its bodies stay on the CPU
+                        raw_out = _static_bodies(prepared, raw_out, config, calibration, notes, work)
         except EdgequantError:
             raise
         except Exception as exc:  # noqa: BLE001 - surface ORT's reason in one line

@@ -14,7 +14,8 @@ CALIB_METHODS = ("minmax", "entropy", "percentile", "distribution", "mse")
 # computed here from streaming histograms (algorithms/histogram), never by ORT's HistogramCalibrater
 HISTOGRAM_METHODS = ("entropy", "percentile", "distribution")
 # Dynamic quantization of Conv (ConvInteger) has no fast x86/ARM kernel in ORT: 4-10x slower than FP32.
-DYNAMIC_DEFAULT_OPS = ("MatMul", "Gemm")
+# LSTM -> DynamicQuantizeLSTM: silero_vad's two LSTMs, same accuracy, 0.95x the FP32 latency (FINDINGS.md).
+DYNAMIC_DEFAULT_OPS = ("MatMul", "Gemm", "LSTM")
 SLOW_DYNAMIC_OPS = {"Conv": "ConvInteger has no fast kernel in onnxruntime's CPU provider; "
                             "dynamic Conv typically runs 4-10x slower than FP32"}
 

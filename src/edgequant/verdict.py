@@ -220,6 +220,17 @@ def _coverage_reason(v: Variant) -> str:
     return "INT8 kernels plus quantize/dequantize overhead do not beat FP32 on this CPU"
 
 
+def _no_int8_reason(v: Variant) -> str:
+    """Why a variant has no INT8 kernel: a control-flow body its quantizer left float (the
+    quantizer's own note), else the recipe had no op to quantize."""
+    from .measure.coverage import BODY_FLOAT_NOTE
+
+    body = next((n for n in v.notes if n.startswith(BODY_FLOAT_NOTE)), None)
+    if body:
+        return f"the compute is in control-flow bodies: {body[len(BODY_FLOAT_NOTE):]}"
+    return f"recipe {v.mode} has no op to quantize here"
+
+
 def _placement_defect(v: Variant) -> str | None:
     """An operator the accelerator left to the CPU: the model cannot ship to it as built."""
     p = v.placement
@@ -262,7 +273,7 @@ def recommend(variants: list[Variant], budget: Budget, *, min_speedup: float = 1
                          "(emulated)")
         elif v.runs_no_int8:
             v.verdict = (f"nothing quantized: none of the {v.coverage.compute_ops} compute ops runs as an INT8 kernel "
-                         f"(recipe {v.mode} has no op to quantize here)")
+                         f"({_no_int8_reason(v)})")
         elif not ok:
             v.verdict = judged.verdict()
         elif defect:

@@ -18,7 +18,7 @@ import onnx
 #: Float compute ops (matrix/conv work) that ORT can run as an integer kernel.
 FLOAT_COMPUTE_OPS: frozenset[str] = frozenset({
     "Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul",
-    "NchwcConv", "Attention", "MultiHeadAttention",
+    "NchwcConv", "Attention", "MultiHeadAttention", "LSTM",
 })
 
 #: Integer kernels those float ops become after quantization and ORT's QDQ fusions.
@@ -27,6 +27,11 @@ INT8_COMPUTE_OPS: frozenset[str] = frozenset({
     "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "ConvInteger", "QAttention",
     "DynamicQuantizeLSTM", "MatMulNBits",
 })
+
+
+#: Quantizer notes naming a control-flow body whose compute stays float start with this (the
+#: verdict quotes the first one when nothing else was quantized).
+BODY_FLOAT_NOTE = "If/Loop/Scan body "
 
 
 @dataclass(frozen=True)

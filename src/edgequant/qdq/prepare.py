@@ -52,6 +52,12 @@ def prepare(model_path: Path, work: Path, *, mode: str = "static", per_channel: 
     localized = _subgraph_local_initializers(model)
     if localized:
         out.passes.append(f"subgraph_local_initializers({localized} initializer(s) copied into If/Loop bodies)")
+    if not large:
+        from .subgraphs import fold_body_weights
+
+        folded = fold_body_weights(model)   # exporters write body weights as Constant (chains)
+        if folded:
+            out.passes.append(f"fold_body_weights({folded} If/Loop/Scan body weight(s) folded into initializers)")
     rule = resolve_target(target)
     if rule.exact_rewrites:
         out.notes.extend(apply_exact_rewrites(model))

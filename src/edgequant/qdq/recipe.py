@@ -161,8 +161,11 @@ def _fix_up(model: onnx.ModelProto, activations_to_uint8: bool, summary: Quantiz
 
 
 # coverage_of_graph walks If/Loop/Scan bodies too; only top-level nodes can be diagnosed.
-_IN_BODY = ("inside an If/Loop/Scan body: onnxruntime's static (QDQ) quantizer calibrates and "
+IN_BODY = ("inside an If/Loop/Scan body: onnxruntime's static (QDQ) quantizer calibrates and "
             "quantizes the top-level graph only")
+
+
+FLOAT_AFTER_OPT = "compute ops stay float after ORT optimization"
 
 
 def _body_node_names(graph: onnx.GraphProto) -> set[str]:
@@ -183,7 +186,7 @@ def _record_coverage(model_out: Path, summary: QuantizationSummary, excluded: li
     summary.compute_ops = cov.compute_ops
     in_body = _body_node_names(optimized.graph)
     summary.float_compute_nodes = {name: (diagnose_float_node(by_name[name], idx) if name in by_name
-                                          else _IN_BODY if name in in_body else "unknown")
+                                          else IN_BODY if name in in_body else "unknown")
                                    for name in cov.float_compute_nodes}
     summary.optimized_ops = coverage_of_graph(device.optimized_graph(model_out, "all")).op_counts
     ignored = sorted(n.name for n in optimized.graph.node if n.name in set(excluded) and n.op_type in INT8_COMPUTE_OPS)
@@ -194,5 +197,5 @@ def _record_coverage(model_out: Path, summary: QuantizationSummary, excluded: li
             "also exclude its neighbours (or its output tensor) to keep it float")
     if not summary.fully_quantized:
         summary.warnings.append(
-            f"{cov.compute_ops - cov.quantized_compute_ops} of {cov.compute_ops} compute ops stay float after "
-            "ORT optimization; expect little or no speedup from them (see float_compute_nodes)")
+            f"{cov.compute_ops - cov.quantized_compute_ops} of {cov.compute_ops} {FLOAT_AFTER_OPT}; "
+            "expect little or no speedup from them (see float_compute_nodes)")
