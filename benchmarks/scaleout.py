@@ -130,9 +130,10 @@ def markdown(doc: dict) -> str:
         t1, t2 = r[f"tune_{name}_workers1_s"], r[f"tune_{name}_workers2_s"]
         lines.append(f"| {name} | {t1:.1f} | {t2:.1f} | {t2 / t1:.2f}x | {r[f'tune_{name}_workers2_candidates']} |")
     lines += ["", "Goals (issue 16): 2 nodes <= 0.6x of in-process; tune 2 workers <= 0.6x of 1; --ray on one node "
-              "< 10% overhead. Tune fans out quantization (calibration included); quality on the evaluation data, "
-              "the sensitivity analysis and the interleaved timing stay in the driver, which bounds its gain on a "
-              "model whose candidates quantize in about a second."]
+              "< 10% overhead. Tune's trials are tasks (quantization with its calibration, then quality on the "
+              "evaluation data); the search, the sensitivity analysis, the interleaved timing and the final "
+              "measurement stay in the driver, which bounds the gain on a model whose candidates quantize in "
+              "about a second."]
     return "\n".join(lines) + "\n"
 
 

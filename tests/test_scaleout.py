@@ -117,14 +117,42 @@ def test_tune_quantizes_candidates_as_ray_tasks(cluster, tmp_path: Path) -> None
     options = TuneOptions(run=RunOptions(target="x86-vnni", runs=5, warmup=1, memory_runs=2),
                           trial_runs=4, trial_warmup=1, workers=2, max_candidates=4)
     out = tmp_path / "tune"
+    said: list[str] = []
     report = api.tune(tmp_path / "conv.onnx", out, calib=str(tmp_path / "conv.npz"), eval=str(tmp_path / "conv.npz"),
-                      options=options, ray=cluster)
+                      options=options, ray=cluster, progress=said.append)
+    assert not [m for m in said if m.startswith("measuring")]     # quality measured in the tasks
+    assert all(r.get("fidelity") for r in report["search_trace"] if not r.get("error"))
     quantized_on = {r["quantized_on"] for r in report["search_trace"]}
     assert None not in quantized_on and len(quantized_on) >= 1
     assert all(Path(v["path"]).is_file() for v in report["variants"])
     again = api.tune(tmp_path / "conv.onnx", out, calib=str(tmp_path / "conv.npz"), eval=str(tmp_path / "conv.npz"),
                      options=options, ray=cluster)
     assert again["tune"]["quantized_now"] == 0          # resumed from the driver's cache
+
+
+def test_tune_quality_falls_back_to_the_driver_when_workers_cannot_load_the_metric(cluster, tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    """A metric module only the driver can import: the tasks still quantize, the driver measures."""
+    from edgequant import api
+    from edgequant.pipeline import RunOptions
+    from edgequant.tune import TuneOptions
+
+    rng = np.random.default_rng(1)
+    onnx_models.save(onnx_models.conv_net(opset=13, channels=16, size=16), tmp_path / "conv.onnx")
+    np.savez(tmp_path / "conv.npz", input=rng.normal(0, 1, (8, 3, 16, 16)).astype(np.float32))
+    (tmp_path / "driver_only_metric.py").write_text(
+        "import numpy as np\n"
+        "def mean_out(outputs, labels, reference):\n"
+        "    return float(np.mean(next(iter(outputs.values())))), True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))          # the driver's path only: workers cannot import it
+    options = TuneOptions(run=RunOptions(target="x86-vnni", runs=5, warmup=1, memory_runs=2,
+                                         metric="driver_only_metric:mean_out"),
+                          trial_runs=4, trial_warmup=1, workers=2, max_candidates=2)
+    said: list[str] = []
+    report = api.tune(tmp_path / "conv.onnx", tmp_path / "tune", calib=str(tmp_path / "conv.npz"),
+                      eval=str(tmp_path / "conv.npz"), options=options, ray=cluster, progress=said.append)
+    assert [m for m in said if m.startswith("measuring")]
+    assert all(r["quantized_on"] for r in report["search_trace"])
 
 
 def test_a_worker_node_killed_mid_fleet_does_not_stop_it(cluster, tmp_path: Path) -> None:

@@ -383,8 +383,8 @@ def tune(model: str | Path, out_dir: str | Path, *, calib: str, eval: str | None
          options: TuneOptions | None = None, ray: str | None = None, progress: Progress | None = None) -> dict:
     """Search recipes for the fastest INT8 model within budget; the report (with its search trace).
 
-    ``ray``: ``auto`` or a cluster address: candidates are quantized as Ray tasks, at most
-    ``options.workers`` at a time (quality and timing stay here)."""
+    ``ray``: ``auto`` or a cluster address: candidates are quantized, and on a CPU target their
+    quality measured, as Ray tasks, at most ``options.workers`` at a time (timing stays here)."""
     from dataclasses import replace
 
     from .tune import TuneOptions, run_tune

@@ -1,10 +1,11 @@
-"""Tune's quantization jobs as Ray tasks: the ``quantize_batch`` that ``tune --ray`` plugs in.
+"""Tune's trials as Ray tasks: the ``quantize_batch`` that ``tune --ray`` plugs in.
 
-The search itself, quality on the evaluation data and every timing stay in the driver (timing
-must be interleaved in one process); what fans out is the expensive part, quantizing candidates
-(calibration included). Model and calibration files travel once by content hash; each task
-returns the quantized model's bytes, written by the driver into tune's cache, so a re-run resumes
-from the cache whatever node quantized a candidate. At most ``max_concurrency`` tasks at a time.
+Each task quantizes one candidate (calibration included) and, given the search's quality probe
+(the FP32 reference and the evaluation samples, shipped once per batch), measures its quality on
+the evaluation data where it runs. The search itself and every timing stay in the driver (timing
+must be interleaved in one process). Model and calibration files travel once by content hash;
+each task returns the quantized model's bytes, written by the driver into tune's cache, so a
+re-run resumes from the cache whatever node ran a trial. At most ``max_concurrency`` at a time.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from ..fsutil import atomic_path
 from ..jobs import CalibSpec, QuantizeJob, run_quantize_job, timed_out
 
 
-def _quantize_remote(job: QuantizeJob, model: Shipped, calib: Shipped | None) -> dict:
+def _quantize_remote(job: QuantizeJob, model: Shipped, calib: Shipped | None, probe: list) -> dict:
+    """``probe``: [] or [ObjectRef of a tune.trials.QualityProbe], in a list so that Ray hands the
+    reference over unresolved: a probe this worker cannot load costs its quality, not its trial."""
     import ray
 
     use_assigned_cpus(ray)
@@ -35,6 +38,16 @@ def _quantize_remote(job: QuantizeJob, model: Shipped, calib: Shipped | None) ->
         result["quantized_on"] = ray.get_runtime_context().get_node_id()
         if result["ok"]:
             result["model_bytes"] = here.out_path.read_bytes()
+            if probe:
+                try:
+                    measurer = ray.get(probe[0])
+                except Exception:  # noqa: BLE001 - e.g. a metric module only the driver imports
+                    measurer = None
+                if measurer is not None:
+                    try:
+                        result["quality"] = measurer.measure(here.out_path)
+                    except Exception:  # noqa: BLE001 - the driver measures it again and says why
+                        pass
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -44,13 +57,15 @@ def ray_quantize_batch(address: str = "auto", *, max_concurrency: int = 2,
                        max_retries: int = 2) -> Callable[[Sequence[QuantizeJob], int], list[dict]]:
     """A drop-in for :func:`edgequant.jobs.quantize_batch` that quantizes on the Ray cluster."""
 
-    def quantize_batch(jobs: Sequence[QuantizeJob], workers: int, *, timeout_s: float | None = None) -> list[dict]:
+    def quantize_batch(jobs: Sequence[QuantizeJob], workers: int, *, timeout_s: float | None = None,
+                       probe=None) -> list[dict]:
         import time
 
         ray = connect(address)
         end = None if timeout_s is None else time.monotonic() + timeout_s
         task = ray.remote(_quantize_remote).options(num_cpus=1, max_retries=max_retries, retry_exceptions=False)
         shipper = Shipper(ray)
+        probe_ref = [ray.put(probe)] if probe is not None else []
         limit = max(1, min(max_concurrency, workers))
         results: list[dict | None] = [None] * len(jobs)
         pending: dict = {}
@@ -60,7 +75,7 @@ def ray_quantize_batch(address: str = "auto", *, max_concurrency: int = 2,
                 while queue and len(pending) < limit:
                     i, job = queue.pop(0)
                     calib = _ship_calib(shipper, job.calib)
-                    pending[task.remote(job, shipper.ship(job.model_path), calib)] = i
+                    pending[task.remote(job, shipper.ship(job.model_path), calib, probe_ref)] = i
                 left = None if end is None else max(0.0, end - time.monotonic())
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=left)
                 if not ready:          # the time budget ran out: stop what runs, skip what waits
@@ -87,6 +102,7 @@ def ray_quantize_batch(address: str = "auto", *, max_concurrency: int = 2,
             raise
         return [r or {"ok": False, "error": "not run"} for r in results]
 
+    quantize_batch.measures_quality = True   # tune.trials hands it a QualityProbe
     return quantize_batch
 
 

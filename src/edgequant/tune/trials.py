@@ -59,6 +59,7 @@ class Trial:
     budget_decision: str = ""             # within | undecided | over (verdict.Judgement)
     quantized_cached: bool = False
     quantized_on: str | None = None       # the Ray node that quantized it (tune --ray)
+    remote_quality: dict | None = None    # quality measured by that node (tune --ray), else None
     measured_cached: bool = False
 
     @property
@@ -138,6 +139,26 @@ def measure_quality(path: Path, ref: Reference, eval_src, device: Device) -> dic
             "placement": placement.to_dict() if placement is not None else None}
 
 
+@dataclass
+class QualityProbe:
+    """What a worker needs to measure a candidate's quality where it quantized it (``tune --ray``):
+    the FP32 reference and the evaluation samples, measured on this machine's kind of device (the
+    CPU). Shipped once per batch; a worker that cannot load it (a metric module only the driver
+    can import) leaves quality to the driver."""
+
+    ref: Reference
+    samples: list
+    session: Any
+
+    def measure(self, path: Path) -> dict:
+        from ..devices import local_cpu
+
+        try:
+            return measure_quality(path, self.ref, self.samples, local_cpu(self.session))
+        except EdgequantError as exc:
+            return {"error": str(exc)}
+
+
 def time_batch(paths: Sequence[Path], ref: Reference, device: Device, *, runs: int,
                warmup: int) -> list[Speedup]:
     """Each path's speedup over FP32, all interleaved in one benchmark."""
@@ -166,6 +187,7 @@ class TrialRunner:
     qat_trainer: Callable | None = None           # (recipe, out_path) -> result, for QAT recipes (tune.qat_stage)
     deadline: float | None = None                 # time.monotonic() when the search's time budget ends
     quantized_count: int = 0
+    _probe: QualityProbe | None = None
 
     def _say(self, msg: str) -> None:
         if self.progress:
@@ -214,7 +236,9 @@ class TrialRunner:
             names = ", ".join(t.name for t in todo)
             self._say(f"quantizing {names}" + (f" ({min(2, self.workers, len(todo))} workers)" if len(todo) > 1 else ""))
             jobs = [QuantizeJob(self.model_path, t.path, t.recipe.config(self.target), self.calib) for t in todo]
-            results = self.quantize_batch(jobs, self.workers, timeout_s=self._time_left())
+            probe = self._quality_probe()
+            results = self.quantize_batch(jobs, self.workers, timeout_s=self._time_left(),
+                                          **({"probe": probe} if probe is not None else {}))
         for t in trained:
             self._say(f"training {t.name} (QAT, up to {t.recipe.qat_minutes:g} min)")
             results.append(self.qat_trainer(t.recipe, t.path) if self.qat_trainer is not None
@@ -222,6 +246,7 @@ class TrialRunner:
         for t, res in zip([*todo, *trained], results):
             self.quantized_count += 1
             t.quantized_on = res.get("quantized_on")
+            t.remote_quality = res.get("quality")
             if not res["ok"]:
                 t.error = res["error"]
             else:
@@ -231,6 +256,15 @@ class TrialRunner:
                     stale.unlink(missing_ok=True)
                 continue
             self.cache.store_quantized(t.recipe_dict, res)
+
+    def _quality_probe(self) -> QualityProbe | None:
+        """A probe for quantizers that measure quality where they quantize (``measures_quality``),
+        when candidates run on the CPU: an accelerator stays with the driver's device."""
+        if not getattr(self.quantize_batch, "measures_quality", False) or self.device.kind != "cpu":
+            return None
+        if self._probe is None:
+            self._probe = QualityProbe(self.ref, list(self.eval_src), self.device.session)
+        return self._probe
 
     def _time_left(self) -> float | None:
         """How long a batch started now may quantize: the budget's rest plus a grace, so that a
@@ -245,6 +279,12 @@ class TrialRunner:
         if cached is not None:
             t.measured_cached = True
             self._apply(t, cached)
+            return
+        if t.remote_quality is not None:
+            if "error" in t.remote_quality:
+                t.error = t.remote_quality["error"]
+            else:
+                self._apply(t, t.remote_quality)
             return
         self._say(f"measuring {t.name} on the evaluation data")
         try:
