@@ -310,7 +310,7 @@ def _run_static(src: Path, out: Path, config: QuantizeConfig, reader, notes: lis
 
         reader, method = calibration_reader(calibration, limit=1), "minmax"
     else:
-        ranges = range_overrides(src, config, calibration, notes) if calibration is not None else {}
+        ranges = range_overrides(src, config, calibration, notes, on_sample) if calibration is not None else {}
         if covers_calibration(src, config, ranges):   # ORT's min/max pass would only repeat ours
             from .data import calibration_reader
 

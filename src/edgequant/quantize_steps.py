@@ -14,7 +14,8 @@ from .errors import EdgequantError
 from .quantize_config import HISTOGRAM_METHODS, QuantizeConfig
 
 
-def range_overrides(src: Path, config: QuantizeConfig, calibration, notes: list[str]) -> dict:
+def range_overrides(src: Path, config: QuantizeConfig, calibration, notes: list[str],
+                    on_sample: Callable[[int], None] | None = None) -> dict:
     """``TensorQuantOverrides`` rmin/rmax (QDQ) of every activation: :mod:`edgequant.algorithms.ranges`
     for minmax (robust where samples disagree, else the global min/max, as ORT's MinMax computes it),
     then for mse :mod:`edgequant.algorithms.range_search` from those (or the global) ranges. With
@@ -25,7 +26,7 @@ def range_overrides(src: Path, config: QuantizeConfig, calibration, notes: list[
     from .algorithms.ranges import robust_ranges
     from .devices import analysis_cpu
 
-    result = robust_ranges(src, calibration, analysis_cpu())
+    result = robust_ranges(src, calibration, analysis_cpu(), on_sample=on_sample)
     if config.robust_ranges:
         notes.append(result.describe())
     model = onnx.load(str(src), load_external_data=False)

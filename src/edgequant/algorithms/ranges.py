@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,7 +103,8 @@ def aggregate(lows: np.ndarray, highs: np.ndarray, *, ratio: float = RATIO,
 
 
 def robust_ranges(model_path: str | Path, samples: Iterable[Any], device: Any, *, tensors: Iterable[str] | None = None,
-                  ratio: float = RATIO, quantile: float = QUANTILE) -> RobustRanges:
+                  ratio: float = RATIO, quantile: float = QUANTILE,
+                  on_sample: Callable[[int], None] | None = None) -> RobustRanges:
     """Per-sample min/max of every float activation of ``model_path`` over ``samples`` (run on
     ``device``), aggregated robustly. ``tensors`` limits the analysis to those names."""
     per_lo: dict[str, list[float]] = {}
@@ -119,6 +120,8 @@ def robust_ranges(model_path: str | Path, samples: Iterable[Any], device: Any, *
                 if np.isfinite(lo) and np.isfinite(hi):       # an empty tensor reduces to +-inf
                     per_lo.setdefault(name, []).append(lo)
                     per_hi.setdefault(name, []).append(hi)
+            if on_sample is not None:
+                on_sample(count)          # 0-based, as the calibration readers count
             count += 1
     result = RobustRanges(samples=count)
     for name in per_lo:
