@@ -173,14 +173,14 @@ def measure_candidates(candidates: Sequence[Candidate], eval_source: DataSource,
     base = lost.call("memory", timer, lambda t: t.baseline_memory()) if options.measure_memory else None
     # memory is measured over the baseline of the machine that measures it: all on one machine
     memory_on = lost.use(timer)
+    memories = [None] * len(candidates)
+    if options.measure_memory:
+        _say(progress, f"peak memory of {len(candidates)} models (a fresh process each)")
+        memories = lost.call("memory", memory_on, lambda t: t.peak_memories(
+            paths, first.feeds, runs=options.memory_runs, baseline_mb=base if t is memory_on else None))
     variants = []
     for i, cand in enumerate(candidates):
-        memory = None
-        if options.measure_memory:
-            _say(progress, f"peak memory of {cand.name} (fresh process)")
-            memory = lost.call("memory", memory_on, lambda t: t.peak_memory(
-                cand.path, first.feeds, runs=options.memory_runs,
-                baseline_mb=base if t is memory_on else t.baseline_memory()))
+        memory = memories[i]
         acc = None
         if metric:
             acc = accuracy_entry(metric(outputs[i], labels, reference), fp32_metric)

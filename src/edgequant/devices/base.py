@@ -101,6 +101,11 @@ class Device(ABC):
                     baseline_mb: float | None = None) -> MemoryResult:
         """Peak RSS of a fresh process that loads, warms up and runs the model."""
 
+    def peak_memories(self, model_paths: Sequence[str | Path], feeds: Feeds, *, warmup: int = 3, runs: int = 10,
+                      baseline_mb: float | None = None) -> list[MemoryResult]:
+        """:meth:`peak_memory` of each model, in order (a device may measure several at once)."""
+        return [self.peak_memory(p, feeds, warmup=warmup, runs=runs, baseline_mb=baseline_mb) for p in model_paths]
+
     @abstractmethod
     def coverage(self, model_path: str | Path) -> Coverage:
         """Which compute ops run as integer kernels once the runtime has optimized the graph."""

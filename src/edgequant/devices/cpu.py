@@ -164,6 +164,20 @@ class CpuDevice(Device):
         return cpu_memory.measure_memory(model_path, feeds, self.session, warmup=warmup, runs=runs,
                                          baseline_mb=baseline_mb)
 
+    def peak_memories(self, model_paths: Sequence[str | Path], feeds: Feeds, *, warmup: int = 3, runs: int = 10,
+                      baseline_mb: float | None = None) -> list[MemoryResult]:
+        """Each model's probe process, as many at once as this process has CPUs and the machine has
+        memory for: peak RSS is per process, so probes side by side measure what one alone would."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        base = self.baseline_memory() if baseline_mb is None else baseline_mb
+        slots = cpu_memory.probe_slots(model_paths)
+        if slots <= 1:
+            return super().peak_memories(model_paths, feeds, warmup=warmup, runs=runs, baseline_mb=base)
+        with ThreadPoolExecutor(max_workers=slots) as pool:
+            return list(pool.map(lambda p: self.peak_memory(p, feeds, warmup=warmup, runs=runs, baseline_mb=base),
+                                 model_paths))
+
     # ---- graph facts ------------------------------------------------------------------------
 
     def optimized_graph(self, model_path: str | Path, level: str = "all",

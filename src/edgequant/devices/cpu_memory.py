@@ -12,14 +12,14 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import EdgequantError
 from ..measure.memory import MemoryResult
-from ..measure.session import SessionConfig
+from ..measure.session import SessionConfig, available_cpus
 
 _PROBE = "edgequant.devices._cpu_memprobe"
 _TIMEOUT_S = 600.0
@@ -47,6 +47,18 @@ def _run_probe(args: list[str], what: str) -> float:
         return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mb"])
     except (ValueError, KeyError, IndexError):
         raise EdgequantError(f"{what}: memory probe printed no result") from None
+
+
+def probe_slots(model_paths: Sequence[str | Path]) -> int:
+    """How many memory probes may run at once: one per CPU this process may use, no more than the
+    free memory holds (a probe peaks at a few times its model's size: 3.3x for a 2.3 GB model)."""
+    import psutil
+
+    from .. import model as model_io
+
+    need = max(model_io.model_size_bytes(p) for p in model_paths) * 4 + 256 * 2**20
+    by_memory = int(psutil.virtual_memory().available // need)
+    return max(1, min(available_cpus(), len(model_paths), by_memory))
 
 
 def _no_objects(arr: np.ndarray) -> np.ndarray:
