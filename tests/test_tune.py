@@ -159,3 +159,36 @@ def test_qat_is_the_last_fully_int8_step_before_giving_up(sensitive, tmp_path: P
     static = next(r for r in report["search_trace"] if r["name"] == "static")
     assert qat["fidelity"]["sqnr_db"] > static["fidelity"]["sqnr_db"] + 3.0, (qat["fidelity"], static["fidelity"])
     _check_pick_is_honest(report)
+
+
+def test_calibration_variants_quantize_while_the_sensitivity_analysis_runs(sensitive, tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    """With quantization out of this process, the calibration stage's candidates (which need no
+    sensitivity ranking) are already quantizing when the analysis starts; none is quantized twice."""
+    import threading
+
+    import edgequant.sensitivity as sensitivity
+
+    model, calib, evals = sensitive
+    calibration_started = threading.Event()
+    seen: list[str] = []
+
+    def quantizer(jobs, workers, *, timeout_s=None):
+        if any(j.config.calib_method == "percentile" for j in jobs):
+            calibration_started.set()
+        seen.extend(str(j.out_path) for j in jobs)
+        return jobs_mod.quantize_batch(jobs, workers, timeout_s=timeout_s)
+
+    overlapped = []
+    real = sensitivity.analyze_model
+
+    def analyze(*args, **kwargs):
+        overlapped.append(calibration_started.wait(timeout=60))   # only set by a concurrent batch
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sensitivity, "analyze_model", analyze)
+    report = run_tune(model, tmp_path / "out", calib=str(calib), eval_spec=str(evals),
+                      options=_options(workers=2, quantizer=quantizer))
+    assert overlapped == [True]
+    assert len(seen) == len(set(seen))                 # started ahead, picked up, not quantized again
+    assert "static-pct99.999" in {r["name"] for r in report["search_trace"]}

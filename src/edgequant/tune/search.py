@@ -94,6 +94,12 @@ class Search:
         return trials
 
     def run(self) -> SearchState:
+        try:
+            return self._search()
+        finally:
+            self.runner.settle()     # nothing left quantizing behind the report
+
+    def _search(self) -> SearchState:
         defaults = self._try(default_recipes(self.target, self.runner.fp32_model()))
         static = self.state.get("static")
         if static is None or static.error:
@@ -102,6 +108,8 @@ class Search:
         base = self._repair_placement([t for t in defaults if t.ok and t.recipe.mode == "static"])
         if any(t.within_budget for t in self.state.trials if t.recipe.mode == "static") or not self._budget_left():
             return self.state
+        # the calibration variants need no sensitivity: workers quantize them while it runs here
+        self.runner.quantize_ahead(calibration_recipes(self.target, base)[:self.max_candidates - len(self.state.trials)])
         self.state.sensitivity = self.analyze(static)
         stage2 = self._try(calibration_recipes(self.target, base) + self._range_recipes(base))
         if any(t.within_budget for t in stage2):

@@ -188,14 +188,44 @@ class TrialRunner:
     deadline: float | None = None                 # time.monotonic() when the search's time budget ends
     quantized_count: int = 0
     _probe: QualityProbe | None = None
+    _ahead: dict = field(default_factory=dict)     # recipe name -> (Trial, Future) quantizing ahead
 
     def _say(self, msg: str) -> None:
         if self.progress:
             self.progress(msg)
 
+    def quantize_ahead(self, recipes: Sequence[Recipe]) -> None:
+        """Start quantizing ``recipes`` now, in the background, when quantization runs outside this
+        process (worker processes, Ray): the search's next batch, while this process runs an analysis
+        that batch does not depend on. :meth:`run` picks them up; :meth:`settle` waits for them."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self.quantize_batch is quantize_batch and self.workers < 2:   # inline: nothing to overlap
+            return
+        trials = [Trial(r, r.to_dict(self.target)) for r in recipes if r.name not in self._ahead]
+        if not trials:
+            return
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgequant-ahead")
+        future = pool.submit(self._quantize, trials)
+        pool.shutdown(wait=False)
+        self._ahead.update({t.name: (t, future) for t in trials})
+
+    def settle(self) -> None:
+        """Wait for quantization started ahead (the search may end before it needs it)."""
+        for _trial, future in list(self._ahead.values()):
+            future.result()
+        self._ahead.clear()
+
     def run(self, recipes: Sequence[Recipe]) -> list[Trial]:
-        trials = [Trial(r, r.to_dict(self.target)) for r in recipes]
-        self._quantize(trials)
+        trials, started = [], set()
+        for r in recipes:
+            ahead = self._ahead.pop(r.name, None)
+            trials.append(ahead[0] if ahead else Trial(r, r.to_dict(self.target)))
+            if ahead:
+                started.add(ahead[1])
+        for future in started:
+            future.result()
+        self._quantize([t for t in trials if t.path is None])
         for t in trials:
             if t.error is None:
                 self._quality(t)
