@@ -169,3 +169,16 @@ def test_tune_falls_back_the_body_node_and_ends_within_budget(if_sensitive, tmp_
     if rec != "fp32":          # timing is not asserted (2 noisy cores): only that the pick is honest
         v = next(v for v in report["variants"] if v["name"] == rec)
         assert v["within_budget"] and v["speedup_ci"][0] > 1.0
+
+
+def test_a_within_budget_candidate_without_int8_compute_does_not_end_the_search() -> None:
+    """silero_vad: the 16-bit range recipe names branch tensors, the branch is refused at opset 13
+    and stays float, so that candidate is FP32 at a cost; the search must go on to the fallbacks."""
+    from edgequant.tune.recipes import Recipe
+    from edgequant.tune.search import _settles
+    from edgequant.tune.trials import Trial
+
+    recipe = Recipe("static-int16-ranges", "static", stage="ranges")
+    all_float = Trial(recipe, {}, within_budget=True, coverage={"quantized_compute_ops": 0, "compute_ops": 16})
+    int8 = Trial(recipe, {}, within_budget=True, coverage={"quantized_compute_ops": 5, "compute_ops": 16})
+    assert not _settles([all_float]) and _settles([all_float, int8])
