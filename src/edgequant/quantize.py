@@ -28,6 +28,7 @@ from .quantize_steps import (
     histogram_overrides,
     keep_coarse_float,
     range_overrides,
+    scoped_config,
     smooth,
     softmax_floor,
     with_overrides,
@@ -302,6 +303,7 @@ def _run_static(src: Path, out: Path, config: QuantizeConfig, reader, notes: lis
                 on_sample: Callable[[int], None] | None = None) -> None:
     from onnxruntime.quantization import QuantFormat, quantize, quantize_static
 
+    config = scoped_config(config, src)   # a branch's overrides reach its own quantizer (_static_bodies)
     method = config.calib_method
     if method in HISTOGRAM_METHODS and calibration is not None:
         ranges = histogram_overrides(src, config, calibration, notes, on_sample)
@@ -385,7 +387,8 @@ def _static_bodies(prepared: Path, qpath: Path, config: QuantizeConfig, calibrat
     from .qdq.subgraph_static import quantize_if_bodies
 
     def body(src: Path, dst: Path, source, body_notes: list[str]) -> None:
-        _run_static(src, dst, config, calibration_reader(source), body_notes, source)
+        scoped = scoped_config(config, src, enclosing=True)
+        _run_static(src, dst, scoped, calibration_reader(source), body_notes, source)
 
     device = analysis_cpu()
     out, report = quantize_if_bodies(prepared, qpath, work / "bodies.onnx", calibration, body,

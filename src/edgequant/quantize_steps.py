@@ -220,3 +220,27 @@ def with_overrides(extra: dict, ranges: dict) -> dict:
         if len(merged[tensor]) == 1:  # per-channel overrides are left as the caller set them
             merged[tensor][0] = {**entry, **merged[tensor][0]}
     return {**extra, "TensorQuantOverrides": merged}
+
+
+def scoped_config(config: QuantizeConfig, src: Path, *, enclosing: bool = False) -> QuantizeConfig:
+    """``config`` with the ``TensorQuantOverrides`` of the tensors ``src``'s own graph holds.
+
+    One onnxruntime quantizer call sees one graph and refuses an override for a tensor it does not
+    see ("not present in the model"), while a tensor of an If branch is quantized when its branch
+    is, with the same config (:mod:`edgequant.qdq.subgraph_static`). ``enclosing``: ``src`` is a
+    branch cut out, so the names of the graphs around it go too; otherwise a name ``src`` holds
+    nowhere is left for onnxruntime to report (a typo)."""
+    from dataclasses import replace
+
+    from .qdq.subgraphs import defined_names
+
+    overrides = config.extra_options.get("TensorQuantOverrides")
+    if not overrides:
+        return config
+    graph = onnx.load(str(src), load_external_data=False).graph
+    own = {t.name for t in graph.initializer} | {i.name for i in graph.input} | {o for n in graph.node for o in n.output}
+    elsewhere = defined_names(graph) - own
+    kept = {t: v for t, v in overrides.items() if t in own or not (enclosing or t in elsewhere)}
+    if len(kept) == len(overrides):
+        return config
+    return replace(config, extra_options={**config.extra_options, "TensorQuantOverrides": kept})

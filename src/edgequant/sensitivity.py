@@ -124,7 +124,7 @@ class SensitivityReport:
 
 # ---- graph plumbing -------------------------------------------------------------------------
 
-def _device(threads: int):
+def analysis_device(threads: int):
     """The CPU device with graph optimization off: every intermediate tensor stays observable."""
     from .devices import analysis_cpu
     from .measure.session import SessionConfig
@@ -166,6 +166,9 @@ class _Acc:
     def add(self, ref: np.ndarray, cand: np.ndarray | None, *, ranges: bool,
             raw: np.ndarray | None = None) -> None:
         ref64 = ref.astype(np.float64, copy=False)
+        if cand is not None and cand.ndim == ref.ndim >= 2 and cand.shape[1] > ref.shape[1] \
+                and cand.shape[2:] == ref.shape[2:] and cand.shape[0] == ref.shape[0]:
+            cand = cand[:, :ref.shape[1]]   # a stem input padded with zero channels (qdq.conv_channels)
         if cand is not None and cand.shape == ref.shape:
             self.signal += float(np.sum(ref64 * ref64))
             self.noise += float(np.sum((ref64 - cand.astype(np.float64, copy=False)) ** 2))
@@ -313,7 +316,7 @@ def analyze(float_model: str | Path, qdq_model: str | Path, samples: Iterable[An
     # the value a node produced before its output was quantized (e.g. "g" or "y_QuantizeLinear_Input")
     raw_for = {base_tensor(o): o for n in qproto.graph.node if n.op_type not in QDQ_OPS for o in n.output
                if base_tensor(o) in quantized_tensors and o != q_for.get(base_tensor(o))}
-    device = _device(threads)
+    device = analysis_device(threads)
     acc: dict[str, _Acc] = {}
     count = 0
     with tempfile.TemporaryDirectory(prefix="edgequant-sens-") as tmp:

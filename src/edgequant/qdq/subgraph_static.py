@@ -59,7 +59,7 @@ class BodyReport:
         return out + self.notes
 
 
-class _Captured(DataSource):
+class CapturedSource(DataSource):
     """The values a branch read on the calibration samples that took it (held in memory)."""
 
     def __init__(self, spec: str, rows: list[dict[str, np.ndarray]], inputs: Sequence[TensorSpec]) -> None:
@@ -78,26 +78,22 @@ def quantize_if_bodies(fp32: Path, quantized: Path, out: Path, calibration, quan
     no branch was quantized) and the report."""
     report = BodyReport()
     fmodel = onnx.load(str(fp32))
-    targets = {(id_, attr) for id_, node in enumerate(fmodel.graph.node) for attr, body in node_bodies(node)
-               if has_compute(body)}
-    ifs: list[onnx.NodeProto] = []
-    for i, node in enumerate(fmodel.graph.node):
-        attrs = [attr for (j, attr) in sorted(targets) if j == i]
-        if attrs and node.op_type == "If":
-            ifs.append(node)
-        for attr in attrs if node.op_type != "If" else ():
-            report.float_bodies[f"{prefix}{node.name or node.op_type}/{attr}"] = LOOP_REASON
+    for node in fmodel.graph.node:
+        for attr, body in node_bodies(node) if node.op_type != "If" else ():
+            if has_compute(body):
+                report.float_bodies[f"{prefix}{node.name or node.op_type}/{attr}"] = LOOP_REASON
+    ifs = ifs_with_compute(fmodel.graph)
     if not ifs:
         return quantized, report
-    rows = _capture(fmodel, ifs, calibration, device, work / f"{_tag(prefix) or 'top'}_capture.onnx")
+    rows = capture_branch_inputs(fmodel, ifs, calibration, device, work / f"{_tag(prefix) or 'top'}_capture.onnx")
     qmodel = onnx.load(str(quantized))
     grafted = False
     for k, node in enumerate(ifs):
-        qnode = next((n for n in qmodel.graph.node if n.op_type == "If" and list(n.output) == list(node.output)), None)
+        qnode = matching_if(qmodel.graph, node)
         for attr, body in node_bodies(node):
             if not has_compute(body):
                 continue
-            name = f"{prefix}{node.name or 'If'}/{attr}"
+            name = branch_label(prefix, node, attr)
             taken = rows[(k, attr)]
             if qnode is None:
                 report.float_bodies[name] = "the top-level quantizer replaced its If node"
@@ -105,7 +101,7 @@ def quantize_if_bodies(fp32: Path, quantized: Path, out: Path, calibration, quan
             if not taken:
                 report.float_bodies[name] = "no calibration sample takes this branch (no data to calibrate it on)"
                 continue
-            tag = _tag(f"{prefix}{node.name or f'if{k}'}_{attr}")
+            tag = graft_tag(prefix, node, k, attr)
             try:
                 done = _quantize_branch(fmodel, body, taken, quantize_body, device, work, tag, name + "/", report)
                 if not device.coverage(done).quantized_compute_ops:   # Q/DQ pairs around float ops: cost only
@@ -128,12 +124,10 @@ def quantize_if_bodies(fp32: Path, quantized: Path, out: Path, calibration, quan
 def _quantize_branch(fmodel: onnx.ModelProto, body: onnx.GraphProto, taken: list[dict[str, np.ndarray]],
                      quantize_body: QuantizeBody, device, work: Path, tag: str, prefix: str,
                      report: BodyReport) -> Path:
-    specs = _specs(taken)
-    inputs = [helper.make_tensor_value_info(s.name, helper.np_dtype_to_tensor_dtype(s.dtype), list(s.shape))
-              for s in specs]
+    specs = captured_specs(taken)
     src = work / f"{tag}.fp32.onnx"
-    onnx.save(standalone_body(fmodel, body, inputs), str(src))
-    source = _Captured(f"{prefix.rstrip('/')} (captured)", taken, specs)
+    onnx.save(standalone_body(fmodel, body, value_infos(specs)), str(src))
+    source = CapturedSource(f"{prefix.rstrip('/')} (captured)", taken, specs)
     dst = work / f"{tag}.int8.onnx"
     notes: list[str] = []
     quantize_body(src, dst, source, notes)
@@ -146,8 +140,38 @@ def _quantize_branch(fmodel: onnx.ModelProto, body: onnx.GraphProto, taken: list
     return done
 
 
-def _capture(fmodel: onnx.ModelProto, ifs: list[onnx.NodeProto], calibration, device,
-             path: Path) -> dict[tuple[int, str], list[dict[str, np.ndarray]]]:
+# ---- shared with the per-node sensitivity of branches (edgequant.sensitivity_bodies) ------------
+
+def ifs_with_compute(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The top-level Ifs of ``graph`` a branch of which holds compute, in graph order (the order
+    :func:`graft_tag` numbers unnamed ones by)."""
+    return [n for n in graph.node if n.op_type == "If" and any(has_compute(b) for _, b in node_bodies(n))]
+
+
+def matching_if(graph: onnx.GraphProto, node: onnx.NodeProto) -> onnx.NodeProto | None:
+    """``node``'s If in another version of the graph (the quantized one): the If with its outputs."""
+    return next((n for n in graph.node if n.op_type == "If" and list(n.output) == list(node.output)), None)
+
+
+def branch_label(prefix: str, node: onnx.NodeProto, attr: str) -> str:
+    """``If_0/then_branch``: how reports name a branch (``prefix`` names the enclosing branches)."""
+    return f"{prefix}{node.name or 'If'}/{attr}"
+
+
+def graft_tag(prefix: str, node: onnx.NodeProto, k: int, attr: str) -> str:
+    """The suffix :func:`~edgequant.qdq.subgraphs.graft_body` gave the names the quantizer created
+    in this branch (``k``: the If's index in :func:`ifs_with_compute`)."""
+    return _tag(f"{prefix}{node.name or f'if{k}'}_{attr}")
+
+
+def value_infos(specs: Sequence[TensorSpec]) -> list[onnx.ValueInfoProto]:
+    """Graph inputs for a branch cut out, typed from :func:`captured_specs`."""
+    return [helper.make_tensor_value_info(s.name, helper.np_dtype_to_tensor_dtype(s.dtype), list(s.shape))
+            for s in specs]
+
+
+def capture_branch_inputs(fmodel: onnx.ModelProto, ifs: list[onnx.NodeProto], calibration, device,
+                          path: Path) -> dict[tuple[int, str], list[dict[str, np.ndarray]]]:
     """Per (If index, branch attribute): the outer values the branch reads, one dict per sample taking it."""
     inits = {t.name for t in fmodel.graph.initializer}
     reads = {(k, attr): [n for n in outer_reads(body) if n not in inits]
@@ -186,7 +210,7 @@ def _known_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     return {vi.name: vi for vi in (*g.value_info, *g.output, *g.input) if vi.type.tensor_type.elem_type}
 
 
-def _specs(rows: list[dict[str, np.ndarray]]) -> list[TensorSpec]:
+def captured_specs(rows: list[dict[str, np.ndarray]]) -> list[TensorSpec]:
     """Input specs from the captured values: a dim that varies across samples is dynamic."""
     specs = []
     for name, first in rows[0].items():

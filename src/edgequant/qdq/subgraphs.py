@@ -249,6 +249,11 @@ def graft_body(model: onnx.ModelProto, node: onnx.NodeProto, attr_name: str, fp3
     that they cannot clash with the enclosing scopes or the sibling branch (ONNX forbids shadowing).
     """
     q = quantized.graph
+    opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    needs = next((o.version for o in quantized.opset_import if (o.domain or "ai.onnx") == "ai.onnx"), 0)
+    if needs > opsets.get("ai.onnx", needs):   # onnxruntime moved the branch to opset 21 for 16-bit Q/DQ
+        raise ValueError(f"the quantized branch needs opset {needs} (16-bit Q/DQ) but the model around it is "
+                         f"opset {opsets['ai.onnx']}")
     body_outputs = [o.name for o in fp32_body.output]
     if [o.name for o in q.output] != body_outputs:
         raise ValueError(f"the quantizer renamed the body's outputs ({body_outputs} -> {[o.name for o in q.output]})")
@@ -267,6 +272,16 @@ def graft_body(model: onnx.ModelProto, node: onnx.NodeProto, attr_name: str, fp3
     for imp in quantized.opset_import:
         if imp.domain not in domains and (imp.domain, imp.version) not in known:
             model.opset_import.append(imp)
+
+
+def ungrafted(graph: onnx.GraphProto, tag: str) -> onnx.GraphProto:
+    """A copy of a body :func:`graft_body` wrote with ``tag``, its names as the quantizer wrote
+    them (``x_DequantizeLinear_Output``: what the per-node sensitivity pairs FP32 tensors by)."""
+    suffix = f"__{tag}"
+    g = onnx.GraphProto()
+    g.CopyFrom(graph)
+    _rename(g, {n: n[: -len(suffix)] for n in defined_names(graph) if n.endswith(suffix)})
+    return g
 
 
 def _rename(graph: onnx.GraphProto, rename: dict[str, str]) -> None:

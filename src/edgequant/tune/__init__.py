@@ -69,16 +69,17 @@ def _say(progress: Progress | None, msg: str) -> None:
 
 
 def _analyzer(model_path: Path, calib_src, options: TuneOptions, target: str, progress: Progress | None):
-    """Sensitivity of the static default model on the calibration data (None if it fails)."""
-    from ..sensitivity import analyze_model
+    """Sensitivity of the static default model on the calibration data (None if it fails): its
+    top-level nodes and those of the If branches it quantized, in one ranking."""
+    from ..sensitivity_bodies import analyze_model_with_bodies
 
     def analyze(static: Trial):
         _say(progress, f"per-node sensitivity on {options.sensitivity_samples} calibration samples")
         try:
             with quiet_logging():
-                return analyze_model(model_path, static.path, calib_src, target=target,
-                                     limit=options.sensitivity_samples,
-                                     threads=max(1, options.run.session.intra_op_threads))
+                return analyze_model_with_bodies(model_path, static.path, calib_src, target=target,
+                                                 limit=options.sensitivity_samples,
+                                                 threads=max(1, options.run.session.intra_op_threads))
         except Exception as exc:  # noqa: BLE001 - the search goes on without a ranking
             _say(progress, f"sensitivity analysis failed: {type(exc).__name__}: {exc}")
             return None

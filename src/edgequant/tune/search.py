@@ -55,6 +55,12 @@ class SearchState:
         return next((t for t in self.trials if t.name == name), None)
 
 
+def _settles(trials: list[Trial]) -> bool:
+    """Whether a stage ends the search: a candidate within budget that still runs INT8 compute (one
+    whose every layer stayed float, e.g. a 16-bit branch refused at opset 13, is FP32 at a cost)."""
+    return any(t.within_budget and (t.coverage or {}).get("quantized_compute_ops", 1) > 0 for t in trials)
+
+
 def quality_score(t: Trial) -> float:
     """Higher is better, comparable across trials of one search (same data, same reference)."""
     if t.accuracy is not None:
@@ -106,22 +112,22 @@ class Search:
             self.state.notes.append("static quantization failed; only dynamic was searched")
             return self.state
         base = self._repair_placement([t for t in defaults if t.ok and t.recipe.mode == "static"])
-        if any(t.within_budget for t in self.state.trials if t.recipe.mode == "static") or not self._budget_left():
+        if _settles([t for t in self.state.trials if t.recipe.mode == "static"]) or not self._budget_left():
             return self.state
         # the calibration variants need no sensitivity: workers quantize them while it runs here
         self.runner.quantize_ahead(calibration_recipes(self.target, base)[:self.max_candidates - len(self.state.trials)])
         self.state.sensitivity = self.analyze(static)
         stage2 = self._try(calibration_recipes(self.target, base) + self._range_recipes(base))
-        if any(t.within_budget for t in stage2):
+        if _settles(stage2):
             return self.state
         # every layer still INT8, better algorithms, before anything leaves INT8
         stage3 = self._try(algorithm_recipes(base, self.runner.fp32_model()))
-        if any(t.within_budget for t in stage3):
+        if _settles(stage3):
             return self.state
         stage4 = self._try(rounding_recipes(self._best_static_base()))   # slower: only when still needed
-        if any(t.within_budget for t in stage4):
+        if _settles(stage4):
             return self.state
-        if any(t.within_budget for t in self._try(qat_recipe(self._best_static_base(), self._qat_minutes()))):
+        if _settles(self._try(qat_recipe(self._best_static_base(), self._qat_minutes()))):
             return self.state
         if self.state.sensitivity is not None and self.state.sensitivity.nodes:
             if self.float_fallback or self.target == "qnn":
