@@ -167,7 +167,7 @@ def test_calibration_variants_quantize_while_the_sensitivity_analysis_runs(sensi
     sensitivity ranking) are already quantizing when the analysis starts; none is quantized twice."""
     import threading
 
-    import edgequant.sensitivity as sensitivity
+    import edgequant.sensitivity_bodies as sensitivity
 
     model, calib, evals = sensitive
     calibration_started = threading.Event()
@@ -180,13 +180,13 @@ def test_calibration_variants_quantize_while_the_sensitivity_analysis_runs(sensi
         return jobs_mod.quantize_batch(jobs, workers, timeout_s=timeout_s)
 
     overlapped = []
-    real = sensitivity.analyze_model
+    real = sensitivity.analyze_model_with_bodies
 
     def analyze(*args, **kwargs):
         overlapped.append(calibration_started.wait(timeout=60))   # only set by a concurrent batch
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sensitivity, "analyze_model", analyze)
+    monkeypatch.setattr(sensitivity, "analyze_model_with_bodies", analyze)
     report = run_tune(model, tmp_path / "out", calib=str(calib), eval_spec=str(evals),
                       options=_options(workers=2, quantizer=quantizer))
     assert overlapped == [True]
