@@ -261,11 +261,13 @@ def longest_first(todo: list[FleetEntry], out_dir: Path) -> list[FleetEntry]:
         pass
     if all(e.name in past for e in todo):
         return sorted(todo, key=lambda e: -past[e.name])
+
     def nodes(entry: FleetEntry) -> int:
         try:
             return len(model_io.load_model(entry.model, check=False, weights=False).graph.node)
         except EdgequantError:   # a broken model fails in its own run, with its reason
             return 0
+
     count = {e.name: nodes(e) for e in todo}
     return sorted(todo, key=lambda e: (not e.tune, -count[e.name]))
 

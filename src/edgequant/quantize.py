@@ -305,18 +305,16 @@ def _run_static(src: Path, out: Path, config: QuantizeConfig, reader, notes: lis
 
     config = scoped_config(config, src)   # a branch's overrides reach its own quantizer (_static_bodies)
     method = config.calib_method
-    if method in HISTOGRAM_METHODS and calibration is not None:
+    histograms = method in HISTOGRAM_METHODS and calibration is not None
+    if histograms:
         ranges = histogram_overrides(src, config, calibration, notes, on_sample)
-        # every calibrated tensor is overridden: ORT's own min/max pass needs only one sample
+    else:
+        ranges = range_overrides(src, config, calibration, notes, on_sample) if calibration is not None else {}
+    # every calibrated tensor overridden: ORT's own min/max pass would only repeat ours, on one sample
+    if histograms or covers_calibration(src, config, ranges):
         from .data import calibration_reader
 
         reader, method = calibration_reader(calibration, limit=1), "minmax"
-    else:
-        ranges = range_overrides(src, config, calibration, notes, on_sample) if calibration is not None else {}
-        if covers_calibration(src, config, ranges):   # ORT's min/max pass would only repeat ours
-            from .data import calibration_reader
-
-            reader, method = calibration_reader(calibration, limit=1), "minmax"
     if calibration is not None:   # every target: an attention mask must not set the scores' step
         ranges = softmax_floor(src, calibration, ranges, notes)
     if config.target == "qnn":

@@ -137,8 +137,9 @@ def effective_threads(cfg: SessionConfig) -> int:
     """Intra-op threads the session will use: the configured number, or ORT's default."""
     if cfg.intra_op_threads > 0:
         return cfg.intra_op_threads
-    if cpu_allowance() is not None:
-        return cpu_allowance()
+    given = cpu_allowance()
+    if given is not None:
+        return given
     try:  # ORT's default is one thread per physical core
         import psutil
 

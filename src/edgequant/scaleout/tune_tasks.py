@@ -38,24 +38,28 @@ def _quantize_remote(job: QuantizeJob, model: Shipped, calib: Shipped | None, pr
         result["quantized_on"] = ray.get_runtime_context().get_node_id()
         if result["ok"]:
             result["model_bytes"] = here.out_path.read_bytes()
-            if probe:
-                try:
-                    measurer = ray.get(probe[0])
-                except Exception:  # noqa: BLE001 - e.g. a metric module only the driver imports
-                    measurer = None
-                if measurer is not None:
-                    try:
-                        result["quality"] = measurer.measure(here.out_path)
-                    except Exception:  # noqa: BLE001 - the driver measures it again and says why
-                        pass
+            quality = _quality(ray, probe, here.out_path) if probe else None
+            if quality is not None:
+                result["quality"] = quality
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _quality(ray, probe: list, path: Path) -> dict | None:
+    """The candidate's quality by the probe, or None to leave it to the driver (a probe this worker
+    cannot load, e.g. a metric module only the driver imports; a measurement that crashed)."""
+    try:
+        return ray.get(probe[0]).measure(path)
+    except Exception:  # noqa: BLE001 - the driver measures it again and says why
+        return None
+
+
 def ray_quantize_batch(address: str = "auto", *, max_concurrency: int = 2,
                        max_retries: int = 2) -> Callable[[Sequence[QuantizeJob], int], list[dict]]:
     """A drop-in for :func:`edgequant.jobs.quantize_batch` that quantizes on the Ray cluster."""
+
+    shipped_probes: dict[int, list] = {}    # the search hands the same probe to every batch: put it once
 
     def quantize_batch(jobs: Sequence[QuantizeJob], workers: int, *, timeout_s: float | None = None,
                        probe=None) -> list[dict]:
@@ -65,7 +69,10 @@ def ray_quantize_batch(address: str = "auto", *, max_concurrency: int = 2,
         end = None if timeout_s is None else time.monotonic() + timeout_s
         task = ray.remote(_quantize_remote).options(num_cpus=1, max_retries=max_retries, retry_exceptions=False)
         shipper = Shipper(ray)
-        probe_ref = [ray.put(probe)] if probe is not None else []
+        if probe is not None and id(probe) not in shipped_probes:
+            shipped_probes.clear()
+            shipped_probes[id(probe)] = [ray.put(probe), probe]    # the probe kept: its id stays its own
+        probe_ref = shipped_probes[id(probe)][:1] if probe is not None else []
         limit = max(1, min(max_concurrency, workers))
         results: list[dict | None] = [None] * len(jobs)
         pending: dict = {}
