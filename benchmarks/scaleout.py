@@ -140,7 +140,10 @@ def main() -> int:
                 rows[f"tune_{name}_workers{conc}_trials_s"] = clock.busy()
                 rows[f"tune_{name}_workers{conc}_candidates"] = report["tune"]["candidates"]
     rows["load_after"] = os.getloadavg()
-    doc = {"machine": machine_facts(SessionConfig(intra_op_threads=1)), "cores": os.cpu_count(), "results": rows}
+    from edgequant.targets import auto_target, detect_cpu
+
+    doc = {"machine": machine_facts(SessionConfig(intra_op_threads=1)), "cores": os.cpu_count(),
+           "target": auto_target(detect_cpu()), "device": "cpu", "results": rows}
     results = ROOT / "benchmarks" / "results"
     (results / "scaleout.json").write_text(json.dumps(doc, indent=2) + "\n")
     (results / "SCALEOUT.md").write_text(markdown(doc))
@@ -156,7 +159,8 @@ def markdown(doc: dict) -> str:
     r, m = doc["results"], doc["machine"]
     inproc = r["fleet_inprocess_s"]
     lines = ["# Scale-out on Ray (local cluster, 127.0.0.1)", "",
-             f"Machine: {m['cpu']} ({' '.join(m['isa'])}), {doc['cores']} cores, onnxruntime {m['onnxruntime']}. "
+             f"Machine: {m['cpu']} ({' '.join(m['isa'])}), {doc['cores']} cores, ISA target {doc['target']}, "
+             f"device {doc['device']} (every node is this machine), onnxruntime {m['onnxruntime']}. "
              "Command: `.venv/bin/python benchmarks/scaleout.py`. Load average before/after: "
              f"{', '.join(f'{x:.2f}' for x in r['load_before'])} / {', '.join(f'{x:.2f}' for x in r['load_after'])}.", "",
              f"Fleet: {r['fleet_models']} models (the three DMS models twice), `run` with 1 thread each.", "",
@@ -190,4 +194,8 @@ def markdown(doc: dict) -> str:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--markdown"]:      # re-render SCALEOUT.md from scaleout.json, no measurement
+        results_dir = ROOT / "benchmarks" / "results"
+        (results_dir / "SCALEOUT.md").write_text(markdown(json.loads((results_dir / "scaleout.json").read_text())))
+        sys.exit(0)
     sys.exit(main())
