@@ -7,9 +7,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import numpy_helper
-import numpy as np
 
 
 @dataclass
@@ -156,6 +156,10 @@ def insert_after_producers(model: onnx.ModelProto, readers: dict[str, list[onnx.
     model.graph.node.extend(nodes)
 
 
+#: onnxruntime's quantizer names the codes of FP32 tensor T "T_QuantizeLinear_Output".
+Q_OUTPUT_SUFFIX = "_QuantizeLinear_Output"
+
+
 def float_source(idx: GraphIndex, tensor: str) -> str:
     """The FP32 graph's name of what a QDQ graph's node reads as ``tensor``: through
     DequantizeLinear <- QuantizeLinear back to the quantized activation."""
@@ -163,7 +167,10 @@ def float_source(idx: GraphIndex, tensor: str) -> str:
     dq = idx.producer.get(tensor)
     if dq is not None and dq.op_type == "DequantizeLinear":
         q = idx.producer.get(dq.input[0])
-        src = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else src
+        if q is not None and q.op_type == "QuantizeLinear":
+            src = q.input[0]
+        elif dq.input[0].endswith(Q_OUTPUT_SUFFIX):   # a Pad that runs on the codes (qdq.quantized_pad)
+            src = dq.input[0].removesuffix(Q_OUTPUT_SUFFIX)
     return src.removesuffix("_QuantizeLinear_Input")
 
 

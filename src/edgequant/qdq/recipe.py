@@ -13,16 +13,27 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+)
 
-from edgequant.measure.coverage import INT8_COMPUTE_OPS, coverage_of_graph
 from edgequant import model as model_io
-from edgequant.qdq.graph import GraphIndex, op_counts
-from edgequant.qdq.conv_channels import PadConvInputChannels
-from edgequant.qdq.hard_activations import HardSigmoidAsAdd
 from edgequant.graph_pass import GraphPass, run_passes
-from edgequant.qdq.passes import ActivationsToUint8, DropZeroBiasZeroPoints, FoldIdentityQdq, diagnose_float_node
+from edgequant.measure.coverage import INT8_COMPUTE_OPS, coverage_of_graph
+from edgequant.qdq.conv_channels import CHANNEL_PAD_TARGETS, PadConvInputChannels
+from edgequant.qdq.graph import GraphIndex, op_counts
+from edgequant.qdq.hard_activations import HardSigmoidAsAdd
+from edgequant.qdq.passes import (
+    ActivationsToUint8,
+    DropZeroBiasZeroPoints,
+    FoldIdentityQdq,
+    diagnose_float_node,
+)
 from edgequant.qdq.prepare import prepare
+from edgequant.qdq.quantized_pad import PadOnQuantized
 from edgequant.qdq.summary import QuantizationSummary
 
 _PROTOBUF_LIMIT = 2_000_000_000
@@ -43,11 +54,6 @@ def default_extra_options(per_channel: bool) -> dict[str, Any]:
 def _check_reader(reader: Any) -> None:
     if not isinstance(reader, CalibrationDataReader) and not hasattr(reader, "get_next"):
         raise TypeError("calibration_reader must be an onnxruntime CalibrationDataReader")
-
-
-#: Targets whose INT8 convolution was measured faster with stem inputs padded to 4 channels
-#: (qdq.conv_channels); AVX2-only machines have not been measured yet.
-CHANNEL_PAD_TARGETS = ("x86-vnni",)
 
 
 def quantize_static_optimized(
@@ -149,10 +155,14 @@ def quantize_static_optimized(
 def _fix_up(model: onnx.ModelProto, activations_to_uint8: bool, summary: QuantizationSummary,
             target: str) -> None:
     """Exact post-quantization passes; each one that changed something is recorded."""
+    from edgequant.targets import resolve_target
+
     passes: list[GraphPass] = [FoldIdentityQdq(), DropZeroBiasZeroPoints()]
     if activations_to_uint8:
         passes.append(ActivationsToUint8())
     passes.append(HardSigmoidAsAdd())   # it reads the final activation types
+    if resolve_target(target).exact_rewrites:   # CPU EPs; an NPU groups DQ -> Pad -> Q itself
+        passes.append(PadOnQuantized())
     if target in CHANNEL_PAD_TARGETS:   # measured there only
         passes.append(PadConvInputChannels())
     for result in run_passes(model, passes):
