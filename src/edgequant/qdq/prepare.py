@@ -90,18 +90,26 @@ def prepare(model_path: Path, work: Path, *, mode: str = "static", per_channel: 
     if mode == "static":
         out.path = _unshared_biases(out.path, work / "unshared.onnx", out.passes)
         if rule.exact_rewrites:   # after quant_pre_process: it inlines HardSwish into HardSigmoid + Mul
-            out.path = _hard_activation_rewrites(out.path, work / "hard_activations.onnx", out)
+            out.path = _graph_passes(out.path, work / "rewritten.onnx", _static_passes(rule.name), out)
     return out
 
 
-def _hard_activation_rewrites(src: Path, dst: Path, out: Prepared) -> Path:
-    """:data:`edgequant.qdq.hard_activations.PREPARE_PASSES` into ``dst`` (``src`` when none applies)."""
-    from edgequant.graph_pass import run_passes
-
+def _static_passes(target: str) -> tuple:
+    """The exact FP32 rewrites of a static CPU recipe: Hard-Swish/squeeze-excite forms onnxruntime
+    quantizes well, then (where measured) depthwise channel counts its fast INT8 kernel takes."""
+    from .conv_channels import CHANNEL_PAD_TARGETS
+    from .depthwise_channels import PadDepthwiseChannels
     from .hard_activations import PREPARE_PASSES
 
+    return PREPARE_PASSES + ((PadDepthwiseChannels(),) if target in CHANNEL_PAD_TARGETS else ())
+
+
+def _graph_passes(src: Path, dst: Path, passes: tuple, out: Prepared) -> Path:
+    """``passes`` over ``src`` into ``dst`` (``src`` when none applies)."""
+    from edgequant.graph_pass import run_passes
+
     model = model_io.load_model(src)
-    done = [r for r in run_passes(model, PREPARE_PASSES) if r.changed]
+    done = [r for r in run_passes(model, passes) if r.changed]
     if not done:
         return src
     onnx.save_model(model, str(dst))
