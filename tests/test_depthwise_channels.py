@@ -22,7 +22,7 @@ def _w(*shape: int) -> np.ndarray:
     return (RNG.standard_normal(shape) * 0.3).astype(np.float32)
 
 
-def _blaze_net(*, dw_output_is_graph_output: bool = False) -> onnx.ModelProto:
+def _blaze_net(*, dw_output_is_graph_output: bool = False, act2: str = "Relu") -> onnx.ModelProto:
     """x[1,4,16,16] -> 1x1 (4->24) -> Relu -> t1; block: dw3x3(24) -> 1x1(24->24) + t1 -> Relu -> t2;
     widening block: dw3x3(24) -> 1x1(24->28) + Pad(t2, 4 channels) -> Relu -> t3; dw3x3(28) -> 1x1(28->8) -> y."""
     inits, nodes = [], []
@@ -39,7 +39,7 @@ def _blaze_net(*, dw_output_is_graph_output: bool = False) -> onnx.ModelProto:
     nodes.append(helper.make_node("Relu", [t1], ["t1"], name="relu1"))
     d1 = conv("dw1", "t1", _w(24, 1, 3, 3), group=24)
     p1 = conv("pw1", d1, _w(24, 24, 1, 1))
-    nodes += [helper.make_node("Add", [p1, "t1"], ["s1"], name="add1"), helper.make_node("Relu", ["s1"], ["t2"], name="relu2")]
+    nodes += [helper.make_node("Add", [p1, "t1"], ["s1"], name="add1"), helper.make_node(act2, ["s1"], ["t2"], name="act2")]
     d2 = conv("dw2", "t2", _w(24, 1, 3, 3), group=24)
     p2 = conv("pw2", d2, _w(28, 24, 1, 1))
     inits.append(numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 4, 0, 0], np.int64), "widen"))
@@ -97,6 +97,19 @@ def test_a_region_that_reaches_a_graph_output_stays_and_so_does_what_pads_into_i
     assert sum(n.op_type == "Pad" for n in model.graph.node) == 1
     for a, b in zip(_run(model, x), before):
         assert np.array_equal(a, b)
+
+
+def test_channels_that_would_not_stay_zero_are_not_padded_into_a_real_channel() -> None:
+    # Sigmoid(0) = 0.5: t2's new channels would become real channels of the Pad's output
+    model = _blaze_net(act2="Sigmoid")
+    x = RNG.standard_normal((1, 4, 16, 16)).astype(np.float32)
+    before = _run(model, x)
+    assert pad_depthwise_channels(model) == 1
+    assert _groups(model) == {"dw1": 24, "dw2": 24, "dw3": 32}
+    pad = next(n for n in model.graph.node if n.op_type == "Pad")
+    amounts = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == pad.input[1]))
+    assert amounts[5] == 8                       # 24 -> 32: its own 4 channels and dw3's 4 new ones
+    np.testing.assert_allclose(_run(model, x)[0], before[0], rtol=1e-5, atol=1e-5)
 
 
 def test_static_int8_reads_widened_depthwise_weights_and_matches_the_unwidened_recipe(tmp_path: Path, monkeypatch) -> None:

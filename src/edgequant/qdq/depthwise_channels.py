@@ -170,12 +170,16 @@ def pad_depthwise_channels(model: onnx.ModelProto) -> int:
             continue
         unaligned = any(attribute(n, "group", 1) % ALIGN for n in plan.depthwise)
         width[root] = -(-c // ALIGN) * ALIGN if unaligned and not plan.frozen else c
-    pads = [(node, regions.find(a), regions.find(b), k) for node, a, b, k in links]
-    for node, a, b, k in pads:
-        ca, cb = channels_of(a), channels_of(b)
-        if ca is None or cb is None or ca + k != cb:
-            for r in (a, b):
-                plans[r].frozen, width[r] = True, channels_of(r) or 0
+    pads = []
+    for node, a, b, k in links:
+        a, b = regions.find(a), regions.find(b)
+        if a in width and b in width and channels_of(a) + k == channels_of(b):
+            pads.append((node, a, b, k))
+            continue
+        for r in (a, b):      # a Pad between regions whose channels are unknown: neither side moves
+            plans[r].frozen = True
+            if r in width:
+                width[r] = channels_of(r)
     # a Pad's output region is at least as wide as its input's: the input's new channels become
     # real (zero) channels of the output, so they must hold zeros; where that cannot be, the input
     # region stays as it is
