@@ -26,7 +26,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgequant.graph_pass import GraphPass, PassContext
-from edgequant.qdq.graph import GraphIndex, attribute, use_counts
+from edgequant.qdq.graph import GraphIndex, attribute, drop_nodes, use_counts
 
 ALIGN = 16
 #: Channel-wise ops a region passes through -> whether they keep a zero channel zero.
@@ -268,10 +268,7 @@ def _rewrite_pads(graph: onnx.GraphProto, pads, width: dict, idx: GraphIndex, ne
         node.input[1] = name
     for n in graph.node:
         n.input[:] = [rename.get(i, i) for i in n.input]
-    if drop:
-        keep = [n for n in graph.node if id(n) not in drop]
-        del graph.node[:]
-        graph.node.extend(keep)
+    drop_nodes(graph, drop)
     used = {i for n in graph.node for i in n.input}
     stale = [t for t in graph.initializer if t.name in {p.input[1] for p, *_ in pads} and t.name not in used]
     for t in stale:

@@ -145,6 +145,14 @@ def expose_reduced(model_path: Path, out_path: Path, wanted: Iterable[str] | Non
     return out
 
 
+def drop_nodes(graph: onnx.GraphProto, ids: set[int]) -> None:
+    """Remove the nodes whose ``id()`` is in ``ids``, keeping the others in order."""
+    if ids:
+        keep = [n for n in graph.node if id(n) not in ids]
+        del graph.node[:]
+        graph.node.extend(keep)
+
+
 def insert_after_producers(model: onnx.ModelProto, readers: dict[str, list[onnx.NodeProto]]) -> None:
     """Put ``readers[t]`` right after the node producing ``t`` (graph inputs: first). onnxruntime runs
     nodes in this order: statistics nodes left at the end would keep every activation alive until then."""

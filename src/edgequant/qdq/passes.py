@@ -11,7 +11,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgequant.graph_pass import GraphPass, PassContext
-from edgequant.qdq.graph import GraphIndex, opset_of
+from edgequant.qdq.graph import GraphIndex, drop_nodes, opset_of
 
 #: Per-channel DequantizeLinear (axis attribute) needs ai.onnx opset 13.
 MIN_QDQ_OPSET = 13
@@ -107,10 +107,7 @@ def fold_identity_qdq(model: onnx.ModelProto) -> int:
             continue
         drop.update({id(dq), id(q)})
         removed += 1
-    if drop:
-        keep = [n for n in graph.node if id(n) not in drop]
-        del graph.node[:]
-        graph.node.extend(keep)
+    drop_nodes(graph, drop)
     return removed
 
 

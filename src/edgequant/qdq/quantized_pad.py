@@ -19,7 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgequant.graph_pass import GraphPass, PassContext
-from edgequant.qdq.graph import GraphIndex, attribute
+from edgequant.qdq.graph import GraphIndex, attribute, drop_nodes
 
 #: onnxruntime's CPU Pad has 8-bit kernels; 16-bit codes stay on the float path.
 EIGHT_BIT = (np.dtype(np.uint8), np.dtype(np.int8))
@@ -89,10 +89,7 @@ def pad_on_quantized(model: onnx.ModelProto) -> int:
         if len(idx.consumers.get(dq.output[0], [])) == 1 and dq.output[0] not in idx.graph_outputs:
             drop.add(id(dq))
         changed += 1
-    if drop:
-        keep = [n for n in graph.node if id(n) not in drop]
-        del graph.node[:]
-        graph.node.extend(keep)
+    drop_nodes(graph, drop)
     return changed
 
 
