@@ -54,6 +54,23 @@ def test_fp32_fallback_when_nothing_is_faster_beyond_noise():
     assert "slower than FP32" in vs[2].verdict and "3/20" in vs[2].verdict
 
 
+def test_when_fp32_opt_wins_the_report_says_by_how_much_int8_falls_short_and_where_its_time_goes():
+    fp32, opt = _variant("fp32", 1.0, (1.0, 1.0)), _variant("fp32-opt", 1.37, (1.33, 1.41))
+    static = _variant("static", 1.12, (1.08, 1.16), cov={"quantized_compute_ops": 45, "compute_ops": 45})
+    dynamic = _variant("dynamic", 1.01, (0.97, 1.05), cov={"quantized_compute_ops": 2, "compute_ops": 45})
+    opt.profile_us_by_op = {"FusedConv": 1500.0, "Add": 300.0, "ReorderInput": 100.0}
+    static.profile_us_by_op = {"QLinearConv": 1000.0, "QLinearMul": 700.0, "DequantizeLinear": 460.0,
+                               "QuantizeLinear": 370.0, "Sub": 200.0}
+    name, reason = recommend([fp32, opt, static, dynamic], Budget())
+    assert name == "fp32-opt"
+    # the fastest INT8 within budget, by how much it falls short of fp32-opt, and the op classes why
+    assert "static" in reason and "falls short of it by 18%" in reason
+    assert "kernel time 2.73 vs 1.90 ms/run" in static.verdict
+    assert "quantize/dequantize +0.83 ms" in static.verdict and "convolution -0.50 ms" in static.verdict
+    # an INT8 variant within budget but not faster than FP32 is set against fp32-opt as well
+    assert dynamic.verdict.startswith("within budget and 1.01x FP32, but fp32-opt is faster")
+
+
 def test_budget_without_labels_uses_agreement_then_cosine():
     b = Budget()
     assert b.check(None, None, {"top1_agreement": 0.995, "cosine": 0.5})[0]

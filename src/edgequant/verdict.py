@@ -10,7 +10,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .measure.intervals import paired_drop_interval, paired_samples_needed, samples_needed, wilson
+from .measure.intervals import (
+    paired_drop_interval,
+    paired_samples_needed,
+    samples_needed,
+    wilson,
+)
 from .variant import Variant
 
 
@@ -261,12 +266,11 @@ def recommend(variants: list[Variant], budget: Budget, *, min_speedup: float = 1
     fp32 = variants[0]
     fp32.within_budget, fp32.verdict = True, "reference"
     eligible = []
+    int8_within: list[Variant] = []     # INT8 within budget, whatever its speed
     for v in variants[1:]:
         judged = budget.judge(fp32.accuracy, v.accuracy, v.fidelity.to_dict())
         ok, why = judged.within, judged.why
         v.within_budget, v.budget = ok, judged.to_dict()   # undecided is not within budget
-        sp = v.speed
-        lo, hi = sp.ci_low, sp.ci_high
         defect = _placement_defect(v)
         if not judge_speed and v.mode not in ("dynamic", "static"):
             v.verdict = (f"an FP32 graph ({v.mode}): its only gain is speed, which {device} cannot measure "
@@ -285,15 +289,8 @@ def recommend(variants: list[Variant], budget: Budget, *, min_speedup: float = 1
         elif not judge_speed:
             v.verdict = f"eligible: within budget on {device} outputs ({why}); latency not measured ({device} is emulated)"
             eligible.append(v)
-        elif sp.slower_than_noise:
-            v.verdict = f"slower than FP32 ({sp.ratio:.2f}x): {_slow_reason(v)}"
-        elif not sp.faster_than_noise:
-            v.verdict = f"not faster than FP32 beyond noise ({sp.ratio:.2f}x, 95% CI {lo:.2f}-{hi:.2f})"
-        elif not sp.accepts(min_speedup):
-            v.verdict = f"only {sp.ratio:.2f}x faster (< {min_speedup:g}x): not worth INT8's accuracy risk"
-        else:
-            v.verdict = f"eligible: {sp.ratio:.2f}x faster (95% CI {lo:.2f}-{hi:.2f}); {why}"
-            eligible.append(v)
+        elif not _set_speed_verdict(v, min_speedup, eligible, why) and v.mode in ("dynamic", "static"):
+            int8_within.append(v)
     if not eligible:
         # only those the budget alone held back (not e.g. a variant with nothing quantized)
         undecided = [v for v in variants[1:] if v.verdict and v.verdict.startswith("undecided")]
@@ -308,4 +305,41 @@ def recommend(variants: list[Variant], budget: Budget, *, min_speedup: float = 1
         return "fp32", ("no INT8 variant is both within the accuracy budget and faster than FP32 beyond noise "
                         f"by >= {min_speedup:g}x" + why_undecided)
     best = max(eligible, key=_quality_key) if not judge_speed else max(eligible, key=lambda v: v.speedup)
-    return best.name, best.verdict.removeprefix("eligible: ")
+    reason = best.verdict.removeprefix("eligible: ")
+    if judge_speed and best.mode not in ("dynamic", "static"):
+        reason += _int8_shortfall(best, [v for v in eligible if v.mode in ("dynamic", "static")] + int8_within)
+    return best.name, reason
+
+
+def _set_speed_verdict(v: Variant, min_speedup: float, eligible: list[Variant], why: str) -> bool:
+    """The verdict of a variant within budget, by its speed; True (and into ``eligible``) when it
+    is faster than FP32 beyond noise by at least ``min_speedup``."""
+    sp = v.speed
+    if sp.slower_than_noise:
+        v.verdict = f"slower than FP32 ({sp.ratio:.2f}x): {_slow_reason(v)}"
+    elif not sp.faster_than_noise:
+        v.verdict = f"not faster than FP32 beyond noise ({sp.ratio:.2f}x, 95% CI {sp.ci_low:.2f}-{sp.ci_high:.2f})"
+    elif not sp.accepts(min_speedup):
+        v.verdict = f"only {sp.ratio:.2f}x faster (< {min_speedup:g}x): not worth INT8's accuracy risk"
+    else:
+        v.verdict = f"eligible: {sp.ratio:.2f}x faster (95% CI {sp.ci_low:.2f}-{sp.ci_high:.2f}); {why}"
+        eligible.append(v)
+        return True
+    return False
+
+
+def _int8_shortfall(best: Variant, int8: list[Variant]) -> str:
+    """An FP32 graph (fp32-opt) won: by how much each INT8 variant within budget falls short of it,
+    and where its kernel time goes instead (per-op profile, op class by op class). Annotates their
+    verdicts; returns the sentence for the recommendation about the fastest of them."""
+    from .measure.profile import compare_profiles
+
+    for v in int8:
+        why = (f": {compare_profiles(v.profile_us_by_op, best.profile_us_by_op)}"
+               if v.profile_us_by_op and best.profile_us_by_op else "")
+        v.verdict = (f"within budget and {v.speedup:.2f}x FP32, but {best.name} is faster: INT8 falls short of it by "
+                     f"{1 - v.speedup / best.speedup:.0%}{why}")
+    if not int8:
+        return ""
+    top = max(int8, key=lambda v: v.speedup)
+    return f"; the fastest INT8 within budget, {top.name}, {top.verdict.split(', but ', 1)[1]}"

@@ -52,3 +52,40 @@ def explain_profile(profile: Mapping[str, float], *, top: int = 4) -> str:
     qdq = sum(profile.get(op, 0.0) for op in QDQ_OPS)
     return (f"kernel time {total / 1000:.2f} ms/run: " + ", ".join(parts)
             + (f"; quantize/dequantize {qdq / total:.0%} of it" if qdq else ""))
+
+
+#: What an op type does, so an INT8 graph's kernel time can be set against an FP32 graph's class by
+#: class (their op types differ: QLinearConv vs FusedConv, QLinearAdd vs Add).
+_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("quantize/dequantize", QDQ_OPS),
+    ("convolution", ("Conv",)),
+    ("matmul", ("MatMul", "Gemm", "Attention")),
+    ("pooling", ("Pool", "ReduceMean", "ReduceMax")),
+    ("layout and copies", ("Transpose", "Reorder", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Pad",
+                           "Concat", "Slice", "Split", "Gather", "Resize", "Identity", "Cast")),
+)
+
+
+def op_class(op: str) -> str:
+    """``convolution``, ``matmul``, ``quantize/dequantize``, ``pooling``, ``layout and copies`` or
+    ``element-wise and other`` (activations, Add/Mul in float or as QLinear ops, normalization)."""
+    if op in QDQ_OPS:
+        return "quantize/dequantize"
+    return next((name for name, keys in _CLASSES[1:] if any(k in op for k in keys)), "element-wise and other")
+
+
+def compare_profiles(slower: Mapping[str, float], faster: Mapping[str, float], *, top: int = 3) -> str:
+    """Why ``slower`` (per-op-type us/run) takes longer than ``faster``: kernel totals, then the op
+    classes that differ most, e.g. "kernel time 2.95 vs 2.40 ms/run; quantize/dequantize +0.83 ms,
+    element-wise and other +0.36 ms, convolution -0.61 ms"."""
+    def by_class(profile: Mapping[str, float]) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for op, us in profile.items():
+            out[op_class(op)] += us
+        return out
+
+    a, b = by_class(slower), by_class(faster)
+    diffs = sorted(((a[c] - b[c], c) for c in set(a) | set(b)), key=lambda d: -abs(d[0]))
+    parts = [f"{c} {d / 1000:+.2f} ms" for d, c in diffs[:top] if abs(d) >= 5.0]
+    head = f"kernel time {sum(a.values()) / 1000:.2f} vs {sum(b.values()) / 1000:.2f} ms/run"
+    return head + ("; " + ", ".join(parts) if parts else "")
