@@ -86,6 +86,14 @@ def test_depthwise_convs_widen_to_16_and_the_float_function_is_unchanged() -> No
     np.testing.assert_allclose(after[0], before[0], rtol=1e-5, atol=1e-5)
 
 
+def test_an_exporter_shape_entry_for_a_widened_weight_does_not_contradict_shape_inference() -> None:
+    # Paddle's exporter (PP-OCR) also lists weights in value_info; the old shape must go with the weight
+    model = _blaze_net()
+    model.graph.value_info.append(helper.make_tensor_value_info("head.w", TensorProto.FLOAT, [8, 28, 1, 1]))
+    assert pad_depthwise_channels(model) == 3
+    onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
 def test_a_region_that_reaches_a_graph_output_stays_and_so_does_what_pads_into_it() -> None:
     model = _blaze_net(dw_output_is_graph_output=True)
     x = RNG.standard_normal((1, 4, 16, 16)).astype(np.float32)

@@ -217,6 +217,8 @@ def pad_depthwise_channels(model: onnx.ModelProto) -> int:
         _widen_value_info(graph, regions, root, c, width[root])
     _rewrite_pads(graph, pads, width, idx, new_inits)
     graph.initializer.extend(new_inits)
+    if changed:
+        _drop_stale_shapes(graph, idx)
     return changed
 
 
@@ -226,6 +228,21 @@ def _pad_initializer(idx: GraphIndex, name: str, *, axis: int, extra: int) -> No
     widths = [(0, 0)] * array.ndim
     widths[axis] = (0, extra)
     value.CopyFrom(numpy_helper.from_array(np.pad(array, widths), name))
+
+
+def _drop_stale_shapes(graph: onnx.GraphProto, idx: GraphIndex) -> None:
+    """Some exporters also describe initializers in value_info or graph.input; a widened weight's
+    old shape there would contradict shape inference (PP-LCNet's squeeze-excite weights)."""
+    stale = set(idx.initializers)
+    keep = [v for v in graph.value_info if v.name not in stale]
+    del graph.value_info[:]
+    graph.value_info.extend(keep)
+    shapes = {t.name: list(t.dims) for t in graph.initializer}
+    for vi in graph.input:
+        if vi.name in shapes and vi.name in stale:
+            dims = vi.type.tensor_type.shape.dim
+            for d, n in zip(dims, shapes[vi.name]):
+                d.dim_value = n
 
 
 def _pad_bias(idx: GraphIndex, node: onnx.NodeProto, channels: int, new_inits: list) -> None:
