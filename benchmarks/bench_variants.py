@@ -91,6 +91,8 @@ CNN_VARIANTS: dict[str, Builder] = {
     "edgequant": edgequant_static(reduce_range=True),                       # U8S8 + 7-bit weights
     "edgequant_u8s8_no_rr": edgequant_static(reduce_range=False),           # saturation-prone on AVX2
     "edgequant_u8u8": edgequant_static(weight_type=U8),
+    # per-tensor weights: what run/tune add as static-per-tensor where depthwise convs are (issue 14)
+    "edgequant_per_tensor": edgequant_static(reduce_range=True, per_channel=False),
 }
 ENCODER_VARIANTS: dict[str, Builder] = {
     "ort_default_static": ort_default_static,

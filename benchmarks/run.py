@@ -92,6 +92,8 @@ def bench_model(name: str, threads: list[int], quick: bool) -> dict:
         variants = {"ort_default_static": ort_default_static,
                     "edgequant": edgequant_static(reduce_range=True),
                     "edgequant_selective": bench_dms.edgequant_selective(evals[0], 20 if quick else 45)}
+        if name == "face_detection_short_range":   # depthwise convs: run/tune's static-per-tensor candidate
+            variants["edgequant_per_tensor"] = edgequant_static(reduce_range=True, per_channel=False)
         if name in PRELU_MODELS:
             variants["fp32_prelu_decomposed"] = bench_dms.fp32_prelu_decomposed
             variants["selective_prelu_decomposed"] = bench_dms.selective_on_prelu_decomposed(evals[0], 20 if quick else 45)

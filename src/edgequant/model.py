@@ -168,6 +168,18 @@ def graph_inputs(model: onnx.ModelProto) -> tuple[TensorSpec, ...]:
     return tuple(_spec(v) for v in model.graph.input if v.name not in inits)
 
 
+def has_depthwise_conv(model: onnx.ModelProto) -> bool:
+    """A Conv with one input channel per group (MobileNet-style depthwise), read from weight shapes
+    (no weight data needed)."""
+    dims = {t.name: list(t.dims) for t in model.graph.initializer}
+    for n in model.graph.node:
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        w = dims.get(n.input[1]) if n.op_type == "Conv" and len(n.input) > 1 else None
+        if group > 1 and w is not None and len(w) > 2 and w[0] == group and w[1] == 1:
+            return True
+    return False
+
+
 def graph_outputs(model: onnx.ModelProto) -> tuple[TensorSpec, ...]:
     return tuple(_spec(v) for v in model.graph.output)
 

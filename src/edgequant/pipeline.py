@@ -76,13 +76,18 @@ def default_variants(target: str, model=None) -> list[tuple[str, QuantizeConfig]
     sensitive heads (a detector's raw logits) within budget where 8-bit cannot. A transformer
     ``model`` gets dynamic twice, fused by onnxruntime's optimizer ("dynamic") and not
     ("dynamic-unfused"): which is faster depends on the CPU and runtime, so the full interleaved
-    timing decides, as for every other candidate."""
+    timing decides, as for every other candidate. A model with depthwise convolutions also gets static
+    with per-tensor weights (:func:`quantize_config.per_tensor_pays`): faster there, and the budget
+    decides whether its accuracy holds."""
     from .quantize import looks_like_transformer
+    from .quantize_config import per_tensor_pays
 
     specs = [("dynamic", make_config("dynamic", target)), ("static", make_config("static", target))]
     if model is not None and looks_like_transformer(model):
         specs[:1] = [("dynamic", make_config("dynamic", target, fuse_transformer=True)),
                      ("dynamic-unfused", make_config("dynamic", target, fuse_transformer=False))]
+    if model is not None and per_tensor_pays(target, model):
+        specs.append(("static-per-tensor", make_config("static", target, per_channel=False)))
     if target == "qnn":
         specs.append(("static-a16w8", make_config("static", target, activation_type="uint16")))
     return specs

@@ -117,8 +117,10 @@ def default_recipes(target: str = "auto", model: onnx.ModelProto | None = None) 
     On an accelerator without a float path (qnn) dynamic quantization cannot run on it at all
     (its integer ops are CPU kernels), so the second default there is 16-bit activations
     (A16W8), which HTP runs natively. A transformer ``model`` gets dynamic fused by onnxruntime's
-    optimizer and not, timed together: which is faster depends on the CPU and the runtime."""
+    optimizer and not, timed together: which is faster depends on the CPU and the runtime. A model
+    with depthwise convolutions gets static with per-tensor weights too (``per_tensor_pays``)."""
     from ..quantize import looks_like_transformer
+    from ..quantize_config import per_tensor_pays
 
     static = Recipe("static", "static", why="seed: production")
     if not resolve_target(target).float_fallback:
@@ -128,7 +130,11 @@ def default_recipes(target: str = "auto", model: onnx.ModelProto | None = None) 
         return [Recipe("dynamic", "dynamic", why="seed: quick check (transformer fused)", fuse_transformer=True),
                 Recipe("dynamic-unfused", "dynamic", why="transformer left unfused", fuse_transformer=False),
                 static]
-    return [Recipe("dynamic", "dynamic", why="seed: quick check"), static]
+    out = [Recipe("dynamic", "dynamic", why="seed: quick check"), static]
+    if model is not None and per_tensor_pays(target, model):
+        out.append(Recipe("static-per-tensor", "static", why="per-tensor weights: the INT8 depthwise kernel "
+                          "skips the per-channel rescale", per_channel=False))
+    return out
 
 
 def calibration_recipes(target: str, base: Recipe | None = None) -> list[Recipe]:

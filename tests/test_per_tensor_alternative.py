@@ -1,0 +1,63 @@
+"""Static INT8 with per-tensor weights is a candidate next to per-channel where it can pay (depthwise
+convolutions on a CPU target), in run and in tune, and the budget and the timing choose."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_models
+from onnx import TensorProto, helper, numpy_helper
+
+from edgequant.model import has_depthwise_conv
+from edgequant.pipeline import default_variants
+from edgequant.tune.recipes import default_recipes
+
+RNG = np.random.default_rng(2)
+
+
+def _depthwise_net() -> onnx.ModelProto:
+    """x[1,8,16,16] -> depthwise 3x3 (8) -> Relu -> 1x1 (8 -> 16) -> y."""
+    inits = [numpy_helper.from_array((RNG.standard_normal((8, 1, 3, 3)) * 0.3).astype(np.float32), "dw.w"),
+             numpy_helper.from_array((RNG.standard_normal((16, 8, 1, 1)) * 0.3).astype(np.float32), "pw.w")]
+    nodes = [helper.make_node("Conv", ["x", "dw.w"], ["d"], group=8, kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["d"], ["r"]),
+             helper.make_node("Conv", ["r", "pw.w"], ["y"], kernel_shape=[1, 1])]
+    graph = helper.make_graph(nodes, "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16, 16])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_depthwise_convs_are_found_from_weight_shapes_alone() -> None:
+    assert has_depthwise_conv(_depthwise_net())
+    assert not has_depthwise_conv(onnx_models.conv_net(opset=13, channels=8, size=8))
+
+
+def test_run_and_tune_add_per_tensor_static_only_where_it_can_pay() -> None:
+    dw, plain = _depthwise_net(), onnx_models.conv_net(opset=13, channels=8, size=8)
+    variants = dict(default_variants("x86-vnni", dw))
+    assert list(variants) == ["dynamic", "static", "static-per-tensor"]
+    assert variants["static"].per_channel and not variants["static-per-tensor"].per_channel
+    assert [n for n, _ in default_variants("x86-vnni", plain)] == ["dynamic", "static"]
+    # an accelerator without a float path keeps its own defaults
+    assert "static-per-tensor" not in [n for n, _ in default_variants("qnn", dw)]
+    recipes = {r.name: r for r in default_recipes("x86-vnni", dw)}
+    assert list(recipes) == ["dynamic", "static", "static-per-tensor"]
+    assert recipes["static-per-tensor"].per_channel is False
+    assert [r.name for r in default_recipes("x86-vnni", plain)] == ["dynamic", "static"]
+
+
+def test_run_measures_the_per_tensor_candidate_like_any_other(tmp_path: Path) -> None:
+    from edgequant.pipeline import RunOptions, run_pipeline
+
+    src = tmp_path / "dw.onnx"
+    onnx.save(_depthwise_net(), str(src))
+    np.savez(tmp_path / "calib.npz", x=RNG.standard_normal((8, 8, 16, 16)).astype(np.float32))
+    report = run_pipeline(src, tmp_path / "out", calib=str(tmp_path / "calib.npz"),
+                          options=RunOptions(runs=5, warmup=1, measure_memory=False, profile=False))
+    per_tensor = next(v for v in report["variants"] if v["name"] == "static-per-tensor")
+    assert per_tensor["config"]["per_channel"] is False and per_tensor["verdict"]
+    weights = [numpy_helper.to_array(t) for t in onnx.load(per_tensor["path"]).graph.initializer]
+    scales = [w for w in weights if w.dtype == np.float32 and w.ndim == 1 and w.size == 8]
+    assert not scales, "per-tensor weights carry one scale per tensor, not one per channel"
