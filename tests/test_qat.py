@@ -253,6 +253,38 @@ def test_cli_qat_writes_model_and_record(net_files, tmp_path: Path) -> None:
 
 # ---- errors and the optional extra --------------------------------------------------------------
 
+@pytest.mark.parametrize("op_type,attrs", [
+    ("ConvTranspose", {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]}),
+    ("ConvTranspose", {"strides": [2, 2], "pads": [0, 1, 1, 0], "group": 2}),      # uneven pads (a crop)
+    ("BatchNormalization", {"epsilon": 1e-3}),
+])
+def test_ops_the_zoo_needed_match_onnxruntime(op_type: str, attrs: dict) -> None:
+    # PP-OCR's text detector: ConvTranspose upsampling, each followed by a BatchNormalization
+    import onnxruntime as ort
+    import torch
+
+    from edgequant.qat.ops import OPS
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 4, 5, 6)).astype(np.float32)
+    if op_type == "ConvTranspose":
+        consts = [rng.standard_normal((4, 6 // attrs.get("group", 1), 3, 3)).astype(np.float32),
+                  rng.standard_normal(6).astype(np.float32)]
+    else:
+        consts = [rng.uniform(0.5, 2, 4).astype(np.float32), rng.standard_normal(4).astype(np.float32),
+                  rng.standard_normal(4).astype(np.float32), rng.uniform(0.1, 2, 4).astype(np.float32)]
+    names = [f"c{i}" for i in range(len(consts))]
+    graph = helper.make_graph([helper.make_node(op_type, ["x", *names], ["y"], **attrs)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [_init(n, c) for n, c in zip(names, consts)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = OPS[op_type]([torch.from_numpy(x), *map(torch.from_numpy, consts)], attrs, 13)[0].numpy()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_unsupported_op_is_named_in_one_line() -> None:
     nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Hardmax", ["r"], ["y"], axis=1)]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],

@@ -75,6 +75,36 @@ def conv(inp: list, a: dict, opset: int) -> tuple:
     return (fn(x, w, b, stride=strides, padding=padding, dilation=dil, groups=a.get("group", 1)),)
 
 
+@op("ConvTranspose")
+def conv_transpose(inp: list, a: dict, opset: int) -> tuple:
+    x, w, b = inp[0], inp[1], inp[2] if len(inp) > 2 else None
+    n = w.dim() - 2
+    auto = a.get("auto_pad", b"NOTSET")
+    if a.get("output_shape") or (auto.decode() if isinstance(auto, bytes) else auto) != "NOTSET":
+        raise EdgequantError("ConvTranspose with output_shape or auto_pad is not supported")
+    fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}.get(n)
+    if fn is None:
+        raise EdgequantError(f"ConvTranspose with {n} spatial dims is not supported")
+    strides, dil = a.get("strides", [1] * n), a.get("dilations", [1] * n)
+    pads = list(a.get("pads", [0] * (2 * n)))
+    extra = a.get("output_padding", [0] * n)
+    if pads[:n] == pads[n:]:
+        return (fn(x, w, b, stride=strides, padding=pads[:n], output_padding=extra, groups=a.get("group", 1),
+                   dilation=dil),)
+    # uneven pads: the full output, then the ONNX crop at each end
+    y = fn(x, w, b, stride=strides, padding=0, output_padding=extra, groups=a.get("group", 1), dilation=dil)
+    return (y[(slice(None), slice(None)) + tuple(slice(pads[i], y.shape[2 + i] - pads[n + i]) for i in range(n))],)
+
+
+@op("BatchNormalization")
+def batch_norm(inp: list, a: dict, opset: int) -> tuple:
+    """Inference form (running statistics); a graph exported for training is not what QAT starts from."""
+    x, scale, bias, mean, var = inp[:5]
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    inv = scale / torch.sqrt(var + a.get("epsilon", 1e-5))
+    return (x * inv.reshape(shape) + (bias - mean * inv).reshape(shape),)
+
+
 def _pool(x: torch.Tensor, a: dict, kind: str) -> torch.Tensor:
     kernel = a["kernel_shape"]
     n = len(kernel)
