@@ -61,7 +61,7 @@ def test_changed_entry_is_rerun(fleet_dir):
 
 
 def test_new_data_or_a_new_tool_reruns_a_finished_model(fleet_dir, monkeypatch):
-    from edgequant import fleet
+    from edgequant import provenance
 
     fy = _write(fleet_dir / "fleet.yaml", "models:\n  - {name: mlp, model: mlp.onnx, calib: mlp_calib.npz, runs: 5, warmup: 1}\n")
     out = fleet_dir / "out"
@@ -71,7 +71,7 @@ def test_new_data_or_a_new_tool_reruns_a_finished_model(fleet_dir, monkeypatch):
     np.savez(fleet_dir / "mlp_calib.npz", x=np.random.default_rng(1).normal(0, 1, (8, 64)).astype(np.float32))
     assert [o.status for o in run_fleet(fy, out)] == ["done"]
     # an edgequant (or onnxruntime) that is not the one that wrote the report
-    monkeypatch.setattr(fleet, "tool_fingerprint", lambda: "another edgequant")
+    monkeypatch.setattr(provenance, "tool_fingerprint", lambda: "another edgequant")
     assert [o.status for o in run_fleet(fy, out)] == ["done"]
     assert [o.status for o in run_fleet(fy, out)] == ["up to date"]
 

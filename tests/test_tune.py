@@ -104,6 +104,13 @@ def test_rerun_resumes_from_cache(sensitive, tmp_path: Path, monkeypatch) -> Non
     assert {p: p.stat().st_mtime_ns for p in cached} == mtimes
     assert [r["name"] for r in second["search_trace"]] == [r["name"] for r in first["search_trace"]]
 
+    # another edgequant (or onnxruntime, or machine) does not reuse this one's candidates
+    from edgequant import provenance
+
+    monkeypatch.setattr(provenance, "tool_fingerprint", lambda: "another edgequant")
+    third = run_tune(model, out, calib=str(calib), eval_spec=str(evals), options=_options())
+    assert third["tune"]["from_cache"] == 0 and third["tune"]["quantized_now"] == third["tune"]["candidates"]
+
 
 def test_cli_tune(sensitive, tmp_path: Path, capsys) -> None:
     model, calib, evals = sensitive

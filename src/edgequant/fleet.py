@@ -7,7 +7,6 @@ code, onnxruntime, this machine's target) unless ``force``.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from . import model as model_io
+from . import provenance
 from .errors import EdgequantError
 from .fsutil import write_text_atomic
 from .measure.session import SessionConfig
@@ -60,37 +60,9 @@ class FleetEntry:
         h = hashlib.sha256(model_io.sha256_file(self.model).encode())
         h.update(json.dumps(self.raw, sort_keys=True, default=str).encode())
         for src in (self.calib, self.eval):
-            h.update(_data_fingerprint(src).encode())
-        h.update(tool_fingerprint().encode())
+            h.update(provenance.data_fingerprint(src).encode())
+        h.update(provenance.tool_fingerprint().encode())
         return h.hexdigest()
-
-
-@functools.lru_cache(maxsize=1)
-def tool_fingerprint() -> str:
-    """edgequant's own code, onnxruntime's version and this machine's target rule."""
-    import onnxruntime
-
-    from .targets import auto_target
-
-    package = Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        h.update(str(path.relative_to(package)).encode())
-        h.update(path.read_bytes())
-    h.update(f"onnxruntime {onnxruntime.__version__} target {auto_target()}".encode())
-    return h.hexdigest()
-
-
-def _data_fingerprint(src: str | None) -> str:
-    """A data file's bytes; a folder's file names, sizes and modification times (hashing every
-    image of a large folder would cost more than the check saves)."""
-    if not src or src.startswith("random:"):
-        return src or ""
-    path = Path(src)
-    if path.is_file():
-        return model_io.sha256_file(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    return json.dumps([(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
 
 
 def _source(value: str, base: Path) -> str:

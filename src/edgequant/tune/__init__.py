@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import model as model_io
+from .. import provenance
 from ..errors import EdgequantError
 from ..pipeline import (
     Candidate,
@@ -133,9 +134,14 @@ def run_tune(model: str | Path, out_dir: str | Path, *, calib: str, eval_spec: s
     ref: Reference = make_reference(model_path, eval_src, host, run.metric,
                                     output_roles(model_path, run))
     sha = model_io.sha256_file(model_path)
+    # the tool and the data's content too: a cached candidate from another edgequant, onnxruntime or
+    # machine, or from other samples under the same file name, is not this run's candidate
+    tool = provenance.tool_fingerprint()
     cache = TuneCache(out_dir, sha,
-                      calib_context={"spec": str(calib), "limit": run.calib_limit, "preprocess": repr(run.preprocess)},
+                      calib_context={"spec": str(calib), "limit": run.calib_limit, "preprocess": repr(run.preprocess),
+                                     "data": provenance.data_fingerprint(str(calib)), "tool": tool},
                       measure_context={"eval": str(eval_spec), "limit": run.eval_limit, "metric": run.metric,
+                                       "data": provenance.data_fingerprint(str(eval_spec)), "tool": tool,
                                        "preprocess": repr(run.preprocess), "session": run.session.to_dict(),
                                        "output_roles": dict(run.output_roles),
                                        "runs": options.trial_runs, "model": sha})
