@@ -334,12 +334,14 @@ def _int8_shortfall(best: Variant, int8: list[Variant]) -> str:
     verdicts; returns the sentence for the recommendation about the fastest of them."""
     from .measure.profile import compare_profiles
 
-    for v in int8:
+    def shortfall(v: Variant) -> str:
         why = (f": {compare_profiles(v.profile_us_by_op, best.profile_us_by_op)}"
                if v.profile_us_by_op and best.profile_us_by_op else "")
-        v.verdict = (f"within budget and {v.speedup:.2f}x FP32, but {best.name} is faster: INT8 falls short of it by "
-                     f"{1 - v.speedup / best.speedup:.0%}{why}")
+        return f"{best.name} is faster: INT8 falls short of it by {1 - v.speedup / best.speedup:.0%}{why}"
+
+    for v in int8:
+        v.verdict = f"within budget and {v.speedup:.2f}x FP32, but {shortfall(v)}"
     if not int8:
         return ""
     top = max(int8, key=lambda v: v.speedup)
-    return f"; the fastest INT8 within budget, {top.name}, {top.verdict.split(', but ', 1)[1]}"
+    return f"; the fastest INT8 within budget, {top.name}, {shortfall(top)}"

@@ -131,8 +131,8 @@ def pad_depthwise_channels(model: onnx.ModelProto) -> int:
             for i, name in enumerate(node.input):
                 if name not in acts:
                     roles.append((node.output[0], "constant", (node, i)))
-        elif op == "Pad" and acts and _channel_pad(node, idx) is not None:
-            links.append((node, acts[0], node.output[0], _channel_pad(node, idx)))
+        elif op == "Pad" and acts and (added := _channel_pad(node, idx)) is not None:
+            links.append((node, acts[0], node.output[0], added))
         else:
             frozen.update(i for i in node.input if i and i not in idx.initializers)
             frozen.update(node.output)
