@@ -122,7 +122,7 @@ def test_evaluate_metric_rule(files: dict[str, Path]) -> None:
 def test_bench_fast_model_is_faster_and_matches_cli(files: dict[str, Path], tmp_path: Path) -> None:
     slow, fast = files["slow"], files["fast"]
     messages: list[str] = []
-    res = api.bench([slow, fast], runs=15, warmup=1, memory=True, progress=messages.append)
+    res = api.bench([slow, fast], runs=15, warmup=1, min_time_s=0.0, memory=True, progress=messages.append)
     assert isinstance(res, api.BenchReport)
     first, second = res.models
     assert (first.name, second.name) == ("slow.onnx", "fast.onnx")
@@ -137,7 +137,8 @@ def test_bench_fast_model_is_faster_and_matches_cli(files: dict[str, Path], tmp_
     assert any("timing 2 model(s)" in m for m in messages) and any("peak memory" in m for m in messages)
 
     out = tmp_path / "bench.json"
-    assert main(["bench", str(slow), str(fast), "--runs", "15", "--warmup", "1", "--json", str(out)]) == 0
+    assert main(["bench", str(slow), str(fast), "--runs", "15", "--min-time", "0", "--warmup", "1",
+                 "--json", str(out)]) == 0
     cli_doc = json.loads(out.read_text())
     assert _without_timings(cli_doc) == _without_timings(_json(res.to_dict()))
     assert cli_doc["models"][1]["speedup"] > 1.0

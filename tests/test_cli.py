@@ -169,6 +169,10 @@ def test_run_writes_valid_report(tmp_path, heavy_conv, conv_calib):
     assert report["recommended"] in ("fp32", "dynamic", "static")
     assert "recommended" in proc.stdout
     assert (out / "report.html").read_text().count("<b>static</b>") >= 1
+    # the rounds actually timed: at least --runs, more where rounds are short (--min-time, 0.5 s)
+    m = report["measurement"]
+    assert m["runs_asked"] == 20 and m["min_time_s"] == 0.5
+    assert m["runs"] >= 20 and all(len(v["latency_samples_ms"]) == m["runs"] for v in report["variants"])
 
 
 def test_run_selective_reports_its_outcome(tmp_path, heavy_conv, conv_calib):

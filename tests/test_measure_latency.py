@@ -14,7 +14,7 @@ from test_measure_fixtures import mlp  # noqa: E402
 from edgequant.errors import EdgequantError
 from edgequant.devices.cpu import CpuDevice
 from edgequant.devices.cpu_session import open_session as make_session
-from edgequant.measure.latency import LatencyStats, paired_speedup, round_order
+from edgequant.measure.latency import MAX_ROUNDS, LatencyStats, paired_speedup, round_order
 from edgequant.measure.session import SessionConfig
 
 
@@ -89,6 +89,24 @@ def test_interleaved_ratio_direction(tmp_path: Path) -> None:
     # the reverse order gives a ratio below 1 whose CI excludes 1 from above
     rev = benchmark_interleaved([fast, slow], feeds, SessionConfig(intra_op_threads=1), warmup=1, runs=25)
     assert rev.models[1].speedup.slower_than_noise
+
+
+def test_fast_models_get_more_rounds_and_tighter_intervals(tmp_path: Path) -> None:
+    """A sub-millisecond model times more rounds than asked, until they fill ``min_seconds``;
+    every model gets the same rounds (paired), and without a minimum the count is exact."""
+    a = mlp(tmp_path / "a.onnx", layers=1, width=16, batch=1)
+    b = mlp(tmp_path / "b.onnx", layers=2, width=16, batch=1)
+    feeds = {"x": np.ones((1, 16), np.float32)}
+    cfg = SessionConfig(intra_op_threads=1)
+    exact = benchmark_interleaved([a, b], feeds, cfg, warmup=3, runs=10)
+    assert exact.runs == 10 and len(exact.models[1].stats.samples_ms) == 10
+    more = benchmark_interleaved([a, b], feeds, cfg, warmup=3, runs=10, min_seconds=0.2)
+    assert 10 < more.runs <= MAX_ROUNDS
+    assert all(len(m.stats.samples_ms) == more.runs for m in more.models)
+    timed_s = sum(float(np.sum(m.stats.samples_ms)) for m in more.models) / 1e3
+    assert more.runs == MAX_ROUNDS or timed_s >= 0.2     # filled the 0.2 s, or stopped at the cap
+    slow = benchmark_interleaved([a, b], feeds, cfg, warmup=1, runs=10, min_seconds=1e-6)
+    assert slow.runs == 10                               # already long enough: exactly the rounds asked
 
 
 def test_feeds_forms(tmp_path: Path) -> None:

@@ -308,7 +308,7 @@ def evaluate(model: str | Path, data: str, *, reference: str | Path | None = Non
 # ---- bench --------------------------------------------------------------------------------------
 
 def bench(models: Sequence[str | Path], *, input: str | None = None, threads: int = DEFAULT_THREADS,
-          warmup: int = 10, runs: int = 100, session: SessionConfig | None = None,
+          warmup: int = 10, runs: int = 100, min_time_s: float = 0.5, session: SessionConfig | None = None,
           threads_sweep: Sequence[int] | None = None, memory: bool = False,
           preprocess: Preprocess | str | None = None, progress: Progress | None = None) -> BenchReport:
     """Time ``models`` interleaved in one process; speedups are relative to the first model.
@@ -316,6 +316,7 @@ def bench(models: Sequence[str | Path], *, input: str | None = None, threads: in
     ``input`` defaults to one synthetic sample. ``threads_sweep`` repeats the run at each
     intra-op thread count (replacing ``threads``; ``session``, when given, replaces both its
     other settings and ``threads``). ``memory`` adds each model's peak RSS in a fresh process.
+    ``min_time_s``: fast models get more than ``runs`` rounds, until the rounds last that long.
     """
     from dataclasses import replace
 
@@ -341,8 +342,9 @@ def bench(models: Sequence[str | Path], *, input: str | None = None, threads: in
     sweep: list[ThreadRun] = []
     sizes: dict[str, int] = {}
     for t in counts:
-        _say(progress, f"timing {len(paths)} model(s) interleaved, {t} thread(s): {warmup} warm-up, {runs} rounds")
-        res = local_cpu(cfg.with_(intra_op_threads=t)).time_interleaved(paths, feeds, warmup=warmup, runs=runs)
+        _say(progress, f"timing {len(paths)} model(s) interleaved, {t} thread(s): {warmup} warm-up, >= {runs} rounds")
+        res = local_cpu(cfg.with_(intra_op_threads=t)).time_interleaved(paths, feeds, warmup=warmup, runs=runs,
+                                                                        min_seconds=min_time_s)
         # after the sessions exist: onnxruntime has already rejected unreadable models by name
         sizes = sizes or {p: model_io.model_size_bytes(p) for p in paths}
         sweep.append(ThreadRun(threads=t, wall_s=res.wall_s, models=bench_models(res, sizes)))
@@ -365,7 +367,8 @@ def bench(models: Sequence[str | Path], *, input: str | None = None, threads: in
     return BenchReport(machine=machine_facts(cfg),
                        input=BenchInput(spec=spec, default=input is None, synthetic=bool(feeds.synthetic),
                                         notes=tuple(feeds.notes)),
-                       session=cfg, warmup=warmup, runs=runs, sweep=tuple(sweep), swept=bool(threads_sweep),
+                       session=cfg, warmup=warmup, runs=len(sweep[0].models[0].latency.samples_ms),
+                       sweep=tuple(sweep), swept=bool(threads_sweep),
                        memory=baseline)
 
 

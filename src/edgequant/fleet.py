@@ -26,7 +26,7 @@ from .pipeline import Budget, RunOptions, run_pipeline
 from .targets import TARGETS
 
 _ENTRY_KEYS = {"name", "model", "calib", "eval", "preprocess", "metric", "budget", "tune", "target", "device", "output_roles",
-               "threads", "runs", "warmup", "calib_limit", "eval_limit", "time_budget", "selective",
+               "threads", "runs", "min_time", "warmup", "calib_limit", "eval_limit", "time_budget", "selective",
                "float_fallback", "qat_minutes"}
 _DEFAULT_KEYS = _ENTRY_KEYS - {"name", "model", "calib", "eval"}
 _BUDGET_KEYS = {"max_drop", "max_abs_drop", "min_agreement", "min_cosine", "min_nn_agreement",
@@ -134,6 +134,8 @@ def _entry(fleet_path: Path, i: int, raw: dict, defaults: dict) -> FleetEntry:
     options = RunOptions(
         target=target, budget=budget, session=SessionConfig(intra_op_threads=ints.get("threads", 1)),
         warmup=ints.get("warmup", 10), runs=ints.get("runs", 100), metric=metric, preprocess=preprocess,
+        **({"min_time_s": _number(f"{where}.min_time", merged["min_time"], lo=0)}
+           if merged.get("min_time") is not None else {}),
         calib_limit=ints.get("calib_limit", 200), eval_limit=ints.get("eval_limit"),
         selective=bool(merged.get("selective", False)), device=device, output_roles=dict(roles))
     return FleetEntry(name=name, model=Path(_source(raw["model"], base)), calib=_source(raw["calib"], base),

@@ -39,6 +39,8 @@ class RunOptions:
     session: SessionConfig = field(default_factory=lambda: SessionConfig(intra_op_threads=1))
     warmup: int = 10
     runs: int = 100
+    # fast models get more rounds, until the timed rounds last this long (Device.time_interleaved)
+    min_time_s: float = 0.5
     metric: str | None = None
     preprocess: object | None = None      # edgequant.data.Preprocess for image folders
     calib_limit: int | None = 200
@@ -170,10 +172,11 @@ def measure_candidates(candidates: Sequence[Candidate], eval_source: DataSource,
     metric = choose_metric(options.metric, has_labels=labels is not None, synthetic=eval_source.synthetic)
     fp32_metric = metric(reference, labels, reference) if metric else None
 
-    _say(progress, f"timing {len(paths)} models interleaved ({options.runs} rounds, {timer.name})")
+    _say(progress, f"timing {len(paths)} models interleaved (>= {options.runs} rounds, >= {options.min_time_s:g} s, "
+                   f"{timer.name})")
     first = next(iter(eval_source))
     bench = lost.call("latency", timer, lambda t: t.time_interleaved(paths, first.feeds, warmup=options.warmup,
-                                                                    runs=options.runs))
+                                                                    runs=options.runs, min_seconds=options.min_time_s))
     timed_on = lost.use(timer)
     base = lost.call("memory", timer, lambda t: t.baseline_memory()) if options.measure_memory else None
     # memory is measured over the baseline of the machine that measures it: all on one machine
@@ -251,8 +254,10 @@ def build_report(model_path: Path, model_proto, variants: list[Variant], options
         "failed_variants": failed,
         "notes": notes,
         "memory_baseline_mb": variants[0].memory.baseline_rss_mb if variants[0].memory else None,
-        "measurement": {"warmup": options.warmup, "runs": options.runs, "interleaved": True,
-                        "session": options.session.to_dict()},
+        # runs: the rounds actually timed (more than asked for where a round is short: min_time_s)
+        "measurement": {"warmup": options.warmup, "runs": len(variants[0].latency.samples_ms) if variants
+                        else options.runs, "runs_asked": options.runs, "min_time_s": options.min_time_s,
+                        "interleaved": True, "session": options.session.to_dict()},
     }
 
 

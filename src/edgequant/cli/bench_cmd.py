@@ -14,7 +14,7 @@ from ..fsutil import write_text_atomic
 from ..measure.machine import describe_machine
 from ..measure.serialize import dumps
 from . import cli
-from .options import threads_option
+from .options import min_time_option, threads_option
 from .report_view import make_console
 
 
@@ -140,6 +140,7 @@ def print_bench(res: api.BenchReport) -> None:
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed runs per model.")
 @click.option("--runs", type=click.IntRange(min=2), default=100, show_default=True,
               help="Timed rounds; each round runs every model once, in a random order.")
+@min_time_option
 @click.option("--input", "input_spec", default=None,
               help=f"Input data source; one sample is used (default: {api.DEFAULT_INPUT}, synthetic).")
 @click.option("--preprocess", default=None, help="Preprocessing spec when --input is an image folder.")
@@ -151,7 +152,7 @@ def print_bench(res: api.BenchReport) -> None:
               help="Also write the results as JSON (atomically).")
 def bench(models: tuple[Path, ...], threads: int, inter_op: int, graph_opt: str, no_mem_arena: bool,
           no_mem_pattern: bool, execution_mode: str, spinning: bool | None, providers: tuple[str, ...],
-          warmup: int, runs: int, input_spec: str | None, preprocess: str | None,
+          warmup: int, runs: int, min_time: float, input_spec: str | None, preprocess: str | None,
           threads_sweep: list[int] | None, memory: bool, json_path: Path | None) -> None:
     """Time MODELS interleaved in one process (A B C, B C A, ...); speedups are relative to the first
     model (median ratio, paired bootstrap 95% CI over rounds)."""
@@ -161,7 +162,7 @@ def bench(models: tuple[Path, ...], threads: int, inter_op: int, graph_opt: str,
                                 execution_mode=execution_mode, allow_spinning=spinning,
                                 providers=provider_list or ("CPUExecutionProvider",))
     with make_console(stderr=True).status("benchmarking") as status:
-        res = api.bench(list(models), input=input_spec, warmup=warmup, runs=runs, session=session,
+        res = api.bench(list(models), input=input_spec, warmup=warmup, runs=runs, min_time_s=min_time, session=session,
                         threads_sweep=threads_sweep, memory=memory, preprocess=preprocess, progress=status.update)
     print_bench(res)
     if json_path is not None:

@@ -68,6 +68,14 @@ def device_option(f: F) -> F:
                              "cluster named by RAY_ADDRESS (`edgequant devices --ray` lists them).")(f)
 
 
+def min_time_option(f: F) -> F:
+    """--min-time S: fast models get more timed rounds than --runs, until the rounds last S seconds."""
+    return click.option("--min-time", "min_time", type=click.FloatRange(min=0.0), default=0.5, show_default=True,
+                        help="Time at least --runs rounds and, for fast models, more (up to 2000) until the timed "
+                             "rounds last this many seconds: sub-millisecond models get tight intervals. 0: exactly "
+                             "--runs.")(f)
+
+
 def run_options(*, target: str, max_drop: float, max_abs_drop: float | None, threads: int, warmup: int, runs: int,
                 metric: str | None, preprocess: str | None, calib_limit: int, eval_limit: int | None,
                 output_role: tuple[str, ...] = (), **extra: Any) -> api.RunOptions:

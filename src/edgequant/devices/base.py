@@ -76,10 +76,13 @@ class Device(ABC):
     @abstractmethod
     def time_interleaved(self, model_paths: Sequence[str | Path], feeds: Any, *, warmup: int = 10,
                          runs: int = 100, seed: int = 0, confidence: float = 0.95, resamples: int = 1000,
-                         sessions: Sequence[SessionConfig] | None = None) -> BenchResult:
+                         sessions: Sequence[SessionConfig] | None = None, min_seconds: float = 0.0) -> BenchResult:
         """Every model once per round, rounds in random order, in one process; speedups vs the first.
 
         ``sessions`` gives each entry its own settings (a settings sweep of one model).
+        ``min_seconds``: at least ``runs`` rounds and, where rounds are fast, more, until the timed
+        rounds last about this long (capped at :data:`~edgequant.measure.latency.MAX_ROUNDS`):
+        a 0.05 ms model's interval is then a few percent wide instead of tens of percent.
         """
 
     @abstractmethod

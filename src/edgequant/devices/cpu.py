@@ -22,7 +22,7 @@ import onnxruntime as ort
 from ..errors import EdgequantError
 from ..measure.coverage import Coverage, coverage_of_graph
 from ..measure.feeds import resolve_feeds, session_inputs
-from ..measure.latency import BenchResult, bench_result, check_run_counts, round_order
+from ..measure.latency import MAX_ROUNDS, BenchResult, bench_result, check_run_counts, round_order
 from ..measure.memory import MemoryResult
 from ..measure.profile import node_times, op_type_times
 from ..measure.session import SessionConfig, session_options
@@ -82,10 +82,11 @@ class CpuDevice(Device):
 
     def time_interleaved(self, model_paths: Sequence[str | Path], feeds: Any, *, warmup: int = 10,
                          runs: int = 100, seed: int = 0, confidence: float = 0.95, resamples: int = 1000,
-                         sessions: Sequence[SessionConfig] | None = None) -> BenchResult:
+                         sessions: Sequence[SessionConfig] | None = None, min_seconds: float = 0.0) -> BenchResult:
         """All sessions are created (and their feeds checked) before any timing; each model then
-        gets ``warmup`` untimed runs. ``time.perf_counter_ns`` brackets ``session.run`` only, and
-        the garbage collector is paused while timing so a collection cannot land inside a run."""
+        gets ``warmup`` untimed runs.
+        ``time.perf_counter_ns`` brackets ``session.run`` only, and the garbage collector is paused
+        while timing so a collection cannot land inside a run."""
         if not model_paths:
             raise EdgequantError("no models to benchmark")
         check_run_counts(warmup, runs)
@@ -97,7 +98,6 @@ class CpuDevice(Device):
         feed_list = resolve_feeds(feeds, paths, [session_inputs(s) for s in loaded])
 
         n = len(loaded)
-        times = np.zeros((n, runs), dtype=np.int64)
         start = time.perf_counter()
         for i, (sess, f) in enumerate(zip(loaded, feed_list)):
             try:
@@ -106,19 +106,28 @@ class CpuDevice(Device):
             except Exception as exc:  # noqa: BLE001 - ORT raises many types
                 raise inference_error(paths[i], exc) from None
 
+        # rounds until both ``runs`` are done and the timed runs fill ``min_seconds`` (a rule on
+        # elapsed time only, never on the values, so stopping cannot bias the ratio)
+        most = max(runs, MAX_ROUNDS) if min_seconds > 0 else runs
+        times = np.zeros((n, most), dtype=np.int64)
+        timed_ns, wanted_ns = 0, int(min_seconds * 1e9)
         gc_was_enabled = gc.isenabled()
         gc.disable()
         clock = time.perf_counter_ns
+        done = 0
         try:
-            for r in range(runs):
-                for i in round_order(n, r, seed):
+            while done < most and (done < runs or timed_ns < wanted_ns):
+                for i in round_order(n, done, seed):
                     sess, f = loaded[i], feed_list[i]
                     t0 = clock()
                     sess.run(None, f)
-                    times[i, r] = clock() - t0
+                    times[i, done] = clock() - t0
+                timed_ns += int(times[:, done].sum())
+                done += 1
         finally:
             if gc_was_enabled:
                 gc.enable()
+        times, runs = times[:, :done], done
         return bench_result(paths, times / 1e6, configs[0], warmup=warmup, runs=runs,
                             wall_s=time.perf_counter() - start, confidence=confidence,
                             resamples=resamples, seed=seed)

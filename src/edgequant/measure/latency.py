@@ -165,6 +165,11 @@ def bench_result(model_paths: Sequence[str], times_ms: np.ndarray, cfg: SessionC
     return BenchResult(models=tuple(timings), config=cfg, warmup=warmup, runs=runs, wall_s=wall_s)
 
 
+#: Most rounds a minimum timing time (``min_seconds``) may add: 2000 paired rounds give a 0.05 ms
+#: model a +-1 % interval, and the bootstrap over them stays well under a second.
+MAX_ROUNDS = 2000
+
+
 def check_run_counts(warmup: int, runs: int) -> None:
     """The one check every timing job makes before it loads anything."""
     if runs < 2:

@@ -144,10 +144,12 @@ def run_tune(model: str | Path, out_dir: str | Path, *, calib: str, eval_spec: s
                                        "data": provenance.data_fingerprint(str(eval_spec)), "tool": tool,
                                        "preprocess": repr(run.preprocess), "session": run.session.to_dict(),
                                        "output_roles": dict(run.output_roles),
-                                       "runs": options.trial_runs, "model": sha})
+                                       "runs": options.trial_runs, "min_time_s": run.min_time_s,
+                                       "model": sha})
     runner = TrialRunner(model_path, target, cache, CalibSpec(str(calib), run.calib_limit, run.preprocess), ref,
                          eval_src, run.budget, device, timer, trial_runs=options.trial_runs,
-                         trial_warmup=options.trial_warmup, workers=options.workers, progress=progress,
+                         trial_warmup=options.trial_warmup, trial_min_time_s=run.min_time_s,
+                         workers=options.workers, progress=progress,
                          **({"quantize_batch": options.quantizer} if options.quantizer else {}))
     from .qat_stage import QatTrainer, qat_available
 

@@ -160,10 +160,11 @@ class QualityProbe:
 
 
 def time_batch(paths: Sequence[Path], ref: Reference, device: Device, *, runs: int,
-               warmup: int) -> list[Speedup]:
-    """Each path's speedup over FP32, all interleaved in one benchmark."""
-    bench = device.time_interleaved([str(ref.path), *map(str, paths)], ref.feeds, warmup=warmup, runs=runs)
-    return [t.speedup for t in bench.models[1:]]
+               warmup: int, min_seconds: float = 0.0) -> tuple[list[Speedup], int]:
+    """Each path's speedup over FP32, all interleaved in one benchmark; and the rounds timed."""
+    bench = device.time_interleaved([str(ref.path), *map(str, paths)], ref.feeds, warmup=warmup, runs=runs,
+                                    min_seconds=min_seconds)
+    return [t.speedup for t in bench.models[1:]], bench.runs
 
 
 @dataclass
@@ -181,6 +182,7 @@ class TrialRunner:
     timer: Device                     # where time is real: the device, or this machine's CPU
     trial_runs: int = 30
     trial_warmup: int = 3
+    trial_min_time_s: float = 0.0       # more rounds for fast models (Device.time_interleaved)
     workers: int = 2
     progress: Progress | None = None
     quantize_batch: Callable = quantize_batch      # jobs, workers -> results (Ray: scaleout.tune_tasks)
@@ -335,10 +337,10 @@ class TrialRunner:
     def _speed(self, trials: Sequence[Trial]) -> None:
         if not trials:
             return
-        self._say(f"timing {', '.join(t.name for t in trials)} interleaved with FP32 ({self.trial_runs} rounds)")
+        self._say(f"timing {', '.join(t.name for t in trials)} interleaved with FP32 (>= {self.trial_runs} rounds)")
         try:
-            results = time_batch([t.path for t in trials], self.ref, self.timer,
-                                 runs=self.trial_runs, warmup=self.trial_warmup)
+            results, rounds = time_batch([t.path for t in trials], self.ref, self.timer, runs=self.trial_runs,
+                                         warmup=self.trial_warmup, min_seconds=self.trial_min_time_s)
         except EdgequantError as exc:
             for t in trials:
                 t.error = str(exc)
@@ -348,4 +350,4 @@ class TrialRunner:
             self.cache.store_measured(t.recipe_dict, {
                 "fidelity": t.fidelity, "accuracy": t.accuracy, "coverage": t.coverage, "placement": t.placement,
                 "speed": {"ratio": sp.ratio, "ci": [sp.ci_low, sp.ci_high], "confidence": sp.confidence,
-                          "resamples": sp.resamples, "runs": self.trial_runs}})
+                          "resamples": sp.resamples, "runs": rounds}})
