@@ -130,6 +130,38 @@ def test_tune_quantizes_candidates_as_ray_tasks(cluster, tmp_path: Path) -> None
     assert again["tune"]["quantized_now"] == 0          # resumed from the driver's cache
 
 
+def test_concurrent_tune_batches_share_one_concurrency_limit(cluster, tmp_path: Path) -> None:
+    """tune starts the next stage's batch while another runs: with max_concurrency=1 the two
+    batches' tasks still run one at a time (never two on a 2-node cluster), and all finish."""
+    import threading
+
+    from edgequant.jobs import CalibSpec, QuantizeJob
+    from edgequant.quantize import make_config
+    from edgequant.scaleout.tune_tasks import ray_quantize_batch
+
+    rng = np.random.default_rng(0)
+    onnx_models.save(onnx_models.matmul_net(), tmp_path / "mlp.onnx")
+    np.savez(tmp_path / "mlp.npz", x=rng.normal(0, 1, (8, 64)).astype(np.float32))
+    calib = CalibSpec(str(tmp_path / "mlp.npz"), 8, None)
+    jobs = [QuantizeJob(tmp_path / "mlp.onnx", tmp_path / f"q{i}.onnx", make_config("static", "x86-vnni"), calib)
+            for i in range(4)]
+    quantize_batch = ray_quantize_batch(cluster, max_concurrency=1)
+    results: dict[int, list[dict]] = {}
+
+    def batch(k: int) -> None:
+        results[k] = quantize_batch(jobs[2 * k:2 * k + 2], 2)
+
+    threads = [threading.Thread(target=batch, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    ran = sorted(r["ran"] for k in (0, 1) for r in results[k])
+    assert len(ran) == 4 and all(r["ok"] for k in (0, 1) for r in results[k])
+    assert all(a[1] <= b[0] for a, b in zip(ran, ran[1:])), ran      # one slot: no two tasks at once
+    assert all((tmp_path / f"q{i}.onnx").is_file() for i in range(4))
+
+
 def test_tune_quality_falls_back_to_the_driver_when_workers_cannot_load_the_metric(cluster, tmp_path: Path,
                                                                                     monkeypatch) -> None:
     """A metric module only the driver can import: the tasks still quantize, the driver measures."""

@@ -199,3 +199,44 @@ def test_calibration_variants_quantize_while_the_sensitivity_analysis_runs(sensi
     assert overlapped == [True]
     assert len(seen) == len(set(seen))                 # started ahead, picked up, not quantized again
     assert "static-pct99.999" in {r["name"] for r in report["search_trace"]}
+
+
+@pytest.mark.parametrize("shares_slots", [True, False])
+def test_range_recipes_start_while_the_calibration_batch_runs_where_batches_share_slots(
+        sensitive, tmp_path: Path, shares_slots: bool, monkeypatch) -> None:
+    """Once the sensitivity ranking exists, its range recipes join the cluster's queue at once on a
+    quantizer whose batches share one concurrency limit (Ray's), instead of waiting for the slowest
+    calibration recipe; a quantizer without that (worker processes) never gets a second batch."""
+    import threading
+
+    model, calib, evals = sensitive
+    batches: list[list[str]] = []
+    third_started = threading.Event()
+    overlapped: list[bool] = []
+
+    def quantizer(jobs, workers, *, timeout_s=None):
+        batches.append([str(j.out_path) for j in jobs])
+        n = len(batches)
+        if n == 3:
+            third_started.set()
+        if any(j.config.calib_method == "percentile" for j in jobs):   # the calibration batch
+            overlapped.append(third_started.wait(timeout=20 if shares_slots else 2))
+        return jobs_mod.quantize_batch(jobs, 1, timeout_s=timeout_s)
+
+    if shares_slots:
+        quantizer.shares_slots = True
+    # this MLP's ranges are not outlier-dominated: a 16-bit recipe on the ranked node stands in
+    import edgequant.tune.search as search_mod
+    from dataclasses import replace as dc_replace
+
+    monkeypatch.setattr(search_mod, "range_recipes", lambda sens, base: [dc_replace(
+        base, name="static-int16-ranges", stage="ranges", why="test", int16_tensors=(sens.nodes[0].outputs[0],))])
+    report = run_tune(model, tmp_path / "out", calib=str(calib), eval_spec=str(evals),
+                      options=_options(workers=2, quantizer=quantizer))
+    names = {r["name"]: r for r in report["search_trace"]}
+    ranged = [n for n, r in names.items() if r["stage"] == "ranges"]
+    assert ranged == ["static-int16-ranges"]
+    assert overlapped == [shares_slots]
+    flat = [p for b in batches for p in b]
+    assert len(flat) == len(set(flat))                  # nothing quantized twice
+    assert not any(names[n]["outcome"].startswith("failed") for n in ranged)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -27,6 +29,7 @@ def _quantize_remote(job: QuantizeJob, model: Shipped, calib: Shipped | None, pr
     import ray
 
     use_assigned_cpus(ray)
+    started = time.time()
     work = Path(tempfile.mkdtemp(prefix="edgequant-tune-"))
     try:
         spec = job.calib
@@ -41,6 +44,7 @@ def _quantize_remote(job: QuantizeJob, model: Shipped, calib: Shipped | None, pr
             quality = _quality(ray, probe, here.out_path) if probe else None
             if quality is not None:
                 result["quality"] = quality
+        result["ran"] = [started, time.time()]      # wall clock on its node: when it held a slot
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -55,16 +59,22 @@ def _quality(ray, probe: list, path: Path) -> dict | None:
         return None
 
 
+POLL_S = 0.2     # how often a batch waiting for a slot looks again (another batch holds them)
+
+
 def ray_quantize_batch(address: str = "auto", *, max_concurrency: int = 2,
                        max_retries: int = 2) -> Callable[[Sequence[QuantizeJob], int], list[dict]]:
-    """A drop-in for :func:`edgequant.jobs.quantize_batch` that quantizes on the Ray cluster."""
+    """A drop-in for :func:`edgequant.jobs.quantize_batch` that quantizes on the Ray cluster.
+
+    ``max_concurrency`` bounds the tasks of every batch together: tune may start a batch while
+    another still runs (the next stage's recipes, as soon as they are known), and the two share
+    these slots instead of each taking ``max_concurrency``."""
 
     shipped_probes: dict[int, list] = {}    # the search hands the same probe to every batch: put it once
+    slots = threading.BoundedSemaphore(max(1, max_concurrency))
 
     def quantize_batch(jobs: Sequence[QuantizeJob], workers: int, *, timeout_s: float | None = None,
                        probe=None) -> list[dict]:
-        import time
-
         ray = connect(address)
         end = None if timeout_s is None else time.monotonic() + timeout_s
         task = ray.remote(_quantize_remote).options(num_cpus=1, max_retries=max_retries, retry_exceptions=False)
@@ -77,23 +87,35 @@ def ray_quantize_batch(address: str = "auto", *, max_concurrency: int = 2,
         results: list[dict | None] = [None] * len(jobs)
         pending: dict = {}
         queue = list(enumerate(jobs))
+
+        def drop(refs) -> None:      # stop tasks and give their slots back
+            for ref in list(refs):
+                ray.cancel(ref, force=True)
+                pending.pop(ref, None)
+                slots.release()
+
         try:
             while queue or pending:
-                while queue and len(pending) < limit:
+                if end is not None and time.monotonic() >= end:   # time budget out: stop what runs, skip the rest
+                    for i in [*pending.values(), *(i for i, _job in queue)]:
+                        results[i] = timed_out(timeout_s or 0.0)
+                    drop(pending)
+                    break
+                while queue and len(pending) < limit and slots.acquire(blocking=False):
                     i, job = queue.pop(0)
                     calib = _ship_calib(shipper, job.calib)
                     pending[task.remote(job, shipper.ship(job.model_path), calib, probe_ref)] = i
+                if not pending:      # another batch holds every slot: wait for one
+                    time.sleep(POLL_S)
+                    continue
                 left = None if end is None else max(0.0, end - time.monotonic())
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=left)
-                if not ready:          # the time budget ran out: stop what runs, skip what waits
-                    for ref, i in pending.items():
-                        ray.cancel(ref, force=True)
-                        results[i] = timed_out(timeout_s or 0.0)
-                    for i, _job in queue:
-                        results[i] = timed_out(timeout_s or 0.0)
-                    break
+                wait_s = POLL_S if queue else left       # with jobs waiting, look for freed slots too
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=wait_s)
+                if not ready:
+                    continue
                 (ref,) = ready
                 i = pending.pop(ref)
+                slots.release()
                 try:
                     res = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - node lost after retries
@@ -104,12 +126,12 @@ def ray_quantize_batch(address: str = "auto", *, max_concurrency: int = 2,
                         tmp.write_bytes(data)
                 results[i] = res
         except BaseException:
-            for ref in pending:
-                ray.cancel(ref, force=True)
+            drop(pending)
             raise
         return [r or {"ok": False, "error": "not run"} for r in results]
 
     quantize_batch.measures_quality = True   # tune.trials hands it a QualityProbe
+    quantize_batch.shares_slots = True       # concurrent batches share max_concurrency (tune.trials)
     return quantize_batch
 
 

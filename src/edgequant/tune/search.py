@@ -115,9 +115,14 @@ class Search:
         if _settles([t for t in self.state.trials if t.recipe.mode == "static"]) or not self._budget_left():
             return self.state
         # the calibration variants need no sensitivity: workers quantize them while it runs here
-        self.runner.quantize_ahead(calibration_recipes(self.target, base)[:self.max_candidates - len(self.state.trials)])
+        room = self.max_candidates - len(self.state.trials)
+        self.runner.quantize_ahead(calibration_recipes(self.target, base)[:room])
         self.state.sensitivity = self.analyze(static)
-        stage2 = self._try(calibration_recipes(self.target, base) + self._range_recipes(base))
+        stage2_recipes = calibration_recipes(self.target, base) + self._range_recipes(base)
+        # the range recipes, known now, take the workers the calibration batch frees (where batches
+        # can share them) instead of waiting for its slowest recipe
+        self.runner.quantize_ahead(stage2_recipes[:room])
+        stage2 = self._try(stage2_recipes)
         if _settles(stage2):
             return self.state
         # every layer still INT8, better algorithms, before anything leaves INT8

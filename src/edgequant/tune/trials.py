@@ -8,6 +8,7 @@ never does.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -189,6 +190,7 @@ class TrialRunner:
     qat_trainer: Callable | None = None           # (recipe, out_path) -> result, for QAT recipes (tune.qat_stage)
     deadline: float | None = None                 # time.monotonic() when the search's time budget ends
     quantized_count: int = 0
+    _count_lock: Any = field(default_factory=threading.Lock)   # batches may finish in two threads
     _probe: QualityProbe | None = None
     _ahead: dict = field(default_factory=dict)     # recipe name -> (Trial, Future) quantizing ahead
 
@@ -199,14 +201,20 @@ class TrialRunner:
     def quantize_ahead(self, recipes: Sequence[Recipe]) -> None:
         """Start quantizing ``recipes`` now, in the background, when quantization runs outside this
         process (worker processes, Ray): the search's next batch, while this process runs an analysis
-        that batch does not depend on. :meth:`run` picks them up; :meth:`settle` waits for them."""
+        that batch does not depend on. :meth:`run` picks them up; :meth:`settle` waits for them.
+        While such a batch runs, another starts only on a quantizer whose batches share one
+        concurrency limit (``shares_slots``: Ray's): it then takes the slots the first one frees."""
         from concurrent.futures import ThreadPoolExecutor
 
         if self.quantize_batch is quantize_batch and self.workers < 2:   # inline: nothing to overlap
             return
+        running = any(not future.done() for _trial, future in self._ahead.values())
+        if running and not getattr(self.quantize_batch, "shares_slots", False):
+            return    # a second batch now would take its own workers: it waits for run() instead
         trials = [Trial(r, r.to_dict(self.target)) for r in recipes if r.name not in self._ahead]
         if not trials:
             return
+        self._quality_probe()    # made once, here, not by two batches at once
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgequant-ahead")
         future = pool.submit(self._quantize, trials)
         pool.shutdown(wait=False)
@@ -276,7 +284,8 @@ class TrialRunner:
             results.append(self.qat_trainer(t.recipe, t.path) if self.qat_trainer is not None
                            else {"ok": False, "error": "QAT needs torch: pip install 'edgequant[qat]'"})
         for t, res in zip([*todo, *trained], results):
-            self.quantized_count += 1
+            with self._count_lock:
+                self.quantized_count += 1
             t.quantized_on = res.get("quantized_on")
             t.remote_quality = res.get("quality")
             if not res["ok"]:
