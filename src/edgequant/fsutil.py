@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,6 +60,9 @@ def write_text_atomic(out: str | Path, text: str) -> None:
     write_bytes_atomic(out, text.encode("utf-8"))
 
 
+_CWD_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def scratch_cwd(folder: str | Path) -> Iterator[Path]:
     """Run third-party code with ``folder`` (a per-run temp folder) as the working directory.
@@ -66,10 +70,16 @@ def scratch_cwd(folder: str | Path) -> Iterator[Path]:
     onnxruntime's symbolic shape inference saves ``sym_shape_infer_temp.onnx`` plus a uuid-named
     ``.data`` file into the current directory whenever inference is incomplete, and never
     removes them (tens of MB per run). Only code that gets absolute paths may run in here.
+
+    The working directory belongs to the process, not the thread: tune quantizes in a background
+    thread while the search runs, and two interleaved blocks would each restore the other's folder
+    (the process then sits in a deleted temp folder). One block runs at a time; the code inside
+    never waits on another thread, so the lock cannot deadlock.
     """
-    previous = os.getcwd()
-    os.chdir(folder)
-    try:
-        yield Path(folder)
-    finally:
-        os.chdir(previous)
+    with _CWD_LOCK:
+        previous = os.getcwd()
+        os.chdir(folder)
+        try:
+            yield Path(folder)
+        finally:
+            os.chdir(previous)
