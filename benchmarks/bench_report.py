@@ -31,7 +31,7 @@ def machine() -> dict:
     except (OSError, subprocess.CalledProcessError):
         pass
     isa = [x for x in FLAGS_OF_INTEREST if x in flags]
-    return {"cpu": model, "isa": isa, "vnni": any("vnni" in x for x in isa), "cores": os.cpu_count(),
+    return {"cpu": model, "isa": isa, "vnni": any("vnni" in x for x in isa), "amx": "amx_int8" in isa, "cores": os.cpu_count(),
             "onnxruntime": ort.__version__, "onnx": onnx.__version__, "numpy": np.__version__,
             "python": platform.python_version(), "machine": platform.machine()}
 

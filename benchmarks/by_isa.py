@@ -4,7 +4,8 @@ ORT-default column beside edgequant's, each ISA with its machine line.
     .venv/bin/python benchmarks/by_isa.py        # writes benchmarks/results/BY_ISA.md
 
 Reads what `benchmarks/run.sh` recorded on each kind of machine: results/results.json (AVX2 without
-VNNI) and results/vnni/results.json (AVX-512 with VNNI). Nothing is re-measured here: every number is
+VNNI), results/vnni/results.json (AVX-512 with VNNI) and results/amx/results.json (VNNI with
+AMX-INT8 tiles, target x86-amx). Nothing is re-measured here: every number is
 the suite's, from interleaved runs on that machine; a model missing on one ISA shows "-".
 """
 
@@ -14,7 +15,8 @@ import json
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-SOURCES = (("AVX2 (no VNNI)", RESULTS / "results.json"), ("AVX-512 + VNNI", RESULTS / "vnni" / "results.json"))
+SOURCES = (("AVX2 (no VNNI)", RESULTS / "results.json"), ("AVX-512 + VNNI", RESULTS / "vnni" / "results.json"),
+           ("AVX-512 + VNNI + AMX-INT8", RESULTS / "amx" / "results.json"))
 
 
 def _speed(variant: dict | None, threads: str) -> str:

@@ -3,7 +3,7 @@
     benchmarks/run.sh                 # exports models if needed, then runs this
     .venv/bin/python benchmarks/run.py [--models resnet18,mobilenet_v2,encoder] [--quick]
 
-Writes benchmarks/results/[vnni/]results.json and RESULTS.md (per ISA). Models come from
+Writes benchmarks/results/[vnni/|amx/]results.json and RESULTS.md (per ISA). Models come from
 benchmarks/export_models.py (torch, in benchmarks/.venv); quantized variants go to
 benchmarks/.work/.
 """
@@ -240,11 +240,12 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--quick", action="store_true", help="few samples and rounds (smoke test)")
     ap.add_argument("--out", default=None,
-                    help="results folder (default: results/ on AVX2 machines, results/vnni/ on VNNI machines: "
-                         "results are kept per ISA)")
+                    help="results folder (default: results/ on AVX2 machines, results/vnni/ on VNNI machines, "
+                         "results/amx/ on VNNI machines with AMX-INT8 tiles: results are kept per ISA)")
     args = ap.parse_args()
     if args.out is None:
-        args.out = str(HERE / "results" / ("vnni" if machine()["vnni"] else ""))
+        facts = machine()
+        args.out = str(HERE / "results" / ("amx" if facts.get("amx") else "vnni" if facts["vnni"] else ""))
     t0 = time.perf_counter()
     threads = [int(t) for t in args.threads.split(",")]
     out = Path(args.out)

@@ -37,7 +37,8 @@ def heavy_conv(tmp_path):
 def test_doctor_and_inspect(heavy_conv):
     proc = edgequant("doctor", "--json")
     facts = json.loads(proc.stdout)
-    assert proc.returncode == 0 and facts["target"] in ("x86-avx2", "x86-vnni", "arm64")
+    assert proc.returncode == 0 and facts["target"] in ("x86-avx2", "x86-vnni", "x86-amx", "arm64")
+    assert (facts["target"] == "x86-amx") == facts["amx_int8"]
     proc = edgequant("inspect", heavy_conv, "--json")
     info = json.loads(proc.stdout)
     assert info["opset"] == 12 and info["op_counts"]["Conv"] == 3 and info["int8_coverage"] is None

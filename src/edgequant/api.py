@@ -95,7 +95,7 @@ def doctor() -> dict[str, Any]:
     target = auto_target(cpu)
     return {
         "cpu": cpu.model, "arch": cpu.arch, "logical_cores": cpu.logical_cores, "isa": list(cpu.isa),
-        "vnni": cpu.has_vnni, "python": platform.python_version(), "onnxruntime": ort.__version__,
+        "vnni": cpu.has_vnni, "amx_int8": cpu.has_amx_int8, "python": platform.python_version(), "onnxruntime": ort.__version__,
         "providers": ort.get_available_providers(), "target": target, "why": RULES[target].why,
     }
 

@@ -4,6 +4,8 @@ The rules are defaults chosen from what each instruction set does with INT8:
 - x86 without VNNI multiplies u8 x s8 with VPMADDUBSW, whose int16 accumulation saturates for
   full-range weights: use 7-bit weights (reduce_range) to stay exact.
 - x86 with VNNI (AVX512_VNNI / AVX_VNNI) accumulates in int32: full-range U8S8.
+- x86 with AMX-INT8 tiles (Sapphire Rapids and later): VNNI's rule, and the convolutions whose
+  general int8 GEMM reaches the tiles are steered there (qdq/amx_weights.py).
 - arm64 dot-product / i8mm kernels handle signed int8: per-channel S8 weights.
 - Qualcomm Hexagon (QNN HTP) wants QDQ with static shapes and symmetric int8 weights.
 Measurement (``tune``) overrides them.
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-TARGETS = ("x86-avx2", "x86-vnni", "arm64", "qnn")
+TARGETS = ("x86-avx2", "x86-vnni", "x86-amx", "arm64", "qnn")
 
 # Flags worth naming in reports; the full list is long and uninteresting.
 _INTERESTING = ("sse4_1", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
@@ -35,6 +37,10 @@ class CpuInfo:
     @property
     def has_vnni(self) -> bool:
         return "avx512_vnni" in self.isa or "avx_vnni" in self.isa
+
+    @property
+    def has_amx_int8(self) -> bool:
+        return "amx_int8" in self.isa and "amx_tile" in self.isa
 
 
 @lru_cache(maxsize=1)
@@ -85,6 +91,10 @@ RULES: dict[str, TargetRule] = {
     "x86-vnni": TargetRule(
         "x86-vnni", "uint8", "int8", reduce_range=False, per_channel=True,
         why="VNNI accumulates u8*s8 in int32: full 8-bit range is safe"),
+    "x86-amx": TargetRule(
+        "x86-amx", "uint8", "int8", reduce_range=False, per_channel=True,
+        why="AMX-INT8 tiles accumulate u8*s8 in int32 (full 8-bit range); wide convolutions are steered "
+            "to onnxruntime's GEMM path, which uses the tiles"),
     "arm64": TargetRule(
         "arm64", "uint8", "int8", reduce_range=False, per_channel=True,
         why="NEON dot-product/i8mm kernels take full-range int8 weights; per-channel keeps accuracy"),
@@ -100,6 +110,8 @@ def auto_target(cpu: CpuInfo | None = None) -> str:
     cpu = cpu or detect_cpu()
     if cpu.arch in ("aarch64", "arm64"):
         return "arm64"
+    if cpu.has_amx_int8:
+        return "x86-amx"
     return "x86-vnni" if cpu.has_vnni else "x86-avx2"
 
 

@@ -21,7 +21,7 @@ def doctor(as_json: bool) -> None:
         click.echo(json.dumps(facts, indent=2))
         return
     table = Table(show_header=False, box=None)
-    for key in ("cpu", "arch", "logical_cores", "isa", "vnni", "python", "onnxruntime", "providers", "target", "why"):
+    for key in ("cpu", "arch", "logical_cores", "isa", "vnni", "amx_int8", "python", "onnxruntime", "providers", "target", "why"):
         value = facts[key]
         table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
     make_console().print(table)

@@ -19,8 +19,9 @@ from edgequant.qdq.graph import GraphIndex, attribute, insert_after_producers
 
 MULTIPLE = 4
 #: Targets whose INT8 convolution was measured faster with channels padded for MLAS's kernels (this
-#: module's stems, qdq.depthwise_channels); AVX2-only machines have not been measured yet.
-CHANNEL_PAD_TARGETS = ("x86-vnni",)
+#: module's stems, qdq.depthwise_channels); AVX2-only machines have not been measured yet. AMX machines
+#: run these small-channel convolutions in the same VNNI kernels (the tiles take only wide GEMMs).
+CHANNEL_PAD_TARGETS = ("x86-vnni", "x86-amx")
 EIGHT_BIT = (np.dtype(np.uint8), np.dtype(np.int8))
 MAX_CHANNELS = 16     # stems: the pad copies the activation once, cheap only where channels are few
 

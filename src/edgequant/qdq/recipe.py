@@ -23,6 +23,7 @@ from onnxruntime.quantization import (
 from edgequant import model as model_io
 from edgequant.graph_pass import GraphPass, run_passes
 from edgequant.measure.coverage import INT8_COMPUTE_OPS, coverage_of_graph
+from edgequant.qdq.amx_weights import SteerWideConvsToAmx
 from edgequant.qdq.conv_channels import CHANNEL_PAD_TARGETS, PadConvInputChannels
 from edgequant.qdq.graph import GraphIndex, op_counts
 from edgequant.qdq.hard_activations import HardSigmoidAsAdd
@@ -165,6 +166,8 @@ def _fix_up(model: onnx.ModelProto, activations_to_uint8: bool, summary: Quantiz
         passes.append(PadOnQuantized())
     if target in CHANNEL_PAD_TARGETS:   # measured there only
         passes.append(PadConvInputChannels())
+    if target == "x86-amx":
+        passes.append(SteerWideConvsToAmx())
     for result in run_passes(model, passes):
         if result.changed or result.name == ActivationsToUint8.name:
             summary.passes.append(result.label)

@@ -158,7 +158,7 @@ def calibration_recipes(target: str, base: Recipe | None = None) -> list[Recipe]
     if rule.name == "x86-avx2":
         out.append(variant("static-u8u8", "U8U8 with full 8-bit weights: no VPMADDUBSW saturation, "
                            "no reduce_range loss", weight_type="uint8", reduce_range=False))
-    elif rule.name in ("x86-vnni", "arm64"):
+    elif rule.name in ("x86-vnni", "x86-amx", "arm64"):
         out.append(variant("static-reduce-range", "7-bit weights", reduce_range=True))
     if not rule.per_channel:
         out.append(variant("static-per-channel", "per-channel weights", per_channel=True))
