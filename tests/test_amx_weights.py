@@ -91,3 +91,19 @@ def test_auto_picks_x86_amx_only_where_the_cpu_has_amx_int8_tiles() -> None:
     assert auto_target(CpuInfo("x86_64", "x", vnni + ("amx_int8", "amx_tile"), 2)) == "x86-amx"
     assert auto_target(CpuInfo("x86_64", "x", vnni, 2)) == "x86-vnni"
     assert auto_target(CpuInfo("x86_64", "x", ("avx2",), 2)) == "x86-avx2"
+
+
+def test_tune_on_x86_amx_measures_the_unsteered_model_beside_the_steered_one(tmp_path: Path) -> None:
+    from edgequant.tune.recipes import default_recipes
+
+    wide = onnx.load(str(_net(tmp_path / "net.onnx")), load_external_data=False)
+    recipes = {r.name: r for r in default_recipes("x86-amx", wide)}
+    assert recipes["static"].config("x86-amx").target == "x86-amx"
+    assert recipes["static-vnni-convs"].config("x86-amx").target == "x86-vnni"   # built without the steering
+    assert "static-vnni-convs" not in {r.name for r in default_recipes("x86-vnni", wide)}
+    narrow = onnx.load(str(_net(tmp_path / "net.onnx")))
+    for t in narrow.graph.initializer:
+        if t.name == "W2":          # the 128-channel conv made grouped (2 x 64): nothing to steer
+            t.CopyFrom(numpy_helper.from_array(np.zeros((32, WIDE // 2, 3, 3), np.float32), "W2"))
+    next(n for n in narrow.graph.node if n.name == "wide").attribute.append(helper.make_attribute("group", 2))
+    assert "static-vnni-convs" not in {r.name for r in default_recipes("x86-amx", narrow)}

@@ -30,6 +30,18 @@ def _owned_by(idx: GraphIndex, tensor: str, node: onnx.NodeProto) -> bool:
     return len(readers) == 1 and readers[0] is node and tensor not in idx.graph_outputs
 
 
+def _wide(weight_dims, group: int) -> bool:
+    return group == 1 and len(weight_dims) >= 3 and weight_dims[1] >= MIN_INPUT_CHANNELS
+
+
+def has_wide_conv(model: onnx.ModelProto) -> bool:
+    """Whether the FP32 ``model`` has a convolution the steering would touch (read from shapes only:
+    the model may be loaded without its weights' data)."""
+    dims = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    return any(n.op_type == "Conv" and len(n.input) > 1 and _wide(dims.get(n.input[1], ()), attribute(n, "group", 1))
+               for n in model.graph.node)
+
+
 def steer_wide_convs_to_amx(model: onnx.ModelProto) -> int:
     """Rewrite each group-1 ``Conv <- DQ(W int8, zero point 0)`` with at least MIN_INPUT_CHANNELS
     input channels to ``DQ(W - 1, zero point -1)``; return how many."""
@@ -37,7 +49,7 @@ def steer_wide_convs_to_amx(model: onnx.ModelProto) -> int:
     idx = GraphIndex.build(graph)
     changed = 0
     for conv in graph.node:
-        if conv.op_type != "Conv" or attribute(conv, "group", 1) != 1 or len(conv.input) < 2:
+        if conv.op_type != "Conv" or len(conv.input) < 2:
             continue
         dq = idx.producer.get(conv.input[1])
         if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3:
@@ -46,7 +58,7 @@ def steer_wide_convs_to_amx(model: onnx.ModelProto) -> int:
         if w_init is None or zp_init is None or not (_owned_by(idx, dq.input[0], dq) and _owned_by(idx, dq.input[2], dq)):
             continue
         w, zp = numpy_helper.to_array(w_init), numpy_helper.to_array(zp_init)
-        if w.dtype != np.int8 or w.ndim < 3 or w.shape[1] < MIN_INPUT_CHANNELS or np.any(zp != 0) or w.min() < -127:
+        if w.dtype != np.int8 or not _wide(w.shape, attribute(conv, "group", 1)) or np.any(zp != 0) or w.min() < -127:
             continue
         w_init.CopyFrom(numpy_helper.from_array((w.astype(np.int16) + SHIFT).astype(np.int8), dq.input[0]))
         zp_init.CopyFrom(numpy_helper.from_array(np.full_like(zp, SHIFT), dq.input[2]))

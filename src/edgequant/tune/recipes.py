@@ -14,6 +14,7 @@ import onnx
 
 from ..quantize import QuantizeConfig, make_config
 from ..sensitivity import COMPUTE_OPS, NodeSensitivity, SensitivityReport
+from ..qdq.amx_weights import has_wide_conv
 from ..targets import resolve_target
 
 #: Our key in a recipe's extra options: 16-bit activations for these tensors (TensorQuantOverrides).
@@ -45,6 +46,7 @@ class Recipe:
     qat_minutes: float = 0.0                          # > 0: QAT (edgequant.qat) from this recipe's PTQ model
     fuse_transformer: bool | None = None              # dynamic: ORT's transformer fusion first (None: auto)
     float_reasons: tuple[tuple[str, str], ...] = ()   # (node, why it is kept float / 16-bit)
+    kernels: str | None = None                        # build with this sibling target's rule (x86-amx -> x86-vnni)
 
     def _overrides(self, quant_type) -> dict:
         """Per-tensor ORT ``TensorQuantOverrides`` (``quant_type`` maps our type names to ORT's)."""
@@ -62,7 +64,7 @@ class Recipe:
             extra[INT16_KEY] = self._overrides(ort_type.__getitem__)
         static = self.mode == "static"
         return make_config(
-            self.mode, target, per_channel=self.per_channel, reduce_range=self.reduce_range,
+            self.mode, self.kernels or target, per_channel=self.per_channel, reduce_range=self.reduce_range,
             weight_type=self.weight_type, activation_type=self.activation_type if static else None,
             calib_method=self.calib_method if static else "minmax",
             calib_percentile=self.calib_percentile, exclude=self.exclude, extra_options=extra,
@@ -105,6 +107,8 @@ class Recipe:
                   if flag]
         if self.qat_minutes:
             parts.append(f"QAT (distilled from FP32, up to {self.qat_minutes:g} min)")
+        if self.kernels:
+            parts.append(f"built as {self.kernels}")
         return "; ".join(parts)
 
     def renamed(self, name: str, **changes) -> Recipe:
@@ -134,6 +138,9 @@ def default_recipes(target: str = "auto", model: onnx.ModelProto | None = None) 
     if model is not None and per_tensor_pays(target, model):
         out.append(Recipe("static-per-tensor", "static", why="per-tensor weights: the INT8 depthwise kernel "
                           "skips the per-channel rescale", per_channel=False))
+    if model is not None and resolve_target(target).name == "x86-amx" and has_wide_conv(model):
+        out.append(Recipe("static-vnni-convs", "static", why="every conv on MLAS's VNNI kernels, none steered to the "
+                          "AMX GEMM: the steering's channel threshold was measured on other layers", kernels="x86-vnni"))
     return out
 
 
