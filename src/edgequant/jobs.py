@@ -61,13 +61,39 @@ def run_quantize_job(job: QuantizeJob) -> dict:
         return {"ok": False, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
 
 
+def _die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when the thread that started it ends. A quantizing worker
+    (AdaRound: minutes of CPU) must not outlive a parent that was killed or stopped."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)    # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def _worker_init(cpus: int) -> None:
+    _die_with_parent()
+    limit_cpus(cpus)
+
+
 def _pool(workers: int) -> ProcessPoolExecutor:
     # spawn, not fork: forking a process that holds onnxruntime thread pools can deadlock.
     # Each worker gets its share of the cores (measure.session.cpu_allowance): with onnxruntime's
     # default pool per session, two workers spin against each other on the same cores.
     share = max(1, available_cpus() // workers)
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=limit_cpus, initargs=(share,))
+                               initializer=_worker_init, initargs=(share,))
+
+
+def _end_workers(pool: ProcessPoolExecutor) -> None:
+    # ProcessPoolExecutor cannot cancel a running job: end its workers (CPython keeps them in
+    # _processes; shutdown alone would wait for the jobs to finish)
+    for proc in list(getattr(pool, "_processes", {}).values()):
+        proc.terminate()
 
 
 def _death(exitcode: int | None) -> str:
@@ -80,6 +106,7 @@ def _death(exitcode: int | None) -> str:
 
 
 def _child(fn: Callable[[Any], dict], job: Any, conn: Any) -> None:
+    _die_with_parent()
     conn.send(fn(job))
     conn.close()
 
@@ -128,12 +155,12 @@ def quantize_batch(jobs: Sequence[QuantizeJob], workers: int,
             elif fut in late:
                 results[i] = timed_out(timeout_s or 0.0)
         if late:
-            # ProcessPoolExecutor cannot cancel a running job: end its workers (CPython keeps them in
-            # _processes; shutdown alone would wait for the jobs to finish)
-            for proc in list(getattr(pool, "_processes", {}).values()):
-                proc.terminate()
+            _end_workers(pool)
     except BrokenProcessPool:
         pass
+    except BaseException:    # Ctrl-C, SIGTERM: no job may hold the exit for minutes, or outlive it
+        _end_workers(pool)
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return [r if r is not None else _isolated(j, fn) for r, j in zip(results, jobs)]

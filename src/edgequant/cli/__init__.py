@@ -45,9 +45,24 @@ def _error(msg: str) -> None:
     click.echo(f"edgequant: error: {msg}", err=True)
 
 
+def _raise_interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (kill, a job scheduler, a CI timeout) stops a command as Ctrl-C does: worker processes
+    are ended and partial outputs removed by the same cleanup, instead of the process just vanishing."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
     _register()
+    _stop_on_sigterm()
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     if debug:  # the error line says "re-run with --debug": accept it after the command too
