@@ -24,12 +24,6 @@ MIN_INPUT_CHANNELS = 128
 SHIFT = -1
 
 
-def _owned_by(idx: GraphIndex, tensor: str, node: onnx.NodeProto) -> bool:
-    """``tensor`` is read by ``node`` alone (rewriting it changes no other reader)."""
-    readers = idx.consumers.get(tensor, [])
-    return len(readers) == 1 and readers[0] is node and tensor not in idx.graph_outputs
-
-
 def _wide(weight_dims, group: int) -> bool:
     return group == 1 and len(weight_dims) >= 3 and weight_dims[1] >= MIN_INPUT_CHANNELS
 
@@ -55,7 +49,7 @@ def steer_wide_convs_to_amx(model: onnx.ModelProto) -> int:
         if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3:
             continue
         w_init, zp_init = idx.initializers.get(dq.input[0]), idx.initializers.get(dq.input[2])
-        if w_init is None or zp_init is None or not (_owned_by(idx, dq.input[0], dq) and _owned_by(idx, dq.input[2], dq)):
+        if w_init is None or zp_init is None or not (idx.single_reader(dq.input[0]) and idx.single_reader(dq.input[2])):
             continue
         w, zp = numpy_helper.to_array(w_init), numpy_helper.to_array(zp_init)
         if w.dtype != np.int8 or not _wide(w.shape, attribute(conv, "group", 1)) or np.any(zp != 0) or w.min() < -127:
@@ -68,8 +62,9 @@ def steer_wide_convs_to_amx(model: onnx.ModelProto) -> int:
 
 class SteerWideConvsToAmx(GraphPass):
     name = "steer_wide_convs_to_amx"
-    description = ("int8 weights of convolutions with >= 128 input channels given zero point -1 (codes shifted, "
-                   "exact): onnxruntime then runs them as a general GEMM on the CPU's AMX-INT8 tiles")
+    description = (f"int8 weights of convolutions with >= {MIN_INPUT_CHANNELS} input channels given zero point "
+                   f"{SHIFT} (codes shifted, exact): onnxruntime then runs them as a general GEMM on the CPU's "
+                   "AMX-INT8 tiles")
 
     def run(self, model: onnx.ModelProto, context: PassContext) -> int:
         return steer_wide_convs_to_amx(model)

@@ -26,10 +26,6 @@ EIGHT_BIT = (np.dtype(np.uint8), np.dtype(np.int8))
 MAX_CHANNELS = 16     # stems: the pad copies the activation once, cheap only where channels are few
 
 
-def _single_reader(idx: GraphIndex, tensor: str) -> bool:
-    return len(idx.consumers.get(tensor, [])) == 1 and tensor not in idx.graph_outputs
-
-
 def _padded_weight(w: np.ndarray, zero_point: np.ndarray, channels: int) -> np.ndarray:
     """``w`` [Cout, Cin, ...] with input channels up to ``channels`` holding each output channel's zero point."""
     out = np.empty((w.shape[0], channels) + w.shape[2:], w.dtype)
@@ -63,8 +59,8 @@ def pad_conv_input_channels(model: onnx.ModelProto) -> int:
         cin = w.shape[1]
         if cin % MULTIPLE == 0 or cin >= MAX_CHANNELS:
             continue
-        if not (_single_reader(idx, conv.input[0]) and _single_reader(idx, conv.input[1])
-                and _single_reader(idx, dq_w.input[0])):
+        if not (idx.single_reader(conv.input[0]) and idx.single_reader(conv.input[1])
+                and idx.single_reader(dq_w.input[0])):
             continue       # shared tensors: a copy would cost more than the pad saves
         target = -(-cin // MULTIPLE) * MULTIPLE
         amounts = np.zeros(2 * w.ndim, np.int64)

@@ -32,6 +32,11 @@ class GraphIndex:
         return cls(producer, consumers, {t.name: t for t in graph.initializer},
                    {o.name for o in graph.output})
 
+    def single_reader(self, tensor: str) -> bool:
+        """``tensor`` is read by exactly one node and is not a graph output: rewriting it in place
+        (or what produces it) changes nothing else."""
+        return len(self.consumers.get(tensor, [])) == 1 and tensor not in self.graph_outputs
+
     def const(self, name: str) -> np.ndarray | None:
         """The value of an initializer (or Constant node output), else None."""
         if name in self.initializers:

@@ -86,7 +86,7 @@ def pad_on_quantized(model: onnx.ModelProto) -> int:
         pad.input.extend(inputs)
         pad.output[0] = q.output[0]
         drop.add(id(q))
-        if len(idx.consumers.get(dq.output[0], [])) == 1 and dq.output[0] not in idx.graph_outputs:
+        if idx.single_reader(dq.output[0]):
             drop.add(id(dq))
         changed += 1
     drop_nodes(graph, drop)
