@@ -240,3 +240,41 @@ def test_range_recipes_start_while_the_calibration_batch_runs_where_batches_shar
     flat = [p for b in batches for p in b]
     assert len(flat) == len(set(flat))                  # nothing quantized twice
     assert not any(names[n]["outcome"].startswith("failed") for n in ranged)
+
+
+def test_slow_stage_share_keeps_time_for_the_fallback() -> None:
+    from edgequant.tune.search import FALLBACK_RESERVE_TRIALS, slow_stage_share
+
+    assert slow_stage_share(100.0, 5.0, True) == (100.0 - FALLBACK_RESERVE_TRIALS * 5.0, FALLBACK_RESERVE_TRIALS * 5.0)
+    assert slow_stage_share(20.0, 30.0, True) == (10.0, 10.0)       # never more than half of what is left
+    assert slow_stage_share(100.0, 5.0, False) == (100.0, 0.0)      # no fallback stage after it: all of it
+    assert slow_stage_share(100.0, None, True) == (100.0, 0.0)      # no pace seen yet: nothing to size it by
+
+
+def test_a_slow_stage_that_runs_out_of_time_leaves_the_fallback_its_share(sensitive, tmp_path: Path) -> None:
+    """Under a time budget, AdaRound may quantize only until the fallback's share begins (no grace past
+    it): here it never finishes, and the float fallback still finds the within-budget candidate."""
+    import time
+
+    model, calib, evals = sensitive
+    budget_s = 120.0
+    started = time.monotonic()
+    rounding: list[tuple[float | None, float]] = []
+
+    def quantizer(jobs, workers, *, timeout_s=None):
+        if any(j.config.adaround for j in jobs):   # a stage that would outlast the budget
+            rounding.append((timeout_s, started + budget_s - time.monotonic()))
+            return [jobs_mod.timed_out(timeout_s or 0.0) for _ in jobs]
+        return jobs_mod.quantize_batch(jobs, 1, timeout_s=timeout_s)
+
+    report = run_tune(model, tmp_path / "out", calib=str(calib), eval_spec=str(evals),
+                      options=_options(quantizer=quantizer, time_budget_min=budget_s / 60, qat_minutes=0))
+    assert len(rounding) == 1, rounding
+    timeout_s, left_s = rounding[0]
+    assert timeout_s is not None and timeout_s < left_s, rounding     # not the budget's rest (+ grace)
+    assert any(n.startswith("learned rounding:") and "kept for the float-fallback stage" in n
+               for n in report["notes"]), report["notes"]
+    stages = [r["stage"] for r in report["search_trace"]]
+    assert stages.index("fallback") > stages.index("learned rounding"), stages
+    assert any(r["within_budget"] and r["stage"] == "fallback" for r in report["search_trace"])
+    _check_pick_is_honest(report)

@@ -16,11 +16,16 @@
    (1, 2, 4, ...) until the budget holds, then bisect back so as few nodes as possible leave INT8.
    Without float fallback on a CPU (``--no-float-fallback``: 16-bit is float compute there) this
    stage is skipped and the report says fully INT8 could not be done.
-The clock (``--time-budget``) and a candidate cap are checked before every trial batch.
+The clock (``--time-budget``) and a candidate cap are checked before every trial batch. Under a
+time budget the slow stages (learned rounding, QAT) leave time for the fallback stage after them:
+a few trials at the pace the search has run so far, so that a slow stage that does not finish
+still leaves a candidate within budget where the fallback finds one.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -40,6 +45,20 @@ from .recipes import (
     rounding_recipes,
 )
 from .trials import Trial, TrialRunner
+
+
+FALLBACK_RESERVE_TRIALS = 4      # trials of the fallback stage a slow stage leaves time for (1, 2, 4, bisect)
+SLOW_STAGES = ("learned rounding", "qat")
+
+
+def slow_stage_share(left_s: float, pace_s: float | None, fallback_follows: bool) -> tuple[float, float]:
+    """(seconds a slow stage may use, seconds kept for the fallback stage) out of ``left_s`` of the
+    time budget: ``FALLBACK_RESERVE_TRIALS`` trials at ``pace_s`` (seconds per trial batch so far),
+    never more than half of what is left, and nothing when no fallback stage follows."""
+    if not fallback_follows or pace_s is None or left_s <= 0:
+        return max(0.0, left_s), 0.0
+    reserve = min(FALLBACK_RESERVE_TRIALS * pace_s, left_s / 2)
+    return left_s - reserve, reserve
 
 
 @dataclass
@@ -79,6 +98,7 @@ class Search:
     float_fallback: bool = True        # may layers be kept float? (False: fully INT8 or 16-bit only)
     qat_minutes: float = 0.0           # QAT step's training time (needs runner.qat_trainer)
     state: SearchState = field(default_factory=SearchState)
+    _batch_pace: list[float] = field(default_factory=list)   # seconds per round of trials, per batch
 
     def _budget_left(self, n: int = 1) -> bool:
         if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -89,15 +109,42 @@ class Search:
             return False
         return True
 
-    def _try(self, recipes: list[Recipe]) -> list[Trial]:
+    def _try(self, recipes: list[Recipe], *, deadline: float | None = None) -> list[Trial]:
         names = {t.name for t in self.state.trials}
         fresh = [r for r in recipes if r.name not in names]
         if not fresh or not self._budget_left(1):
             return []
         room = self.max_candidates - len(self.state.trials)
-        trials = self.runner.run(fresh[:room])
+        started = time.monotonic()
+        trials = self.runner.run(fresh[:room], **({"deadline": deadline} if deadline is not None else {}))
+        if not any(t.recipe.stage in SLOW_STAGES for t in trials):
+            rounds = math.ceil(len(trials) / max(1, self.runner.workers))   # trials quantized side by side
+            self._batch_pace.append((time.monotonic() - started) / max(1, rounds))
         self.state.trials.extend(trials)
         return trials
+
+    def _fallback_follows(self) -> bool:
+        sens = self.state.sensitivity
+        return bool(sens is not None and sens.nodes and (self.float_fallback or self.target == "qnn"))
+
+    def _slow_stage_window(self, stage: str) -> tuple[bool, float | None]:
+        """Whether a slow stage runs, and when its quantization must end under the time budget
+        (None: no budget), leaving the fallback stage its share; the choice goes in the notes. A
+        stage whose share is shorter than one ordinary trial batch is skipped."""
+        if self.deadline is None:
+            return True, None
+        left = self.deadline - time.monotonic()
+        pace = statistics.median(self._batch_pace) if self._batch_pace else None
+        share, reserve = slow_stage_share(left, pace, self._fallback_follows())
+        if reserve <= 0:
+            return True, None
+        kept = (f"{reserve:.0f} s kept for the float-fallback stage ({FALLBACK_RESERVE_TRIALS} trials at "
+                f"{pace:.1f} s each so far)")
+        if share < pace:
+            self.state.notes.append(f"{stage} skipped: {left:.0f} s of the time budget left, {kept}")
+            return False, None
+        self.state.notes.append(f"{stage}: {share:.0f} s of the time budget's {left:.0f} s left; {kept}")
+        return True, time.monotonic() + share
 
     def run(self) -> SearchState:
         try:
@@ -129,8 +176,9 @@ class Search:
         stage3 = self._try(algorithm_recipes(base, self.runner.fp32_model()))
         if _settles(stage3):
             return self.state
-        stage4 = self._try(rounding_recipes(self._best_static_base()))   # slower: only when still needed
-        if _settles(stage4):
+        runs, until = self._slow_stage_window("learned rounding")
+        stage4 = self._try(rounding_recipes(self._best_static_base()), deadline=until) if runs else []
+        if _settles(stage4):   # slower: only when still needed
             return self.state
         if _settles(self._try(qat_recipe(self._best_static_base(), self._qat_minutes()))):
             return self.state
@@ -150,7 +198,9 @@ class Search:
             return 0.0
         minutes = self.qat_minutes
         if self.deadline is not None:
-            minutes = min(minutes, (self.deadline - time.monotonic()) / 60.0 - 1.0)
+            runs, until = self._slow_stage_window("QAT")
+            end = self.deadline if until is None else until
+            minutes = min(minutes, (end - time.monotonic()) / 60.0 - 1.0) if runs else 0.0
         if minutes < 1.0:
             self.state.notes.append("QAT skipped: less than a minute of the time budget left")
             return 0.0

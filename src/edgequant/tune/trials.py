@@ -226,7 +226,9 @@ class TrialRunner:
             future.result()
         self._ahead.clear()
 
-    def run(self, recipes: Sequence[Recipe]) -> list[Trial]:
+    def run(self, recipes: Sequence[Recipe], *, deadline: float | None = None) -> list[Trial]:
+        """Quantize (or pick up what started ahead), measure and judge ``recipes``; ``deadline``: an
+        earlier end than the search's for this batch's quantization (a slow stage's share)."""
         trials, started = [], set()
         for r in recipes:
             ahead = self._ahead.pop(r.name, None)
@@ -235,7 +237,7 @@ class TrialRunner:
                 started.add(ahead[1])
         for future in started:
             future.result()
-        self._quantize([t for t in trials if t.path is None])
+        self._quantize([t for t in trials if t.path is None], deadline=deadline)
         for t in trials:
             if t.error is None:
                 self._quality(t)
@@ -256,7 +258,7 @@ class TrialRunner:
 
         return onnx.load(str(self.model_path), load_external_data=False)
 
-    def _quantize(self, trials: Sequence[Trial]) -> None:
+    def _quantize(self, trials: Sequence[Trial], *, deadline: float | None = None) -> None:
         todo = []
         for t in trials:
             t.path = self.cache.model_path(t.recipe_dict)
@@ -277,7 +279,7 @@ class TrialRunner:
             self._say(f"quantizing {names}" + (f" ({min(2, self.workers, len(todo))} workers)" if len(todo) > 1 else ""))
             jobs = [QuantizeJob(self.model_path, t.path, t.recipe.config(self.target), self.calib) for t in todo]
             probe = self._quality_probe()
-            results = self.quantize_batch(jobs, self.workers, timeout_s=self._time_left(),
+            results = self.quantize_batch(jobs, self.workers, timeout_s=self._time_left(deadline),
                                           **({"probe": probe} if probe is not None else {}))
         for t in trained:
             self._say(f"training {t.name} (QAT, up to {t.recipe.qat_minutes:g} min)")
@@ -307,10 +309,13 @@ class TrialRunner:
             self._probe = QualityProbe(self.ref, list(self.eval_src), self.device.session)
         return self._probe
 
-    def _time_left(self) -> float | None:
+    def _time_left(self, deadline: float | None = None) -> float | None:
         """How long a batch started now may quantize: the budget's rest plus a grace, so that a
         candidate started just before the end can finish, but a slow one (AdaRound on a large
-        model) cannot hold the search for many times its budget."""
+        model) cannot hold the search for many times its budget. A batch with its own ``deadline``
+        (a slow stage's share of the budget) gets no grace: the rest is another stage's."""
+        if deadline is not None:
+            return max(0.0, deadline - time.monotonic())
         if self.deadline is None:
             return None
         return max(0.0, self.deadline - time.monotonic()) + DEADLINE_GRACE_S
