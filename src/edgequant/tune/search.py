@@ -199,8 +199,10 @@ class Search:
         minutes = self.qat_minutes
         if self.deadline is not None:
             runs, until = self._slow_stage_window("QAT")
+            if not runs:
+                return 0.0
             end = self.deadline if until is None else until
-            minutes = min(minutes, (end - time.monotonic()) / 60.0 - 1.0) if runs else 0.0
+            minutes = min(minutes, (end - time.monotonic()) / 60.0 - 1.0)
         if minutes < 1.0:
             self.state.notes.append("QAT skipped: less than a minute of the time budget left")
             return 0.0
