@@ -1,5 +1,6 @@
-"""Static INT8 with per-tensor weights is a candidate next to per-channel where it can pay (depthwise
-convolutions on a CPU target), in run and in tune, and the budget and the timing choose."""
+"""INT8 with per-tensor weights is a candidate next to per-channel where it can pay (static: depthwise
+convolutions; dynamic: models whose compute is all weight MatMul/Gemm; on a CPU target), in run and
+in tune, and the budget and the timing choose."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import onnx
 import onnx_models
 from onnx import TensorProto, helper, numpy_helper
 
-from edgequant.model import has_depthwise_conv
+from edgequant.model import dense_compute_only, has_depthwise_conv
 from edgequant.pipeline import default_variants
 from edgequant.tune.recipes import default_recipes
 
@@ -61,3 +62,42 @@ def test_run_measures_the_per_tensor_candidate_like_any_other(tmp_path: Path) ->
     weights = [numpy_helper.to_array(t) for t in onnx.load(per_tensor["path"]).graph.initializer]
     scales = [w for w in weights if w.dtype == np.float32 and w.ndim == 1 and w.size == 8]
     assert not scales, "per-tensor weights carry one scale per tensor, not one per channel"
+
+
+def test_dense_models_get_a_per_tensor_dynamic_candidate_and_others_do_not() -> None:
+    mlp, conv, bert = onnx_models.matmul_net(), onnx_models.conv_net(opset=13, channels=8, size=8), \
+        onnx_models.bert_layers()
+    assert dense_compute_only(mlp) and not dense_compute_only(conv) and not dense_compute_only(_depthwise_net())
+    variants = dict(default_variants("x86-avx2", mlp))
+    assert list(variants) == ["dynamic", "dynamic-per-tensor", "static"]
+    assert variants["dynamic"].per_channel and variants["dynamic-per-tensor"].per_channel is False
+    assert variants["dynamic-per-tensor"].reduce_range == variants["dynamic"].reduce_range   # the target's rule
+    recipes = {r.name: r for r in default_recipes("x86-avx2", mlp)}
+    assert list(recipes) == ["dynamic", "dynamic-per-tensor", "static"]
+    assert recipes["dynamic-per-tensor"].config("x86-avx2").per_channel is False
+    # a transformer is all MatMul too, but there per-tensor costs accuracy for no speed: fused/unfused instead
+    assert "dynamic-per-tensor" not in dict(default_variants("x86-avx2", bert))
+    assert "dynamic-per-tensor" not in [n for n, _ in default_variants("x86-avx2", conv)]
+    assert "dynamic-per-tensor" not in [n for n, _ in default_variants("qnn", mlp)]
+
+
+def test_run_measures_the_per_tensor_dynamic_candidate(tmp_path: Path) -> None:
+    from edgequant.pipeline import RunOptions, run_pipeline
+
+    src = tmp_path / "mlp.onnx"
+    onnx.save(onnx_models.matmul_net(), str(src))
+    np.savez(tmp_path / "calib.npz", x=RNG.standard_normal((8, 64)).astype(np.float32))
+    report = run_pipeline(src, tmp_path / "out", calib=str(tmp_path / "calib.npz"),
+                          options=RunOptions(runs=5, warmup=1, measure_memory=False, profile=False))
+    variants = {v["name"]: v for v in report["variants"]}
+    assert variants["dynamic-per-tensor"]["config"]["per_channel"] is False
+    assert variants["dynamic"]["config"]["per_channel"] is True
+    assert variants["dynamic-per-tensor"]["verdict"] and variants["dynamic-per-tensor"]["speedup"] is not None
+    # per-tensor weights really are one scale per weight: fewer scale values than the per-channel model's
+    from onnx import numpy_helper as nh
+
+    def scales(path: str) -> int:
+        model = onnx.load(path)
+        return sum(nh.to_array(t).size for t in model.graph.initializer if "scale" in t.name)
+
+    assert scales(variants["dynamic-per-tensor"]["path"]) < scales(variants["dynamic"]["path"])

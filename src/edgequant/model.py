@@ -180,6 +180,20 @@ def has_depthwise_conv(model: onnx.ModelProto) -> bool:
     return False
 
 
+#: compute other than weight MatMul/Gemm (control flow counts: its bodies are not read here)
+_OTHER_COMPUTE = frozenset({"Conv", "ConvTranspose", "LSTM", "GRU", "RNN", "Attention", "If", "Loop", "Scan"})
+
+
+def dense_compute_only(model: onnx.ModelProto) -> bool:
+    """Weight MatMul/Gemm are the main graph's only compute (an MLP, a keyword classifier, an
+    embedding head): dynamic quantization covers all of it. Read from names and shapes alone."""
+    weights = {t.name for t in model.graph.initializer}
+    nodes = list(model.graph.node)
+    if any(n.op_type in _OTHER_COMPUTE for n in nodes):
+        return False
+    return any(n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in weights for n in nodes)
+
+
 def graph_outputs(model: onnx.ModelProto) -> tuple[TensorSpec, ...]:
     return tuple(_spec(v) for v in model.graph.output)
 

@@ -80,14 +80,18 @@ def default_variants(target: str, model=None) -> list[tuple[str, QuantizeConfig]
     ("dynamic-unfused"): which is faster depends on the CPU and runtime, so the full interleaved
     timing decides, as for every other candidate. A model with depthwise convolutions also gets static
     with per-tensor weights (:func:`quantize_config.per_tensor_pays`): faster there, and the budget
-    decides whether its accuracy holds."""
+    decides whether its accuracy holds. A model whose compute is all weight MatMul/Gemm (no
+    transformer) also gets dynamic with per-tensor weights, onnxruntime's own default
+    (:func:`quantize_config.per_tensor_dynamic_pays`): faster on small GEMMs."""
     from .quantize import looks_like_transformer
-    from .quantize_config import per_tensor_pays
+    from .quantize_config import per_tensor_dynamic_pays, per_tensor_pays
 
     specs = [("dynamic", make_config("dynamic", target)), ("static", make_config("static", target))]
     if model is not None and looks_like_transformer(model):
         specs[:1] = [("dynamic", make_config("dynamic", target, fuse_transformer=True)),
                      ("dynamic-unfused", make_config("dynamic", target, fuse_transformer=False))]
+    elif model is not None and per_tensor_dynamic_pays(target, model):
+        specs.insert(1, ("dynamic-per-tensor", make_config("dynamic", target, per_channel=False)))
     if model is not None and per_tensor_pays(target, model):
         specs.append(("static-per-tensor", make_config("static", target, per_channel=False)))
     if target == "qnn":

@@ -122,9 +122,10 @@ def default_recipes(target: str = "auto", model: onnx.ModelProto | None = None) 
     (its integer ops are CPU kernels), so the second default there is 16-bit activations
     (A16W8), which HTP runs natively. A transformer ``model`` gets dynamic fused by onnxruntime's
     optimizer and not, timed together: which is faster depends on the CPU and the runtime. A model
-    with depthwise convolutions gets static with per-tensor weights too (``per_tensor_pays``)."""
+    with depthwise convolutions gets static with per-tensor weights too (``per_tensor_pays``), one
+    whose compute is all weight MatMul/Gemm dynamic with per-tensor weights (``per_tensor_dynamic_pays``)."""
     from ..quantize import looks_like_transformer
-    from ..quantize_config import per_tensor_pays
+    from ..quantize_config import per_tensor_dynamic_pays, per_tensor_pays
 
     static = Recipe("static", "static", why="seed: production")
     if not resolve_target(target).float_fallback:
@@ -135,6 +136,9 @@ def default_recipes(target: str = "auto", model: onnx.ModelProto | None = None) 
                 Recipe("dynamic-unfused", "dynamic", why="transformer left unfused", fuse_transformer=False),
                 static]
     out = [Recipe("dynamic", "dynamic", why="seed: quick check"), static]
+    if model is not None and per_tensor_dynamic_pays(target, model):
+        out.insert(1, Recipe("dynamic-per-tensor", "dynamic", why="per-tensor weights (onnxruntime's default): "
+                             "faster on small GEMMs", per_channel=False))
     if model is not None and per_tensor_pays(target, model):
         out.append(Recipe("static-per-tensor", "static", why="per-tensor weights: the INT8 depthwise kernel "
                           "skips the per-channel rescale", per_channel=False))
