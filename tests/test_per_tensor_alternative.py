@@ -101,3 +101,22 @@ def test_run_measures_the_per_tensor_dynamic_candidate(tmp_path: Path) -> None:
         return sum(nh.to_array(t).size for t in model.graph.initializer if "scale" in t.name)
 
     assert scales(variants["dynamic-per-tensor"]["path"]) < scales(variants["dynamic"]["path"])
+
+
+def test_dense_compute_is_read_inside_control_flow_bodies() -> None:
+    """Exporters wrap MLPs in shape-check Ifs (openWakeWord's classifiers): the Gemm in the branch counts,
+    and so does a Conv hidden there."""
+    def wrapped(op: str) -> onnx.ModelProto:
+        w = numpy_helper.from_array(RNG.standard_normal((8, 4) if op == "Gemm" else (4, 8, 1, 1)).astype(np.float32), "w")
+        inner = helper.make_node(op, ["x", "w"], ["y_then"])
+        then = helper.make_graph([inner], "then", [], [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, None)])
+        other = helper.make_graph([helper.make_node("Identity", ["x"], ["y_else"])], "else", [],
+                                  [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, None)])
+        nodes = [helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)]
+        graph = helper.make_graph(nodes, "wrapped", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
+                                                     helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+    assert dense_compute_only(wrapped("Gemm"))
+    assert not dense_compute_only(wrapped("Conv"))

@@ -114,12 +114,18 @@ def _ort_ops() -> frozenset[tuple[str, str]]:
     return frozenset((s.domain, s.name) for s in get_all_operator_schema())
 
 
-def _nodes(graph: onnx.GraphProto):
+def _graphs(graph: onnx.GraphProto):
+    yield graph
     for node in graph.node:
-        yield node
         for attr in node.attribute:
             for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                yield from _nodes(sub)
+                yield from _graphs(sub)
+
+
+def _nodes(graph: onnx.GraphProto):
+    """Every node, control-flow bodies included."""
+    for g in _graphs(graph):
+        yield from g.node
 
 
 def check_ops_known(model: onnx.ModelProto, path: str | Path) -> None:
@@ -180,15 +186,16 @@ def has_depthwise_conv(model: onnx.ModelProto) -> bool:
     return False
 
 
-#: compute other than weight MatMul/Gemm (control flow counts: its bodies are not read here)
-_OTHER_COMPUTE = frozenset({"Conv", "ConvTranspose", "LSTM", "GRU", "RNN", "Attention", "If", "Loop", "Scan"})
+#: compute other than weight MatMul/Gemm
+_OTHER_COMPUTE = frozenset({"Conv", "ConvTranspose", "LSTM", "GRU", "RNN", "Attention"})
 
 
 def dense_compute_only(model: onnx.ModelProto) -> bool:
-    """Weight MatMul/Gemm are the main graph's only compute (an MLP, a keyword classifier, an
-    embedding head): dynamic quantization covers all of it. Read from names and shapes alone."""
-    weights = {t.name for t in model.graph.initializer}
-    nodes = list(model.graph.node)
+    """Weight MatMul/Gemm are the model's only compute, If/Loop bodies included (an MLP, a keyword
+    classifier, an embedding head; exporters wrap such graphs in shape-check Ifs): dynamic
+    quantization covers all of it. Read from names and shapes alone."""
+    weights = {t.name for g in _graphs(model.graph) for t in g.initializer}
+    nodes = list(_nodes(model.graph))
     if any(n.op_type in _OTHER_COMPUTE for n in nodes):
         return False
     return any(n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in weights for n in nodes)
