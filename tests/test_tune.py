@@ -278,3 +278,23 @@ def test_a_slow_stage_that_runs_out_of_time_leaves_the_fallback_its_share(sensit
     assert stages.index("fallback") > stages.index("learned rounding"), stages
     assert any(r["within_budget"] and r["stage"] == "fallback" for r in report["search_trace"])
     _check_pick_is_honest(report)
+
+
+def test_a_slow_stage_too_short_for_its_minimum_is_skipped_with_one_note() -> None:
+    """QAT needs two minutes (a minute of training, one kept for the final measurement): with less in
+    its share it is skipped and says why once; learned rounding runs in what is left minus the reserve."""
+    import time
+    from types import SimpleNamespace
+
+    from edgequant.tune.search import Search
+
+    search = Search(SimpleNamespace(workers=1), "x86-avx2", lambda trial: None, deadline=time.monotonic() + 100.0)
+    search._batch_pace = [5.0]
+    search.state.sensitivity = SimpleNamespace(nodes=["mm2"])     # a fallback stage follows
+    assert search._slow_stage_window("QAT", min_s=120.0) == (False, None)
+    runs, until = search._slow_stage_window("learned rounding")
+    assert runs and until is not None and 70.0 < until - time.monotonic() <= 80.0    # 100 s less 4 x 5 s
+    assert [n.split(":")[0].split(" skipped")[0] for n in search.state.notes] == ["QAT", "learned rounding"]
+    assert search.state.notes[0].startswith("QAT skipped: ") and "kept for the float-fallback" in search.state.notes[0]
+    search.state.sensitivity = None                                 # nothing after it: the whole rest
+    assert search._slow_stage_window("learned rounding") == (True, None)

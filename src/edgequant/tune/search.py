@@ -127,10 +127,10 @@ class Search:
         sens = self.state.sensitivity
         return bool(sens is not None and sens.nodes and (self.float_fallback or self.target == "qnn"))
 
-    def _slow_stage_window(self, stage: str) -> tuple[bool, float | None]:
+    def _slow_stage_window(self, stage: str, min_s: float = 0.0) -> tuple[bool, float | None]:
         """Whether a slow stage runs, and when its quantization must end under the time budget
         (None: no budget), leaving the fallback stage its share; the choice goes in the notes. A
-        stage whose share is shorter than one ordinary trial batch is skipped."""
+        stage whose share is shorter than ``min_s`` or one ordinary trial batch is skipped."""
         if self.deadline is None:
             return True, None
         left = self.deadline - time.monotonic()
@@ -140,7 +140,7 @@ class Search:
             return True, None
         kept = (f"{reserve:.0f} s kept for the float-fallback stage ({FALLBACK_RESERVE_TRIALS} trials at "
                 f"{pace:.1f} s each so far)")
-        if share < pace:
+        if share < max(pace, min_s):
             self.state.notes.append(f"{stage} skipped: {left:.0f} s of the time budget left, {kept}")
             return False, None
         self.state.notes.append(f"{stage}: {share:.0f} s of the time budget's {left:.0f} s left; {kept}")
@@ -198,7 +198,7 @@ class Search:
             return 0.0
         minutes = self.qat_minutes
         if self.deadline is not None:
-            runs, until = self._slow_stage_window("QAT")
+            runs, until = self._slow_stage_window("QAT", min_s=120.0)   # a minute of training + one kept
             if not runs:
                 return 0.0
             end = self.deadline if until is None else until
