@@ -194,8 +194,9 @@ def dense_compute_only(model: onnx.ModelProto) -> bool:
     """Weight MatMul/Gemm are the model's only compute, If/Loop bodies included (an MLP, a keyword
     classifier, an embedding head; exporters wrap such graphs in shape-check Ifs): dynamic
     quantization covers all of it. Read from names and shapes alone."""
-    weights = {t.name for g in _graphs(model.graph) for t in g.initializer}
-    nodes = list(_nodes(model.graph))
+    graphs = list(_graphs(model.graph))     # one walk for both
+    weights = {t.name for g in graphs for t in g.initializer}
+    nodes = [n for g in graphs for n in g.node]
     if any(n.op_type in _OTHER_COMPUTE for n in nodes):
         return False
     return any(n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in weights for n in nodes)

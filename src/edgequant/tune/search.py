@@ -116,7 +116,7 @@ class Search:
             return []
         room = self.max_candidates - len(self.state.trials)
         started = time.monotonic()
-        trials = self.runner.run(fresh[:room], **({"deadline": deadline} if deadline is not None else {}))
+        trials = self.runner.run(fresh[:room], deadline=deadline)
         if not any(t.recipe.stage in SLOW_STAGES for t in trials):
             rounds = math.ceil(len(trials) / max(1, self.runner.workers))   # trials quantized side by side
             self._batch_pace.append((time.monotonic() - started) / max(1, rounds))
