@@ -93,7 +93,8 @@ def test_auto_picks_x86_amx_only_where_the_cpu_has_amx_int8_tiles() -> None:
     assert auto_target(CpuInfo("x86_64", "x", ("avx2",), 2)) == "x86-avx2"
 
 
-def test_tune_on_x86_amx_measures_the_unsteered_model_beside_the_steered_one(tmp_path: Path) -> None:
+def test_run_and_tune_on_x86_amx_measure_the_unsteered_model_beside_the_steered_one(tmp_path: Path) -> None:
+    from edgequant.pipeline import default_variants
     from edgequant.tune.recipes import default_recipes
 
     wide = onnx.load(str(_net(tmp_path / "net.onnx")), load_external_data=False)
@@ -101,6 +102,7 @@ def test_tune_on_x86_amx_measures_the_unsteered_model_beside_the_steered_one(tmp
     assert recipes["static"].config("x86-amx").target == "x86-amx"
     assert recipes["static-vnni-convs"].config("x86-amx").target == "x86-vnni"   # built without the steering
     assert "static-vnni-convs" not in {r.name for r in default_recipes("x86-vnni", wide)}
+    assert dict(default_variants("x86-amx", wide))["static-vnni-convs"].target == "x86-vnni"
     narrow = onnx.load(str(_net(tmp_path / "net.onnx")))
     for t in narrow.graph.initializer:
         if t.name == "W2":          # the 128-channel conv made grouped (2 x 64): nothing to steer

@@ -120,3 +120,18 @@ def test_dense_compute_is_read_inside_control_flow_bodies() -> None:
 
     assert dense_compute_only(wrapped("Gemm"))
     assert not dense_compute_only(wrapped("Conv"))
+
+
+def test_run_and_tune_draw_the_same_defaults_except_dynamic_on_an_accelerator() -> None:
+    """One table feeds both: a new alternative graph reaches run and tune alike, with the same settings."""
+    models = [_depthwise_net(), onnx_models.matmul_net(), onnx_models.bert_layers(),
+              onnx_models.conv_net(opset=13, channels=8, size=8)]
+    for target in ("x86-avx2", "x86-vnni", "x86-amx", "arm64", "qnn"):
+        for model in models:
+            run = default_variants(target, model)
+            tuned = default_recipes(target, model)
+            expected = [(n, c) for n, c in run if target != "qnn" or c.mode != "dynamic"]
+            assert [r.name for r in tuned] == [n for n, _ in expected], (target, model.graph.name)
+            assert [r.config(target) for r in tuned] == [c for _, c in expected], (target, model.graph.name)
+    assert [n for n, _ in default_variants("qnn", _depthwise_net())] == ["dynamic", "static", "static-a16w8"]
+    assert [r.name for r in default_recipes("qnn", _depthwise_net())] == ["static", "static-a16w8"]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import model as model_io
+from .alternatives import default_alternatives
 from .data import DataSource
 from .errors import EdgequantError
 from .measure.machine import machine_facts
@@ -73,30 +74,10 @@ class RunOptions:
 
 
 def default_variants(target: str, model=None) -> list[tuple[str, QuantizeConfig]]:
-    """The seed's pipeline: dynamic (weights only) and static (weights + activations); on Hexagon
-    also A16W8 (16-bit activations, int8 weights), which HTP runs natively and which keeps range-
-    sensitive heads (a detector's raw logits) within budget where 8-bit cannot. A transformer
-    ``model`` gets dynamic twice, fused by onnxruntime's optimizer ("dynamic") and not
-    ("dynamic-unfused"): which is faster depends on the CPU and runtime, so the full interleaved
-    timing decides, as for every other candidate. A model with depthwise convolutions also gets static
-    with per-tensor weights (:func:`quantize_config.per_tensor_pays`): faster there, and the budget
-    decides whether its accuracy holds. A model whose compute is all weight MatMul/Gemm (no
-    transformer) also gets dynamic with per-tensor weights, onnxruntime's own default
-    (:func:`quantize_config.per_tensor_dynamic_pays`): faster on small GEMMs."""
-    from .quantize import looks_like_transformer
-    from .quantize_config import per_tensor_dynamic_pays, per_tensor_pays
-
-    specs = [("dynamic", make_config("dynamic", target)), ("static", make_config("static", target))]
-    if model is not None and looks_like_transformer(model):
-        specs[:1] = [("dynamic", make_config("dynamic", target, fuse_transformer=True)),
-                     ("dynamic-unfused", make_config("dynamic", target, fuse_transformer=False))]
-    elif model is not None and per_tensor_dynamic_pays(target, model):
-        specs.insert(1, ("dynamic-per-tensor", make_config("dynamic", target, per_channel=False)))
-    if model is not None and per_tensor_pays(target, model):
-        specs.append(("static-per-tensor", make_config("static", target, per_channel=False)))
-    if target == "qnn":
-        specs.append(("static-a16w8", make_config("static", target, activation_type="uint16")))
-    return specs
+    """The seed's pipeline (dynamic, static) and the alternative graphs this model and target may
+    run faster as (:func:`edgequant.alternatives.default_alternatives`, shared with ``tune``); the
+    full interleaved timing and the budget decide between them."""
+    return [(alt.name, alt.config(target)) for alt in default_alternatives(target, model)]
 
 
 def quantize_variants(model_path: Path, out_dir: Path, specs: Sequence[tuple[str, QuantizeConfig]],

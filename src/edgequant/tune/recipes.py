@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 
 import onnx
 
+from ..alternatives import default_alternatives, on_device_only
 from ..quantize import QuantizeConfig, make_config
 from ..sensitivity import COMPUTE_OPS, NodeSensitivity, SensitivityReport
-from ..qdq.amx_weights import has_wide_conv
 from ..targets import resolve_target
 
 #: Our key in a recipe's extra options: 16-bit activations for these tensors (TensorQuantOverrides).
@@ -116,36 +116,12 @@ class Recipe:
 
 
 def default_recipes(target: str = "auto", model: onnx.ModelProto | None = None) -> list[Recipe]:
-    """The seed's first two steps: dynamic (quick check) and static (production), target defaults.
-
-    On an accelerator without a float path (qnn) dynamic quantization cannot run on it at all
-    (its integer ops are CPU kernels), so the second default there is 16-bit activations
-    (A16W8), which HTP runs natively. A transformer ``model`` gets dynamic fused by onnxruntime's
-    optimizer and not, timed together: which is faster depends on the CPU and the runtime. A model
-    with depthwise convolutions gets static with per-tensor weights too (``per_tensor_pays``), one
-    whose compute is all weight MatMul/Gemm dynamic with per-tensor weights (``per_tensor_dynamic_pays``)."""
-    from ..quantize import looks_like_transformer
-    from ..quantize_config import per_tensor_dynamic_pays, per_tensor_pays
-
-    static = Recipe("static", "static", why="seed: production")
-    if not resolve_target(target).float_fallback:
-        return [static, Recipe("static-a16w8", "static", why="16-bit activations, native on the accelerator",
-                               activation_type="uint16")]
-    if model is not None and looks_like_transformer(model):
-        return [Recipe("dynamic", "dynamic", why="seed: quick check (transformer fused)", fuse_transformer=True),
-                Recipe("dynamic-unfused", "dynamic", why="transformer left unfused", fuse_transformer=False),
-                static]
-    out = [Recipe("dynamic", "dynamic", why="seed: quick check"), static]
-    if model is not None and per_tensor_dynamic_pays(target, model):
-        out.insert(1, Recipe("dynamic-per-tensor", "dynamic", why="per-tensor weights (onnxruntime's default): "
-                             "faster on small GEMMs", per_channel=False))
-    if model is not None and per_tensor_pays(target, model):
-        out.append(Recipe("static-per-tensor", "static", why="per-tensor weights: the INT8 depthwise kernel "
-                          "skips the per-channel rescale", per_channel=False))
-    if model is not None and resolve_target(target).name == "x86-amx" and has_wide_conv(model):
-        out.append(Recipe("static-vnni-convs", "static", why="every conv on MLAS's VNNI kernels, none steered to the "
-                          "AMX GEMM: the steering's channel threshold was measured on other layers", kernels="x86-vnni"))
-    return out
+    """The seed's first two steps, dynamic (quick check) and static (production), and the alternative
+    graphs ``run`` also times (:func:`edgequant.alternatives.default_alternatives`), less those that
+    would not run on the target itself (dynamic on an accelerator without a float path)."""
+    return [Recipe(alt.name, alt.mode, why=alt.why, per_channel=alt.per_channel,
+                   activation_type=alt.activation_type, fuse_transformer=alt.fuse_transformer, kernels=alt.kernels)
+            for alt in on_device_only(target, default_alternatives(target, model))]
 
 
 def calibration_recipes(target: str, base: Recipe | None = None) -> list[Recipe]:
