@@ -48,6 +48,22 @@ def _summary_facts(s) -> dict:
             "float_compute_nodes": s.float_compute_nodes}
 
 
+def edgequant_quantize(mode: str) -> Builder:
+    """What ``edgequant quantize --mode MODE`` writes with its defaults on this machine (target
+    auto, so the CPU's own rule and every pass and quick timing the product does): the suite's
+    ``edgequant`` column is the product, not a fixed recipe."""
+    def build(src: Path, out: Path, calib: Calib) -> dict:
+        from edgequant import api
+
+        with tempfile.TemporaryDirectory() as tmp:
+            npz = Path(tmp) / "calib.npz"
+            np.savez(npz, **{k: np.concatenate([c[k] for c in calib]) for k in calib[0]})
+            res = api.quantize(src, out, mode=mode, calib=str(npz) if mode == "static" else None, force=True)
+        return {"recipe": f"edgequant quantize --mode {mode} (defaults: target {res.config.target})",
+                "config": res.config.to_dict(), "passes": list(res.notes), "warnings": list(res.warnings)}
+    return build
+
+
 def edgequant_static(**kw) -> Builder:
     def build(src: Path, out: Path, calib: Calib) -> dict:
         s = quantize_static_optimized(src, out, ListReader(calib), **kw)
@@ -88,7 +104,8 @@ def _kw(kw: dict) -> str:
 U8 = QuantType.QUInt8
 CNN_VARIANTS: dict[str, Builder] = {
     "ort_default_static": ort_default_static,
-    "edgequant": edgequant_static(reduce_range=True),                       # U8S8 + 7-bit weights
+    "edgequant": edgequant_quantize("static"),                              # the product on this CPU
+    "edgequant_u8s8_rr": edgequant_static(reduce_range=True),               # U8S8 + 7-bit weights, any CPU
     "edgequant_u8s8_no_rr": edgequant_static(reduce_range=False),           # saturation-prone on AVX2
     "edgequant_u8u8": edgequant_static(weight_type=U8),
     # per-tensor weights: what run/tune add as static-per-tensor where depthwise convs are (issue 14)
@@ -98,7 +115,8 @@ ENCODER_VARIANTS: dict[str, Builder] = {
     "ort_default_static": ort_default_static,
     "ort_default_dynamic": ort_default_dynamic,
     "fp32_fused": fp32_fused(num_heads=12, hidden_size=384),
-    "edgequant": edgequant_transformer(num_heads=12, hidden_size=384),  # fused, dynamic, per-channel, rr
+    "edgequant": edgequant_quantize("dynamic"),                            # the product on this CPU
+    "edgequant_fused_rr": edgequant_transformer(num_heads=12, hidden_size=384),  # fused, per-channel, rr
     "edgequant_dynamic_matmul_only": edgequant_transformer(num_heads=12, hidden_size=384, op_types=["MatMul"]),
     "edgequant_static_fused": edgequant_static_fused(num_heads=12, hidden_size=384, reduce_range=True),
 }

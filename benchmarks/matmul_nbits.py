@@ -86,7 +86,7 @@ def main() -> int:
     session = SessionConfig(intra_op_threads=args.threads)
     device = local_cpu(session)
     with tempfile.TemporaryDirectory(prefix="edgequant-nbits-") as tmp:
-        variants = {"fp32 (fused)": fp32, "edgequant dynamic (QAttention + DynamicQuantizeMatMul)": dyn}
+        variants = {"fp32 (fused)": fp32, "edgequant dynamic (what 'edgequant quantize' keeps here)": dyn}
         base = onnx.load(str(fp32))
         for block in (32, 128):
             for level in (4, 0):

@@ -30,6 +30,7 @@ from bench_timing import interleaved, speedup_ci
 from bench_variants import (
     CNN_VARIANTS,
     ENCODER_VARIANTS,
+    edgequant_quantize,
     edgequant_static,
     ort_default_static,
 )
@@ -90,7 +91,7 @@ def bench_model(name: str, threads: list[int], quick: bool) -> dict:
         evals = task_feeds[:: max(1, len(task_feeds) // EVAL_N)][:EVAL_N]
         task = (task_feeds, task_labels, bench_dms.all_outputs(src, task_feeds))
         variants = {"ort_default_static": ort_default_static,
-                    "edgequant": edgequant_static(reduce_range=True),
+                    "edgequant": edgequant_quantize("static"),
                     "edgequant_selective": bench_dms.edgequant_selective(evals[0], 20 if quick else 45)}
         if name == "face_detection_short_range":   # depthwise convs: run/tune's static-per-tensor candidate
             variants["edgequant_per_tensor"] = edgequant_static(reduce_range=True, per_channel=False)
