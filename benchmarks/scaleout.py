@@ -1,6 +1,6 @@
 """Scale-out on Ray: wall time of a fleet and of tune, in-process vs on a local cluster.
 
-    .venv/bin/python benchmarks/scaleout.py        # writes results/scaleout.json and SCALEOUT.md
+    .venv/bin/python benchmarks/scaleout.py [--max-candidates 24]   # -> results/scaleout.json, SCALEOUT.md
 
 Fleet: the three DMS models twice (6 entries, 1 thread each, `run` with its default variants),
 (a) in-process given 1 CPU (`EDGEQUANT_CPUS=1`: what one 1-CPU node does; also with every core), (b) `--ray` on a 2-worker local cluster (1 CPU per worker, head without CPUs),
@@ -8,7 +8,9 @@ Fleet: the three DMS models twice (6 entries, 1 thread each, `run` with its defa
 ran (fleet.json's elapsed_s), which shows how evenly the work was spread. Tune: two models whose
 default static misses the budget, so the search runs its stages: the DMS face detector (308 nodes,
 ~1 s per candidate) and the zoo's palm detector (726 nodes, ~3 s per candidate; `make zoo` builds
-it), with `--ray` and 1 vs 2 concurrent trial tasks. Every cluster is bound to 127.0.0.1. Wall
+it), with `--ray` and 1 vs 2 concurrent trial tasks, at most ``--max-candidates`` candidates (default
+24, `edgequant tune`'s own) and without the QAT step (one training job of up to 10 minutes in the
+driver: serial by nature, it would measure the training, not the trials). Every cluster is bound to 127.0.0.1. Wall
 times include Ray's start-up only where said. Needs the DMS cache and the ray extra.
 """
 
@@ -89,7 +91,7 @@ def timed_fleet(fy: Path, out: Path, executor=None) -> tuple[float, list]:
     return time.perf_counter() - t0, outcomes
 
 
-def main() -> int:
+def main(max_candidates: int) -> int:
     from edgequant import api
     from edgequant.pipeline import Budget, RunOptions
     from edgequant.measure.session import CPUS_ENV
@@ -98,7 +100,7 @@ def main() -> int:
     from edgequant.tune import TuneOptions
 
     fy = fleet_yaml()
-    rows: dict = {"load_before": os.getloadavg()}
+    rows: dict = {"load_before": os.getloadavg(), "tune_max_candidates": max_candidates, "tune_qat_minutes": 0.0}
     # the baseline a 1-CPU node is compared with: this process given 1 CPU (memory probes and
     # untimed sessions then run one at a time, as in a 1-CPU Ray task); and with every core
     os.environ[CPUS_ENV] = "1"
@@ -131,7 +133,8 @@ def main() -> int:
                 shutil.rmtree(out, ignore_errors=True)
                 options = TuneOptions(run=RunOptions(runs=20, warmup=3, calib_limit=50, eval_limit=30, metric=metric,
                                                      budget=budget),
-                                      trial_runs=10, workers=conc, max_candidates=8)
+                                      trial_runs=10, workers=conc, max_candidates=max_candidates,
+                                      qat_minutes=0.0)   # QAT: one training job in the driver, not trials
                 clock = BatchClock(ray_quantize_batch(address, max_concurrency=conc))
                 t1 = time.perf_counter()
                 report = api.tune(model, out, calib=str(calib), eval=str(evaluation),
@@ -175,7 +178,7 @@ def markdown(doc: dict) -> str:
         lines.append(f"| --ray, {w} worker node(s) x 1 CPU | {r[f'fleet_ray{w}_s']:.1f} | "
                      f"{r[f'fleet_ray{w}_s'] / inproc:.2f}x | {r[f'fleet_ray{w}_ok']} | {r[f'fleet_ray{w}_nodes']} | "
                      f"{_busy(r[f'fleet_ray{w}_busy_s'])} | {r[f'cluster{w}_start_s']:.1f} |")
-    lines += ["", "Tune (8 candidates at most, `--ray` on a fresh 2-worker cluster, 1 vs 2 concurrent trial tasks; "
+    lines += ["", f"Tune ({r.get('tune_max_candidates', 8)} candidates at most{', no QAT step' if r.get('tune_qat_minutes') == 0 else ''}, `--ray` on a fresh 2-worker cluster, 1 vs 2 concurrent trial tasks; "
               "trial batches = wall time while any batch of tasks (quantization + quality) ran, which may overlap "
               "the driver's sensitivity analysis; the rest = the driver alone: search, timing, final measurement):", "",
               "| model | 1 task: wall s (trial batches) | 2 tasks: wall s (trial batches) | 2 vs 1 | trial batches 2 vs 1 "
@@ -194,8 +197,14 @@ def markdown(doc: dict) -> str:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--markdown"]:      # re-render SCALEOUT.md from scaleout.json, no measurement
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--max-candidates", type=int, default=24, help="tune's search size (default: tune's own)")
+    ap.add_argument("--markdown", action="store_true", help="re-render SCALEOUT.md from scaleout.json only")
+    args = ap.parse_args()
+    if args.markdown:      # no measurement
         results_dir = ROOT / "benchmarks" / "results"
         (results_dir / "SCALEOUT.md").write_text(markdown(json.loads((results_dir / "scaleout.json").read_text())))
         sys.exit(0)
-    sys.exit(main())
+    sys.exit(main(args.max_candidates))
