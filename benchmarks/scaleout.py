@@ -192,7 +192,8 @@ def markdown(doc: dict) -> str:
               "< 10% overhead. Tune's trials are tasks (quantization with its calibration, then quality on the "
               "evaluation data); the search, the sensitivity analysis, the interleaved timing and the final "
               "measurement stay in the driver, which bounds the gain on a model whose candidates quantize in "
-              "about a second."]
+              "about a second. The float-fallback stage (groups of 1, 2, 4, ... nodes, then bisection) submits one "
+              "trial per batch, so a second task slot idles through it (6 of the face detector's 21 candidates)."]
     return "\n".join(lines) + "\n"
 
 
