@@ -53,8 +53,9 @@ def test_tune_keeps_the_sensitive_node_float(sensitive, tmp_path: Path) -> None:
     assert best["coverage"]["quantized_compute_ops"] == 2
     assert "mm2" in best["recipe_summary"] and best["recipe"]["exclude"] == best["float_nodes"]
 
-    # the within-budget fallback is re-measured in the final table even when it loses on speed
-    assert best["name"] in {v["name"] for v in report["variants"]}
+    # a within-budget fallback is re-measured in the final table even when it loses on speed (with two
+    # workers, sizes 1 and 2 are tried side by side: the faster of the passing ones may be the one kept)
+    assert {r["name"] for r in passing} & {v["name"] for v in report["variants"]}
     _check_pick_is_honest(report)
     if report["recommended"] != "fp32":
         assert "kept in float" in report["recommendation_reason"] and "mm2" in report["recommendation_reason"]

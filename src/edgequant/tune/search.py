@@ -115,10 +115,12 @@ class Search:
         if not fresh or not self._budget_left(1):
             return []
         room = self.max_candidates - len(self.state.trials)
+        if len(fresh) > room:
+            self.state.stopped = f"candidate limit ({self.max_candidates}) reached"
         started = time.monotonic()
         trials = self.runner.run(fresh[:room], deadline=deadline)
         if not any(t.recipe.stage in SLOW_STAGES for t in trials):
-            rounds = math.ceil(len(trials) / max(1, self.runner.workers))   # trials quantized side by side
+            rounds = math.ceil(len(trials) / self.runner.parallel)   # trials quantized side by side
             self._batch_pace.append((time.monotonic() - started) / max(1, rounds))
         self.state.trials.extend(trials)
         return trials
@@ -252,44 +254,75 @@ class Search:
         return best.recipe
 
     def _fallback(self, base: Recipe, sens: SensitivityReport) -> None:
-        """Grow the group of fallen-back nodes 1, 2, 4, ... until within budget, then bisect."""
+        """Grow the group of fallen-back nodes 1, 2, 4, ... until within budget, then bisect.
+
+        With ``n`` trials quantized side by side (``runner.parallel``), each batch tries the next
+        ``n`` sizes (1 and 2, then 4 and 8) and the bisection splits its interval at ``n`` points:
+        a sequential search would leave all workers but one idle in this stage."""
         order = fallback_order(sens)
         sixteen = self.target == "qnn"
         allow_float = self.float_fallback
         by_change: dict[tuple, Trial] = {}
+        width = max(1, self.runner.parallel)
 
-        def attempt(k: int) -> Trial | None:
-            recipe = fallback_recipe(base, order[:k], sixteen_bit=sixteen, allow_float=allow_float)
-            if not keeps_int8(recipe, sens):
-                return None
-            change = (recipe.exclude, recipe.int16_tensors)
-            if change not in by_change:  # overlapping regions: a bigger group may change nothing
-                got = self._try([recipe])
-                if not got:
-                    return None
-                by_change[change] = got[0]
-            return by_change[change]
+        def recipe_for(k: int) -> Recipe:
+            return fallback_recipe(base, order[:k], sixteen_bit=sixteen, allow_float=allow_float)
+
+        # the biggest group that still leaves INT8 compute: the doubling stops there, not past it
+        largest = len(order)
+        while largest > 0 and not keeps_int8(recipe_for(largest), sens):
+            largest -= 1
+        if largest == 0:
+            return
+
+        def attempt(sizes: list[int]) -> dict[int, Trial] | None:
+            """Trials for each group size, smallest first. None: nothing could be tried (out of
+            time or candidates)."""
+            recipes: dict[int, tuple[tuple, Recipe]] = {}
+            for k in sizes:
+                recipe = recipe_for(k)
+                recipes[k] = ((recipe.exclude, recipe.int16_tensors), recipe)
+            fresh = {change: r for change, r in recipes.values() if change not in by_change}
+            if fresh:   # overlapping regions: a bigger group may change nothing
+                got = self._try(list(fresh.values()))
+                by_change.update({change: t for change, t in zip(fresh, got)})
+            out = {k: by_change[change] for k, (change, _r) in recipes.items() if change in by_change}
+            return out or None
 
         low, k = 0, 1
         while True:
-            t = attempt(k)
-            if t is None:
-                return  # no INT8 compute left, or out of time/candidates
-            if t.within_budget:
-                self._bisect(low, k, attempt)
+            sizes = [k]
+            while len(sizes) < width and sizes[-1] < largest:
+                sizes.append(min(2 * sizes[-1], largest))
+            tried = attempt(sizes)
+            if tried is None:
+                return  # out of time or candidates
+            passing = [s for s, t in sorted(tried.items()) if t.within_budget]
+            if passing:
+                high = passing[0]
+                low = max([low, *(s for s in tried if s < high)])
+                self._bisect(low, high, attempt, width)
                 return
-            if k == len(order):
+            last = max(tried)
+            if last == largest or last < sizes[-1]:   # nothing bigger keeps INT8 compute, or no room left
                 return
-            low, k = k, min(2 * k, len(order))
+            low, k = last, min(2 * last, largest)
 
-    def _bisect(self, low: int, high: int, attempt: Callable[[int], Trial | None]) -> None:
-        """Fewest nodes out of INT8: shrink between the last failing and the first passing size."""
+    def _bisect(self, low: int, high: int, attempt: Callable[[list[int]], dict[int, Trial] | None],
+                width: int = 1) -> None:
+        """Fewest nodes out of INT8: shrink between the last failing and the first passing size,
+        trying ``width`` evenly spaced sizes of the interval per batch."""
         while high - low > 1:
-            mid = (low + high) // 2
-            t = attempt(mid)
-            if t is None:
+            gap = high - low
+            sizes = sorted({low + (gap * i) // (width + 1) for i in range(1, width + 1)} - {low, high})
+            tried = attempt(sizes)
+            if tried is None:
                 return
-            if t.within_budget:
-                high = mid
-            else:
-                low = mid
+            passing = [s for s, t in sorted(tried.items()) if t.within_budget]
+            if passing:
+                high = passing[0]
+            failing = [s for s, t in tried.items() if not t.within_budget and s < high]
+            if failing:
+                low = max(low, *failing)
+            if not passing and not failing:
+                return

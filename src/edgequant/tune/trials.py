@@ -252,6 +252,12 @@ class TrialRunner:
                                     f"{', '.join(t.operators_on_cpu[:4])}") + (f"; {t.budget_why}" if t.budget_why else "")
         return trials
 
+    @property
+    def parallel(self) -> int:
+        """How many recipes are quantized side by side: the local pool holds at most two workers;
+        another quantizer (Ray's) runs ``workers`` at a time."""
+        return max(1, min(2, self.workers) if self.quantize_batch is quantize_batch else self.workers)
+
     def fp32_model(self):
         """The FP32 graph the recipes refer to (node and tensor names), loaded without weights' data."""
         import onnx
@@ -276,7 +282,7 @@ class TrialRunner:
         results = []
         if todo:
             names = ", ".join(t.name for t in todo)
-            self._say(f"quantizing {names}" + (f" ({min(2, self.workers, len(todo))} workers)" if len(todo) > 1 else ""))
+            self._say(f"quantizing {names}" + (f" ({min(self.parallel, len(todo))} workers)" if len(todo) > 1 else ""))
             jobs = [QuantizeJob(self.model_path, t.path, t.recipe.config(self.target), self.calib) for t in todo]
             probe = self._quality_probe()
             results = self.quantize_batch(jobs, self.workers, timeout_s=self._time_left(deadline),
