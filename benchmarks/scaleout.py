@@ -182,18 +182,20 @@ def markdown(doc: dict) -> str:
               "trial batches = wall time while any batch of tasks (quantization + quality) ran, which may overlap "
               "the driver's sensitivity analysis; the rest = the driver alone: search, timing, final measurement):", "",
               "| model | 1 task: wall s (trial batches) | 2 tasks: wall s (trial batches) | 2 vs 1 | trial batches 2 vs 1 "
-              "| bound if only the batches scale | candidates |", "|---|---|---|---|---|---|---|"]
+              "| bound if only the batches scale | candidates (1 / 2 tasks) |", "|---|---|---|---|---|---|---|"]
     for name, *_ in TUNED:
         t1, t2 = r[f"tune_{name}_workers1_s"], r[f"tune_{name}_workers2_s"]
         b1, b2 = r[f"tune_{name}_workers1_trials_s"], r[f"tune_{name}_workers2_trials_s"]
         lines.append(f"| {name} | {t1:.1f} ({b1:.1f}) | {t2:.1f} ({b2:.1f}) | {t2 / t1:.2f}x | {b2 / b1:.2f}x | "
-                     f"{(t1 - b1 / 2) / t1:.2f}x | {r[f'tune_{name}_workers2_candidates']} |")
+                     f"{(t1 - b1 / 2) / t1:.2f}x | {r.get(f'tune_{name}_workers1_candidates', '-')} / "
+                     f"{r[f'tune_{name}_workers2_candidates']} |")
     lines += ["", "Goals (issue 16): 2 nodes <= 0.6x of in-process; tune 2 workers <= 0.6x of 1; --ray on one node "
               "< 10% overhead. Tune's trials are tasks (quantization with its calibration, then quality on the "
               "evaluation data); the search, the sensitivity analysis, the interleaved timing and the final "
               "measurement stay in the driver, which bounds the gain on a model whose candidates quantize in "
-              "about a second. The float-fallback stage (groups of 1, 2, 4, ... nodes, then bisection) submits one "
-              "trial per batch, so a second task slot idles through it (6 of the face detector's 21 candidates)."]
+              "about a second. With 2 task slots the float-fallback stage (groups of 1, 2, 4, ... nodes, then "
+              "bisection) tries two group sizes per batch (1 and 2, then 4 and 8, ...; the bisection splits its "
+              "interval at two points), so neither slot idles through it; with 1 slot it is the sequential search."]
     return "\n".join(lines) + "\n"
 
 
