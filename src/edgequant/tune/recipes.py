@@ -120,7 +120,8 @@ def default_recipes(target: str = "auto", model: onnx.ModelProto | None = None) 
     graphs ``run`` also times (:func:`edgequant.alternatives.default_alternatives`), less those that
     would not run on the target itself (dynamic on an accelerator without a float path)."""
     return [Recipe(alt.name, alt.mode, why=alt.why, per_channel=alt.per_channel,
-                   activation_type=alt.activation_type, fuse_transformer=alt.fuse_transformer, kernels=alt.kernels)
+                   activation_type=alt.activation_type, fuse_transformer=alt.fuse_transformer, kernels=alt.kernels,
+                   equalize=alt.equalize)
             for alt in on_device_only(target, default_alternatives(target, model))]
 
 
