@@ -14,7 +14,7 @@ Variants (calibration: 32 synthetic images from ``bench_data``, as the suite's C
 * ``edgequant``: ``edgequant.api.quantize(mode="static")``, defaults (``edgequant quantize --mode static``).
 * ``edgequant_mse``: the same with ``calib_method="mse"`` (``--calib-method mse``).
 
-Writes ``results/vnni/MOBILENET_V3.md`` (``results/MOBILENET_V3.md`` without VNNI) and ``mobilenet_v3.json``,
+Writes ``MOBILENET_V3.md`` and ``mobilenet_v3.json`` in the ISA's results folder (results/, vnni/, amx/),
 with each variant's per-op-type profile (onnxruntime's profiler, 1 thread).
 """
 
@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 import numpy as np  # noqa: E402
 from bench_data import samples  # noqa: E402
-from bench_report import fidelity, machine, outputs, profile  # noqa: E402
+from bench_report import fidelity, isa_results_dir, machine, outputs, profile  # noqa: E402
 from bench_timing import interleaved, speedup_ci  # noqa: E402
 from bench_variants import ort_default_static  # noqa: E402
 
@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--md-only", action="store_true", help="rewrite MOBILENET_V3.md from mobilenet_v3.json")
     args = ap.parse_args()
     mach = machine()
-    out_dir = Path(args.out or HERE / "results" / ("vnni" if mach["vnni"] else ""))
+    out_dir = Path(args.out or isa_results_dir(HERE / "results", mach))
     if args.md_only:
         _write_md(json.loads((out_dir / "mobilenet_v3.json").read_text()), out_dir / "MOBILENET_V3.md")
         return

@@ -36,6 +36,11 @@ def machine() -> dict:
             "python": platform.python_version(), "machine": platform.machine()}
 
 
+def isa_results_dir(results: Path, mach: dict) -> Path:
+    """Results are kept per ISA: results/ (AVX2), results/vnni/, results/amx/ (VNNI with AMX-INT8 tiles)."""
+    return results / ("amx" if mach.get("amx") else "vnni" if mach["vnni"] else "")
+
+
 def outputs(path: str, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
     sess = make_session(path, threads=2)
     return [sess.run(None, f)[0] for f in feeds]

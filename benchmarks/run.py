@@ -25,7 +25,7 @@ import bench_dms
 import numpy as np
 import onnx
 from bench_data import samples
-from bench_report import fidelity, machine, outputs, profile, write_markdown
+from bench_report import fidelity, isa_results_dir, machine, outputs, profile, write_markdown
 from bench_timing import interleaved, speedup_ci
 from bench_variants import (
     CNN_VARIANTS,
@@ -245,8 +245,7 @@ def main() -> None:
                          "results/amx/ on VNNI machines with AMX-INT8 tiles: results are kept per ISA)")
     args = ap.parse_args()
     if args.out is None:
-        facts = machine()
-        args.out = str(HERE / "results" / ("amx" if facts.get("amx") else "vnni" if facts["vnni"] else ""))
+        args.out = str(isa_results_dir(HERE / "results", machine()))
     t0 = time.perf_counter()
     threads = [int(t) for t in args.threads.split(",")]
     out = Path(args.out)
