@@ -145,7 +145,8 @@ def quantize(model: str | Path, out: str | Path, *, mode: str, calib: str | None
     """Quantize ``model`` to ``out``; ``overrides`` are :func:`edgequant.quantize.make_config` options.
 
     ``out`` may be a folder (the file is ``MODEL.<mode>.onnx`` inside); an existing file is
-    replaced only with ``force``. ``on_calib_sample(done, total)`` follows calibration.
+    replaced only with ``force``. ``on_calib_sample(done, total)`` follows calibration. In dynamic
+    mode ``calib`` is optional: its first sample feeds the quick timing of alternative graphs.
     """
     out = Path(out)
     if out.is_dir() or str(out).endswith(("/", "\\")):
@@ -159,11 +160,11 @@ def quantize(model: str | Path, out: str | Path, *, mode: str, calib: str | None
 
     config = make_config(mode, target, calib_limit=calib_limit, **overrides)
     source = None
-    if mode == "static":
+    if mode == "static" and not calib:
+        raise EdgequantError(f"{model}: static quantization needs calibration data (calib=...)")
+    if calib:   # dynamic: its first sample times the alternative graphs (real shapes and masks)
         from .data import open_source
 
-        if not calib:
-            raise EdgequantError(f"{model}: static quantization needs calibration data (calib=...)")
         source = open_source(calib, model_io.graph_inputs(model_io.load_model(model, weights=False)),
                              preprocess=_preprocess(preprocess), limit=calib_limit)
     total = getattr(source, "count", None)

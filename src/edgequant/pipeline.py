@@ -254,15 +254,14 @@ def fp32_rewrite_candidate(model_path: Path, proto, out_dir: Path, target: str =
     """
     import onnx
 
-    from .rewrites import apply_exact_rewrites
-
+    from .rewrites import EXACT_REWRITES, FLOAT_OP_REWRITES, apply_exact_rewrites
     from .targets import resolve_target
 
     if not resolve_target(target).exact_rewrites:
         return []  # an NPU compiles its own graph: CPU speed rewrites are not offered there
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(proto)
-    notes = apply_exact_rewrites(rewritten)
+    notes = apply_exact_rewrites(rewritten, EXACT_REWRITES + FLOAT_OP_REWRITES)
     if not notes:
         return []
     out = out_dir / f"{model_path.stem}.fp32-opt.onnx"

@@ -26,7 +26,8 @@ def _split_ops(value: str | None) -> tuple[str, ...] | None:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write what was done (paths, sizes, config, warnings, notes) as JSON (atomically).")
 @click.option("--mode", type=click.Choice(["dynamic", "static"]), required=True)
-@click.option("--calib", "calib", default=None, help="Calibration data source (static mode).")
+@click.option("--calib", "calib", default=None, help="Calibration data source (static mode); in dynamic mode "
+              "optional: its first sample times the alternative graphs (e.g. real padded token inputs).")
 @click.option("--preprocess", default=None, help="Preprocessing spec for an image-folder source.")
 @click.option("--calib-limit", type=click.IntRange(min=1), default=None, help="Use at most N calibration samples.")
 @click.option("--target", type=click.Choice(["auto", *TARGETS]), default="auto", show_default=True)
@@ -77,9 +78,6 @@ def quantize(model: Path, out: Path, force: bool, json_path: Path | None, mode: 
     if export_context and (target != "qnn" or mode != "static"):
         raise click.UsageError("--export-context needs --target qnn --mode static")
     err = make_console(stderr=True)
-    if mode == "dynamic" and calib:
-        err.print("[yellow]note:[/] --calib is ignored in dynamic mode")
-        calib = None
     with Progress(TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=mode != "static") as progress:
         task = progress.add_task("calib", total=None)

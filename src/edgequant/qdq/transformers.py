@@ -175,13 +175,16 @@ def quantize_encoder_dynamic(model_in: str | Path, model_out: str | Path, *, fus
 
     Alternatives: fused by ORT's transformer optimizer and not (``fuse`` None: both; True/False:
     that one), each as quantized and with :func:`encoder_graph.unfuse_skip_layernorm` applied
-    (when it changes anything). They are timed interleaved (:func:`quick_choice.choose_fastest` on
-    ``feeds``, default random inputs; ``device`` defaults to this CPU at 1 thread) and the fastest is written to
+    (when it changes anything), and each of those with float Softmax inputs floored
+    (:func:`edgequant.rewrites.floor_softmax_inputs`). They are timed interleaved
+    (:func:`quick_choice.choose_fastest` on ``feeds``, default random inputs, whose masks attend
+    everywhere; ``device`` defaults to this CPU at 1 thread) and the fastest is written to
     ``model_out``, so a partial fusion slower than none, or a runtime fusion slower than the ops
     it replaces, is never kept. ``kwargs`` go to :func:`quantize_transformer_dynamic`."""
     from edgequant.data import open_source
     from edgequant.measure.session import SessionConfig
     from edgequant.model import graph_inputs
+    from edgequant.rewrites import floor_softmax_inputs
 
     from .encoder_graph import unfuse_skip_layernorm
     from .quick_choice import choose_fastest
@@ -191,20 +194,30 @@ def quantize_encoder_dynamic(model_in: str | Path, model_out: str | Path, *, fus
     with tempfile.TemporaryDirectory(prefix="edgequant-enc-") as tmp:
         paths: dict[str, Path] = {}
         summaries: dict[str, QuantizationSummary] = {}
+
+        def also_with(name: str, suffix: str, rewrite, label: str) -> None:
+            """Add ``name`` rewritten by ``rewrite`` (in place, returns a count) as another alternative."""
+            model = onnx.load(str(paths[name]))
+            changed = rewrite(model)
+            if changed:
+                alt = f"{name}+{suffix}"
+                paths[alt] = Path(tmp) / f"{len(paths)}.onnx"
+                onnx.save(model, str(paths[alt]))
+                summaries[alt] = QuantizationSummary(**{**summaries[name].__dict__, "passes": [
+                    *summaries[name].passes, label.format(changed)]})
+
         for name, f in _alternative_names(fuse):
             paths[name] = Path(tmp) / f"{name}.onnx"
             summaries[name] = quantize_transformer_dynamic(model_in, paths[name], fuse=f, **kwargs)
-            model = onnx.load(str(paths[name]))
-            changed = unfuse_skip_layernorm(model)
-            if changed:
-                alt = f"{name}+Add/LayerNorm"
-                paths[alt] = Path(tmp) / f"{name}.sum.onnx"
-                onnx.save(model, str(paths[alt]))
-                summaries[alt] = QuantizationSummary(**{**summaries[name].__dict__, "passes": [
-                    *summaries[name].passes, f"unfuse_skip_layernorm({changed}): residual Add as Sum so "
-                    "onnxruntime does not fuse SkipLayerNormalization"]})
-            del model
-        if feeds is None:
+            also_with(name, "Add/LayerNorm", unfuse_skip_layernorm, "unfuse_skip_layernorm({}): residual Add as "
+                      "Sum so onnxruntime does not fuse SkipLayerNormalization")
+        # float Softmax inputs floored (exact): much faster where an attention mask pads, a little
+        # slower where nothing is masked, so the timing on the caller's feeds decides
+        for name in list(paths):
+            also_with(name, "floored Softmax", floor_softmax_inputs, "floor_softmax_inputs({}): Softmax inputs "
+                      "at least row max - 64, off onnxruntime's slow exponential path for masked scores")
+        on_random = feeds is None
+        if on_random:
             header = onnx.load(str(model_in), load_external_data=False)
             feeds = next(iter(open_source("random:1", graph_inputs(header)))).feeds
         choice = choose_fastest(paths, device, feeds, budget_s=budget_s)
@@ -216,5 +229,8 @@ def quantize_encoder_dynamic(model_in: str | Path, model_out: str | Path, *, fus
     kept.model_out = str(model_out)
     kept.size_out_bytes = model_out.stat().st_size
     kept.passes.append(choice.describe())
+    if on_random and any("mask" in k.lower() for k in feeds):
+        kept.passes.append("timed on random inputs whose attention masks attend everywhere: give real inputs "
+                           "(--calib) if yours are padded, where the floored-Softmax graphs run faster")
     kept.config = {**kept.config, "alternatives": choice.to_dict()}
     return EncoderChoice(kept, choice, {k: list(s.passes) for k, s in summaries.items()})
