@@ -4,7 +4,8 @@
 
 onnxruntime-openvino is its own onnxruntime build (1.24.x here), so it cannot share the project's
 venv (onnxruntime 1.32). In this process both EPs come from that build and are timed
-interleaved (1 thread each). Writes results/ep_openvino.json and EP_OPENVINO.md.
+interleaved (1 thread each). Writes ep_openvino.json and EP_OPENVINO.md in the ISA's results folder
+(results/, vnni/, amx/). The INT8 models are the suite's (``bash benchmarks/run.sh`` on this machine).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import onnxruntime as ort
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_data import samples
+from bench_data import samples  # noqa: E402
+from bench_machine import isa_results_dir, machine  # noqa: E402
 
 DMS = HERE.parent / ".cache" / "dms"
 MODELS = {  # label: (fp32 path, int8 path, feeds factory, rounds)
@@ -53,7 +55,8 @@ def session(path: Path, ep: str) -> ort.InferenceSession:
 
 def main() -> None:
     t_start = time.perf_counter()
-    res: dict = {"onnxruntime": ort.__version__, "providers": ort.get_available_providers(), "models": {}}
+    res: dict = {"onnxruntime": ort.__version__, "providers": ort.get_available_providers(), "machine": machine(),
+                 "models": {}}
     for label, (fp, q, kind, rounds) in MODELS.items():
         paths = {"fp32": HERE / fp if not os.path.isabs(fp) else Path(fp), "int8": HERE / q}
         if not all(p.exists() for p in paths.values()):
@@ -97,12 +100,16 @@ def main() -> None:
         print(label, {k: f"{v['median_ms']:.2f}ms {v['speedup_vs_fp32_cpu']:.2f}x" for k, v in out.items()}, errors,
               flush=True)
     res["elapsed_s"] = time.perf_counter() - t_start
-    (HERE / "results" / "ep_openvino.json").write_text(json.dumps(res, indent=2))
+    out_dir = isa_results_dir(HERE / "results", res["machine"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "ep_openvino.json").write_text(json.dumps(res, indent=2))
+    mach = res["machine"]
     lines = ["# OpenVINO execution provider vs CPU EP", "",
              (f"`benchmarks/.venv-ov/bin/python benchmarks/ep_openvino.py` ({res['elapsed_s']:.0f} s): onnxruntime-openvino "
              f"{res['onnxruntime']} (its own ORT build; CPU EP rows are that build's, not 1.32's). 1 thread per session,"),
              "all four sessions of a model interleaved in one process; speedup vs FP32 on the CPU EP, 95% paired bootstrap CI;",
-             "cosine of the first output vs FP32 CPU EP on one input.", ""]
+             "cosine of the first output vs FP32 CPU EP on one input.", "",
+             f"Machine: {mach['cpu']} ({mach['cores']} cores), ISA {' '.join(mach['isa'])}.", ""]
     for label, m in res["models"].items():
         lines += [f"## {label}", "", f"rounds {m['rounds']}, load average {', '.join(f'{x:.2f}' for x in m['loadavg'])}", "",
                   "| model / EP | median ms | p90 ms | speedup | 95% CI | cosine |", "|---|---|---|---|---|---|"]
@@ -112,7 +119,7 @@ def main() -> None:
         for k, e in m["errors"].items():
             lines.append(f"- {k} failed: {e}")
         lines.append("")
-    (HERE / "results" / "EP_OPENVINO.md").write_text("\n".join(lines))
+    (out_dir / "EP_OPENVINO.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

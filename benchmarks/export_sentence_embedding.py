@@ -17,7 +17,6 @@ Usage (benchmarks venv, torch):
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 from pathlib import Path
 

@@ -11,7 +11,7 @@ import onnx
 from edgequant.dms.convert import tflite_to_onnx
 
 from . import inputs
-from .sources import extract, save_npz, sha256
+from .sources import extract, save_npz
 from .spec import Sizes, ZooModel
 
 
