@@ -40,6 +40,19 @@ def _softmax_classifier() -> onnx.ModelProto:
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
 
 
+def _layernorm_tokens(name: str, norm: bool = True) -> onnx.ModelProto:
+    """tokens [1, 8, 16] -> MatMul -> (LayerNormalization) -> [1, 8, 16]: a transformer layer's end."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (16, 16)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.ones(16, np.float32), "g")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h" if norm else name])]
+    if norm:
+        nodes.append(helper.make_node("LayerNormalization", ["h", "g"], [name], axis=-1))
+    g = helper.make_graph(nodes, "enc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16])],
+                          [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 8, 16])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def test_roles_from_the_graph(tmp_path: Path) -> None:
     regression = onnx.load(str(mlp(tmp_path / "reg.onnx", layers=2, width=64, classes=256)))
     small = onnx.load(str(mlp(tmp_path / "cls.onnx", layers=2, classes=10)))
@@ -49,6 +62,9 @@ def test_roles_from_the_graph(tmp_path: Path) -> None:
     emb = detect_roles(_embedding_model())["vec"]
     assert emb.role == "embedding" and "L2" in emb.reason
     assert detect_roles(regression, {"y": "embedding"})["y"].role == "embedding"
+    hidden = detect_roles(_layernorm_tokens("last_hidden_state"))["last_hidden_state"]
+    assert hidden.role == "embedding" and "LayerNormalization" in hidden.reason   # not per-position "scores"
+    assert detect_roles(_layernorm_tokens("out", norm=False))["out"].role == "sequence"
     with pytest.raises(EdgequantError, match="no output 'nope'"):
         detect_roles(regression, {"nope": "dense"})
     with pytest.raises(EdgequantError, match="unknown role"):

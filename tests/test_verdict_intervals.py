@@ -61,6 +61,21 @@ def test_agreement_decisions(successes: int, trials: int, decision: str, needed:
     assert Budget().check(None, None, _fid("top1_agreement", successes, trials))[0] == (decision == "within")
 
 
+def test_outputs_equal_to_fp32s_are_within_budget_on_any_sample_count() -> None:
+    """An exact rewrite (fp32-opt) reproduces every FP32 prediction: 32/32 with outputs equal to float
+    rounding is within budget, the same 32/32 from a quantized model (SQNR 40 dB) stays undecided."""
+    exact = {**_fid("top1_agreement", 32, 32), "sqnr_db": float("inf")}
+    assert Budget().judge(None, None, exact).decision == "within"
+    rounding = {**_fid("nn_agreement", 20, 20), "sqnr_db": 131.0, "mean_sample_cosine": 1.0}
+    j = Budget().judge(None, None, rounding)
+    assert j.decision == "within" and "float rounding" in j.why
+    assert Budget().judge(None, None, {**_fid("top1_agreement", 32, 32), "sqnr_db": 40.0}).decision == "undecided"
+    # a paired task-metric drop of 0 on 100 samples is undecided against 0.01 -- unless the outputs are FP32's
+    accuracy = {"value": 0.99, "name": "acc", "higher_is_better": True, "paired": {"n": 100, "both": 99,
+                                                                                     "only_ref": 0, "only_new": 0}}
+    assert Budget(max_abs_drop=0.01).judge(accuracy, accuracy, {"cosine": 1.0, "sqnr_db": float("inf")}).within
+
+
 def test_without_counts_the_point_value_decides() -> None:
     """Old reports/caches (no counts) keep the point rule."""
     assert Budget().judge(None, None, {"cosine": 1.0, "top1_agreement": 1.0}).decision == "within"

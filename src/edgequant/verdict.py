@@ -117,6 +117,11 @@ def _drop_check(accuracy: Mapping, limit: float) -> Check:
     return Check("task_metric_drop", label, drop, limit, decision, False, (lo, hi), int(sum(counts)), "samples", need)
 
 
+#: Output SQNR (dB) from which a variant computes FP32's function: float32 rounding through a
+#: network stays near 120-150 dB, while 8-bit quantization reaches ~40 dB and 16-bit ~90 dB.
+EXACT_SQNR_DB = 100.0
+
+
 @dataclass(frozen=True)
 class Budget:
     """How much accuracy an INT8 variant may lose.
@@ -153,7 +158,15 @@ class Budget:
                 "agreements must clear their threshold with the whole 95% Wilson interval (else undecided)")
 
     def judge(self, fp32_accuracy: Mapping | None, accuracy: Mapping | None, fidelity: Mapping) -> Judgement:
-        """One variant against the budget: within, undecided (interval straddles) or over."""
+        """One variant against the budget: within, undecided (interval straddles) or over.
+
+        Outputs equal to FP32's up to float rounding on every evaluation sample (an exact rewrite
+        such as ``fp32-opt``) are within budget whatever the sample count: every prediction is
+        FP32's, so there is no rate to estimate."""
+        sqnr = fidelity.get("sqnr_db")
+        if sqnr is not None and sqnr >= EXACT_SQNR_DB:
+            return Judgement("within", (Check("sqnr_db", "SQNR vs FP32", sqnr, EXACT_SQNR_DB, "pass",
+                                              note="dB: outputs equal FP32's up to float rounding"),))
         checks: list[Check] = []
         if accuracy is not None and fp32_accuracy is not None:
             ref = fp32_accuracy["value"]

@@ -1,8 +1,8 @@
 """What each model output is, so that it is judged by what matters for it.
 
 A classifier is judged by arg-max agreement; an embedding by per-sample cosine and nearest-neighbour
-agreement among the evaluation samples (its arg-max means nothing); a sequence of per-position
-scores by per-position agreement; anything else (regression, boxes, feature maps) by cosine and
+agreement among the evaluation samples (its arg-max means nothing; a transformer's [N, T, C] token
+hidden states count as one, per sample); a sequence of per-position scores by per-position agreement; anything else (regression, boxes, feature maps) by cosine and
 SQNR; an anchor-based detection head (per-anchor scores beside per-anchor boxes) by whether the
 same anchors fire and how far their boxes move (``measure.detection``). Roles come from the graph (the op that produces the output, its rank and width, its name) and
 can be overridden per output (``--output-role NAME=ROLE``); the report states each role and why.
@@ -24,6 +24,9 @@ ROLES = ("classifier", "embedding", "sequence", "detection", "dense")
 MAX_BARE_CLASSES = 100
 _CLASSIFIER_NAME = re.compile(r"logit|prob|score|class|pred", re.I)
 _EMBEDDING_NAME = re.compile(r"embed|sentence|pooled|pooler|feature_vector", re.I)
+_HIDDEN_NAME = re.compile(r"hidden_state", re.I)
+#: What ends a transformer layer: its [N, T, C] output holds token vectors, not per-position scores.
+_NORM_OPS = {"LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization"}
 _NORMALIZING = {"LpNormalization", "ReduceL2"}
 _PASS_THROUGH = {"Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Cast"}
 
@@ -130,6 +133,9 @@ def _detect(name: str, dims: list[int | None], chain: list[str], normalized: boo
         return OutputRole(name, "embedding", "L2-normalised vectors")
     if _EMBEDDING_NAME.search(name):
         return OutputRole(name, "embedding", f"named like an embedding ({name!r})")
+    if per_position and ((chain and chain[0] in _NORM_OPS) or _HIDDEN_NAME.search(name)):
+        why = f"produced by {chain[0]}" if chain and chain[0] in _NORM_OPS else f"named {name!r}"
+        return OutputRole(name, "embedding", f"token hidden states ({why}): a per-position arg-max means nothing")
     if per_position:
         return OutputRole(name, "sequence", "[N, T, C] per-position scores")
     if _CLASSIFIER_NAME.search(name) and width and width > 1:
