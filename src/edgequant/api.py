@@ -292,10 +292,15 @@ def evaluate(model: str | Path, data: str, *, reference: str | Path | None = Non
         cand_out = got.outputs[0]
         ref_out = local_cpu(cfg).outputs([str(reference)], source).outputs[0] if reference is not None else None
         notes.append(f"{model} ran on {runner.name} ({runner.facts().why}); the reference on this machine's CPU")
+    from .measure.padding import describe as describe_padding
+    from .measure.padding import padding_masks
     from .measure.roles import detect_roles
 
     roles = {n: r.role for n, r in detect_roles(proto, output_roles).items()}
-    fidelity = compare_outputs(ref_out, cand_out, roles) if ref_out is not None else None
+    padding = padding_masks(source, ref_out) if ref_out is not None else {}
+    if padding:
+        notes.append(describe_padding(padding))
+    fidelity = compare_outputs(ref_out, cand_out, roles, padding=padding) if ref_out is not None else None
     accuracy = None
     if metric_fn is not None:
         ref_result = metric_fn(ref_out, got.labels, ref_out) if ref_out is not None else None

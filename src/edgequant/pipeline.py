@@ -145,6 +145,8 @@ def measure_candidates(candidates: Sequence[Candidate], eval_source: DataSource,
     device could not measure."""
     from .measure.accuracy import choose_metric
     from .measure.fidelity import compare_outputs
+    from .measure.padding import describe as describe_padding
+    from .measure.padding import padding_masks
 
     device, host, timer = options.make_devices()
     lost = _Lost(device, host, notes)
@@ -154,6 +156,9 @@ def measure_candidates(candidates: Sequence[Candidate], eval_source: DataSource,
     outputs_on = lost.use(device)
     reference = outputs[0]
     roles = output_roles(candidates[0].path, options)
+    padding = padding_masks(eval_source, reference)
+    if padding and notes is not None:
+        notes.append(describe_padding(padding))
     metric = choose_metric(options.metric, has_labels=labels is not None, synthetic=eval_source.synthetic)
     fp32_metric = metric(reference, labels, reference) if metric else None
 
@@ -183,7 +188,7 @@ def measure_candidates(candidates: Sequence[Candidate], eval_source: DataSource,
             name=cand.name, path=str(cand.path), config={**cand.config, "session": options.session.to_dict()},
             size_bytes=model_io.model_size_bytes(cand.path),
             latency=bench.models[i].stats, speed=bench.models[i].speedup,
-            fidelity=compare_outputs(reference, outputs[i], roles), accuracy=acc,
+            fidelity=compare_outputs(reference, outputs[i], roles, padding=padding), accuracy=acc,
             coverage=lost.call("coverage", device, lambda d: d.coverage(cand.path)) if quantized else None,
             memory=memory, notes=list(cand.notes),
             profile_us_by_op=(lost.call("per-op profiles", timed_on, lambda t: t.profile_ops(cand.path, first.feeds))

@@ -181,13 +181,16 @@ def _samples(arr: np.ndarray) -> int:
 
 
 def compare_outputs(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
-                    roles: Mapping[str, str] | None = None, score_threshold: float = SCORE_THRESHOLD) -> Fidelity:
+                    roles: Mapping[str, str] | None = None, score_threshold: float = SCORE_THRESHOLD,
+                    padding: Mapping[str, np.ndarray] | None = None) -> Fidelity:
     """Cosine, SQNR (dB), max abs error of ``candidate`` against ``reference``, plus each output's
     role proxy: top-1 agreement (classifier), per-position agreement (sequence), nearest-neighbour
     agreement and per-sample cosine (embedding), decision agreement and box error (detection).
     Without ``roles`` every classifier-shaped output gets top-1 agreement. Agreement proxies
     carry their counts (``counts``) with the evaluation sample as the unit (measure.intervals).
-    Metrics use each output over all samples; the overall values are the worst.
+    Metrics use each output over all samples; the overall values are the worst. ``padding``
+    (output name -> ``[N, T]`` bool of real positions, :func:`edgequant.measure.padding.padding_masks`)
+    leaves padding positions out: zero in both models for every proxy, skipped for per-position agreement.
     """
     if not reference:
         raise EdgequantError("reference has no outputs to compare")
@@ -205,6 +208,13 @@ def compare_outputs(reference: Mapping[str, np.ndarray], candidate: Mapping[str,
         ref_a, cand_a = np.asarray(ref), np.asarray(candidate[name])
         role = roles.get(name) if roles else None
         n = _samples(ref_a)
+        real = padding.get(name) if padding else None
+        if real is not None:
+            if role == "sequence":     # per-position agreement over the real positions only
+                ref_a, cand_a = ref_a[real], cand_a[real]
+            else:
+                keep = real.reshape(real.shape + (1,) * (ref_a.ndim - real.ndim))
+                ref_a, cand_a = np.where(keep, ref_a, 0), np.where(keep, cand_a, 0)
         extra: dict[str, Any] = {}
         counts: dict[str, Proportion] = {}
         agree = None

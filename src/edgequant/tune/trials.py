@@ -39,6 +39,7 @@ class Reference:
     feeds: dict
     fidelity_label: str
     roles: dict = field(default_factory=dict)      # output name -> role (measure.roles)
+    padding: dict = field(default_factory=dict)    # output name -> [N, T] real positions (measure.padding)
 
 
 @dataclass
@@ -113,6 +114,7 @@ def make_reference(model_path: Path, eval_src, device: Device, metric_spec: str 
                    roles: dict | None = None) -> Reference:
     """Run FP32 once over the evaluation data; pick the task metric if there is one."""
     from ..measure.accuracy import choose_metric
+    from ..measure.padding import padding_masks
     from ..metrics import accuracy_entry
 
     collected = device.outputs([str(model_path)], eval_src)
@@ -122,7 +124,8 @@ def make_reference(model_path: Path, eval_src, device: Device, metric_spec: str 
     first = next(iter(eval_src))
     return Reference(model_path, outputs, collected.labels, metric, fp32_result,
                      accuracy_entry(fp32_result, fp32_result) if fp32_result else None,
-                     dict(first.feeds), "metric" if metric else "fidelity", dict(roles or {}))
+                     dict(first.feeds), "metric" if metric else "fidelity", dict(roles or {}),
+                     padding_masks(eval_src, outputs))
 
 
 def measure_quality(path: Path, ref: Reference, eval_src, device: Device) -> dict:
@@ -131,7 +134,7 @@ def measure_quality(path: Path, ref: Reference, eval_src, device: Device) -> dic
     from ..metrics import accuracy_entry
 
     outs = device.outputs([str(path)], eval_src).outputs[0]
-    fid = compare_outputs(ref.outputs, outs, ref.roles or None).to_dict()
+    fid = compare_outputs(ref.outputs, outs, ref.roles or None, padding=ref.padding).to_dict()
     acc = None
     if ref.metric is not None:
         acc = accuracy_entry(ref.metric(outs, ref.labels, ref.outputs), ref.fp32_result)
