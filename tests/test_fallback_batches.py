@@ -80,3 +80,41 @@ def test_no_group_that_leaves_every_compute_node_float() -> None:
     search, runner = _search(2, threshold=99, nodes=3)
     assert all(len(t.recipe.exclude) < 4 for t in search.state.trials)
     assert not any(t.within_budget for t in search.state.trials)
+
+
+def _default(name: str, mode: str, cosine: float, fuse: bool | None = None) -> Trial:
+    return Trial(Recipe(name, mode, fuse_transformer=fuse), {}, fidelity={"cosine": cosine},
+                 coverage={"quantized_compute_ops": 6})
+
+
+RANKED = [(f"mm{i}", 20.0 + i) for i in range(6)]      # input SQNR under dynamic quantization, lowest first
+
+
+def _dynamic_search(parallel: int, threshold: int, static_cosine: float) -> tuple[Search, FakeRunner]:
+    runner = FakeRunner(parallel, threshold)
+    search = Search(runner=runner, target="x86-vnni", analyze=lambda t: None, rank_dynamic=lambda: RANKED,
+                    max_candidates=40)
+    search.state.trials += [_default("dynamic", "dynamic", 0.989, fuse=True),
+                            _default("dynamic-unfused", "dynamic", 0.988, fuse=False),
+                            _default("static", "static", static_cosine)]
+    search.state.sensitivity = _sens(6)
+    return search, runner
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_a_closer_dynamic_default_falls_back_its_worst_quantized_matmuls_first(parallel: int) -> None:
+    search, runner = _dynamic_search(parallel, threshold=3, static_cosine=0.33)
+    assert search._dynamic_fallback()
+    fallback = [t for t in search.state.trials if t.recipe.stage == "fallback"]
+    assert fallback and all(t.name.startswith("dynamic-unfused+float") for t in fallback)   # never the fused graph
+    assert all(t.recipe.mode == "dynamic" for t in fallback)
+    best = min((t for t in fallback if t.within_budget), key=lambda t: len(t.recipe.exclude))
+    assert best.recipe.exclude == ("mm0", "mm1", "mm2")       # lowest input SQNR first, no neighbour regions
+    assert "dB SQNR" in dict(best.recipe.float_reasons)["mm0"]
+    assert max(len(t.recipe.exclude) for t in fallback) < len(RANKED)   # one MatMul always stays INT8
+    assert "closest" in search.state.notes[-1]
+
+
+def test_static_closer_keeps_the_static_search() -> None:
+    search, runner = _dynamic_search(1, threshold=3, static_cosine=0.995)
+    assert not search._dynamic_fallback() and not runner.batches

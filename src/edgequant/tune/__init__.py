@@ -87,6 +87,21 @@ def _analyzer(model_path: Path, calib_src, options: TuneOptions, target: str, pr
     return analyze
 
 
+def _dynamic_ranker(model_path: Path, calib_src, progress: Progress | None):
+    """The weight MatMul/Gemm nodes by input SQNR under dynamic quantization, lowest first, on a
+    few calibration samples (empty if it fails: the dynamic fallback is then skipped)."""
+    from ..sensitivity_dynamic import rank_dynamic_inputs
+
+    def rank() -> list[tuple[str, float]]:
+        _say(progress, "ranking MatMul/Gemm inputs by their dynamic-quantization SQNR")
+        try:
+            return rank_dynamic_inputs(model_path, calib_src)
+        except Exception as exc:  # noqa: BLE001 - the search goes on without it
+            _say(progress, f"dynamic ranking failed: {type(exc).__name__}: {exc}")
+            return []
+    return rank
+
+
 def _finalists(state: SearchState, count: int, *, judge_speed: bool = True) -> list[Trial]:
     """Defaults (for the seed's comparison) plus the fastest within-budget, not-slower candidates;
     on a device whose time is not latency (an emulator), the most accurate ones instead."""
@@ -162,7 +177,7 @@ def run_tune(model: str | Path, out_dir: str | Path, *, calib: str, eval_spec: s
     float_fallback = (resolve_target(target).float_fallback if options.float_fallback is None
                       else options.float_fallback)
     search = Search(runner, target, _analyzer(model_path, calib_src, options, target, progress),
-                    deadline=deadline, max_candidates=options.max_candidates, float_fallback=float_fallback,
+                    rank_dynamic=_dynamic_ranker(model_path, calib_src, progress), deadline=deadline, max_candidates=options.max_candidates, float_fallback=float_fallback,
                     qat_minutes=options.qat_minutes)
     state = search.run()
     notes.extend(state.notes)

@@ -287,6 +287,18 @@ def fallback_recipe(base: Recipe, nodes: Sequence[NodeSensitivity], *, sixteen_b
         float_reasons=tuple(reasons.items()))
 
 
+def dynamic_fallback_recipe(base: Recipe, ranked: Sequence[tuple[str, float]]) -> Recipe:
+    """``base`` (dynamic) with the ``ranked`` MatMul/Gemm nodes (name, input SQNR under dynamic
+    quantization, :mod:`edgequant.sensitivity_dynamic`) left float. Dynamic quantization puts no
+    Q/DQ between layers, so each node leaves INT8 alone: no neighbour region as in :func:`fallback_recipe`."""
+    return base.renamed(
+        f"{base.name}+float{len(ranked)}", stage="fallback",
+        why=f"the {len(ranked)} MatMul/Gemm node(s) whose inputs dynamic INT8 quantizes worst kept float",
+        exclude=tuple(dict.fromkeys([*base.exclude, *(name for name, _db in ranked)])),
+        float_reasons=tuple((name, f"its input keeps {db:.1f} dB SQNR under per-call uint8 quantization")
+                            for name, db in ranked))
+
+
 def keeps_int8(recipe: Recipe, sens: SensitivityReport) -> bool:
     """Whether some compute node is still quantized (a candidate with none cannot be faster)."""
     compute = {n.name for n in sens.nodes if n.op_type in COMPUTE_OPS}

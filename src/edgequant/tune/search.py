@@ -11,6 +11,9 @@
    equalization, bias correction, SmoothQuant: every layer still INT8), then ``learned rounding``
    (AdaRound, with and without bias correction) on the best static recipe so far, then ``qat``
    (quantization-aware training from that recipe's PTQ model, where torch is installed).
+   Where a dynamic default came closer than static (transformers), the MatMul/Gemm nodes whose
+   inputs dynamic INT8 quantizes worst (``sensitivity_dynamic``) fall back to float first (same
+   growth and bisection as step 4), before the static stages.
 4. Still over budget: ``fallback`` the most sensitive nodes of the best static recipe to float
    (16-bit where the target has no float path or float fallback is off) in growing groups
    (1, 2, 4, ...) until the budget holds, then bisect back so as few nodes as possible leave INT8.
@@ -36,6 +39,7 @@ from .recipes import (
     algorithm_recipes,
     calibration_recipes,
     default_recipes,
+    dynamic_fallback_recipe,
     fallback_order,
     fallback_recipe,
     keeps_int8,
@@ -93,6 +97,8 @@ class Search:
     runner: TrialRunner
     target: str
     analyze: Callable[[Trial], SensitivityReport | None]   # sensitivity of the static default
+    # weight MatMul/Gemm nodes by input SQNR under dynamic quantization, lowest first (sensitivity_dynamic)
+    rank_dynamic: Callable[[], list[tuple[str, float]]] | None = None
     deadline: float | None = None
     max_candidates: int = 20
     float_fallback: bool = True        # may layers be kept float? (False: fully INT8 or 16-bit only)
@@ -167,6 +173,8 @@ class Search:
         room = self.max_candidates - len(self.state.trials)
         self.runner.quantize_ahead(calibration_recipes(self.target, base)[:room])
         self.state.sensitivity = self.analyze(static)
+        if self._dynamic_fallback():
+            return self.state
         stage2_recipes = calibration_recipes(self.target, base) + self._range_recipes(base)
         # the range recipes, known now, take the workers the calibration batch frees (where batches
         # can share them) instead of waiting for its slowest recipe
@@ -253,19 +261,48 @@ class Search:
         best = max(deployable, key=quality_score)  # max keeps the first on ties: the target default
         return best.recipe
 
-    def _fallback(self, base: Recipe, sens: SensitivityReport) -> None:
+    def _dynamic_fallback(self) -> bool:
+        """Where a dynamic default came closer to the budget than static (transformers, whose static
+        INT8 attention and LayerNorm inputs lose most), keep float the MatMul/Gemm nodes whose inputs
+        dynamic quantization hurts most, before the static stages; True when that settled the search."""
+        sens = self.state.sensitivity
+        if not self.float_fallback or self.rank_dynamic is None or sens is None or not self._budget_left():
+            return False
+        dynamic = [t for t in self.state.trials if t.ok and t.recipe.mode == "dynamic" and t.recipe.stage == "defaults"
+                   and t.recipe.fuse_transformer is not True   # fused graphs rename the nodes
+                   and (t.coverage or {}).get("quantized_compute_ops", 0) > 0]
+        static = [t for t in self.state.trials if t.ok and t.recipe.mode == "static"]
+        if not dynamic:
+            return False
+        best = max(dynamic, key=quality_score)
+        if static and quality_score(max(static, key=quality_score)) >= quality_score(best):
+            return False
+        ranked = self.rank_dynamic()
+        if len(ranked) < 2:     # one node: leaving it float leaves nothing INT8
+            return False
+        self.state.notes.append(f"{best.name} came closest to the budget among the defaults: the MatMul/Gemm "
+                                "nodes whose inputs dynamic INT8 quantizes worst fall back to float first, before "
+                                "the static stages")
+        self._fallback(best.recipe, sens, order=ranked[:-1], make=dynamic_fallback_recipe)
+        return _settles([t for t in self.state.trials if t.recipe.stage == "fallback"])
+
+    def _fallback(self, base: Recipe, sens: SensitivityReport, *, order: list | None = None,
+                  make: Callable[[Recipe, list], Recipe] | None = None) -> None:
         """Grow the group of fallen-back nodes 1, 2, 4, ... until within budget, then bisect.
 
         With ``n`` trials quantized side by side (``runner.parallel``), each batch tries the next
         ``n`` sizes (1 and 2, then 4 and 8) and the bisection splits its interval at ``n`` points:
-        a sequential search would leave all workers but one idle in this stage."""
-        order = fallback_order(sens)
+        a sequential search would leave all workers but one idle in this stage. ``order`` and
+        ``make`` (default: the static ranking and :func:`fallback_recipe`) serve the dynamic stage."""
+        order = order if order is not None else fallback_order(sens)
         sixteen = self.target == "qnn"
         allow_float = self.float_fallback
         by_change: dict[tuple, Trial] = {}
         width = max(1, self.runner.parallel)
 
         def recipe_for(k: int) -> Recipe:
+            if make is not None:
+                return make(base, order[:k])
             return fallback_recipe(base, order[:k], sixteen_bit=sixteen, allow_float=allow_float)
 
         # the biggest group that still leaves INT8 compute: the doubling stops there, not past it
