@@ -12,13 +12,16 @@ input under that quantization, on a few calibration samples, in the FP32 graph; 
 
 from __future__ import annotations
 
+import itertools
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
 
 from . import model as model_io
+from .qdq.graph import expose_tensors
+from .sensitivity import analysis_device
 
 DYNAMIC_OPS = ("MatMul", "Gemm")
 
@@ -34,34 +37,29 @@ def _dynamic_roundtrip(x: np.ndarray) -> np.ndarray:
 def rank_dynamic_inputs(model_path: str | Path, calibration, *, limit: int = 8) -> list[tuple[str, float]]:
     """(node name, input SQNR in dB) for each weight MatMul/Gemm of ``model_path``, lowest first;
     empty for a model over 2 GiB (its intermediate tensors are not collected)."""
-    import onnxruntime as ort
-
+    model_path = Path(model_path)
     if model_io.is_large(model_path):
         return []
-    model = onnx.load(str(model_path))
+    model = onnx.load(str(model_path), load_external_data=False)
     weights = {i.name for i in model.graph.initializer}
     nodes = [n for n in model.graph.node if n.op_type in DYNAMIC_OPS and len(n.input) > 1 and n.input[1] in weights]
     inputs = list(dict.fromkeys(n.input[0] for n in nodes))
-    outputs = {o.name for o in model.graph.output}
-    graph_inputs = {i.name for i in model.graph.input}
-    for name in inputs:
-        if name not in outputs and name not in graph_inputs:
-            model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL   # keep the tensors by name
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
+    if not nodes:
+        return []
     signal = dict.fromkeys(inputs, 0.0)
     noise = dict.fromkeys(inputs, 0.0)
-    for i, sample in enumerate(calibration):
-        if i >= limit:
-            break
-        values = dict(zip(names, session.run(None, sample.feeds)))
-        for name in inputs:
-            x = np.asarray(values[name] if name in values else sample.feeds[name], np.float64)
-            signal[name] += float(np.sum(x * x))
-            noise[name] += float(np.sum((x - _dynamic_roundtrip(x)) ** 2))
+    with tempfile.TemporaryDirectory(prefix="edgequant-dyn-") as tmp:
+        exposed = Path(tmp) / "exposed.onnx"
+        expose_tensors(model_path, exposed, inputs)
+        device = analysis_device(threads=1)     # graph optimization off: the tensors keep their names
+        graph_inputs = {i.name for i in model.graph.input}
+        wanted = [name for name in inputs if name not in graph_inputs]
+        runs = device.iter_outputs([exposed], itertools.islice(calibration, limit), [wanted])
+        for sample, ((values,), _label) in zip(itertools.islice(calibration, limit), runs):
+            for name in inputs:
+                x = np.asarray(values[name] if name in values else sample.feeds[name], np.float64)
+                signal[name] += float(np.sum(x * x))
+                noise[name] += float(np.sum((x - _dynamic_roundtrip(x)) ** 2))
     sqnr = {name: 10.0 * np.log10(signal[name] / noise[name]) if noise[name] > 0 else float("inf")
             for name in inputs}
     return sorted(((n.name, float(sqnr[n.input[0]])) for n in nodes), key=lambda t: t[1])
