@@ -70,12 +70,11 @@ def _ort_default_sum(src: Path, out: Path, ort_default: Path) -> dict:
 
 
 def _fp32_opt(src: Path, out: Path) -> dict:
-    from edgequant.rewrites import EXACT_REWRITES, FLOAT_OP_REWRITES, apply_exact_rewrites
+    from edgequant.pipeline import fp32_rewrite_candidate
 
-    model = onnx.load(str(src))
-    notes = apply_exact_rewrites(model, EXACT_REWRITES + FLOAT_OP_REWRITES)
-    onnx.save(model, str(out))
-    return {"recipe": "edgequant's exact FP32 rewrites (run/tune's fp32-opt)", "notes": notes}
+    (cand,) = fp32_rewrite_candidate(src, onnx.load(str(src)), out.parent)   # writes <stem>.fp32-opt.onnx
+    assert cand.path == out, (cand.path, out)
+    return {"recipe": "edgequant's exact FP32 rewrites (run/tune's fp32-opt)", "notes": list(cand.notes)}
 
 
 def _edgequant(src: Path, out: Path, **overrides) -> dict:
@@ -160,7 +159,7 @@ def write_markdown(doc: dict, path: Path) -> None:
              "Fidelity on 16 tokenized English texts (seq 128, padded): cosine of the mean-pooled sentence "
              "embedding and of each real token's hidden state vs FP32.", "",
              f"Machine: {m['cpu']} ({m['cores']} cores), ISA: {', '.join(m['isa'])}; VNNI: "
-             f"{'yes' if m['vnni'] else 'no'}; onnxruntime {m['onnxruntime']}, onnx {m['onnx']}, "
+             f"{'yes' if m['vnni'] else 'no'}; device cpu; onnxruntime {m['onnxruntime']}, onnx {m['onnx']}, "
              f"python {m['python']}. Shared with other jobs: load averages below. Two rows marked \"same "
              "file\" time one model twice: how far apart they land is the noise of that run.", ""]
     for name, r in doc["models"].items():

@@ -7,7 +7,7 @@
 per-channel (its default) and per-tensor weights, calibrated on 64 image-like samples
 (``bench_data.image``, seed 1), into benchmarks/.work/conv_profile/, and profiles those too.
 
-onnxruntime's profiler (1 thread) on each model's optimized graph; every node's kernel time is put
+the CPU device's per-node profile (onnxruntime's profiler, 1 thread); every node's kernel time is put
 in a class read from its weight shape: ``stem`` (fewer than 8 input channels), ``depthwise`` (one
 group per channel), ``pointwise`` (1x1), ``conv kxk`` (the rest), or its op type. FP32 runs as
 NCHWc FusedConv and INT8 as NHWC QLinearConv, so op types alone cannot be compared; the classes
@@ -20,16 +20,13 @@ Writes ``conv_profile_<FP32 stem>.md`` in the ISA's results folder (results/, vn
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -39,28 +36,22 @@ from bench_report import isa_results_dir, machine  # noqa: E402
 WARMUP, RUNS = 20, 150
 
 
-def _session(path: str, *, optimized_to: str | None = None, profile_prefix: str | None = None):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    if optimized_to:
-        so.optimized_model_filepath = optimized_to
-    if profile_prefix:
-        so.enable_profiling = True
-        so.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+def _cpu():
+    from edgequant.devices import local_cpu
+    from edgequant.measure.session import SessionConfig
+
+    return local_cpu(SessionConfig(intra_op_threads=1))
 
 
-def conv_classes(path: str) -> dict[str, str]:
-    """Node name in onnxruntime's optimized graph -> conv class, from the weight's shape."""
-    with tempfile.TemporaryDirectory() as tmp:
-        opt = os.path.join(tmp, "optimized.onnx")
-        _session(path, optimized_to=opt)
-        graph = onnx.load(opt).graph
+def node_classes(path: str) -> dict[str, str]:
+    """Node name in onnxruntime's optimized graph -> its conv class (from the weight's shape) or,
+    for any other node, its op type."""
+    graph = _cpu().optimized_graph(path).graph
     dims = {t.name: list(t.dims) for t in graph.initializer}
     out = {}
     for node in graph.node:
         if "Conv" not in node.op_type:
+            out[node.name] = node.op_type
             continue
         w = dims.get(node.input[3 if node.op_type == "QLinearConv" else 1])
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
@@ -79,9 +70,11 @@ def conv_classes(path: str) -> dict[str, str]:
 
 def feeds_for(path: str) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
+    graph = onnx.load(path, load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
     out = {}
-    for i in ort.InferenceSession(path, providers=["CPUExecutionProvider"]).get_inputs():
-        shape = [d if isinstance(d, int) else 1 for d in i.shape]
+    for i in (i for i in graph.input if i.name not in weights):
+        shape = [d.dim_value or 1 for d in i.type.tensor_type.shape.dim]
         if len(shape) == 4 and shape[1] == 3 and shape[2] == shape[3]:
             out[i.name] = image(rng, shape[2])
         else:
@@ -90,19 +83,10 @@ def feeds_for(path: str) -> dict[str, np.ndarray]:
 
 
 def profile_once(path: str, feeds: dict, classes: dict[str, str]) -> dict[str, float]:
-    """ms per run by class, after the warm-up runs."""
-    with tempfile.TemporaryDirectory() as tmp:
-        sess = _session(path, profile_prefix=os.path.join(tmp, "p"))
-        for _ in range(WARMUP + RUNS):
-            sess.run(None, feeds)
-        events = json.loads(Path(sess.end_profiling()).read_text())
-    starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
-    t0 = starts[WARMUP]
+    """ms per run by class: the CPU device's per-node profile (medians after the warm-up runs)."""
     by_class: dict[str, float] = defaultdict(float)
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= t0:
-            node = e["name"][: -len("_kernel_time")]
-            by_class[classes.get(node, e["args"].get("op_name", "?"))] += e["dur"] / 1000 / RUNS
+    for node, us in _cpu().profile_nodes(path, feeds, warmup=WARMUP, runs=RUNS).items():
+        by_class[classes.get(node, node)] += us / 1000
     return dict(by_class)
 
 
@@ -136,7 +120,7 @@ def main() -> None:
     if args.quantize:
         args.models += quantized_variants(args.models[0])
     feeds = feeds_for(args.models[0])
-    classes = {m: conv_classes(m) for m in args.models}
+    classes = {m: node_classes(m) for m in args.models}
     runs: dict[str, list[dict[str, float]]] = defaultdict(list)
     for _ in range(args.rounds):
         for m in args.models:
@@ -147,7 +131,7 @@ def main() -> None:
     mach = machine()
     names = [Path(m).name for m in args.models]
     lines = [f"# Kernel time by convolution class: {names[0]}", "",
-             f"Machine: {mach['cpu']} ({' '.join(mach['isa'])}), onnxruntime {mach['onnxruntime']}, 1 thread. "
+             f"Machine: {mach['cpu']} ({' '.join(mach['isa'])}), device cpu, onnxruntime {mach['onnxruntime']}, 1 thread. "
              f"Command: `.venv/bin/python benchmarks/conv_profile.py {command}`. "
              f"ms per run, median of {args.rounds} profiled rounds of {RUNS} runs each, models in turns. "
              f"Load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}.", "",

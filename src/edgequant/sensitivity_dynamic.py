@@ -21,6 +21,7 @@ import onnx
 
 from . import model as model_io
 from .qdq.graph import expose_tensors
+from .qmath import dequantize, params_for, quantize
 from .sensitivity import analysis_device
 
 DYNAMIC_OPS = ("MatMul", "Gemm")
@@ -28,10 +29,8 @@ DYNAMIC_OPS = ("MatMul", "Gemm")
 
 def _dynamic_roundtrip(x: np.ndarray) -> np.ndarray:
     """x through DynamicQuantizeLinear and back: uint8 over [min(x, 0), max(x, 0)]."""
-    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
-    scale = (hi - lo) / 255.0 or 1.0
-    zero = np.round(-lo / scale)
-    return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
+    qp = params_for(x, "uint8")
+    return dequantize(quantize(x, qp), qp)
 
 
 def rank_dynamic_inputs(model_path: str | Path, calibration, *, limit: int = 8) -> list[tuple[str, float]]:
@@ -43,9 +42,9 @@ def rank_dynamic_inputs(model_path: str | Path, calibration, *, limit: int = 8) 
     model = onnx.load(str(model_path), load_external_data=False)
     weights = {i.name for i in model.graph.initializer}
     nodes = [n for n in model.graph.node if n.op_type in DYNAMIC_OPS and len(n.input) > 1 and n.input[1] in weights]
-    inputs = list(dict.fromkeys(n.input[0] for n in nodes))
     if not nodes:
         return []
+    inputs = list(dict.fromkeys(n.input[0] for n in nodes))
     signal = dict.fromkeys(inputs, 0.0)
     noise = dict.fromkeys(inputs, 0.0)
     with tempfile.TemporaryDirectory(prefix="edgequant-dyn-") as tmp:

@@ -31,6 +31,8 @@ def padding_masks(source, reference: Mapping[str, np.ndarray]) -> dict[str, np.n
     positions, for each output of ``reference`` (outputs over all samples of ``source``) whose
     sequence axis matches the data's attention mask; empty when there is no such mask or nothing
     is padded."""
+    if not any(np.ndim(arr) >= 3 for arr in reference.values()):
+        return {}       # no output with a sequence axis: the data need not be read again
     masks: list[np.ndarray] = []
     name = None
     for sample in source:

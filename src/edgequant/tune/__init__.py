@@ -177,7 +177,8 @@ def run_tune(model: str | Path, out_dir: str | Path, *, calib: str, eval_spec: s
     float_fallback = (resolve_target(target).float_fallback if options.float_fallback is None
                       else options.float_fallback)
     search = Search(runner, target, _analyzer(model_path, calib_src, options, target, progress),
-                    rank_dynamic=_dynamic_ranker(model_path, calib_src, progress), deadline=deadline, max_candidates=options.max_candidates, float_fallback=float_fallback,
+                    rank_dynamic=_dynamic_ranker(model_path, calib_src, progress), deadline=deadline,
+                    max_candidates=options.max_candidates, float_fallback=float_fallback,
                     qat_minutes=options.qat_minutes)
     state = search.run()
     notes.extend(state.notes)
