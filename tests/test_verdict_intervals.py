@@ -76,6 +76,24 @@ def test_outputs_equal_to_fp32s_are_within_budget_on_any_sample_count() -> None:
     assert Budget(max_abs_drop=0.01).judge(accuracy, accuracy, {"cosine": 1.0, "sqnr_db": float("inf")}).within
 
 
+def test_a_looser_max_drop_loosens_the_label_free_agreement_floor() -> None:
+    """--max-drop 0.05 without labels: 5% of decisions may differ from FP32's (top-1 and nearest
+    neighbour alike); an explicit min_agreement / min_nn_agreement still wins."""
+    nn = {**_fid("nn_agreement", 975, 1000), "mean_sample_cosine": 0.995}
+    assert Budget().judge(None, None, nn).decision == "over"
+    loose = Budget(max_drop=0.05)
+    assert loose.agreement == pytest.approx(0.95) and "nearest-neighbour agreement >= 0.95" in loose.describe()
+    assert loose.judge(None, None, nn).decision == "within"
+    assert loose.judge(None, None, _fid("top1_agreement", 975, 1000)).decision == "within"
+    assert Budget(max_drop=0.05, min_nn_agreement=0.99).judge(None, None, nn).decision == "over"
+    assert Budget(max_drop=0.05, min_agreement=0.99).judge(None, None, _fid("top1_agreement", 975, 1000)).decision \
+        == "over"
+    from edgequant.cli.options import run_options
+    opts = run_options(target="auto", max_drop=0.05, max_abs_drop=None, threads=1, warmup=1, runs=2, metric=None,
+                       preprocess=None, calib_limit=8, eval_limit=None)
+    assert opts.budget.agreement == pytest.approx(0.95)
+
+
 def test_without_counts_the_point_value_decides() -> None:
     """Old reports/caches (no counts) keep the point rule."""
     assert Budget().judge(None, None, {"cosine": 1.0, "top1_agreement": 1.0}).decision == "within"

@@ -239,7 +239,7 @@ def build_report(model_path: Path, model_proto, variants: list[Variant], options
         "device": device_entry,
         "output_roles": {n: r.to_dict() for n, r in detect_roles(model_proto, options.output_roles).items()},
         "budget": {"max_drop": options.budget.max_drop, "max_abs_drop": options.budget.max_abs_drop,
-                   "min_agreement": options.budget.min_agreement, "min_cosine": options.budget.min_cosine,
+                   "min_agreement": options.budget.agreement, "min_cosine": options.budget.min_cosine,
                    "description": options.budget.describe()},
         "failed_variants": failed,
         "notes": notes,

@@ -128,8 +128,9 @@ class Budget:
 
     With a task metric: ``max_drop`` as a fraction of the FP32 value, or ``max_abs_drop`` in the
     metric's units. Without one (no labels), each output by its role (``measure.roles``):
-    classifier/sequence top-1 (per-position) agreement >= ``min_agreement``; embedding
-    nearest-neighbour agreement >= ``min_nn_agreement`` (default ``min_agreement``) and mean
+    classifier/sequence top-1 (per-position) agreement >= ``min_agreement`` (unset: 1 - ``max_drop``,
+    so a looser task budget loosens the label-free one too); embedding nearest-neighbour agreement
+    >= ``min_nn_agreement`` (default: the same as top-1) and mean
     per-sample cosine >= ``min_cosine``; detection decision agreement >= ``min_detection_agreement``
     and box error <= ``max_box_error`` (output units) or, unset, <= ``max_box_rel_error`` of the
     mean |FP32 box coordinate|; dense outputs cosine >= ``min_cosine``. Agreements and paired
@@ -138,21 +139,29 @@ class Budget:
 
     max_drop: float = 0.01
     max_abs_drop: float | None = None
-    min_agreement: float = 0.99
+    min_agreement: float | None = None
     min_cosine: float = 0.99
     min_nn_agreement: float | None = None
     min_detection_agreement: float = 0.95     # counted over the few anchors that fire: 0.99 allows no flip
     max_box_error: float | None = None
     max_box_rel_error: float = 0.05
 
+    @property
+    def agreement(self) -> float:
+        """Top-1 agreement floor: a relative drop of ``max_drop`` allows that share of decisions to flip."""
+        return self.min_agreement if self.min_agreement is not None else 1.0 - self.max_drop
+
+    @property
+    def nn_agreement(self) -> float:
+        return self.min_nn_agreement if self.min_nn_agreement is not None else self.agreement
+
     def describe(self) -> str:
         task = (f"task metric drop <= {self.max_abs_drop:g} (absolute)" if self.max_abs_drop is not None
                 else f"task metric drop <= {self.max_drop:.1%} of FP32")
         box = (f"box error <= {self.max_box_error:g}" if self.max_box_error is not None
                else f"box error <= {self.max_box_rel_error:.0%} of the mean |FP32 box coordinate|")
-        nn = self.min_nn_agreement if self.min_nn_agreement is not None else self.min_agreement
         return (f"{task}; without a task metric, by output role: classifier/sequence top-1 agreement >= "
-                f"{self.min_agreement:g}, embedding nearest-neighbour agreement >= {nn:g} and "
+                f"{self.agreement:g}, embedding nearest-neighbour agreement >= {self.nn_agreement:g} and "
                 f"mean per-sample cosine >= {self.min_cosine:g}, detection decision agreement >= "
                 f"{self.min_detection_agreement:g} and {box}, otherwise output cosine >= {self.min_cosine:g}; "
                 "agreements must clear their threshold with the whole 95% Wilson interval (else undecided)")
@@ -188,9 +197,8 @@ class Budget:
         """Each output's role proxy (measure.roles); every proxy present must pass."""
         counts = fidelity.get("intervals") or {}
         checks: list[Check] = []
-        nn_min = self.min_nn_agreement if self.min_nn_agreement is not None else self.min_agreement
-        for key, label, threshold in (("top1_agreement", "top-1 agreement with FP32", self.min_agreement),
-                                      ("nn_agreement", "nearest-neighbour agreement", nn_min),
+        for key, label, threshold in (("top1_agreement", "top-1 agreement with FP32", self.agreement),
+                                      ("nn_agreement", "nearest-neighbour agreement", self.nn_agreement),
                                       ("detection_agreement", "detection decision agreement",
                                        self.min_detection_agreement)):
             if fidelity.get(key) is not None:
