@@ -175,7 +175,7 @@ def write_markdown(doc: dict, path: Path) -> None:
             same = f" (same file as {v['same_file_as']})" if v.get("same_file_as") else ""
             lines.append(f"| {k}{same} | {v['int8_ops']} | {v['size_mb']:.1f} | {fid} | {v['latency']['median_ms']:.2f} | "
                          f"{_sp(v.get('vs_fp32'))} | {_sp(v.get('vs_ort_default_dynamic'))} |")
-        for key, how in (("edgequant", "no data: random inputs, masks attend everywhere"),
+        for key, how in (("edgequant", "no data: random inputs, timed with masks attending everywhere and half padded"),
                          ("edgequant_data", "`--calib` with the 16 texts: their first, padded, times the graphs")):
             eq = r["variants"].get(key)
             if eq is None:

@@ -14,7 +14,7 @@ import onnx_models
 from edgequant.devices import local_cpu
 from edgequant.measure.session import SessionConfig
 from edgequant.qdq.encoder_graph import attention_shape, unfuse_skip_layernorm
-from edgequant.qdq.quick_choice import choose_fastest
+from edgequant.qdq.quick_choice import choose_fastest, choose_robust
 from edgequant.qdq.transformers import fuse_transformer
 from edgequant.quantize import make_config, quantize_model
 from edgequant.targets import auto_target
@@ -115,6 +115,43 @@ def test_quick_timing_drops_an_alternative_that_cannot_run(tmp_path: Path) -> No
     assert choice.chosen == "small" and set(choice.dropped) == {"other"} and "other dropped" in choice.describe()
     none_runs = choose_fastest({"a": other, "b": other}, device, x)
     assert none_runs.chosen == "a" and none_runs.why_untimed.startswith("no alternative runs")
+
+
+class _ScriptedDevice:
+    """Latency by (model, scenario): the scenario is the feeds' ``x`` value. Tests the choice rule
+    exactly, which real timings of models whose cost depends on the input cannot."""
+
+    def __init__(self, ms: dict[tuple[str, int], float]) -> None:
+        self.ms = ms
+
+    def time_interleaved(self, paths, feeds, *, warmup, runs):
+        from types import SimpleNamespace as NS
+
+        scenario = int(feeds["x"].flat[0])
+        return NS(models=[NS(stats=NS(p50=self.ms[Path(p).stem, scenario],
+                                      samples_ms=[self.ms[Path(p).stem, scenario]] * runs)) for p in paths])
+
+
+def test_robust_choice_keeps_the_alternative_never_far_behind(tmp_path: Path) -> None:
+    """Without real inputs: a is fastest unpadded but 3x behind padded, c the reverse; b is within
+    10% of the best in both, so b is kept (minimax regret), and the note gives every scenario."""
+    ms = {("a", 0): 10.0, ("b", 0): 10.5, ("c", 0): 30.0, ("a", 1): 30.0, ("b", 1): 11.0, ("c", 1): 10.0}
+    paths = {n: tmp_path / f"{n}.onnx" for n in "abc"}
+    device = _ScriptedDevice(ms)
+    scenarios = {"all attend": {"x": np.zeros(1)}, "half padded": {"x": np.ones(1)}}
+    choice = choose_robust(paths, device, scenarios, budget_s=0.5)
+    assert choice.chosen == "b" and choice.worst_slowdown == pytest.approx({"a": 3.0, "b": 1.1, "c": 3.0})
+    assert choice.scenarios["half padded"]["c"] == 10.0
+    assert "kept b, at most 10% slower than the fastest in any scenario" in choice.describe()
+    assert choose_fastest(paths, device, scenarios["all attend"], budget_s=0.5).chosen == "a"
+
+
+def test_dynamic_quantize_without_data_times_padded_masks_too(tmp_path: Path) -> None:
+    src = onnx_models.save(onnx_models.bert_layers(), tmp_path / "bert.onnx")
+    res = quantize_model(src, tmp_path / "bert.dyn.onnx", make_config("dynamic", HOST, fuse_transformer=False))
+    note = next(n for n in res.notes if n.startswith("transformer encoder:"))
+    assert "2 input scenarios" in note and "half padded: " in note and "all attend: " in note
+    assert "slower than the fastest in any scenario" in note
 
 
 def test_dynamic_quantize_times_fused_and_unfused_and_keeps_one(tmp_path: Path) -> None:

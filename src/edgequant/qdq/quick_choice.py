@@ -27,18 +27,29 @@ class QuickChoice:
     threads: int = 1
     why_untimed: str | None = None      # set when the choice was not timed
     dropped: dict[str, str] = field(default_factory=dict)   # alternative -> why it could not run
+    # choose_robust: input scenario -> alternative -> lower-quartile ms, and each alternative's worst
+    # slowdown against the fastest of a scenario
+    scenarios: dict[str, dict[str, float]] = field(default_factory=dict)
+    worst_slowdown: dict[str, float] = field(default_factory=dict)
 
     def describe(self) -> str:
         failed = "".join(f"; {k} dropped: {v}" for k, v in self.dropped.items())
         if self.why_untimed:
             return f"kept {self.chosen} without timing: {self.why_untimed}{failed}"
+        if self.scenarios:
+            per = "; ".join(f"{s}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in q.items())
+                            for s, q in self.scenarios.items())
+            return (f"quick timing on {len(self.scenarios)} input scenarios ({self.rounds} interleaved rounds each, "
+                    f"{self.threads} thread(s), lower quartile) -- {per}; kept {self.chosen}, at most "
+                    f"{self.worst_slowdown[self.chosen] - 1:.0%} slower than the fastest in any scenario{failed}")
         times = ", ".join(f"{k} {v:.2f} ms" for k, v in self.quartile_ms.items())
         return (f"quick timing ({self.rounds} interleaved rounds, {self.threads} thread(s), lower quartile): "
                 f"{times}; kept {self.chosen}{failed}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"chosen": self.chosen, "quartile_ms": self.quartile_ms, "rounds": self.rounds,
-                "threads": self.threads, "why_untimed": self.why_untimed, "dropped": self.dropped}
+                "threads": self.threads, "why_untimed": self.why_untimed, "dropped": self.dropped,
+                **({"scenarios": self.scenarios, "worst_slowdown": self.worst_slowdown} if self.scenarios else {})}
 
 
 def choose_fastest(candidates: Mapping[str, str | Path], device, feeds, *, budget_s: float = 3.0,
@@ -86,3 +97,23 @@ def choose_fastest(candidates: Mapping[str, str | Path], device, feeds, *, budge
 
     quartiles = {n: float(np.percentile(m.stats.samples_ms, 25)) for n, m in zip(names, result.models)}
     return QuickChoice(min(quartiles, key=quartiles.__getitem__), quartiles, rounds, threads)
+
+
+def choose_robust(candidates: Mapping[str, str | Path], device, scenarios: Mapping[str, Any], *,
+                  budget_s: float = 3.0) -> QuickChoice:
+    """When the real inputs are unknown: time the candidates on each scenario's feeds
+    (:func:`choose_fastest`, ``budget_s`` each) and keep the one whose worst slowdown against the
+    fastest of any scenario is smallest (minimax regret), so no plausible input finds it far
+    behind. A candidate that cannot run in some scenario is dropped; when a scenario could not be
+    timed, the first scenario's own choice stands."""
+    per = {name: choose_fastest(candidates, device, feeds, budget_s=budget_s) for name, feeds in scenarios.items()}
+    first = next(iter(per.values()))
+    dropped = {k: v for c in per.values() for k, v in c.dropped.items()}
+    names = [n for n in candidates if n not in dropped]
+    if len(per) < 2 or any(c.why_untimed for c in per.values()) or not names:
+        return first
+    slowdown = {n: max(c.quartile_ms[n] / min(c.quartile_ms.values()) for c in per.values()) for n in names}
+    chosen = min(slowdown, key=slowdown.__getitem__)
+    return QuickChoice(chosen, first.quartile_ms, min(c.rounds for c in per.values()), first.threads,
+                       dropped=dropped, scenarios={s: c.quartile_ms for s, c in per.items()},
+                       worst_slowdown=slowdown)
