@@ -1,6 +1,7 @@
 """Static INT8 of a transformer block (the MiniLM collapse, issue 15): an attention mask of -10000
-must not set the Softmax input's 8-bit step, and a residual stream with a massive activation on
-one token must not be rounded to a step larger than its typical value."""
+must not set the Softmax input's 8-bit step, a finfo.min mask must not overflow onnxruntime's
+QLinearAdd (issue 14), and a residual stream with a massive activation on one token must not be
+rounded to a step larger than its typical value."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ HOST = auto_target()   # outputs are checked on this CPU: quantize for it (AVX2 
 S, DIN, D = 16, 16, 32
 
 
-def _block(path: Path, seed: int = 0) -> Path:
-    """x -> embedding MatMul h -> single-head attention with (1 - mask) * -10000 added to the scores
+def _block(path: Path, seed: int = 0, mask_value: float = -10000.0) -> Path:
+    """x -> embedding MatMul h -> single-head attention with (1 - mask) * mask_value added to the scores
     -> Softmax -> context -> output MatMul -> residual Add with h -> Add of a massive activation on
     token 0, channel 3 (BERT's [CLS] outlier, 1000 against values ~1) -> LayerNorm -> MatMul -> y."""
     rng = np.random.default_rng(seed)
@@ -38,7 +39,7 @@ def _block(path: Path, seed: int = 0) -> Path:
              numpy_helper.from_array(np.ones(D, np.float32), "gamma"),
              numpy_helper.from_array(np.zeros(D, np.float32), "beta"),
              numpy_helper.from_array(np.array(1.0, np.float32), "one"),
-             numpy_helper.from_array(np.array(-10000.0, np.float32), "neg"),
+             numpy_helper.from_array(np.array(mask_value, np.float32), "neg"),
              numpy_helper.from_array(np.array(1 / np.sqrt(D), np.float32), "scale"),
              numpy_helper.from_array(np.array([1], np.int64), "axis1")]
     nodes = [helper.make_node("MatMul", ["x", "we"], ["h"], name="embed"),
@@ -101,6 +102,12 @@ def block(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _block(tmp_path_factory.mktemp("block") / "block.onnx")
 
 
+@pytest.fixture(scope="module")
+def finfo_block(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The block with Hugging Face's mask value, finfo(float32).min, instead of -10000."""
+    return _block(tmp_path_factory.mktemp("block") / "finfo.onnx", mask_value=float(np.finfo(np.float32).min))
+
+
 def test_softmax_floor_clamps_only_the_mask(block: Path) -> None:
     floors = softmax_floors(block, _samples(16, 0), local_cpu())
     f = floors.floors["masked"]
@@ -144,3 +151,37 @@ def test_coarse_tensors_spare_int8_kernel_inputs(tmp_path: Path, block: Path) ->
     found, pairs = find_coarse(block, onnx.load(str(out)), _samples(8, 0), local_cpu(), min_levels=1e9)
     assert {p.tensor for p in pairs} == set(found.kept_float)
     assert not {"h", "ln", "probs", "ctx", "q", "v", "kt"} & set(found.kept_float)
+
+
+def test_cap_sentinels_caps_only_sentinel_ends() -> None:
+    from edgequant.algorithms.sentinels import CAP, cap_sentinels
+
+    lowest = np.float32(np.finfo(np.float32).min)
+    caps = cap_sentinels({"bias": [{"rmin": lowest, "rmax": np.float32(0.0)}],
+                          "scores": [{"rmin": np.float32(-30.0), "rmax": np.float32(12.0)}],
+                          "sym": [{"rmin": lowest, "rmax": -lowest, "scale": 1.0}]})
+    assert caps.capped == ("bias", "sym")
+    assert [float(caps.overrides["bias"][0][k]) for k in ("rmin", "rmax")] == [-CAP, 0.0]
+    assert caps.overrides["scores"] == [{"rmin": np.float32(-30.0), "rmax": np.float32(12.0)}]
+    assert float(caps.overrides["sym"][0]["rmax"]) == CAP and caps.overrides["sym"][0]["scale"] == 1.0
+    assert cap_sentinels({}).capped == () and cap_sentinels({}).describe() == ""
+
+
+@pytest.mark.parametrize("cap", [True, False])
+def test_a_finfo_min_mask_needs_its_range_capped(tmp_path: Path, finfo_block: Path, monkeypatch: pytest.MonkeyPatch,
+                                               cap: bool) -> None:
+    """Hugging Face's finfo.min mask: calibrated as it is, its uint8 step is 1.3e36 and onnxruntime's
+    fused QLinearAdd puts every score at its lowest code (uniform attention); capped, the block
+    stays within 0.99 like the -10000 one."""
+    import edgequant.quantize as quantize
+
+    if not cap:
+        monkeypatch.setattr(quantize, "cap_sentinels", lambda ranges, notes: ranges)
+    out = tmp_path / "static.onnx"
+    res = quantize_model(finfo_block, out, make_config("static", HOST), _source(tmp_path, finfo_block, 32, 0))
+    cosine = _mean_cosine(finfo_block, out, _samples(24, 7))
+    if cap:
+        assert any(n.startswith("float sentinels") for n in res.notes), res.notes
+        assert cosine >= 0.99
+    else:
+        assert cosine < 0.95

@@ -22,6 +22,7 @@ from .quiet import quiet_logging
 from .quantize_steps import (
     activation_ranges,
     adaround,
+    cap_sentinels,
     correct_biases,
     covers_calibration,
     equalize,
@@ -316,7 +317,7 @@ def _run_static(src: Path, out: Path, config: QuantizeConfig, reader, notes: lis
 
         reader, method = calibration_reader(calibration, limit=1), "minmax"
     if calibration is not None:   # every target: an attention mask must not set the scores' step
-        ranges = softmax_floor(src, calibration, ranges, notes)
+        ranges = cap_sentinels(softmax_floor(src, calibration, ranges, notes), notes)
     if config.target == "qnn":
         from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 

@@ -93,6 +93,17 @@ def softmax_floor(src: Path, calibration, ranges: dict, notes: list[str]) -> dic
     return floors.overrides(ranges)
 
 
+def cap_sentinels(ranges: dict, notes: list[str]) -> dict:
+    """``ranges`` with float sentinels (an attention mask's finfo.min) capped
+    (:mod:`edgequant.algorithms.sentinels`): onnxruntime's QLinearAdd overflows on their scale."""
+    from .algorithms.sentinels import cap_sentinels as cap
+
+    caps = cap(ranges)
+    if caps.capped:
+        notes.append(caps.describe())
+    return caps.overrides
+
+
 def equalize(prepared: Path, config: QuantizeConfig, calibration, notes: list[str]) -> Path:
     """:mod:`edgequant.algorithms.equalization` on the prepared FP32 graph (BatchNorm already folded),
     its output change measured on the first calibration samples; then, as the paper does, the high
