@@ -26,7 +26,9 @@ def budget_options(f: F) -> F:
     f = click.option("--max-abs-drop", type=click.FloatRange(min=0), default=None,
                      help="Allowed task-metric drop in the metric's own units (overrides --max-drop).")(f)
     f = click.option("--max-drop", type=click.FloatRange(0, 1), default=0.01, show_default=True,
-                     help="Allowed relative drop of the task metric vs FP32. Without a metric (no labels), the share of decisions that may differ from FP32's: top-1 or nearest-neighbour agreement >= 1 - MAX_DROP.")(f)
+                     help="Allowed relative drop of the task metric vs FP32. Without a metric (no labels), "
+                          "the share of decisions that may differ from FP32's: top-1 or nearest-neighbour "
+                          "agreement >= 1 - MAX_DROP.")(f)
     return f
 
 
