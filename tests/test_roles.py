@@ -105,6 +105,23 @@ def test_embedding_proxies_measure_retrieval() -> None:
     assert not ok and "nearest-neighbour" in why
 
 
+def test_a_failed_nn_check_says_how_many_samples_are_near_ties() -> None:
+    """Pairs of near-duplicates: each sample's best and second-best FP32 neighbours differ by less
+    than a small perturbation shifts similarities, so neighbours swap; the check says so."""
+    rng = np.random.default_rng(4)
+    anchors = rng.normal(0, 1, (30, 32))
+    base = np.concatenate([anchors + rng.normal(0, 0.05, anchors.shape) for _ in range(3)])   # triplets
+    ref = base / np.linalg.norm(base, axis=-1, keepdims=True)
+    cand = ref + rng.normal(0, 0.02, ref.shape)
+    f = compare_outputs({"v": ref}, {"v": cand}, {"v": "embedding"})
+    assert 0 < f.similarity_shift < 0.05 and f.nn_agreement < 0.95
+    assert f.nn_thin_margins > 0.1 and f.per_output["v"].nn_thin_margins == f.nn_thin_margins
+    ok, why = Budget().check(None, None, f.to_dict())
+    assert not ok and "nearest FP32 neighbours closer than that" in why and f"{f.nn_thin_margins:.0%}" in why
+    same = compare_outputs({"v": ref}, {"v": ref}, {"v": "embedding"})
+    assert same.similarity_shift == 0.0 and same.nn_thin_margins == 0.0
+
+
 def test_sequence_outputs_use_per_position_agreement() -> None:
     rng = np.random.default_rng(3)
     ref = rng.normal(0, 1, (4, 1, 20, 50))

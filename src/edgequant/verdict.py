@@ -7,7 +7,7 @@ within budget, what is faster beyond noise, and what edgequant recommends.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .measure.intervals import (
@@ -47,11 +47,12 @@ class Check:
             return f"{self.label} {self.value:.4g} {op} {self.threshold:.4g}" + (f" ({self.note})" if self.note else "")
         lo, hi = self.ci95
         ci = f"{self.label} {self.value:.4g} (95% CI {lo:.3f}-{hi:.3f}, n={self.trials} {self.unit or 'samples'})"
+        why = f" ({self.note})" if self.note else ""
         if self.decision != "undecided":
-            return f"{ci} {op} {self.threshold:g}"
+            return f"{ci} {op} {self.threshold:g}{why}"
         need = (f"a decision needs >= {self.samples_needed} samples at this rate" if self.samples_needed
                 else "more samples cannot pass it at this rate")
-        return f"{ci} straddles {self.threshold:g}; {need}"
+        return f"{ci} straddles {self.threshold:g}; {need}{why}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"proxy": self.proxy, "value": self.value, "threshold": self.threshold, "decision": self.decision,
@@ -101,6 +102,15 @@ def _agreement_check(proxy: str, label: str, value: float, threshold: float, cou
     decision = "pass" if lo >= threshold else ("fail" if hi < threshold else "undecided")
     need = samples_needed(value, threshold, start=trials) if decision == "undecided" else None
     return Check(proxy, label, value, threshold, decision, True, (lo, hi), trials, counts.get("unit"), need)
+
+
+def _near_ties(fidelity: Mapping) -> str:
+    """Why nearest neighbours swap: FP32 near-ties that the candidate's similarity shift can flip."""
+    shift, thin = fidelity.get("similarity_shift"), fidelity.get("nn_thin_margins")
+    if shift is None or thin is None:
+        return ""
+    return (f"pairwise similarities move by a median {shift:.2g}, and {thin:.0%} of the samples have their two "
+            "nearest FP32 neighbours closer than that: near-ties any such shift can swap")
 
 
 def _drop_check(accuracy: Mapping, limit: float) -> Check:
@@ -202,7 +212,10 @@ class Budget:
                                       ("detection_agreement", "detection decision agreement",
                                        self.min_detection_agreement)):
             if fidelity.get(key) is not None:
-                checks.append(_agreement_check(key, label, fidelity[key], threshold, counts.get(key)))
+                check = _agreement_check(key, label, fidelity[key], threshold, counts.get(key))
+                if key == "nn_agreement" and check.decision != "pass":
+                    check = replace(check, note=_near_ties(fidelity))
+                checks.append(check)
         mean_cos = fidelity.get("mean_sample_cosine")
         if mean_cos is not None:
             checks.append(Check("mean_sample_cosine", "mean per-sample cosine", mean_cos, self.min_cosine,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -80,6 +80,8 @@ class OutputFidelity:
     mean_sample_cosine: float | None = None   # embeddings: per-sample cosine, mean and minimum
     min_sample_cosine: float | None = None
     similarity_rank_corr: float | None = None  # embeddings: Spearman of all pairwise similarities (reported)
+    similarity_shift: float | None = None      # embeddings: median change of the pairwise similarities
+    nn_thin_margins: float | None = None       # embeddings: share of FP32 near-ties (top-2 closer than the shift)
     detection_agreement: float | None = None  # detection: same anchors above the score threshold
     box_error: float | None = None            # detection: mean box error of FP32's kept anchors (output units)
     box_scale: float | None = None            # detection: mean |FP32 box coordinate| there
@@ -90,7 +92,7 @@ class OutputFidelity:
         d: dict[str, Any] = {"cosine": self.cosine, "sqnr_db": self.sqnr_db,
                              "max_abs_err": self.max_abs_err, "top1_agreement": self.top1_agreement}
         for key in ("role", "nn_agreement", "mean_sample_cosine", "min_sample_cosine", "similarity_rank_corr",
-                    "detection_agreement",
+                    "similarity_shift", "nn_thin_margins", "detection_agreement",
                     "box_error", "box_scale"):
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)
@@ -147,14 +149,25 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     return r
 
 
-def embedding_proxies(reference: np.ndarray, candidate: np.ndarray
-                      ) -> tuple[float | None, float, float, float | None]:
-    """(nearest-neighbour agreement, mean and minimum per-sample cosine, rank correlation of the
-    pairwise similarities) of per-sample vectors.
+class EmbeddingProxies(NamedTuple):
+    nn_agreement: float | None
+    mean_sample_cosine: float
+    min_sample_cosine: float
+    similarity_rank_corr: float | None
+    similarity_shift: float | None = None   # median |candidate - FP32| pairwise cosine
+    nn_thin_margins: float | None = None    # share of samples whose FP32 top-2 neighbours are closer than that
+
+
+def embedding_proxies(reference: np.ndarray, candidate: np.ndarray) -> EmbeddingProxies:
+    """Nearest-neighbour agreement, mean and minimum per-sample cosine, rank correlation of the
+    pairwise similarities of per-sample vectors, and why neighbours swap.
 
     Nearest neighbour: for each sample, the most similar other sample (cosine) under FP32 and under
     the candidate; agreement is the share of samples for which they are the same (retrieval).
     Rank correlation (Spearman) of all pairwise cosines: whether the whole similarity order holds.
+    Why they swap: the candidate moves pairwise cosines by a median ``similarity_shift``, and a
+    sample whose best and second-best FP32 neighbours are closer than that (``nn_thin_margins``,
+    a share) is a near-tie that such a shift can flip: the evaluation set's density, not a defect.
     """
     ref = np.asarray(reference, np.float64).reshape(len(reference), -1)
     cand = np.asarray(candidate, np.float64).reshape(len(candidate), -1)
@@ -164,16 +177,19 @@ def embedding_proxies(reference: np.ndarray, candidate: np.ndarray
 
     r, c = unit(ref), unit(cand)
     per_sample = np.sum(r * c, axis=1)
-    nn = rank = None
+    nn = rank = shift = thin = None
     if len(r) >= 3:
         sr, sc = r @ r.T, c @ c.T
         iu = np.triu_indices(len(r), 1)
         a, b = _ranks(sr[iu]), _ranks(sc[iu])
         rank = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else None
+        shift = float(np.median(np.abs(sr[iu] - sc[iu])))
         np.fill_diagonal(sr, -np.inf)
         np.fill_diagonal(sc, -np.inf)
         nn = float(np.mean(np.argmax(sr, axis=1) == np.argmax(sc, axis=1)))
-    return nn, float(per_sample.mean()), float(per_sample.min()), rank
+        top2 = np.sort(sr, axis=1)[:, -2:]
+        thin = float(np.mean(top2[:, 1] - top2[:, 0] < shift))
+    return EmbeddingProxies(nn, float(per_sample.mean()), float(per_sample.min()), rank, shift, thin)
 
 
 def _samples(arr: np.ndarray) -> int:
@@ -227,9 +243,9 @@ def compare_outputs(reference: Mapping[str, np.ndarray], candidate: Mapping[str,
             if agree is not None:   # positions of one sample are correlated: samples are the unit
                 counts["top1_agreement"] = Proportion(agree * n, n, "samples (per-position rate)")
         elif role == "embedding":
-            nn, extra["mean_sample_cosine"], extra["min_sample_cosine"], extra["similarity_rank_corr"] = \
-                embedding_proxies(ref_a, cand_a)
-            extra["nn_agreement"] = nn
+            proxies = embedding_proxies(ref_a, cand_a)
+            extra.update(proxies._asdict())
+            nn = proxies.nn_agreement
             if nn is not None:
                 counts["nn_agreement"] = Proportion(round(nn * n), n)
         elif role == "detection" and name in boxes_of:
@@ -258,11 +274,14 @@ def compare_outputs(reference: Mapping[str, np.ndarray], candidate: Mapping[str,
             counts[key] = prop
     boxed = [o for o in per.values() if o.box_error is not None]
     worst_box = max(boxed, key=lambda o: o.box_error / o.box_scale if o.box_scale else np.inf, default=None)
+    worst_nn = min((o for o in per.values() if o.nn_agreement is not None), key=lambda o: o.nn_agreement, default=None)
     return Fidelity(
         cosine=_worst([o.cosine for o in per.values()], min),
         sqnr_db=_worst([o.sqnr_db for o in per.values()], min),
         max_abs_err=_worst([o.max_abs_err for o in per.values()], max),
         mean_sample_cosine=lowest("mean_sample_cosine")[0], min_sample_cosine=lowest("min_sample_cosine")[0],
         similarity_rank_corr=lowest("similarity_rank_corr")[0],
+        similarity_shift=worst_nn.similarity_shift if worst_nn else None,
+        nn_thin_margins=worst_nn.nn_thin_margins if worst_nn else None,
         box_error=worst_box.box_error if worst_box else None, box_scale=worst_box.box_scale if worst_box else None,
         counts=counts, per_output=per, **worst)
