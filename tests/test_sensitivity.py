@@ -84,6 +84,23 @@ def test_outlier_range_is_flagged(tmp_path: Path) -> None:
     assert report.to_dict()["flagged_tensors"][0]["name"] == "h"
 
 
+def test_range_facts_of_a_finfo_min_mask_do_not_overflow() -> None:
+    """An attention mask of finfo(float32).min: every channel's |max| is 3.4e38, and the median of
+    two of them in float32 overflowed (numpy RuntimeWarning in tune, spread read as 0)."""
+    import warnings
+
+    from edgequant.sensitivity import _Acc
+
+    mask = np.where(np.arange(16) < 10, 0.0, np.finfo(np.float32).min).astype(np.float32)
+    ref = np.broadcast_to(mask, (1, 4, 16, 16)).copy()
+    acc = _Acc()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        acc.add(ref, ref, ranges=True)
+        _, _, spread = acc.range_facts()
+    assert spread == pytest.approx(1.0)
+
+
 def test_memory_does_not_grow_with_the_sample_count() -> None:
     """A tensor's statistics are sums, maxima and a fixed-size |x| histogram: what they retain
     after 4 samples and after 64 is the same (a value reservoir of up to 2048 values per sample

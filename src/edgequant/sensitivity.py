@@ -198,7 +198,7 @@ class _Acc:
         ratio = self.absmax / p999 if p999 > 0 else (math.inf if self.absmax > 0 else 1.0)
         spread = None
         if self.channels_ok and self.channel_max is not None and self.channel_max.size > 1:
-            med = float(np.median(self.channel_max))
+            med = float(np.median(self.channel_max.astype(np.float64)))   # finfo.min masks: float32 overflows
             spread = float(self.channel_max.max() / med) if med > 0 else None
         return p999, float(min(ratio, 1e6)), spread
 
