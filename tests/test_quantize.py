@@ -152,3 +152,23 @@ def _optimized_ops(path):
     from edgequant.devices import local_cpu
 
     return local_cpu().optimized_graph(path, "extended").graph.node
+
+
+def test_qnn_fixes_dynamic_input_shapes_from_the_calibration_data(tmp_path, conv_model, conv_calib):
+    """HTP compiles static shapes only: a dynamic batch is fixed to the real calibration data's
+    shape (the note says so), the input file is left as it was, and random data is refused."""
+    from edgequant.data import open_source
+    from edgequant.model import graph_inputs, load_model
+
+    before = conv_model.read_bytes()
+    assert not graph_inputs(load_model(conv_model))[0].is_static
+    calib = open_source(str(conv_calib), graph_inputs(load_model(conv_model)))
+    out = tmp_path / "q.onnx"
+    res = quantize_model(conv_model, out, make_config("static", "qnn"), calib)
+    (spec,) = graph_inputs(load_model(out))
+    assert spec.is_static and list(spec.shape) == [1, 3, 16, 16]
+    assert any("dynamic inputs fixed to the calibration data's (input [1, 3, 16, 16])" in n for n in res.notes)
+    assert conv_model.read_bytes() == before
+    random = open_source("random:4", graph_inputs(load_model(conv_model)))
+    with pytest.raises(EdgequantError, match="needs static input shapes"):
+        quantize_model(conv_model, tmp_path / "r.onnx", make_config("static", "qnn"), random)

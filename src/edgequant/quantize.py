@@ -32,6 +32,7 @@ from .quantize_steps import (
     scoped_config,
     smooth,
     softmax_floor,
+    static_shapes,
     with_overrides,
 )
 from .quantize_config import (  # noqa: F401 - re-exported: callers import these from here
@@ -402,13 +403,6 @@ def _static_bodies(prepared: Path, qpath: Path, config: QuantizeConfig, calibrat
     return out
 
 
-def _check_static_shapes(model_path: Path) -> None:
-    model = onnx.load(str(model_path), load_external_data=False)
-    dynamic = [s.name for s in model_io.graph_inputs(model) if not s.is_static]
-    if dynamic:
-        raise EdgequantError(f"{model_path}: target qnn needs static input shapes; dynamic inputs: {', '.join(dynamic)}")
-
-
 def quantize_model(
     model_path: str | Path,
     out_path: str | Path,
@@ -427,15 +421,14 @@ def quantize_model(
     refuse_overwrite(out_path, model_path)
     if config.mode == "static" and calibration is None:
         raise EdgequantError(f"{model_path}: static quantization needs calibration data (--calib SRC)")
-    if config.target == "qnn":
-        _check_static_shapes(model_path)
     warnings, notes = config_warnings(config), []
     if calibration is not None and calibration.synthetic and config.mode == "static":
         warnings.append("calibrating on synthetic random data: activation ranges will not match real inputs")
     with tempfile.TemporaryDirectory(prefix="edgequant-") as tmp:
         work = Path(tmp)
+        source = static_shapes(model_path, calibration, work, notes) if config.target == "qnn" else model_path
         with quiet_logging():      # ORT's pre-processing session warns about what it folds away
-            prep = prepare(model_path, work, mode=config.mode, per_channel=config.per_channel,
+            prep = prepare(source, work, mode=config.mode, per_channel=config.per_channel,
                            gemm_to_matmul=config.mode == "dynamic" and "Gemm" in (config.op_types or ()),
                            target=config.target)
         notes.extend([*prep.notes, *prep.warnings])

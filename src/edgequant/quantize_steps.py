@@ -1,7 +1,8 @@
 """The algorithm steps of static quantization, as :func:`edgequant.quantize.quantize_model` runs
 them: activation ranges handed to onnxruntime as ``TensorQuantOverrides`` (robust min/max, MSE
 search, streaming histograms), the FP32 graph passes before quantizing (equalization,
-SmoothQuant), learned rounding and bias correction after. Each appends its one-line description to ``notes``."""
+SmoothQuant), learned rounding and bias correction after; for the QNN target, first, input shapes
+fixed from the calibration data. Each appends its one-line description to ``notes``."""
 
 from __future__ import annotations
 
@@ -10,8 +11,39 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from . import model as model_io
 from .errors import EdgequantError
 from .quantize_config import HISTOGRAM_METHODS, QuantizeConfig
+
+
+def static_shapes(model_path: Path, calibration, work: Path, notes: list[str]) -> Path:
+    """``model_path`` itself when its inputs have static shapes (HTP compiles nothing else), else a
+    copy in ``work`` whose dynamic dimensions are fixed to the first calibration sample's shapes:
+    the shapes the model is calibrated, and so deployed, with."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    dynamic = [s for s in model_io.graph_inputs(model) if not s.is_static]
+    if not dynamic:
+        return model_path
+    names = ", ".join(s.name for s in dynamic)
+    if calibration is None or calibration.synthetic:     # random data's sizes would be made up
+        raise EdgequantError(f"{model_path}: target qnn needs static input shapes; dynamic inputs: {names} "
+                             "(give real --calib data and they are fixed to its shapes)")
+    from onnxruntime.tools.onnx_model_utils import make_input_shape_fixed
+
+    feeds = next(iter(calibration)).feeds
+    model = model_io.load_model(model_path)
+    fixed = []
+    for spec in dynamic:
+        shape = list(np.shape(feeds[spec.name]))
+        if len(shape) != len(spec.shape):
+            raise EdgequantError(f"{calibration.spec}: input {spec.name!r} has rank {len(shape)}, the model's "
+                                 f"{len(spec.shape)}")
+        make_input_shape_fixed(model.graph, spec.name, shape)
+        fixed.append(f"{spec.name} {shape}")
+    out = work / "static_shapes.onnx"
+    model_io.save_model(model, out)
+    notes.append(f"target qnn compiles static shapes: dynamic inputs fixed to the calibration data's ({', '.join(fixed)})")
+    return out
 
 
 def range_overrides(src: Path, config: QuantizeConfig, calibration, notes: list[str],
@@ -187,7 +219,6 @@ def as_ort_adjusts(model: onnx.ModelProto, config: QuantizeConfig, overrides: di
 
 def keep_coarse_float(prepared: Path, qdq: Path, calibration, notes: list[str]) -> Path:
     """:mod:`edgequant.algorithms.coarse_tensors` on the freshly quantized model (CPU targets)."""
-    from . import model as model_io
     from .algorithms.coarse_tensors import keep_coarse_float as keep
     from .devices import analysis_cpu
 
