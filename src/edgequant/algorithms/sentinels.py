@@ -42,21 +42,15 @@ class SentinelCaps:
         return f"{DESCRIPTION}: {len(self.capped)} tensor(s), e.g. {self.capped[0]}" if self.capped else ""
 
 
-def _capped(value: Any) -> Any:
-    v = float(value)
-    if abs(v) < SENTINEL:
-        return value
-    return np.float32(np.sign(v) * CAP)
+def _is_sentinel(key: str, value: Any) -> bool:
+    return key in ("rmin", "rmax") and abs(float(value)) >= SENTINEL
 
 
 def cap_sentinels(overrides: Mapping[str, list[dict[str, Any]]]) -> SentinelCaps:
     """``overrides`` (onnxruntime ``TensorQuantOverrides``) with every rmin/rmax beyond ``SENTINEL``
     capped at ``CAP``, and the names of the tensors that changed."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    capped: list[str] = []
-    for name, entries in overrides.items():
-        new = [{k: _capped(v) if k in ("rmin", "rmax") else v for k, v in entry.items()} for entry in entries]
-        if any(float(e[k]) != float(n[k]) for e, n in zip(entries, new) for k in ("rmin", "rmax") if k in e):
-            capped.append(name)
-        out[name] = new
-    return SentinelCaps(out, tuple(capped))
+    out = {name: [{k: np.float32(np.sign(float(v)) * CAP) if _is_sentinel(k, v) else v for k, v in entry.items()}
+                  for entry in entries] for name, entries in overrides.items()}
+    capped = tuple(name for name, entries in overrides.items()
+                   if any(_is_sentinel(k, v) for entry in entries for k, v in entry.items()))
+    return SentinelCaps(out, capped)

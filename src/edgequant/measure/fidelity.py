@@ -259,13 +259,15 @@ def compare_outputs(reference: Mapping[str, np.ndarray], candidate: Mapping[str,
                                    max_abs_err=max_abs_error(ref_a, cand_a), top1_agreement=agree, role=role,
                                    counts=counts, **extra)
 
+    def worst_output(key: str) -> OutputFidelity | None:
+        """The output with the lowest value of ``key`` (None where no output has one)."""
+        return min((o for o in per.values() if getattr(o, key) is not None), key=lambda o: getattr(o, key),
+                   default=None)
+
     def lowest(key: str) -> tuple[float | None, Proportion | None]:
         """The worst output's value of an agreement proxy, with its counts."""
-        found = [o for o in per.values() if getattr(o, key) is not None]
-        if not found:
-            return None, None
-        worst = min(found, key=lambda o: getattr(o, key))
-        return getattr(worst, key), worst.counts.get(key)
+        worst = worst_output(key)
+        return (getattr(worst, key), worst.counts.get(key)) if worst else (None, None)
 
     counts, worst = {}, {}
     for key in ("top1_agreement", "nn_agreement", "detection_agreement"):
@@ -274,7 +276,7 @@ def compare_outputs(reference: Mapping[str, np.ndarray], candidate: Mapping[str,
             counts[key] = prop
     boxed = [o for o in per.values() if o.box_error is not None]
     worst_box = max(boxed, key=lambda o: o.box_error / o.box_scale if o.box_scale else np.inf, default=None)
-    worst_nn = min((o for o in per.values() if o.nn_agreement is not None), key=lambda o: o.nn_agreement, default=None)
+    worst_nn = worst_output("nn_agreement")    # why its neighbours swap goes with it
     return Fidelity(
         cosine=_worst([o.cosine for o in per.values()], min),
         sqnr_db=_worst([o.sqnr_db for o in per.values()], min),
