@@ -55,7 +55,7 @@ def write_markdown(doc: dict, path: Path) -> None:
              "1-3 sentences of a distinct prose paragraph of Python's language reference (`pydoc_data.topics`), "
              "WordPiece-tokenized with the MiniLM vocabulary, padded to 128 tokens.", "",
              f"Machine: {mach['cpu']} ({mach['cores']} cores), ISA {', '.join(mach['isa'])}; onnxruntime "
-             f"{mach.get('onnxruntime', '?')}; 1 thread. Load average before/after: {doc['loadavg_before']} / "
+             f"{mach.get('onnxruntime', '?')}; device cpu (tune's default here), 1 thread. Load average before/after: {doc['loadavg_before']} / "
              f"{doc['loadavg_after']}.", "",
              f"**Recommended: `{rep['recommended']}`** -- {rep.get('recommendation_reason', '')}", "",
              "| candidate | stage | speedup vs FP32 | quality | budget |", "|---|---|---|---|---|"]
