@@ -26,6 +26,14 @@ class FakeRunner:
         self.parallel, self.workers, self.threshold = parallel, parallel, threshold
         self.batches: list[list[int]] = []
 
+    def fp32_model(self):
+        from onnx import TensorProto, helper
+
+        g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm0")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+        return helper.make_model(g)
+
     def run(self, recipes, *, deadline=None):
         self.batches.append([len(r.exclude) for r in recipes])
         trials = []
@@ -113,6 +121,16 @@ def test_a_closer_dynamic_default_falls_back_its_worst_quantized_matmuls_first(p
     assert "dB SQNR" in dict(best.recipe.float_reasons)["mm0"]
     assert max(len(t.recipe.exclude) for t in fallback) < len(RANKED)   # one MatMul always stays INT8
     assert "closest" in search.state.notes[-1]
+    smoothed = [t for t in search.state.trials if t.recipe.stage == "algorithms"]
+    assert [t.name for t in smoothed] == ["dynamic-unfused+smoothquant"] and smoothed[0].recipe.smooth_quant
+    assert search.state.trials.index(smoothed[0]) < search.state.trials.index(fallback[0])   # INT8 first
+
+
+def test_dynamic_smoothquant_within_budget_ends_the_search_before_any_fallback() -> None:
+    search, runner = _dynamic_search(1, threshold=0, static_cosine=0.33)   # threshold 0: any trial is in budget
+    assert search._dynamic_fallback()
+    assert [t.recipe.stage for t in search.state.trials[3:]] == ["algorithms"]
+    assert search.state.trials[3].recipe.mode == "dynamic"
 
 
 def test_static_closer_keeps_the_static_search() -> None:

@@ -86,8 +86,8 @@ def make_config(
         raise EdgequantError(f"calibration percentile must be in (0, 100], got {calib_percentile:g}")
     if rule.name == "qnn" and fmt != "qdq":
         raise EdgequantError("target qnn needs --format qdq (QNN HTP consumes QDQ graphs)")
-    if mode == "dynamic" and (equalize or equalize_relu6 or smooth_quant or adaround or calib_method == "mse"):
-        raise EdgequantError("--equalize, --smooth-quant, --adaround and --calib-method mse need --mode static")
+    if mode == "dynamic" and (equalize or equalize_relu6 or adaround or calib_method == "mse"):
+        raise EdgequantError("--equalize, --adaround and --calib-method mse need --mode static")
     if mode == "static" and adaround and fmt != "qdq":
         raise EdgequantError("--adaround needs --format qdq (it rewrites the QDQ model's integer weights)")
     if mode == "static" and calib_method == "mse" and fmt != "qdq":
@@ -421,6 +421,9 @@ def quantize_model(
     refuse_overwrite(out_path, model_path)
     if config.mode == "static" and calibration is None:
         raise EdgequantError(f"{model_path}: static quantization needs calibration data (--calib SRC)")
+    if config.smooth_quant and calibration is None:
+        raise EdgequantError(f"{model_path}: --smooth-quant needs calibration data (--calib SRC): it measures "
+                             "the activations' channel ranges")
     warnings, notes = config_warnings(config), []
     if calibration is not None and calibration.synthetic and config.mode == "static":
         warnings.append("calibrating on synthetic random data: activation ranges will not match real inputs")
@@ -441,7 +444,9 @@ def quantize_model(
                 if streamed:       # over 2 GiB: weights from disk straight into out_path's data file
                     _run_streaming(prepared, out_path, config, calibration, notes, model_path)
                 elif config.mode == "dynamic":
-                    # data, when given, only feeds the timing of alternative graphs (real shapes)
+                    if config.smooth_quant:
+                        prepared = smooth(prepared, calibration, notes, config)
+                    # otherwise data only feeds the timing of alternative graphs (real shapes)
                     feeds = next(iter(calibration)).feeds if calibration is not None else None
                     _run_dynamic(prepared, raw_out, config, notes, feeds)
                 else:
@@ -450,7 +455,7 @@ def quantize_model(
                     if config.equalize:           # exact FP32 rewrites first, so the ranges see the final graph
                         prepared = equalize(prepared, config, calibration, notes)
                     if config.smooth_quant:
-                        prepared = smooth(prepared, calibration, notes)
+                        prepared = smooth(prepared, calibration, notes, config)
                     reader = calibration_reader(calibration, on_sample=on_calib_sample)
                     _run_static(prepared, raw_out, config, reader, notes, calibration, on_calib_sample)
                     if config.quant_format == "qdq" and RULES[config.target].float_fallback:

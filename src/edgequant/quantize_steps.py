@@ -152,13 +152,16 @@ def equalize(prepared: Path, config: QuantizeConfig, calibration, notes: list[st
     return absorbed
 
 
-def smooth(prepared: Path, calibration, notes: list[str]) -> Path:
-    """:mod:`edgequant.algorithms.smoothquant` on the prepared FP32 graph."""
+def smooth(prepared: Path, calibration, notes: list[str], config: QuantizeConfig) -> Path:
+    """:mod:`edgequant.algorithms.smoothquant` on the prepared FP32 graph, its strengths chosen for
+    the config's quantizer (per-call ranges in dynamic mode; weight bits and granularity)."""
     from .algorithms.smoothquant import smooth_file
     from .devices import analysis_cpu
 
     out = prepared.with_name("smoothed.onnx")
-    notes.append(smooth_file(prepared, out, calibration, analysis_cpu()).describe())
+    notes.append(smooth_file(prepared, out, calibration, analysis_cpu(), dynamic=config.mode == "dynamic",
+                             weight_bits=7 if config.reduce_range else 8,
+                             per_channel=config.per_channel).describe())
     return out
 
 

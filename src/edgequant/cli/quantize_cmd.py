@@ -52,8 +52,10 @@ def _split_ops(value: str | None) -> tuple[str, ...] | None:
 @click.option("--equalize-relu6", is_flag=True,
               help="--equalize also through Clip(0, 6), replacing it by Relu (not exact; the change is reported).")
 @click.option("--smooth-quant", is_flag=True,
-              help="Static: SmoothQuant migration of MatMul/Gemm input outlier channels into the weights (exact; "
-                   "folded into LayerNorm or the previous linear layer).")
+              help="SmoothQuant migration of MatMul/Gemm input outlier channels into the weights (exact; needs "
+                   "--calib; strength chosen per activation by its readers' simulated INT8 error). Static: folded "
+                   "into LayerNorm or the previous linear layer; dynamic: also one Mul where the producer cannot "
+                   "take it (post-LN residuals, GELU outputs).")
 @click.option("--adaround", is_flag=True,
               help="Static QDQ: learned weight rounding (AdaRound): each Conv/Gemm/MatMul weight rounds up or down "
                    "as best reconstructs the layer's FP32 output on the calibration data (slower: seconds to "

@@ -69,7 +69,7 @@ class Recipe:
             calib_method=self.calib_method if static else "minmax",
             calib_percentile=self.calib_percentile, exclude=self.exclude, extra_options=extra,
             equalize=self.equalize and static, bias_correction=self.bias_correction and static,
-            smooth_quant=self.smooth_quant and static, adaround=self.adaround and static,
+            smooth_quant=self.smooth_quant, adaround=self.adaround and static,
             fuse_transformer=None if static else self.fuse_transformer)
 
     def to_dict(self, target: str) -> dict:
@@ -172,6 +172,16 @@ def algorithm_recipes(base: Recipe, model: onnx.ModelProto) -> list[Recipe]:
         out.append(variant("static-smoothquant", "outlier input channels of MatMul/Gemm migrated into the weights",
                            smooth_quant=True))
     return out
+
+
+def dynamic_algorithm_recipes(base: Recipe, model: onnx.ModelProto) -> list[Recipe]:
+    """Dynamic INT8 with better numbers and no layer leaving INT8: SmoothQuant with an added Mul
+    where the producer cannot absorb the division (post-LN residuals, GELU outputs)."""
+    ops = {n.op_type for n in model.graph.node}
+    if base.mode != "dynamic" or base.smooth_quant or not ops & {"MatMul", "Gemm"}:
+        return []
+    return [replace(base, name=f"{base.name}+smoothquant", stage="algorithms", smooth_quant=True,
+                    why="outlier input channels of MatMul/Gemm migrated into the weights, strength per activation")]
 
 
 def rounding_recipes(base: Recipe) -> list[Recipe]:

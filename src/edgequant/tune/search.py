@@ -11,9 +11,10 @@
    equalization, bias correction, SmoothQuant: every layer still INT8), then ``learned rounding``
    (AdaRound, with and without bias correction) on the best static recipe so far, then ``qat``
    (quantization-aware training from that recipe's PTQ model, where torch is installed).
-   Where a dynamic default came closer than static (transformers), the MatMul/Gemm nodes whose
-   inputs dynamic INT8 quantizes worst (``sensitivity_dynamic``) fall back to float first (same
-   growth and bisection as step 4), before the static stages.
+   Where a dynamic default came closer than static (transformers), SmoothQuant is tried on it
+   (an added Mul where the producer cannot absorb the division), then the MatMul/Gemm nodes whose
+   inputs dynamic INT8 quantizes worst (``sensitivity_dynamic``) fall back to float (same growth
+   and bisection as step 4), before the static stages.
 4. Still over budget: ``fallback`` the most sensitive nodes of the best static recipe to float
    (16-bit where the target has no float path or float fallback is off) in growing groups
    (1, 2, 4, ...) until the budget holds, then bisect back so as few nodes as possible leave INT8.
@@ -39,6 +40,7 @@ from .recipes import (
     algorithm_recipes,
     calibration_recipes,
     default_recipes,
+    dynamic_algorithm_recipes,
     dynamic_fallback_recipe,
     fallback_order,
     fallback_recipe,
@@ -280,9 +282,13 @@ class Search:
         ranked = self.rank_dynamic()
         if len(ranked) < 2:     # one node: leaving it float leaves nothing INT8
             return False
-        self.state.notes.append(f"{best.name} came closest to the budget among the defaults: the MatMul/Gemm "
-                                "nodes whose inputs dynamic INT8 quantizes worst fall back to float first, before "
-                                "the static stages")
+        self.state.notes.append(f"{best.name} came closest to the budget among the defaults: SmoothQuant on it "
+                                "first (every layer still INT8), then the MatMul/Gemm nodes whose inputs dynamic INT8 "
+                                "quantizes worst fall back to float, before the static stages")
+        smoothed = self._try(dynamic_algorithm_recipes(best.recipe, self.runner.fp32_model()))
+        if _settles(smoothed):
+            return True
+        best = max([best, *(t for t in smoothed if t.ok)], key=quality_score)   # the fallback builds on the better
         self._fallback(best.recipe, sens, order=ranked[:-1], make=dynamic_fallback_recipe)
         return _settles([t for t in self.state.trials if t.recipe.stage == "fallback"])
 
