@@ -2,5 +2,6 @@
 in one line for the report): ``ranges`` (activation ranges robust to outlying calibration
 samples), ``histogram`` (percentile/entropy/distribution ranges from streaming histograms, fixed
 memory), ``range_search`` (MSE range per activation), ``equalization`` (cross-layer
-equalization), ``smoothquant`` (outlier channels of MatMul/Gemm inputs into the weights),
+equalization), ``smoothquant`` (outlier channels of MatMul/Gemm inputs into the weights; its strength per
+activation from ``smoothquant_strength``),
 ``bias_correction``, ``adaround`` (learned weight rounding)."""

@@ -41,6 +41,7 @@ class _Site:
     x: str                                     # the activation that is smoothed
     consumers: list[onnx.NodeProto]            # MatMul/Gemm reading it as input A
     divide: list[tuple[str, int]]              # (initializer, axis) whose slices along axis k are divided by s_k
+    channels: int = 0                          # k's extent (the last axis of x)
     rewire: list[onnx.NodeProto] = field(default_factory=list)  # explicit: readers to read Mul(x, 1/s) instead
 
     @property
@@ -194,9 +195,9 @@ def find_sites(model: onnx.ModelProto, *, explicit: bool = False) -> list[_Site]
             continue
         folds = None if other else _producer_folds(x, idx, uses, channels)
         if folds:
-            sites.append(_Site(x, linear, folds))
+            sites.append(_Site(x, linear, folds, channels))
         elif explicit:
-            sites.append(_Site(x, linear, [], rewire=paths))
+            sites.append(_Site(x, linear, [], channels, rewire=paths))
     return sites
 
 
@@ -212,12 +213,13 @@ def smooth_file(src: Path, dst: Path, samples: Iterable[Any], device: Any, *, dy
     least simulated INT8 error (``dynamic``: per-call activation ranges; else calibrated ones), from
     statistics over ``samples``. ``explicit`` (default: ``dynamic``) also smooths activations whose
     producer cannot absorb the division, with an added Mul."""
-    from .smoothquant_strength import SiteStats, choose_strength
+    from .smoothquant_strength import SiteStats, choose_strength, rows_per_site
 
     model = onnx.load(str(src))
     sites = find_sites(model, explicit=dynamic if explicit is None else explicit)
     result = Smoothing(candidates=len(sites))
-    stats: dict[str, SiteStats] = {s.x: SiteStats() for s in sites}
+    per_site = rows_per_site([s.channels for s in sites])
+    stats: dict[str, SiteStats] = {s.x: SiteStats(max_rows=per_site) for s in sites}
     if sites:
         with tempfile.TemporaryDirectory(prefix="edgequant-sq-") as tmp:
             exposed = Path(tmp) / "x.onnx"

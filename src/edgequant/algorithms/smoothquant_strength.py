@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)
-ROWS = 1024          # calibration rows (tokens) kept per site for the simulated error
+ROWS = 1024                  # calibration rows (tokens) kept per site for the simulated error, at most
+ROW_BUDGET = 64 * 2 ** 20    # values kept over all sites (256 MB of float32): wide models keep fewer rows
+_MIN_ROWS = 64
 _S_LIMITS = (1e-5, 1e5)
 
 
@@ -35,17 +37,24 @@ class SiteStats:
     hi: np.ndarray | None = None                   # per channel max over every sample
     rows: list[np.ndarray] = field(default_factory=list)               # kept rows, per sample
     ranges: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # that sample's channel min/max
+    max_rows: int = ROWS
 
     def add(self, x: np.ndarray) -> None:
-        flat = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
-        lo, hi = flat.min(axis=0), flat.max(axis=0)
+        flat = np.asarray(x).reshape(-1, x.shape[-1])
+        lo, hi = flat.min(axis=0).astype(np.float64), flat.max(axis=0).astype(np.float64)
         self.lo = lo if self.lo is None else np.minimum(self.lo, lo)
         self.hi = hi if self.hi is None else np.maximum(self.hi, hi)
         self.amax = np.maximum(np.abs(self.lo), np.abs(self.hi))
-        room = ROWS - sum(len(r) for r in self.rows)
+        room = self.max_rows - sum(len(r) for r in self.rows)
         if room > 0:
-            self.rows.append(flat[:room].copy())
+            self.rows.append(flat[:room].astype(np.float32))
             self.ranges.append((lo, hi))
+
+
+def rows_per_site(channels: list[int]) -> int:
+    """Rows each site may keep so that all of them together stay within :data:`ROW_BUDGET` values."""
+    total = sum(channels)
+    return max(_MIN_ROWS, min(ROWS, ROW_BUDGET // total)) if total else ROWS
 
 
 @dataclass(frozen=True)
@@ -92,7 +101,8 @@ def reader_error(stats: SiteStats, weights: list[np.ndarray], s: np.ndarray, *, 
     """Relative squared error of every reader's output X W when X / s and W * s are quantized."""
     err = ref_energy = 0.0
     quantized = [_fake_quant_weight(w * s[:, None], weight_bits, per_channel) for w in weights]
-    for rows, (lo, hi) in zip(stats.rows, stats.ranges):
+    for kept, (lo, hi) in zip(stats.rows, stats.ranges):
+        rows = kept.astype(np.float64)
         if dynamic:      # the range this call's tensor reaches
             qlo, qhi = float((lo / s).min()), float((hi / s).max())
         else:            # one range for every call, from the calibration set
