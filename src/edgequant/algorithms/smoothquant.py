@@ -4,8 +4,9 @@ Why: in transformers a few input channels of the linear layers (the same ones on
 are 10-100x larger than the rest; one per-tensor activation scale then leaves the other channels
 a few levels. Per input channel k of activation X feeding linear layers with constant weights W:
 X[..., k] / s_k and W[k, :] * s_k keep X W unchanged, and s_k = max|X_k|^alpha / max|W_k|^(1 -
-alpha) moves part of the outlier's range (in log scale) into the weights, which are quantized per
-output channel anyway. alpha is chosen per activation by the INT8 error its readers would keep
+alpha) (floored at the median s: quiet channels are not amplified) moves part of the outlier's
+range (in log scale) into the weights, which are quantized per output channel anyway. alpha is
+chosen per activation by the INT8 error its readers would keep
 (:mod:`edgequant.algorithms.smoothquant_strength`); an activation no alpha helps is left alone.
 
 Where the division goes: into X's producer where every reader of X is such a linear layer, so no
