@@ -13,6 +13,9 @@ cannot detect num_heads. Variants:
   weights; fused/unfused and SkipLayerNorm/Add+LayerNorm chosen by its quick timing).
 * ``edgequant_data``: the same with ``--calib`` set to the 16 evaluation texts, whose first (a
   sentence padded to 128 tokens) then feeds the quick timing instead of random all-attend inputs.
+* ``edgequant_smoothquant``: ``--smooth-quant`` with ``--calib`` set to 100 real texts
+  (``bench_data.reference_texts``, none of them an evaluation sentence): per-activation SmoothQuant,
+  an added Mul where the LayerNorm cannot absorb it (what ``tune`` tries on the dynamic default).
 * ``fp32-opt``: the export after edgequant's exact FP32 rewrites (Softmax inputs floored), what
   ``run``/``tune`` time as ``fp32-opt``.
 * ``edgequant_fused`` / ``edgequant_unfused``: the same with ``--fuse-transformer`` /
@@ -42,7 +45,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
-from bench_data import samples  # noqa: E402
+from bench_data import reference_texts, samples, text_feeds  # noqa: E402
 from bench_report import isa_results_dir, machine, outputs  # noqa: E402
 from bench_timing import interleaved, speedup_ci  # noqa: E402
 
@@ -50,6 +53,7 @@ from edgequant.qdq import coverage  # noqa: E402
 
 MODELS = ("hf_bert_dynheads", "hf_bert")
 EVAL_N = 16
+CALIB_N = 100        # real texts for --smooth-quant's channel statistics
 GOAL_FP32, GOAL_ORT = 2.5, 1.15
 
 
@@ -103,17 +107,23 @@ def bench(name: str, rounds: int, threads: int) -> dict:
     work = HERE / ".work" / "hf_bert"
     work.mkdir(parents=True, exist_ok=True)
     p = {k: work / f"{name}.{k}.onnx" for k in ("fp32-opt", "ort_default_dynamic", "ort_default_dynamic+sum",
-                                                "edgequant", "edgequant_data", "edgequant_fused", "edgequant_unfused")}
+                                                "edgequant", "edgequant_data", "edgequant_smoothquant", "edgequant_fused",
+                                                "edgequant_unfused")}
     info: dict[str, dict] = {"fp32": {"recipe": "the export"}}
     evals = samples("tokens", EVAL_N, seed=1000)
     texts = work / "texts.npz"     # what a user passes as --calib: real (padded) inputs for the timing
     np.savez(texts, **{k: np.concatenate([f[k] for f in evals]) for k in evals[0]})
+    calib_feeds = text_feeds(reference_texts()[:CALIB_N])
+    calib = work / "calib_texts.npz"
+    np.savez(calib, **{k: np.concatenate([f[k] for f in calib_feeds]) for k in calib_feeds[0]})
     builders = {"fp32-opt": lambda: _fp32_opt(src, p["fp32-opt"]),
                 "ort_default_dynamic": lambda: _ort_default(src, p["ort_default_dynamic"]),
                 "ort_default_dynamic+sum": lambda: _ort_default_sum(src, p["ort_default_dynamic+sum"],
                                                                    p["ort_default_dynamic"]),
                 "edgequant": lambda: _edgequant(src, p["edgequant"]),
                 "edgequant_data": lambda: _edgequant(src, p["edgequant_data"], calib=str(texts)),
+                "edgequant_smoothquant": lambda: _edgequant(src, p["edgequant_smoothquant"], calib=str(calib),
+                                                            smooth_quant=True),
                 "edgequant_fused": lambda: _edgequant(src, p["edgequant_fused"], fuse_transformer=True),
                 "edgequant_unfused": lambda: _edgequant(src, p["edgequant_unfused"], fuse_transformer=False)}
     for k, build in builders.items():
@@ -176,7 +186,8 @@ def write_markdown(doc: dict, path: Path) -> None:
             lines.append(f"| {k}{same} | {v['int8_ops']} | {v['size_mb']:.1f} | {fid} | {v['latency']['median_ms']:.2f} | "
                          f"{_sp(v.get('vs_fp32'))} | {_sp(v.get('vs_ort_default_dynamic'))} |")
         for key, how in (("edgequant", "no data: random inputs, timed with masks attending everywhere and half padded"),
-                         ("edgequant_data", "`--calib` with the 16 texts: their first, padded, times the graphs")):
+                         ("edgequant_data", "`--calib` with the 16 texts: their first, padded, times the graphs"),
+                         ("edgequant_smoothquant", f"`--smooth-quant --calib` with {CALIB_N} other real texts")):
             eq = r["variants"].get(key)
             if eq is None:
                 continue
