@@ -43,7 +43,7 @@ class QuantizeConfig:
     bias_correction: bool = False             # static QDQ: fold each layer's mean output error into its bias
     equalize: bool = False                    # static: cross-layer equalization of Conv -> Conv pairs first
     equalize_relu6: bool = False              # ... also through Clip(0, 6), replaced by Relu (not exact)
-    smooth_quant: bool = False                # static: migrate MatMul/Gemm input outlier channels into weights
+    smooth_quant: bool = False                # migrate MatMul/Gemm input outlier channels into weights (dynamic: may add a Mul)
     adaround: bool = False                    # static QDQ: learned weight rounding (before bias correction)
     extra_options: dict = field(default_factory=dict)   # passed to onnxruntime's quantizer, and only there
 
