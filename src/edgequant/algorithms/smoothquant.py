@@ -15,7 +15,7 @@ decomposed form (Mul by gamma then Add beta), or a MatMul/Gemm with constant wei
 whose output columns are divided. With ``explicit`` (dynamic quantization), an activation that
 something else also reads -- the residual Add that reads every LayerNorm output of a post-LN BERT,
 a GELU output -- gets one ``Mul(X, 1/s)`` in front of its linear readers instead (exact too; an
-elementwise pass per site, ~3% of the HF BERT's dynamic INT8 time). Static QDQ would quantize that
+elementwise pass per site, 2-4% of the HF BERT's dynamic INT8 time). Static QDQ would quantize that
 Mul's input at X's own range, so static mode smooths only where the producer folds.
 """
 
