@@ -160,8 +160,7 @@ def smooth(prepared: Path, calibration, notes: list[str], config: QuantizeConfig
 
     out = prepared.with_name("smoothed.onnx")
     notes.append(smooth_file(prepared, out, calibration, analysis_cpu(), dynamic=config.mode == "dynamic",
-                             weight_bits=7 if config.reduce_range else 8,
-                             per_channel=config.per_channel).describe())
+                             reduce_range=config.reduce_range, per_channel=config.per_channel).describe())
     return out
 
 

@@ -32,6 +32,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..qdq.graph import GraphIndex, attribute, expose_tensors, use_counts
+from ..qdq.subgraphs import toposort
 
 DESCRIPTION = ("SmoothQuant: outlier input channels of MatMul/Gemm layers are divided by s_k (folded into the "
                "producer, or one Mul where the producer cannot take it) and the weights' rows multiplied by s_k")
@@ -209,7 +210,7 @@ def _own_weights(linear: list[onnx.NodeProto], idx: GraphIndex, uses: dict[str, 
 
 
 def smooth_file(src: Path, dst: Path, samples: Iterable[Any], device: Any, *, dynamic: bool = False,
-                explicit: bool | None = None, weight_bits: int = 8, per_channel: bool = True) -> Smoothing:
+                explicit: bool | None = None, reduce_range: bool = False, per_channel: bool = True) -> Smoothing:
     """Smooth the model at ``src`` into ``dst``: per site the strength that leaves its readers the
     least simulated INT8 error (``dynamic``: per-call activation ranges; else calibrated ones), from
     statistics over ``samples``. ``explicit`` (default: ``dynamic``) also smooths activations whose
@@ -237,7 +238,7 @@ def smooth_file(src: Path, dst: Path, samples: Iterable[Any], device: Any, *, dy
         if st.amax is None:
             continue
         weights = [_as_k_by_n(inits, n, idx) for n in site.consumers]
-        choice = choose_strength(st, weights, dynamic=dynamic, weight_bits=weight_bits, per_channel=per_channel,
+        choice = choose_strength(st, weights, dynamic=dynamic, reduce_range=reduce_range, per_channel=per_channel,
                                  min_gain_db=0.5 if site.explicit else 0.1)   # an added Mul costs a pass
         if choice.alpha is None:
             continue
@@ -256,7 +257,8 @@ def smooth_file(src: Path, dst: Path, samples: Iterable[Any], device: Any, *, dy
             float(after.max() / max(np.median(after[after > 0]), 1e-30)) if (after > 0).any() else 1.0,
             choice.gain_db)
     if added:
-        _place_after_producers(model, added)
+        model.graph.node.extend(added)
+        toposort(model.graph)
     onnx.save(model, str(dst))
     return result
 
@@ -275,22 +277,6 @@ def _divide_before_readers(model: onnx.ModelProto, site: _Site, s: np.ndarray) -
     for reader in site.rewire:
         reader.input[0] = out
     return onnx.helper.make_node("Mul", [site.x, inv], [out], name=f"{site.x}_smoothquant_mul")
-
-
-def _place_after_producers(model: onnx.ModelProto, muls: list[onnx.NodeProto]) -> None:
-    """Put each added Mul right after the node producing its input (first for graph inputs), so the
-    node list stays topologically sorted."""
-    after: dict[str, list[onnx.NodeProto]] = {}
-    for m in muls:
-        after.setdefault(m.input[0], []).append(m)
-    produced = {o for n in model.graph.node for o in n.output}
-    nodes = [m for m in muls if m.input[0] not in produced]
-    for n in model.graph.node:
-        nodes.append(n)
-        for o in n.output:
-            nodes += after.get(o, [])
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
 
 
 def _scale_along(t: onnx.TensorProto, axis: int, factor: np.ndarray) -> None:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..qmath import compute_qparams, dequantize, quantize
+
 ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)
 ROWS = 1024                  # calibration rows (tokens) kept per site for the simulated error, at most
 ROW_BUDGET = 64 * 2 ** 20    # values kept over all sites (256 MB of float32): wide models keep fewer rows
@@ -86,28 +88,24 @@ def factors(amax: np.ndarray, wmax: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def _fake_quant_rows(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """uint8 affine quantize-dequantize over [lo, hi] widened to hold 0 (as ORT's quantizers do)."""
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = (hi - lo) / 255.0
-    if scale <= 0:
-        return np.zeros_like(x)
-    zero = np.round(-lo / scale)
-    return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
+    """uint8 affine quantize-dequantize over [lo, hi] (widened to hold 0, as ORT's quantizers do)."""
+    qp = compute_qparams(lo, hi, "uint8")
+    return dequantize(quantize(x, qp), qp)
 
 
-def _fake_quant_weight(w: np.ndarray, bits: int, per_channel: bool) -> np.ndarray:
-    """Symmetric signed weights, per output column (w is [K, N]) or per tensor."""
-    levels = 2 ** (bits - 1) - 1
-    amax = np.abs(w).max(axis=0) if per_channel else np.full(w.shape[1], np.abs(w).max())
-    scale = np.where(amax > 0, amax / levels, 1.0)
-    return np.clip(np.round(w / scale), -levels, levels) * scale
+def _fake_quant_weight(w: np.ndarray, reduce_range: bool, per_channel: bool) -> np.ndarray:
+    """Symmetric int8 weights (7-bit with ``reduce_range``), per output column (w is [K, N]) or per tensor."""
+    amax = np.abs(w).max(axis=0) if per_channel else np.abs(w).max()
+    qp = compute_qparams(-amax, amax, "int8", symmetric=True, reduce_range=reduce_range,
+                         axis=1 if per_channel else None)
+    return dequantize(quantize(w, qp), qp)
 
 
 def reader_error(stats: SiteStats, weights: list[np.ndarray], s: np.ndarray, *, dynamic: bool,
-                 weight_bits: int = 8, per_channel: bool = True) -> float:
+                 reduce_range: bool = False, per_channel: bool = True) -> float:
     """Relative squared error of every reader's output X W when X / s and W * s are quantized."""
     err = ref_energy = 0.0
-    quantized = [_fake_quant_weight(w * s[:, None], weight_bits, per_channel) for w in weights]
+    quantized = [_fake_quant_weight(w * s[:, None], reduce_range, per_channel) for w in weights]
     for kept, (lo, hi) in zip(stats.rows, stats.ranges):
         rows = kept.astype(np.float64)
         if dynamic:      # the range this call's tensor reaches
@@ -122,14 +120,14 @@ def reader_error(stats: SiteStats, weights: list[np.ndarray], s: np.ndarray, *, 
     return err / ref_energy if ref_energy > 0 else 0.0
 
 
-def choose_strength(stats: SiteStats, weights: list[np.ndarray], *, dynamic: bool, weight_bits: int = 8,
+def choose_strength(stats: SiteStats, weights: list[np.ndarray], *, dynamic: bool, reduce_range: bool = False,
                     per_channel: bool = True, min_gain_db: float = 0.1,
                     alphas: tuple[float, ...] = ALPHAS) -> Strength:
     """The alpha (or none) whose simulated reader error is lowest; none unless it gains ``min_gain_db``.
 
     ``weights`` are the readers' constant weights as [K, N] (K = the site's channels)."""
     wmax = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
-    kw = dict(dynamic=dynamic, weight_bits=weight_bits, per_channel=per_channel)
+    kw = dict(dynamic=dynamic, reduce_range=reduce_range, per_channel=per_channel)
     before = reader_error(stats, weights, np.ones_like(wmax), **kw)
     best = Strength(None, None, before, before)
     for alpha in alphas:

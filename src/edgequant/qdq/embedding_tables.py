@@ -12,11 +12,12 @@ table stays int8 (its size barely changes: one float scale per column).
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..qmath import params_for, quantize
 from .graph import GraphIndex, attribute
+from .subgraphs import all_nodes
 
 _QUANT_SUFFIX = "_quantized"      # onnxruntime's name for a quantized initializer
 
@@ -40,15 +41,13 @@ def per_column_tables(quantized: onnx.ModelProto, float_model: onnx.ModelProto) 
         scale = idx.const(dq.input[1])
         if scale is None or scale.size != 1:
             continue
-        values = numpy_helper.to_array(table).astype(np.float64)
-        amax = np.abs(values).max(axis=0)
-        step = np.where(amax > 0, amax / 127.0, 1.0)
-        codes = np.clip(np.round(values / step), -127, 127).astype(np.int8)
+        values = numpy_helper.to_array(table)
+        qp = params_for(values, "int8", symmetric=True, axis=1)
         base = f"{table.name}_per_column"
         quantized.graph.initializer.extend([
-            numpy_helper.from_array(codes, base + _QUANT_SUFFIX),
-            numpy_helper.from_array(step.astype(np.float32), base + "_scale"),
-            numpy_helper.from_array(np.zeros(len(step), np.int8), base + "_zero_point")])
+            numpy_helper.from_array(quantize(values, qp), base + _QUANT_SUFFIX),
+            numpy_helper.from_array(qp.scale, base + "_scale"),
+            numpy_helper.from_array(qp.zero_point, base + "_zero_point")])
         replaced.update([gather.input[0], *dq.input[1:]])
         gather.input[0] = base + _QUANT_SUFFIX
         del dq.input[1:]
@@ -63,15 +62,7 @@ def per_column_tables(quantized: onnx.ModelProto, float_model: onnx.ModelProto) 
 
 def _drop_unread(model: onnx.ModelProto, names: set[str]) -> None:
     """Remove the initializers in ``names`` that no node reads any more (subgraphs included)."""
-    read: set[str] = set()
-    stack = [model.graph]
-    while stack:
-        g = stack.pop()
-        read.update(o.name for o in g.output)
-        for n in g.node:
-            read.update(n.input)
-            stack += [a.g for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
-            stack += [sub for a in n.attribute if a.type == onnx.AttributeProto.GRAPHS for sub in a.graphs]
+    read = {o.name for o in model.graph.output} | {i for n in all_nodes(model.graph) for i in n.input}
     keep = [t for t in model.graph.initializer if t.name not in names or t.name in read]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
