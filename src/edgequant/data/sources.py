@@ -448,7 +448,7 @@ def open_source(spec: str | Path, inputs: Sequence[TensorSpec], *, preprocess: P
         if not m or int(m.group(1)) < 1:
             raise EdgequantError(f"{text}: expected random:N with N >= 1 (e.g. random:100)")
         return _RandomSource(text, min(int(m.group(1)), limit or int(m.group(1))), inputs, seed)
-    path = Path(spec)
+    path = Path(spec).absolute()   # read lazily, maybe after a step changed the working directory
     if not path.exists():
         raise EdgequantError(f"{text}: no such file or folder")
     suffix = path.suffix.lower()
