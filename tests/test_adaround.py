@@ -12,7 +12,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgequant.algorithms.adaround import _columns, _Layer
+from edgequant.algorithms.weight_layers import WeightLayer as _Layer
+from edgequant.algorithms.weight_layers import _columns
 from edgequant.devices import local_cpu
 from edgequant.quantize import make_config, quantize_model
 
@@ -195,8 +196,10 @@ def test_tune_tries_learned_rounding_on_the_best_static_recipe() -> None:
 
     base = Recipe("static-equalize", "static", stage="algorithms", equalize=True, uint8_weights=("g",))
     got = {r.name: r for r in rounding_recipes(base)}
-    assert set(got) == {"static-equalize+adaround", "static-equalize+adaround-bc"}
+    assert set(got) == {"static-equalize+gptq", "static-equalize+adaround", "static-equalize+adaround-bc"}
     assert all(r.stage == "learned rounding" and r.equalize and r.uint8_weights == ("g",) for r in got.values())
+    assert got["static-equalize+gptq"].gptq and not got["static-equalize+gptq"].adaround   # one rounding each
+    assert not any(r.gptq for n, r in got.items() if "adaround" in n)
     cfg = got["static-equalize+adaround-bc"].config("x86-vnni")
     assert cfg.adaround and cfg.bias_correction and cfg.equalize
     assert "equalized; AdaRound; bias-corrected" in got["static-equalize+adaround-bc"].summary("x86-vnni")

@@ -122,7 +122,8 @@ def test_a_closer_dynamic_default_falls_back_its_worst_quantized_matmuls_first(p
     assert max(len(t.recipe.exclude) for t in fallback) < len(RANKED)   # one MatMul always stays INT8
     assert "closest" in search.state.notes[-1]
     smoothed = [t for t in search.state.trials if t.recipe.stage == "algorithms"]
-    assert [t.name for t in smoothed] == ["dynamic-unfused+smoothquant"] and smoothed[0].recipe.smooth_quant
+    assert [t.name for t in smoothed] == ["dynamic-unfused+smoothquant", "dynamic-unfused+smoothquant+gptq"]
+    assert smoothed[0].recipe.smooth_quant and smoothed[1].recipe.gptq
     assert search.state.trials.index(smoothed[0]) < search.state.trials.index(fallback[0])   # INT8 first
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import onnx
@@ -26,6 +27,7 @@ from .quantize_steps import (
     correct_biases,
     covers_calibration,
     equalize,
+    gptq_rounding,
     histogram_overrides,
     keep_coarse_float,
     range_overrides,
@@ -46,6 +48,7 @@ from .quantize_config import (  # noqa: F401 - re-exported: callers import these
     WEIGHT_TYPES,
     QuantizeConfig,
 )
+from .quantize_checks import check_names, config_warnings, quantized_nothing
 from .targets import RULES, TargetRule, resolve_target
 
 def make_config(
@@ -69,6 +72,7 @@ def make_config(
     equalize_relu6: bool = False,
     smooth_quant: bool = False,
     adaround: bool = False,
+    gptq: bool = False,
     extra_options: dict | None = None,
 ) -> QuantizeConfig:
     """Target rule defaults, overridden by whatever the caller set explicitly (None = rule)."""
@@ -90,6 +94,10 @@ def make_config(
         raise EdgequantError("--equalize, --adaround and --calib-method mse need --mode static")
     if mode == "static" and adaround and fmt != "qdq":
         raise EdgequantError("--adaround needs --format qdq (it rewrites the QDQ model's integer weights)")
+    if gptq and adaround:
+        raise EdgequantError("--gptq and --adaround both choose the weights' rounding: pick one")
+    if mode == "static" and gptq and fmt != "qdq":
+        raise EdgequantError("--gptq needs --format qdq in static mode (it rewrites the QDQ model's integer weights)")
     if mode == "static" and calib_method == "mse" and fmt != "qdq":
         raise EdgequantError("--calib-method mse needs --format qdq (its ranges are QDQ tensor overrides)")
     if mode == "static" and act in ("uint16", "int16") and fmt == "qoperator":
@@ -110,7 +118,7 @@ def make_config(
         exclude=tuple(exclude), weight_symmetric=rule.weight_symmetric, calib_limit=calib_limit,
         fuse_transformer=fuse_transformer, robust_ranges=robust_ranges, bias_correction=bias_correction,
         equalize=equalize or equalize_relu6, equalize_relu6=equalize_relu6, smooth_quant=smooth_quant,
-        adaround=adaround, extra_options=dict(extra_options or {}))
+        adaround=adaround, gptq=gptq, extra_options=dict(extra_options or {}))
 
 
 @dataclass
@@ -125,55 +133,6 @@ class QuantizeResult:
     @property
     def compression(self) -> float:
         return self.input_size_bytes / max(self.output_size_bytes, 1)
-
-
-def check_names(model_path: Path, config: QuantizeConfig, prepared: Path | None = None) -> None:
-    """Op types and node names the user asked for must exist in the model (or in its prepared
-    graph, whose names tune's float fallbacks use): a typo would otherwise quantize nothing (or
-    everything) and exit 0. The error lists the near matches."""
-    import difflib
-
-    from .qdq.subgraphs import all_nodes
-
-    graphs = [onnx.load(str(p), load_external_data=False).graph for p in (model_path, prepared) if p is not None]
-    ops = sorted({n.op_type for g in graphs for n in all_nodes(g)})
-    names = sorted({n.name for g in graphs for n in all_nodes(g) if n.name})
-    for op in config.op_types or ():
-        if op not in ops and not onnx.defs.has(op):   # a real op type the model lacks is harmless
-            near = difflib.get_close_matches(op, ops, n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(near)}? " if near else ""
-            raise EdgequantError(f"{model_path}: --op-types {op}: not an ONNX op type; {hint}"
-                                 f"the model has {', '.join(ops[:20])}{' ...' if len(ops) > 20 else ''}")
-    for node in config.exclude:
-        if node not in names:
-            near = difflib.get_close_matches(node, names, n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join(near)}?" if near else " (edgequant inspect lists the nodes)"
-            raise EdgequantError(f"{model_path}: --exclude {node}: no node of that name{hint}")
-
-
-def quantized_nothing(path: Path) -> bool:
-    """No quantize/dequantize or integer op in the file at all (If/Loop/Scan bodies included)."""
-    from .qdq.subgraphs import all_nodes
-
-    quant_ops = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
-                 "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul", "QAttention", "QGemm", "DynamicQuantizeLSTM"}
-    model = onnx.load(str(path), load_external_data=False)
-    return not any(n.op_type in quant_ops for n in all_nodes(model.graph))
-
-
-def config_warnings(config: QuantizeConfig) -> list[str]:
-    """Known-bad choices worth telling the user before they measure it themselves."""
-    out = []
-    if config.mode == "dynamic":
-        for op in config.op_types or ():
-            if op in SLOW_DYNAMIC_OPS:
-                out.append(f"dynamic {op}: {SLOW_DYNAMIC_OPS[op]}")
-    rule = RULES[config.target]
-    if (config.target == "x86-avx2" and not config.reduce_range and config.weight_type == "int8"
-            and config.activation_type == "uint8"):
-        out.append("U8S8 without reduce_range on x86 without VNNI can saturate (VPMADDUBSW); "
-                   f"rule for {rule.name}: {rule.why}")
-    return out
 
 
 # ---- recipes -------------------------------------------------------------------------------
@@ -207,7 +166,10 @@ def looks_like_transformer(model: onnx.ModelProto) -> bool:
     return "Softmax" in ops and ops.count("MatMul") >= 4 and has_norm
 
 
-def _run_dynamic(src: Path, out: Path, config: QuantizeConfig, notes: list[str], timing_feeds=None) -> None:
+def _run_dynamic(src: Path, out: Path, config: QuantizeConfig, notes: list[str], timing_feeds=None,
+                 rounding: Callable[[Path, Path], str] | None = None) -> None:
+    """Dynamic INT8 of ``src`` into ``out``; ``rounding(float_model, quantized)`` rewrites the
+    quantized weights in place (GPTQ) given the FP32 graph the quantizer saw, and says what it did."""
     from onnxruntime.quantization import quantize_dynamic
 
     fuse = config.fuse_transformer
@@ -224,7 +186,7 @@ def _run_dynamic(src: Path, out: Path, config: QuantizeConfig, notes: list[str],
                 src.resolve(), out.resolve(), fuse=fuse, feeds=timing_feeds, per_channel=config.per_channel,
                 reduce_range=config.reduce_range, weight_type=_qtype(config.weight_type),
                 nodes_to_exclude=list(config.exclude) or None,
-                op_types=None if default_ops else _ort_op_types(config))
+                op_types=None if default_ops else _ort_op_types(config), refine=rounding)
         notes.append("transformer encoder: " + "; ".join(made.summary.passes))
         notes.extend(made.summary.warnings)
         return
@@ -256,6 +218,8 @@ def _run_dynamic(src: Path, out: Path, config: QuantizeConfig, notes: list[str],
         add_missing_domains(quantized)
         toposort(quantized.graph)
         onnx.save(quantized, str(out))
+    if rounding is not None:
+        notes.append(rounding(src, out))
 
 
 def _streams(config: QuantizeConfig, model_path: Path) -> bool:
@@ -265,7 +229,8 @@ def _streams(config: QuantizeConfig, model_path: Path) -> bool:
     if config.mode == "static" and (config.quant_format != "qdq" or config.target == "qnn"):
         return False
     asked = [flag for flag, on in (("--equalize", config.equalize), ("--smooth-quant", config.smooth_quant),
-                                   ("--adaround", config.adaround), ("--bias-correction", config.bias_correction),
+                                   ("--adaround", config.adaround), ("--gptq", config.gptq),
+                                   ("--bias-correction", config.bias_correction),
                                    ("--calib-method mse", config.calib_method == "mse")) if on]
     if asked:
         raise EdgequantError(f"{model_path}: {', '.join(asked)} not supported on a model over 2 GiB "
@@ -424,6 +389,9 @@ def quantize_model(
     if config.smooth_quant and calibration is None:
         raise EdgequantError(f"{model_path}: --smooth-quant needs calibration data (--calib SRC): it measures "
                              "the activations' channel ranges")
+    if config.gptq and calibration is None:
+        raise EdgequantError(f"{model_path}: --gptq needs calibration data (--calib SRC): it rounds the weights "
+                             "for the layers' inputs on it")
     warnings, notes = config_warnings(config), []
     if calibration is not None and calibration.synthetic and config.mode == "static":
         warnings.append("calibrating on synthetic random data: activation ranges will not match real inputs")
@@ -448,7 +416,8 @@ def quantize_model(
                         prepared = smooth(prepared, calibration, notes, config)
                     # otherwise data only feeds the timing of alternative graphs (real shapes)
                     feeds = next(iter(calibration)).feeds if calibration is not None else None
-                    _run_dynamic(prepared, raw_out, config, notes, feeds)
+                    rounding = partial(gptq_rounding, calibration=calibration) if config.gptq else None
+                    _run_dynamic(prepared, raw_out, config, notes, feeds, rounding)
                 else:
                     from .data import calibration_reader
 
@@ -462,6 +431,8 @@ def quantize_model(
                         raw_out = keep_coarse_float(prepared, raw_out, calibration, notes)
                     if config.adaround and config.quant_format == "qdq":   # before: bias correction sees its rounding
                         raw_out = adaround(prepared, raw_out, calibration, notes)
+                    if config.gptq and config.quant_format == "qdq":
+                        notes.append(gptq_rounding(prepared, raw_out, calibration))
                     if config.bias_correction and config.quant_format == "qdq":
                         raw_out = correct_biases(prepared, raw_out, calibration, notes)
                     if config.target != "qnn":    # QNN's HTP runs no If: its bodies stay on the CPU

@@ -45,6 +45,7 @@ class QuantizeConfig:
     equalize_relu6: bool = False              # ... also through Clip(0, 6), replaced by Relu (not exact)
     smooth_quant: bool = False                # migrate MatMul/Gemm input outlier channels into weights (dynamic: may add a Mul)
     adaround: bool = False                    # static QDQ: learned weight rounding (before bias correction)
+    gptq: bool = False                        # dynamic or static QDQ: error-compensating weight rounding (GPTQ)
     extra_options: dict = field(default_factory=dict)   # passed to onnxruntime's quantizer, and only there
 
     @property

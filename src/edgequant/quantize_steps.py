@@ -6,6 +6,7 @@ fixed from the calibration data. Each appends its one-line description to ``note
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 import numpy as np
@@ -251,6 +252,18 @@ def adaround(prepared: Path, qdq: Path, calibration, notes: list[str]) -> Path:
     out = qdq.with_name("adarounded.onnx")
     notes.append(algo.adaround(prepared, qdq, out, calibration, analysis_cpu()).describe())
     return out
+
+
+def gptq_rounding(float_model: Path, quantized: Path, calibration) -> str:
+    """:mod:`edgequant.algorithms.gptq` on ``quantized`` (rewritten in place), ``float_model`` being
+    the FP32 graph its quantizer saw; what it did, in one line."""
+    from .algorithms import gptq as algo
+    from .devices import analysis_cpu
+
+    out = quantized.with_name(quantized.stem + ".gptq.onnx")
+    done = algo.gptq(float_model, quantized, out, calibration, analysis_cpu())
+    os.replace(out, quantized)
+    return done.describe()
 
 
 def with_overrides(extra: dict, ranges: dict) -> dict:

@@ -4,4 +4,6 @@ samples), ``histogram`` (percentile/entropy/distribution ranges from streaming h
 memory), ``range_search`` (MSE range per activation), ``equalization`` (cross-layer
 equalization), ``smoothquant`` (outlier channels of MatMul/Gemm inputs into the weights; its strength per
 activation from ``smoothquant_strength``),
-``bias_correction``, ``adaround`` (learned weight rounding)."""
+``bias_correction``, and two weight roundings on the quantizer's own grid over ``weight_layers``
+(the integer weight layers of QDQ and dynamic models and the Gram statistics of their inputs):
+``adaround`` (learned, up or down) and ``gptq`` (error-compensating, one pass)."""

@@ -60,6 +60,10 @@ def _split_ops(value: str | None) -> tuple[str, ...] | None:
               help="Static QDQ: learned weight rounding (AdaRound): each Conv/Gemm/MatMul weight rounds up or down "
                    "as best reconstructs the layer's FP32 output on the calibration data (slower: seconds to "
                    "minutes per model); runs before --bias-correction.")
+@click.option("--gptq", is_flag=True,
+              help="Error-compensating weight rounding (GPTQ), dynamic or static QDQ: each weight row's rounding "
+                   "error is absorbed by the rows not yet rounded, as best keeps the layer's FP32 output on the "
+                   "calibration data (needs --calib; same grid and kernels; seconds per layer).")
 @click.option("--fuse-transformer/--no-fuse-transformer", default=None,
               help="Dynamic, transformer encoders: fuse with onnxruntime's transformer optimizer first, or not. "
                    "Default: build both and keep the faster in a quick interleaved timing (1 thread).")
@@ -72,7 +76,7 @@ def quantize(model: Path, out: Path, force: bool, json_path: Path | None, mode: 
              target: str, fmt: str | None, per_channel: bool | None, reduce_range: bool | None,
              activation_type: str | None, weight_type: str | None, calib_method: str, percentile: float,
              robust_ranges: bool, bias_correction: bool, equalize: bool, equalize_relu6: bool, smooth_quant: bool,
-             adaround: bool, fuse_transformer: bool | None, exclude: tuple[str, ...], op_types: str | None,
+             adaround: bool, gptq: bool, fuse_transformer: bool | None, exclude: tuple[str, ...], op_types: str | None,
              export_context: bool) -> None:
     """Quantize MODEL to INT8 (dynamic: weights only; static: weights and activations)."""
     if mode == "static" and not calib:
@@ -90,7 +94,7 @@ def quantize(model: Path, out: Path, force: bool, json_path: Path | None, mode: 
             weight_type=weight_type, calib_method=calib_method, calib_percentile=percentile,
             op_types=_split_ops(op_types), exclude=exclude, robust_ranges=robust_ranges, bias_correction=bias_correction,
             equalize=equalize, equalize_relu6=equalize_relu6, smooth_quant=smooth_quant, adaround=adaround,
-            fuse_transformer=fuse_transformer, force=force)
+            gptq=gptq, fuse_transformer=fuse_transformer, force=force)
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {w}")
     for n in result.notes:

@@ -62,3 +62,19 @@ def describe(masks: Mapping[str, np.ndarray]) -> str | None:
     share = float(np.mean(~next(iter(masks.values()))))
     return (f"padding positions (attention mask 0, {share:.0%} of positions) are left out of the comparison "
             f"of {', '.join(masks)}: nothing downstream reads them")
+
+
+def real_positions(feeds: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray | None:
+    """For a tensor of one sample read row by row ([1, T, K] or [T, K]): a bool per row, True at
+    real tokens, from the sample's attention mask ``[1, T]``; None when the sample has no such
+    mask, nothing is padded, or the tensor's rows are not its tokens."""
+    name = _mask_input(feeds)
+    if name is None:
+        return None
+    mask = np.asarray(feeds[name]) != 0
+    if mask.all() or not mask.any():
+        return None
+    rows = tuple(shape[:-1])
+    if rows in (mask.shape, (mask.shape[1],)):
+        return mask.reshape(-1)
+    return None

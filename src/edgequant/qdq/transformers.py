@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,8 +116,11 @@ def quantize_transformer_dynamic(model_in: str | Path, model_out: str | Path, *,
                                  per_channel: bool = True, reduce_range: bool = True,
                                  weight_type: QuantType = QuantType.QInt8,
                                  op_types: list[str] | None = None,
-                                 nodes_to_exclude: list[str] | None = None) -> QuantizationSummary:
+                                 nodes_to_exclude: list[str] | None = None,
+                                 refine: Callable[[Path, Path], str] | None = None) -> QuantizationSummary:
     """Fuse (optional) then dynamically quantize an encoder; report the INT8 coverage.
+    ``refine(float_model, quantized)`` rewrites the quantized weights in place (weight rounding) given
+    the FP32 graph the quantizer saw (fused or not), and says what it did.
 
     Defaults follow the x86-without-VNNI rule: per-channel int8 weights with reduce_range
     (7-bit) so VPMADDUBSW can't saturate.
@@ -147,6 +151,9 @@ def quantize_transformer_dynamic(model_in: str | Path, model_out: str | Path, *,
         if tables:   # onnxruntime writes one scale per embedding table; outlier columns need their own
             onnx.save(quantized, str(staged))
             summary.passes.append(f"per_column_tables({len(tables)})")
+        if refine is not None:
+            summary.passes.append(refine(src, staged))
+            quantized = onnx.load(str(staged))
         summary.ops_after = op_counts(quantized)
         model_out.parent.mkdir(parents=True, exist_ok=True)
         tmp_out = model_out.with_name(model_out.name + ".tmp")

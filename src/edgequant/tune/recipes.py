@@ -43,6 +43,7 @@ class Recipe:
     bias_correction: bool = False                     # algorithms/: empirical bias correction after
     smooth_quant: bool = False                        # algorithms/: SmoothQuant migration first
     adaround: bool = False                            # algorithms/: learned weight rounding after
+    gptq: bool = False                                # algorithms/: error-compensating weight rounding after
     qat_minutes: float = 0.0                          # > 0: QAT (edgequant.qat) from this recipe's PTQ model
     fuse_transformer: bool | None = None              # dynamic: ORT's transformer fusion first (None: auto)
     float_reasons: tuple[tuple[str, str], ...] = ()   # (node, why it is kept float / 16-bit)
@@ -69,7 +70,7 @@ class Recipe:
             calib_method=self.calib_method if static else "minmax",
             calib_percentile=self.calib_percentile, exclude=self.exclude, extra_options=extra,
             equalize=self.equalize and static, bias_correction=self.bias_correction and static,
-            smooth_quant=self.smooth_quant, adaround=self.adaround and static,
+            smooth_quant=self.smooth_quant, adaround=self.adaround and static, gptq=self.gptq,
             fuse_transformer=None if static else self.fuse_transformer)
 
     def to_dict(self, target: str) -> dict:
@@ -103,7 +104,8 @@ class Recipe:
         if self.uint8_weights:
             parts.append(f"uint8 weights: {', '.join(self.uint8_weights)}")
         parts += [label for flag, label in ((self.smooth_quant, "SmoothQuant"), (self.equalize, "equalized"),
-                                            (self.adaround, "AdaRound"), (self.bias_correction, "bias-corrected"))
+                                            (self.adaround, "AdaRound"), (self.gptq, "GPTQ"),
+                                            (self.bias_correction, "bias-corrected"))
                   if flag]
         if self.qat_minutes:
             parts.append(f"QAT (distilled from FP32, up to {self.qat_minutes:g} min)")
@@ -176,25 +178,31 @@ def algorithm_recipes(base: Recipe, model: onnx.ModelProto) -> list[Recipe]:
 
 def dynamic_algorithm_recipes(base: Recipe, model: onnx.ModelProto) -> list[Recipe]:
     """Dynamic INT8 with better numbers and no layer leaving INT8: SmoothQuant with an added Mul
-    where the producer cannot absorb the division (post-LN residuals, GELU outputs)."""
+    where the producer cannot absorb the division (post-LN residuals, GELU outputs), then also
+    GPTQ rounding of the weights it made harder (the same kernels: the timing barely moves)."""
     ops = {n.op_type for n in model.graph.node}
     if base.mode != "dynamic" or base.smooth_quant or not ops & {"MatMul", "Gemm"}:
         return []
-    return [replace(base, name=f"{base.name}+smoothquant", stage="algorithms", smooth_quant=True,
-                    why="outlier input channels of MatMul/Gemm migrated into the weights, strength per activation")]
+    smoothed = replace(base, name=f"{base.name}+smoothquant", stage="algorithms", smooth_quant=True,
+                       why="outlier input channels of MatMul/Gemm migrated into the weights, strength per activation")
+    return [smoothed, replace(smoothed, name=f"{smoothed.name}+gptq", gptq=True,
+                              why="SmoothQuant, then weight rounding that cancels each layer's output error (GPTQ)")]
 
 
 def rounding_recipes(base: Recipe) -> list[Recipe]:
-    """Learned rounding (AdaRound) on ``base``, then with bias correction too: slower to quantize
-    (it optimizes every layer's rounding), so tried only when the cheaper algorithms were not enough."""
+    """Weight rounding on ``base``: GPTQ (one pass per layer), learned rounding (AdaRound), then
+    AdaRound with bias correction too: slower to quantize (each optimizes every layer's rounding),
+    so tried only when the cheaper algorithms were not enough."""
     if base.mode != "static":
         return []
 
     def variant(suffix: str, why: str, **changes) -> Recipe:
-        return replace(base, name=f"{base.name}+{suffix}", stage="learned rounding", why=why, adaround=True,
-                       **changes)
+        return replace(base, name=f"{base.name}+{suffix}", stage="learned rounding", why=why,
+                       **{"adaround": True, **changes})
 
-    out = [variant("adaround", "weights rounded up or down to reconstruct each layer's FP32 output")]
+    out = [variant("gptq", "each weight row's rounding error absorbed by the rows not yet rounded (GPTQ)",
+                   adaround=False, gptq=True),
+           variant("adaround", "weights rounded up or down to reconstruct each layer's FP32 output")]
     if not base.bias_correction:
         out.append(variant("adaround-bc", "learned rounding, then empirical bias correction", bias_correction=True))
     return out
@@ -209,7 +217,7 @@ def qat_recipe(base: Recipe, minutes: float) -> list[Recipe]:
         return []
     return [replace(base, name="static-qat", stage="qat", why="quantization-aware training, distilled from FP32 "
                     "outputs on the calibration samples", equalize=False, smooth_quant=False, adaround=False,
-                    bias_correction=False, qat_minutes=minutes)]
+                    gptq=False, bias_correction=False, qat_minutes=minutes)]
 
 
 def placement_recipes(base: Recipe, operators_on_cpu: Sequence[str], model: onnx.ModelProto) -> list[Recipe]:

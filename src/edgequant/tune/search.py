@@ -285,9 +285,11 @@ class Search:
         self.state.notes.append(f"{best.name} came closest to the budget among the defaults: SmoothQuant on it "
                                 "first (every layer still INT8), then the MatMul/Gemm nodes whose inputs dynamic INT8 "
                                 "quantizes worst fall back to float, before the static stages")
-        smoothed = self._try(dynamic_algorithm_recipes(best.recipe, self.runner.fp32_model()))
-        if _settles(smoothed):
-            return True
+        smoothed: list[Trial] = []
+        for recipe in dynamic_algorithm_recipes(best.recipe, self.runner.fp32_model()):   # each builds on the last
+            smoothed += self._try([recipe])
+            if _settles(smoothed):
+                return True
         best = max([best, *(t for t in smoothed if t.ok)], key=quality_score)   # the fallback builds on the better
         self._fallback(best.recipe, sens, order=ranked[:-1], make=dynamic_fallback_recipe)
         return _settles([t for t in self.state.trials if t.recipe.stage == "fallback"])
