@@ -16,6 +16,8 @@ cannot detect num_heads. Variants:
 * ``edgequant_smoothquant``: ``--smooth-quant`` with ``--calib`` set to 100 real texts
   (``bench_data.reference_texts``, none of them an evaluation sentence): per-activation SmoothQuant,
   an added Mul where the LayerNorm cannot absorb it (what ``tune`` tries on the dynamic default).
+* ``edgequant_smoothquant_gptq``: the same plus ``--gptq`` (error-compensating weight rounding on
+  the same 100 texts; what ``tune`` tries next).
 * ``fp32-opt``: the export after edgequant's exact FP32 rewrites (Softmax inputs floored), what
   ``run``/``tune`` time as ``fp32-opt``.
 * ``edgequant_fused`` / ``edgequant_unfused``: the same with ``--fuse-transformer`` /
@@ -107,7 +109,8 @@ def bench(name: str, rounds: int, threads: int) -> dict:
     work = HERE / ".work" / "hf_bert"
     work.mkdir(parents=True, exist_ok=True)
     p = {k: work / f"{name}.{k}.onnx" for k in ("fp32-opt", "ort_default_dynamic", "ort_default_dynamic+sum",
-                                                "edgequant", "edgequant_data", "edgequant_smoothquant", "edgequant_fused",
+                                                "edgequant", "edgequant_data", "edgequant_smoothquant",
+                                                "edgequant_smoothquant_gptq", "edgequant_fused",
                                                 "edgequant_unfused")}
     info: dict[str, dict] = {"fp32": {"recipe": "the export"}}
     evals = samples("tokens", EVAL_N, seed=1000)
@@ -124,6 +127,8 @@ def bench(name: str, rounds: int, threads: int) -> dict:
                 "edgequant_data": lambda: _edgequant(src, p["edgequant_data"], calib=str(texts)),
                 "edgequant_smoothquant": lambda: _edgequant(src, p["edgequant_smoothquant"], calib=str(calib),
                                                             smooth_quant=True),
+                "edgequant_smoothquant_gptq": lambda: _edgequant(src, p["edgequant_smoothquant_gptq"],
+                                                                 calib=str(calib), smooth_quant=True, gptq=True),
                 "edgequant_fused": lambda: _edgequant(src, p["edgequant_fused"], fuse_transformer=True),
                 "edgequant_unfused": lambda: _edgequant(src, p["edgequant_unfused"], fuse_transformer=False)}
     for k, build in builders.items():
@@ -187,7 +192,9 @@ def write_markdown(doc: dict, path: Path) -> None:
                          f"{_sp(v.get('vs_fp32'))} | {_sp(v.get('vs_ort_default_dynamic'))} |")
         for key, how in (("edgequant", "no data: random inputs, timed with masks attending everywhere and half padded"),
                          ("edgequant_data", "`--calib` with the 16 texts: their first, padded, times the graphs"),
-                         ("edgequant_smoothquant", f"`--smooth-quant --calib` with {CALIB_N} other real texts")):
+                         ("edgequant_smoothquant", f"`--smooth-quant --calib` with {CALIB_N} other real texts"),
+                         ("edgequant_smoothquant_gptq", f"`--smooth-quant --gptq --calib` with {CALIB_N} other real "
+                          "texts")):
             eq = r["variants"].get(key)
             if eq is None:
                 continue
