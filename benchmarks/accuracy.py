@@ -1,8 +1,11 @@
 """Keeping every layer INT8: the DMS models under the default static recipe with and without
 edgequant's post-training algorithms, per-channel and per-tensor weights, on this machine's CPU EP.
 
-    .venv/bin/python benchmarks/accuracy.py          # writes results/accuracy.json and ACCURACY.md
+    .venv/bin/python benchmarks/accuracy.py          # writes accuracy.json and ACCURACY.md
     .venv/bin/python benchmarks/accuracy.py --only AdaRound face_landmark   # those rows only, merged in
+
+Results go to the ISA's folder (``results/`` AVX2 and the first AMD VNNI run, ``results/vnni/``,
+``results/amx/``): the target rule, and with it the integer kernels and weight zero points, follows the CPU.
 
 Needs the DMS cache (`make test` or `python -m edgequant.dms.build --out .cache/dms`). With
 benchmarks/.models/mobilenet_v2.onnx present it also runs that model per-tensor (top-1 agreement
@@ -23,7 +26,11 @@ sys.path.insert(0, str(ROOT / "src"))
 from edgequant import api  # noqa: E402
 from edgequant.measure.machine import machine_facts  # noqa: E402
 from edgequant.measure.session import SessionConfig  # noqa: E402
-from edgequant.algorithms import adaround, range_search  # noqa: E402
+from edgequant.algorithms import adaround, gptq, range_search  # noqa: E402
+from edgequant.targets import auto_target  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_machine import isa_results_dir, machine  # noqa: E402
 
 DMS = ROOT / ".cache" / "dms"
 MODELS = {
@@ -45,6 +52,9 @@ RECIPES = [
     ("AdaRound", {"adaround": True}, (PER_CHANNEL, PER_TENSOR)),
     ("MSE ranges + AdaRound", {"calib_method": "mse", "adaround": True}, (PER_CHANNEL,)),
     ("equalization + AdaRound", {"equalize": True, "adaround": True}, (PER_TENSOR,)),
+    ("GPTQ", {"gptq": True}, (PER_CHANNEL, PER_TENSOR)),
+    ("MSE ranges + GPTQ", {"calib_method": "mse", "gptq": True}, (PER_CHANNEL,)),
+    ("equalization + GPTQ", {"equalize": True, "gptq": True}, (PER_TENSOR,)),
 ]
 MOBILENET = ROOT / "benchmarks" / ".models" / "mobilenet_v2.onnx"
 MOBILENET_RECIPES = [
@@ -117,7 +127,8 @@ def write_markdown(doc: dict, path: Path) -> None:
     m = doc["machine"]
     lines = ["# Every layer INT8: DMS models with edgequant's post-training algorithms", "",
              f"Machine: {m['cpu']} ({' '.join(m['isa'])}), onnxruntime {m['onnxruntime']}, CPU EP "
-             "(`PYTHONPATH=src .venv/bin/python -m edgequant doctor`: target x86-vnni). Command: "
+             "(`PYTHONPATH=src .venv/bin/python -m edgequant doctor`: target "
+             f"{doc.get('target', 'x86-vnni')}). Command: "
              "`PYTHONPATH=src .venv/bin/python benchmarks/accuracy.py [MODEL ...]` (`--markdown`: this file from "
              "results/accuracy.json). Default static QDQ recipe of the machine's target, fully INT8 (every compute "
              "op an integer kernel), calibrated on the DMS calibration splits (detector 101, landmark 99, iris 198 "
@@ -125,7 +136,7 @@ def write_markdown(doc: dict, path: Path) -> None:
              "(FP32 0.99, budget 1 point; one sample = 0.01), landmark displacement from FP32 in pixels of the crop "
              "(budget 1 px). Per-tensor = `--no-per-channel` (one scale per weight tensor).", "",
              "Algorithms (each a standard QDQ model out; the line is what `quantize` prints as a note):", ""]
-    mods = (ranges, bias_correction, equalization, range_search, adaround)
+    mods = (ranges, bias_correction, equalization, range_search, adaround, gptq)
     lines += [f"* {mod.DESCRIPTION}" for mod in mods]
     lines += ["", "Quantize time: seconds for `edgequant quantize` with that recipe (calibration included), one "
               "process, with the 1-minute load average when it ran (2 cores shared with other jobs: noisy); "
@@ -147,8 +158,9 @@ def write_markdown(doc: dict, path: Path) -> None:
 
 
 def main() -> int:
+    results = isa_results_dir(ROOT / "benchmarks" / "results", machine())
+    results.mkdir(parents=True, exist_ok=True)
     if sys.argv[1:] == ["--markdown"]:
-        results = ROOT / "benchmarks" / "results"
         write_markdown(json.loads((results / "accuracy.json").read_text()), results / "ACCURACY.md")
         return 0
     work = ROOT / ".work" / "accuracy"
@@ -181,16 +193,16 @@ def main() -> int:
                              "recipe": label, "value": ev.accuracy["value"], "unit": unit,
                              "int8": f"{cov.quantized_compute_ops}/{cov.compute_ops}" if cov else "-",
                              "quantize_s": round(took, 1), "load": os.getloadavg()[0],
-                             "note": (_note(res, "learned rounding") or _note(res, "cross-layer equalization")
+                             "note": (_note(res, "learned rounding") or _note(res, "error-compensating rounding")
+                                      or _note(res, "cross-layer equalization")
                                       or _note(res, "MSE range search"))})
                 print(json.dumps(rows[-1]), flush=True)
     if MOBILENET.exists() and (not only or "mobilenet_v2" in only):
         rows = [r for r in rows if not r["model"].startswith("mobilenet_v2")]
         rows += mobilenet_rows(work)
-    results = ROOT / "benchmarks" / "results"
     if (only or recipe_filter) and (results / "accuracy.json").exists():     # keep the rows not re-run
         rows = merge_rows(json.loads((results / "accuracy.json").read_text())["rows"], rows)
-    doc = {"machine": machine_facts(SessionConfig(intra_op_threads=1)), "rows": rows}
+    doc = {"machine": machine_facts(SessionConfig(intra_op_threads=1)), "target": auto_target(), "rows": rows}
     (results / "accuracy.json").write_text(json.dumps(doc, indent=2) + "\n")
     write_markdown(doc, results / "ACCURACY.md")
     return 0
