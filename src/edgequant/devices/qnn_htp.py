@@ -4,10 +4,16 @@ On Linux x86-64, ``libQnnHtp.so`` is Qualcomm's HTP simulator: it compiles and e
 graph the way the NPU would (same op support, same fixed-point arithmetic), so accuracy and node
 placement are real, and its time is not latency (``can_time`` is false). onnxruntime-qnn 2.x is a
 plugin EP: registered once per process, then attached per session with ``add_provider_for_devices``.
+
+The simulator is told which Snapdragon it is (``soc_model``, default SM8650 / Snapdragon 8 Gen 3,
+HTP v75; ``EDGEQUANT_QNN_SOC_MODEL`` sets another QNN SoC id, e.g. 43 SM8550, 69 SM8750). Without
+one it finalizes small graphs but fails the HF BertModel with QNN_COMMON_ERROR_MEM_ALLOC, in 0.3 s;
+with any concrete SoC the same model finalizes (812 nodes on HTP).
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -28,7 +34,22 @@ EP_NAME = "QNNExecutionProvider"
 # ORT's layout transformation re-creates nodes as NAME_token_N before handing them to the EP
 _TOKEN = re.compile(r"(_token_\d+)+$")
 _QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
+DEFAULT_SOC_MODEL = "57"    # QNN's id of SM8650 (Snapdragon 8 Gen 3, HTP v75)
+_SOC_NAMES = {"43": "SM8550", "57": "SM8650", "69": "SM8750", "87": "SM8850"}
 _registered = False
+
+
+def _simulated() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def soc_model() -> str | None:
+    """The QNN SoC id the HTP backend compiles for: ``EDGEQUANT_QNN_SOC_MODEL``, else SM8650's on
+    the simulator (a real device knows its own)."""
+    value = os.environ.get("EDGEQUANT_QNN_SOC_MODEL", "").strip()
+    if value and not value.isdigit():
+        raise EdgequantError(f"EDGEQUANT_QNN_SOC_MODEL={value!r}: expected QNN's numeric SoC id (e.g. 57 for SM8650)")
+    return value or (DEFAULT_SOC_MODEL if _simulated() else None)
 
 
 def _qnn_module() -> tuple[Any | None, str]:
@@ -75,15 +96,19 @@ class QnnHtpDevice(EmulatedDevice):
 
     def __init__(self, session: SessionConfig | None = None, *, provider_options: dict[str, str] | None = None) -> None:
         self.session = session or SessionConfig()
-        self.provider_options = dict(provider_options or {})
+        soc = soc_model()
+        self.provider_options = {**({"soc_model": soc} if soc else {}), **(provider_options or {})}
         self._assignments: dict[tuple[str, int], list[tuple[str, Any]]] = {}
 
     def facts(self) -> DeviceFacts:
         qnn, why = _qnn_module()
-        simulated = platform.machine().lower() in ("x86_64", "amd64")
+        simulated = _simulated()
         if qnn is None:
             return DeviceFacts(self.name, self.kind, False, why, can_time=False, emulated=simulated)
-        where = "Qualcomm's HTP simulator on this x86-64 host" if simulated else "the Hexagon NPU of this device"
+        soc = self.provider_options.get("soc_model", "")
+        chip = f"QNN SoC {soc}" + (f" ({_SOC_NAMES[soc]})" if soc in _SOC_NAMES else "")
+        where = (f"Qualcomm's HTP simulator on this x86-64 host, as {chip}" if simulated
+                 else "the Hexagon NPU of this device")
         # timing on a real Hexagon device is not implemented: never claim it
         return DeviceFacts(self.name, self.kind, True, f"onnxruntime-qnn {qnn.__version__}: {where}",
                            can_time=False, emulated=simulated)
