@@ -276,3 +276,38 @@ def test_the_simulator_compiles_for_a_named_snapdragon(monkeypatch) -> None:
     monkeypatch.setenv("EDGEQUANT_QNN_SOC_MODEL", "8gen3")
     with pytest.raises(EdgequantError, match="EDGEQUANT_QNN_SOC_MODEL='8gen3': expected QNN's numeric SoC id"):
         QnnHtpDevice()
+
+
+def test_an_erf_gelu_block_runs_entirely_on_htp(tmp_path: Path) -> None:
+    """HTP does not take Erf: the qnn recipe writes each erf GELU as one Gelu, so a BERT FFN block
+    (MatMul -> GELU -> MatMul) has no CPU round trip, and one output scale instead of four."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgequant.data import open_source
+    from edgequant.model import graph_inputs, load_model
+
+    rng = np.random.default_rng(0)
+    consts = {"w": rng.normal(0, 0.2, (64, 64)).astype(np.float32), "sq": np.array(np.sqrt(2.0), np.float32),
+              "one": np.array(1.0, np.float32), "half": np.array(0.5, np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Div", ["h", "sq"], ["d"]),
+             helper.make_node("Erf", ["d"], ["e"]), helper.make_node("Add", ["e", "one"], ["a"]),
+             helper.make_node("Mul", ["h", "a"], ["m"]), helper.make_node("Mul", ["m", "half"], ["g"]),
+             helper.make_node("MatMul", ["g", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 64])],
+                              [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "ffn.onnx"
+    onnx_models.save(model, path)
+    np.savez(tmp_path / "ffn.npz", x=rng.normal(0, 1, (16, 1, 16, 64)).astype(np.float32))
+    src = open_source(str(tmp_path / "ffn.npz"), graph_inputs(load_model(path)))
+    out = tmp_path / "ffn.qnn.onnx"
+    notes = quantize_model(path, out, make_config("static", "qnn"), src).notes
+    assert any(n.startswith("1 erf-form GELU") for n in notes), notes
+    ops = {n.op_type for n in load_model(out).graph.node}
+    assert "Erf" not in ops and "Gelu" in ops
+    assert QNN.placement(out).compute_on_cpu == 0
+    got = QNN.outputs([out], src).outputs[0]["y"].astype(np.float64)
+    ref = get_device("cpu").outputs([path], src).outputs[0]["y"].astype(np.float64)
+    assert float((got * ref).sum() / np.linalg.norm(got) / np.linalg.norm(ref)) > 0.999

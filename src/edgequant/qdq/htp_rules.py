@@ -7,6 +7,8 @@ HTP backend (tests/test_qnn_htp.py keeps each rule honest):
   rejected, in 8- and 16-bit activations alike; a uint8 scale runs on HTP.
 - Pad (constant 0) of a tensor whose zero point is not 0: the padded values are the raw 0, not
   the zero point; channel pads are rewritten as Concat with zeros (:func:`channel_pads_as_concat`).
+- Erf is not taken (each erf-form GELU ran on the CPU): rewritten as one com.microsoft Gelu
+  (:mod:`.gelu_fusion`), which runs on HTP.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import onnx
 
 from ..graph_pass import GraphPass, PassContext
+from .gelu_fusion import ErfGeluAsGelu
 
 
 def uint8_weight_tensors(model: onnx.ModelProto) -> list[str]:
@@ -141,4 +144,4 @@ class ChannelPadsAsConcat(GraphPass):
 
 
 #: Exact rewrites for the HTP target, applied before quantizing for qnn.
-HTP_REWRITES: tuple[GraphPass, ...] = (ChannelPadsAsConcat(),)
+HTP_REWRITES: tuple[GraphPass, ...] = (ChannelPadsAsConcat(), ErfGeluAsGelu())
