@@ -32,10 +32,10 @@ def _other(node: onnx.NodeProto, name: str) -> str | None:
 
 
 def _only_reader(idx: GraphIndex, tensor: str, op: str) -> onnx.NodeProto | None:
-    readers = idx.consumers.get(tensor, [])
-    if len(readers) != 1 or readers[0].op_type != op or tensor in idx.graph_outputs:
+    if not idx.single_reader(tensor):
         return None
-    return readers[0]
+    reader = idx.consumers[tensor][0]
+    return reader if reader.op_type == op else None
 
 
 def _match(erf: onnx.NodeProto, idx: GraphIndex) -> tuple[str, list[onnx.NodeProto]] | None:
