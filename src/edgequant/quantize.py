@@ -212,7 +212,7 @@ def _run_dynamic(src: Path, out: Path, config: QuantizeConfig, notes: list[str],
         notes.append(f"{BODY_FLOAT_NOTE}compute stays float: onnxruntime's subgraph quantization failed: "
                      + " ".join(str(exc).split())[:200])
         run({**extra, "EnableSubgraph": False})
-        return
+        bodies = False    # the top level alone: nothing to declare or reorder, but still rounded below
     if bodies:    # ORT's subgraph pass declares domains and orders nodes for the top level only
         quantized = onnx.load(str(out))
         add_missing_domains(quantized)
