@@ -136,3 +136,35 @@ def test_tune_tries_gptq_after_smoothquant_on_the_dynamic_default() -> None:
     assert [r.name for r in got] == ["dynamic-unfused+smoothquant", "dynamic-unfused+smoothquant+gptq"]
     assert [(r.smooth_quant, r.gptq) for r in got] == [(True, False), (True, True)]
     assert got[1].config("x86-vnni").gptq and "GPTQ" in got[1].summary("x86-vnni")
+
+
+def test_encoder_rounds_only_the_kept_alternative_after_the_timing(tmp_path: Path) -> None:
+    """Rounding changes integers, never the graph or its speed: the encoder's fused/unfused/rewritten
+    alternatives are timed unrounded and only the kept one is rounded, with the FP32 graph its base
+    was quantized from; a kept rewrite of that base (e.g. +floored Softmax) gets the rounded integers."""
+    import onnx_models
+
+    from edgequant.qdq.transformers import quantize_encoder_dynamic
+    from edgequant.quantize_steps import gptq_rounding
+
+    src = onnx_models.save(onnx_models.bert_layers(), tmp_path / "bert.onnx")
+    rng = np.random.default_rng(0)
+    mask = np.ones((24, 8), np.int64)
+    mask[::2, 6:] = 0
+    np.savez(tmp_path / "calib.npz", x=rng.normal(0, 1, (24, 8, 32)).astype(np.float32), attention_mask=mask)
+    calib = open_source(str(tmp_path / "calib.npz"), graph_inputs(load_model(src)))
+    rounded: list[dict[str, np.ndarray]] = []
+
+    def refine(float_model: Path, quantized: Path) -> str:
+        before = _initializers(quantized)
+        said = gptq_rounding(float_model, quantized, calib)
+        rounded.append({k: v for k, v in _initializers(quantized).items() if not np.array_equal(v, before[k])})
+        return said
+
+    made = quantize_encoder_dynamic(src, tmp_path / "out.onnx", refine=refine, budget_s=1.0)
+    assert len(made.built) >= 4     # fused, unfused and their rewrites were built (and timed)
+    assert len(rounded) == 1 and rounded[0], "one rounding, which changed some integers"
+    assert sum("(GPTQ)" in p for p in made.summary.passes) == 1
+    kept = _initializers(tmp_path / "out.onnx")
+    for name, ints in rounded[0].items():
+        assert np.array_equal(kept[name], ints), name

@@ -11,6 +11,7 @@ dynamic is the recipe for encoders (see ``benchmarks/FINDINGS.md``).
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -117,10 +118,12 @@ def quantize_transformer_dynamic(model_in: str | Path, model_out: str | Path, *,
                                  weight_type: QuantType = QuantType.QInt8,
                                  op_types: list[str] | None = None,
                                  nodes_to_exclude: list[str] | None = None,
-                                 refine: Callable[[Path, Path], str] | None = None) -> QuantizationSummary:
+                                 refine: Callable[[Path, Path], str] | None = None,
+                                 float_out: Path | None = None) -> QuantizationSummary:
     """Fuse (optional) then dynamically quantize an encoder; report the INT8 coverage.
     ``refine(float_model, quantized)`` rewrites the quantized weights in place (weight rounding) given
-    the FP32 graph the quantizer saw (fused or not), and says what it did.
+    the FP32 graph the quantizer saw (fused or not), and says what it did; ``float_out`` receives a
+    copy of that FP32 graph, for a rounding applied later.
 
     Defaults follow the x86-without-VNNI rule: per-channel int8 weights with reduce_range
     (7-bit) so VPMADDUBSW can't saturate.
@@ -146,6 +149,8 @@ def quantize_transformer_dynamic(model_in: str | Path, model_out: str | Path, *,
                          nodes_to_exclude=nodes_to_exclude or [],
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
         summary.passes.append("quantize_dynamic")
+        if float_out is not None:
+            shutil.copyfile(src, float_out)
         quantized = onnx.load(str(staged))
         tables = per_column_tables(quantized, onnx.load(str(src)))
         if tables:   # onnxruntime writes one scale per embedding table; outlier columns need their own
@@ -168,6 +173,30 @@ def quantize_transformer_dynamic(model_in: str | Path, model_out: str | Path, *,
         summary.warnings.append(f"{cov.compute_ops - cov.quantized_compute_ops} of {cov.compute_ops} "
                                 "compute ops stay float after ORT optimization")
     return summary
+
+
+def _refine_kept(chosen: str, paths: dict[str, Path], float_srcs: dict[str, Path],
+                 refine: Callable[[Path, Path], str], work: Path) -> str:
+    """Round the weights of ``chosen`` in place; what the rounding said.
+
+    The rounding reads the FP32 graph its base alternative (fused or unfused) was quantized from;
+    the rewrites that made ``chosen`` from that base copy its weight initializers unchanged, so the
+    base is rounded and the integers it changed are written into ``chosen`` by name."""
+    base = chosen.split("+")[0]
+    rounded = work / "rounded.onnx"
+    shutil.copyfile(paths[base], rounded)
+    said = refine(float_srcs[base], rounded)
+    if chosen != base:
+        before = {t.name: t for t in onnx.load(str(paths[base])).graph.initializer}
+        after = onnx.load(str(rounded))
+        new = {t.name: t for t in after.graph.initializer if t != before.get(t.name)}
+        rounded_model = onnx.load(str(paths[chosen]))
+        for t in rounded_model.graph.initializer:
+            if t.name in new:
+                t.CopyFrom(new[t.name])
+        onnx.save(rounded_model, str(rounded))
+    os.replace(rounded, paths[chosen])
+    return said
 
 
 @dataclass
@@ -207,7 +236,9 @@ def quantize_encoder_dynamic(model_in: str | Path, model_out: str | Path, *, fus
     attend everywhere and the same half padded, keeping the graph least behind the fastest in
     either (:func:`quick_choice.choose_robust`); ``device`` defaults to this CPU at 1 thread) and the fastest is written to
     ``model_out``, so a partial fusion slower than none, or a runtime fusion slower than the ops
-    it replaces, is never kept. ``kwargs`` go to :func:`quantize_transformer_dynamic`."""
+    it replaces, is never kept. ``kwargs`` go to :func:`quantize_transformer_dynamic`; its ``refine``
+    (weight rounding, which changes integers only, never the graph or its speed) runs once, on the
+    kept alternative, after the timing (:func:`_refine_kept`)."""
     from edgequant.data import open_source
     from edgequant.measure.session import SessionConfig
     from edgequant.model import graph_inputs
@@ -218,9 +249,11 @@ def quantize_encoder_dynamic(model_in: str | Path, model_out: str | Path, *, fus
 
     model_in, model_out = Path(model_in), Path(model_out)
     device = device or local_cpu(SessionConfig(intra_op_threads=1))
+    refine = kwargs.pop("refine", None)
     with tempfile.TemporaryDirectory(prefix="edgequant-enc-") as tmp:
         paths: dict[str, Path] = {}
         summaries: dict[str, QuantizationSummary] = {}
+        float_srcs: dict[str, Path] = {}
 
         def also_with(name: str, suffix: str, rewrite, label: str) -> None:
             """Add ``name`` rewritten by ``rewrite`` (in place, returns a count) as another alternative."""
@@ -235,7 +268,9 @@ def quantize_encoder_dynamic(model_in: str | Path, model_out: str | Path, *, fus
 
         for name, f in _alternative_names(fuse):
             paths[name] = Path(tmp) / f"{name}.onnx"
-            summaries[name] = quantize_transformer_dynamic(model_in, paths[name], fuse=f, **kwargs)
+            float_srcs[name] = Path(tmp) / f"{name}.float.onnx"
+            summaries[name] = quantize_transformer_dynamic(model_in, paths[name], fuse=f, **kwargs,
+                                                           float_out=float_srcs[name] if refine else None)
             also_with(name, "Add/LayerNorm", unfuse_skip_layernorm, "unfuse_skip_layernorm({}): residual Add as "
                       "Sum so onnxruntime does not fuse SkipLayerNormalization")
         # float Softmax inputs floored (exact): much faster where an attention mask pads, a little
@@ -255,6 +290,7 @@ def quantize_encoder_dynamic(model_in: str | Path, model_out: str | Path, *, fus
         else:
             choice = choose_fastest(paths, device, feeds, budget_s=budget_s)
         kept = summaries[choice.chosen]
+        rounding = _refine_kept(choice.chosen, paths, float_srcs, refine, Path(tmp)) if refine else None
         model_out.parent.mkdir(parents=True, exist_ok=True)
         tmp_out = model_out.with_name(model_out.name + ".tmp")
         tmp_out.write_bytes(paths[choice.chosen].read_bytes())
@@ -262,6 +298,8 @@ def quantize_encoder_dynamic(model_in: str | Path, model_out: str | Path, *, fus
     kept.model_out = str(model_out)
     kept.size_out_bytes = model_out.stat().st_size
     kept.passes.append(choice.describe())
+    if rounding:
+        kept.passes.append(f"then, on {choice.chosen} only: {rounding}")
     if padded is not None:
         kept.passes.append("timed on random inputs, with attention masks attending everywhere and with half of "
                            "the positions padded: give real inputs (--calib) to time on yours")
