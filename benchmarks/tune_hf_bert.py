@@ -6,7 +6,10 @@ Runs the product as a user would (`python -m edgequant tune MODEL --calib calib.
 eval.npz`), then writes the search trace and the recommendation to
 results/<isa>/TUNE_HF_BERT.md and tune_hf_bert.json.
 
-    .venv/bin/python benchmarks/tune_hf_bert.py [--model hf_bert] [--time-budget 12]
+    .venv/bin/python benchmarks/tune_hf_bert.py [--model hf_bert] [--time-budget 12] [--target qnn]
+
+With ``--target qnn`` the search runs on onnxruntime-qnn's HTP backend (the simulator on x86-64:
+accuracy on the NPU's arithmetic, no timing) and writes results/TUNE_HF_BERT_QNN.md instead.
 
 Needs benchmarks/.models/hf_bert.onnx and vocab.txt (benchmarks/export_hf_bert.py, run.sh).
 """
@@ -55,10 +58,12 @@ def write_markdown(doc: dict, path: Path) -> None:
              "1-3 sentences of a distinct prose paragraph of Python's language reference (`pydoc_data.topics`), "
              "WordPiece-tokenized with the MiniLM vocabulary, padded to 128 tokens.", "",
              f"Machine: {mach['cpu']} ({mach['cores']} cores), ISA {', '.join(mach['isa'])}; onnxruntime "
-             f"{mach.get('onnxruntime', '?')}; device cpu (tune's default here), 1 thread. Load average before/after: {doc['loadavg_before']} / "
+             f"{mach.get('onnxruntime', '?')}; {doc['where']}. Load average before/after: {doc['loadavg_before']} / "
              f"{doc['loadavg_after']}.", "",
              f"**Recommended: `{rep['recommended']}`** -- {rep.get('recommendation_reason', '')}", "",
-             "| candidate | stage | speedup vs FP32 | quality | budget |", "|---|---|---|---|---|"]
+             "| candidate | stage | " + ("CPU speedup vs FP32 (this CPU running the file: not the NPU's latency)"
+                                           if "qnn" in doc["where"] else "speedup vs FP32")
+             + " | quality | budget |", "|---|---|---|---|---|"]
     for row in rep.get("search_trace", []):
         ci = row.get("speedup_ci")
         sp = "-" if row.get("speedup") is None else (
@@ -72,6 +77,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="hf_bert")
     ap.add_argument("--time-budget", type=float, default=12.0, help="tune's --time-budget, minutes")
+    ap.add_argument("--target", default=None, help="tune's --target (default: this machine's CPU)")
     args = ap.parse_args()
     src = HERE / ".models" / f"{args.model}.onnx"
     if not src.exists():
@@ -79,23 +85,29 @@ def main() -> None:
     work = HERE / ".work" / "tune_hf_bert"
     work.mkdir(parents=True, exist_ok=True)
     calib, evals, calib_n, eval_n = write_data(work)
-    out = work / f"{args.model}-tune"
+    out = work / f"{args.model}-tune{'-' + args.target if args.target else ''}"
     cmd = [sys.executable, "-m", "edgequant", "tune", str(src), "--calib", str(calib), "--eval", str(evals),
            "-o", str(out), "--threads", "1", "--time-budget", f"{args.time_budget:g}"]
+    if args.target:
+        cmd += ["--target", args.target]
     shown = " ".join(["edgequant", *cmd[3:]]).replace(str(HERE.parent) + "/", "")
     print(shown, flush=True)
     before, t0 = os.getloadavg(), time.perf_counter()
     subprocess.run(cmd, check=True)
-    doc = {"command": shown, "seconds": time.perf_counter() - t0, "calib_n": calib_n, "eval_n": eval_n,
+    where = ("device qnn-htp (tune's default for --target qnn: onnxruntime-qnn's HTP backend), 1 CPU thread"
+             if args.target == "qnn" else "device cpu (tune's default here), 1 thread")
+    doc = {"command": shown, "where": where, "seconds": time.perf_counter() - t0, "calib_n": calib_n, "eval_n": eval_n,
            "machine": machine(), "loadavg_before": [round(x, 2) for x in before],
            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
            "report": json.loads((out / "report.json").read_text())}
-    results = isa_results_dir(HERE / "results", doc["machine"])
+    # CPU timings are per ISA; the HTP backend's results are the accelerator's, not this CPU's
+    results = HERE / "results" if args.target == "qnn" else isa_results_dir(HERE / "results", doc["machine"])
+    stem = "tune_hf_bert_qnn" if args.target == "qnn" else "tune_hf_bert"
     results.mkdir(parents=True, exist_ok=True)
     keep = {k: doc["report"].get(k) for k in ("recommended", "recommendation_reason", "search_trace", "variants")}
-    (results / "tune_hf_bert.json").write_text(json.dumps({**doc, "report": keep}, indent=1, default=str))
-    write_markdown(doc, results / "TUNE_HF_BERT.md")
-    print(f"wrote {results / 'TUNE_HF_BERT.md'}")
+    (results / f"{stem}.json").write_text(json.dumps({**doc, "report": keep}, indent=1, default=str))
+    write_markdown(doc, results / f"{stem.upper()}.md")
+    print(f"wrote {results / (stem.upper() + '.md')}")
 
 
 if __name__ == "__main__":
