@@ -35,6 +35,7 @@ RECIPES = [
     ("arm64 static", "arm64", "arm64-emu", {}),
     ("qnn static A8W8", "qnn", "qnn-htp", {}),
     ("qnn static A16W8", "qnn", "qnn-htp", {"activation_type": "uint16"}),
+    ("qnn static A16W8 GPTQ", "qnn", "qnn-htp", {"activation_type": "uint16", "gptq": True}),
 ]
 
 
@@ -90,7 +91,7 @@ def presence_rows(work: Path, output: str = "conv2d_31") -> list[dict]:
     evals = open_source(str(DMS / "data" / "face_landmark.evaluation.npz"), graph_inputs(load_model(fp32)))
     ref = get_device("cpu").outputs([fp32], evals).outputs[0][output].astype(np.float64).ravel()
     rows = []
-    for label in ("qnn static A8W8", "qnn static A16W8"):
+    for label in [r[0] for r in RECIPES if r[2] == "qnn-htp"]:
         path = work / f"face_landmark.{label.replace(' ', '_')}.onnx"
         got = get_device("qnn-htp").outputs([path], evals).outputs[0][output].astype(np.float64).ravel()
         rel = np.abs(got - ref) / np.maximum(np.abs(ref), 1e-6)
