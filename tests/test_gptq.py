@@ -30,7 +30,7 @@ def _inputs(n: int, seed: int) -> np.ndarray:
     return (rng.normal(0, 1, (n, 16, 1)) + 0.2 * rng.normal(0, 1, (n, 16, K))).astype(np.float32)
 
 
-def _matmul_model(path: Path) -> Path:
+def _matmul_model_proto() -> onnx.ModelProto:
     w = np.random.default_rng(0).normal(0, 1, (K, N)).astype(np.float32)
     g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")], "g",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, K])],
@@ -38,7 +38,11 @@ def _matmul_model(path: Path) -> Path:
                           [numpy_helper.from_array(w, "w")])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    onnx.save(model, str(path))
+    return model
+
+
+def _matmul_model(path: Path) -> Path:
+    onnx.save(_matmul_model_proto(), str(path))
     return path
 
 
@@ -137,6 +141,23 @@ def test_tune_tries_gptq_after_smoothquant_on_the_dynamic_default() -> None:
     assert [(r.smooth_quant, r.gptq) for r in got] == [(True, False), (True, True)]
     assert got[1].config("x86-vnni").gptq and "GPTQ" in got[1].summary("x86-vnni")
 
+
+def test_qnn_a16w8_default_is_gptq_rounded_and_its_learned_rounding_picks_one() -> None:
+    """With 16-bit activations the 8-bit weights' rounding is most of the error left, so the
+    accelerator's A16W8 default rounds them with GPTQ; weight rounding variants of such a base
+    swap GPTQ for AdaRound (both at once is refused) instead of repeating it."""
+    from edgequant.alternatives import default_alternatives
+    from edgequant.tune.recipes import default_recipes, rounding_recipes
+
+    model = _matmul_model_proto()
+    a16 = next(a for a in default_alternatives("qnn", model) if a.name == "static-a16w8")
+    assert a16.config("qnn").gptq and a16.config("qnn").activation_type == "uint16"
+    assert not next(a for a in default_alternatives("qnn", model) if a.name == "static").config("qnn").gptq
+    recipe = next(r for r in default_recipes("qnn", model) if r.name == "static-a16w8")
+    assert recipe.gptq and "GPTQ" in recipe.summary("qnn")
+    variants = rounding_recipes(recipe)
+    assert [r.name for r in variants] == ["static-a16w8+adaround", "static-a16w8+adaround-bc"]
+    assert all(r.config("qnn").adaround and not r.config("qnn").gptq for r in variants)   # valid configs
 
 def test_encoder_rounds_only_the_kept_alternative_after_the_timing(tmp_path: Path) -> None:
     """Rounding changes integers, never the graph or its speed: the encoder's fused/unfused/rewritten

@@ -105,6 +105,7 @@ def test_run_for_target_qnn_measures_on_htp_and_stays_quiet(conv_and_data, tmp_p
     assert static["placement"]["compute_on_cpu"] == 0
     a16 = next(v for v in report["variants"] if v["name"] == "static-a16w8")       # first class on HTP
     assert a16["config"]["activation_type"] == "uint16" and a16["placement"]["compute_on_cpu"] == 0
+    assert a16["config"]["gptq"] and any("(GPTQ)" in n for n in a16["notes"])   # 8-bit weights GPTQ-rounded
     assert report["recommended"] in ("static", "static-a16w8"), static["verdict"]
     assert any("not latency" in n for n in report["notes"])
 

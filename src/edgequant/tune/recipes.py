@@ -123,7 +123,7 @@ def default_recipes(target: str = "auto", model: onnx.ModelProto | None = None) 
     would not run on the target itself (dynamic on an accelerator without a float path)."""
     return [Recipe(alt.name, alt.mode, why=alt.why, per_channel=alt.per_channel,
                    activation_type=alt.activation_type, fuse_transformer=alt.fuse_transformer, kernels=alt.kernels,
-                   equalize=alt.equalize)
+                   equalize=alt.equalize, gptq=alt.gptq)
             for alt in on_device_only(target, default_alternatives(target, model))]
 
 
@@ -198,11 +198,12 @@ def rounding_recipes(base: Recipe) -> list[Recipe]:
 
     def variant(suffix: str, why: str, **changes) -> Recipe:
         return replace(base, name=f"{base.name}+{suffix}", stage="learned rounding", why=why,
-                       **{"adaround": True, **changes})
+                       **{"adaround": True, "gptq": False, **changes})
 
-    out = [variant("gptq", "each weight row's rounding error absorbed by the rows not yet rounded (GPTQ)",
-                   adaround=False, gptq=True),
-           variant("adaround", "weights rounded up or down to reconstruct each layer's FP32 output")]
+    out = [] if base.gptq else [   # a base already GPTQ-rounded (qnn's A16W8) tries AdaRound instead
+        variant("gptq", "each weight row's rounding error absorbed by the rows not yet rounded (GPTQ)",
+                adaround=False, gptq=True)]
+    out.append(variant("adaround", "weights rounded up or down to reconstruct each layer's FP32 output"))
     if not base.bias_correction:
         out.append(variant("adaround-bc", "learned rounding, then empirical bias correction", bias_correction=True))
     return out
