@@ -70,6 +70,17 @@ def test_bench_sweep_and_session_flags(pair: tuple[Path, Path], tmp_path: Path) 
     assert doc["models"][0]["peak_memory_mb"] is None
 
 
+def test_bench_burst_is_recorded_and_said(pair: tuple[Path, Path], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    slow, fast = pair
+    out = tmp_path / "b.json"
+    assert main(["bench", str(slow), str(fast), "--runs", "4", "--warmup", "0", "--burst", "3", "--no-memory",
+                 "--min-time", "0", "--json", str(out)]) == 0
+    assert "each a burst of 3 runs in a row" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["burst"] == 3 and doc["runs"] == 4 and doc["models"][1]["speedup"] > 1.0
+    assert main(["bench", str(slow), "--burst", "0"]) != 0
+
 def test_bench_input_file(pair: tuple[Path, Path], tmp_path: Path) -> None:
     slow, fast = pair
     data = tmp_path / "x.npz"

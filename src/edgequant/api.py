@@ -316,13 +316,16 @@ def evaluate(model: str | Path, data: str, *, reference: str | Path | None = Non
 def bench(models: Sequence[str | Path], *, input: str | None = None, threads: int = DEFAULT_THREADS,
           warmup: int = 10, runs: int = 100, min_time_s: float = 0.5, session: SessionConfig | None = None,
           threads_sweep: Sequence[int] | None = None, memory: bool = False,
-          preprocess: Preprocess | str | None = None, progress: Progress | None = None) -> BenchReport:
+          preprocess: Preprocess | str | None = None, progress: Progress | None = None,
+          burst: int = 1) -> BenchReport:
     """Time ``models`` interleaved in one process; speedups are relative to the first model.
 
     ``input`` defaults to one synthetic sample. ``threads_sweep`` repeats the run at each
     intra-op thread count (replacing ``threads``; ``session``, when given, replaces both its
     other settings and ``threads``). ``memory`` adds each model's peak RSS in a fresh process.
     ``min_time_s``: fast models get more than ``runs`` rounds, until the rounds last that long.
+    ``burst`` > 1: each model runs that many times in a row per round and its steady state (the
+    median after the first) is timed, not its run right after another model.
     """
     from dataclasses import replace
 
@@ -350,7 +353,7 @@ def bench(models: Sequence[str | Path], *, input: str | None = None, threads: in
     for t in counts:
         _say(progress, f"timing {len(paths)} model(s) interleaved, {t} thread(s): {warmup} warm-up, >= {runs} rounds")
         res = local_cpu(cfg.with_(intra_op_threads=t)).time_interleaved(paths, feeds, warmup=warmup, runs=runs,
-                                                                        min_seconds=min_time_s)
+                                                                        min_seconds=min_time_s, burst=burst)
         # after the sessions exist: onnxruntime has already rejected unreadable models by name
         sizes = sizes or {p: model_io.model_size_bytes(p) for p in paths}
         sweep.append(ThreadRun(threads=t, wall_s=res.wall_s, models=bench_models(res, sizes)))
@@ -375,7 +378,7 @@ def bench(models: Sequence[str | Path], *, input: str | None = None, threads: in
                                         notes=tuple(feeds.notes)),
                        session=cfg, warmup=warmup, runs=len(sweep[0].models[0].latency.samples_ms),
                        sweep=tuple(sweep), swept=bool(threads_sweep),
-                       memory=baseline)
+                       memory=baseline, burst=burst)
 
 
 # ---- run / tune / fleet -------------------------------------------------------------------------

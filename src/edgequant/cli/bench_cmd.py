@@ -105,7 +105,9 @@ def print_bench(res: api.BenchReport) -> None:
     for note in res.input.notes:
         out.print(f"  note: {note}")
     out.print(f"session: graph-opt {cfg.graph_optimization}, arena {'on' if cfg.enable_mem_arena else 'off'}, "
-              f"providers {', '.join(cfg.providers)}; {res.warmup} warm-up + {res.runs} interleaved rounds per model")
+              f"providers {', '.join(cfg.providers)}; {res.warmup} warm-up + {res.runs} interleaved rounds per model"
+              + (f", each a burst of {res.burst} runs in a row, timed after the first (steady state)"
+                 if res.burst > 1 else ", one run each (every run right after another model's)" if n > 1 else ""))
     for block in res.sweep:
         out.print(_latency_table(f"latency (ms), {block.threads} intra-op thread(s)", block.models))
         if n > 1:
@@ -141,6 +143,10 @@ def print_bench(res: api.BenchReport) -> None:
 @click.option("--runs", type=click.IntRange(min=2), default=100, show_default=True,
               help="Timed rounds; each round runs every model once, in a random order.")
 @min_time_option
+@click.option("--burst", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs in a row per model and round; the first is untimed and the median of the rest is the "
+                   "round's time: the steady state of a model run after itself (a stream of frames), still "
+                   "paired across models. 1: each model once per round, right after another model's run.")
 @click.option("--input", "input_spec", default=None,
               help=f"Input data source; one sample is used (default: {api.DEFAULT_INPUT}, synthetic).")
 @click.option("--preprocess", default=None, help="Preprocessing spec when --input is an image folder.")
@@ -153,7 +159,7 @@ def print_bench(res: api.BenchReport) -> None:
 def bench(models: tuple[Path, ...], threads: int, inter_op: int, graph_opt: str, no_mem_arena: bool,
           no_mem_pattern: bool, execution_mode: str, spinning: bool | None, providers: tuple[str, ...],
           warmup: int, runs: int, min_time: float, input_spec: str | None, preprocess: str | None,
-          threads_sweep: list[int] | None, memory: bool, json_path: Path | None) -> None:
+          threads_sweep: list[int] | None, memory: bool, json_path: Path | None, burst: int) -> None:
     """Time MODELS interleaved in one process (A B C, B C A, ...); speedups are relative to the first
     model (median ratio, paired bootstrap 95% CI over rounds)."""
     provider_list = tuple(p.strip() for item in providers for p in item.split(",") if p.strip())
@@ -163,7 +169,8 @@ def bench(models: tuple[Path, ...], threads: int, inter_op: int, graph_opt: str,
                                 providers=provider_list or ("CPUExecutionProvider",))
     with make_console(stderr=True).status("benchmarking") as status:
         res = api.bench(list(models), input=input_spec, warmup=warmup, runs=runs, min_time_s=min_time, session=session,
-                        threads_sweep=threads_sweep, memory=memory, preprocess=preprocess, progress=status.update)
+                        threads_sweep=threads_sweep, memory=memory, preprocess=preprocess, progress=status.update,
+                        burst=burst)
     print_bench(res)
     if json_path is not None:
         write_text_atomic(json_path, dumps(res.to_dict()))

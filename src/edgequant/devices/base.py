@@ -76,10 +76,14 @@ class Device(ABC):
     @abstractmethod
     def time_interleaved(self, model_paths: Sequence[str | Path], feeds: Any, *, warmup: int = 10,
                          runs: int = 100, seed: int = 0, confidence: float = 0.95, resamples: int = 1000,
-                         sessions: Sequence[SessionConfig] | None = None, min_seconds: float = 0.0) -> BenchResult:
+                         sessions: Sequence[SessionConfig] | None = None, min_seconds: float = 0.0,
+                         burst: int = 1) -> BenchResult:
         """Every model once per round, rounds in random order, in one process; speedups vs the first.
 
         ``sessions`` gives each entry its own settings (a settings sweep of one model).
+        ``burst`` > 1: each model runs that many times in a row per round, the first (right after
+        another model) untimed, the median of the rest its time for the round: a model's steady
+        state, run after itself, with drift still paired across models (see ``time_burst``).
         ``min_seconds``: at least ``runs`` rounds and, where rounds are fast, more, until the timed
         rounds last about this long (capped at :data:`~edgequant.measure.latency.MAX_ROUNDS`):
         a 0.05 ms model's interval is then a few percent wide instead of tens of percent.

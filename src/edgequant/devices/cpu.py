@@ -22,7 +22,7 @@ import onnxruntime as ort
 from ..errors import EdgequantError
 from ..measure.coverage import Coverage, coverage_of_graph
 from ..measure.feeds import resolve_feeds, session_inputs
-from ..measure.latency import MAX_ROUNDS, BenchResult, bench_result, check_run_counts, round_order
+from ..measure.latency import MAX_ROUNDS, BenchResult, bench_result, check_run_counts, round_order, time_burst
 from ..measure.memory import MemoryResult
 from ..measure.profile import node_times, op_type_times
 from ..measure.session import SessionConfig, session_options
@@ -82,14 +82,15 @@ class CpuDevice(Device):
 
     def time_interleaved(self, model_paths: Sequence[str | Path], feeds: Any, *, warmup: int = 10,
                          runs: int = 100, seed: int = 0, confidence: float = 0.95, resamples: int = 1000,
-                         sessions: Sequence[SessionConfig] | None = None, min_seconds: float = 0.0) -> BenchResult:
+                         sessions: Sequence[SessionConfig] | None = None, min_seconds: float = 0.0,
+                         burst: int = 1) -> BenchResult:
         """All sessions are created (and their feeds checked) before any timing; each model then
         gets ``warmup`` untimed runs.
         ``time.perf_counter_ns`` brackets ``session.run`` only, and the garbage collector is paused
         while timing so a collection cannot land inside a run."""
         if not model_paths:
             raise EdgequantError("no models to benchmark")
-        check_run_counts(warmup, runs)
+        check_run_counts(warmup, runs, burst)
         paths = [str(p) for p in model_paths]
         configs = list(sessions) if sessions is not None else [self.session] * len(paths)
         if len(configs) != len(paths):
@@ -118,10 +119,7 @@ class CpuDevice(Device):
         try:
             while done < most and (done < runs or timed_ns < wanted_ns):
                 for i in round_order(n, done, seed):
-                    sess, f = loaded[i], feed_list[i]
-                    t0 = clock()
-                    sess.run(None, f)
-                    times[i, done] = clock() - t0
+                    times[i, done] = time_burst(loaded[i], feed_list[i], burst, clock)
                 timed_ns += int(times[:, done].sum())
                 done += 1
         finally:
@@ -130,7 +128,7 @@ class CpuDevice(Device):
         times, runs = times[:, :done], done
         return bench_result(paths, times / 1e6, configs[0], warmup=warmup, runs=runs,
                             wall_s=time.perf_counter() - start, confidence=confidence,
-                            resamples=resamples, seed=seed)
+                            resamples=resamples, seed=seed, burst=burst)
 
     # ---- profiles ---------------------------------------------------------------------------
 

@@ -89,6 +89,7 @@ class BenchReport:
     sweep: tuple[ThreadRun, ...]
     swept: bool = False
     memory: MemoryBaseline | None = None
+    burst: int = 1                    # runs in a row per model and round (> 1: steady state)
 
     @property
     def models(self) -> tuple[BenchModel, ...]:
@@ -99,6 +100,7 @@ class BenchReport:
         """The ``edgequant.bench/1`` document ``edgequant bench --json`` writes."""
         return {"schema": BENCH_SCHEMA, "machine": dict(self.machine), "input": self.input.to_dict(),
                 "session": self.session.to_dict(), "warmup": self.warmup, "runs": self.runs, "interleaved": True,
+                "burst": self.burst,
                 "memory": self.memory.to_dict() if self.memory is not None else None,
                 "models": [m.to_dict() for m in self.models],
                 "threads_sweep": [r.to_dict() for r in self.sweep] if self.swept else None}

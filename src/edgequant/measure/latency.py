@@ -13,7 +13,7 @@ statistics, so every device is judged by the same rule.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,6 +129,7 @@ class BenchResult:
     warmup: int
     runs: int
     wall_s: float
+    burst: int = 1          # runs in a row per model and round (> 1: steady state, see time_burst)
 
     def to_dict(self, *, samples: bool = True) -> dict[str, Any]:
         models = []
@@ -140,7 +141,7 @@ class BenchResult:
                 entry["samples_ms"] = list(m.stats.samples_ms)
             models.append(entry)
         return {"config": self.config.to_dict(), "warmup": self.warmup, "runs": self.runs,
-                "interleaved": True, "wall_s": self.wall_s, "models": models}
+                "interleaved": True, "burst": self.burst, "wall_s": self.wall_s, "models": models}
 
 
 def round_order(n_models: int, round_index: int, seed: int = 0) -> list[int]:
@@ -154,15 +155,36 @@ def round_order(n_models: int, round_index: int, seed: int = 0) -> list[int]:
     return [int(i) for i in rng.permutation(n_models)]
 
 
+def time_burst(session: Any, feeds: dict, burst: int, clock: Callable[[], int]) -> int:
+    """One model's time in one round (clock units): a single run, or with ``burst`` > 1 the median
+    of runs 2..burst in a row, the first (right after another model) untimed.
+
+    Why: what ran just before changes a short INT8 run by a fixed 1-2 ms on some CPUs (vector
+    units' power and frequency state, caches; ``benchmarks/duty_cycle.py``), so once per round
+    measures each model right after another, which no deployment does; a burst measures it after
+    itself, as a stream of frames runs it, while rounds still pair the models against drift."""
+    if burst <= 1:
+        t0 = clock()
+        session.run(None, feeds)
+        return clock() - t0
+    session.run(None, feeds)
+    times = []
+    for _ in range(burst - 1):
+        t0 = clock()
+        session.run(None, feeds)
+        times.append(clock() - t0)
+    return int(np.median(times))
+
+
 def bench_result(model_paths: Sequence[str], times_ms: np.ndarray, cfg: SessionConfig, *, warmup: int,
                  runs: int, wall_s: float, confidence: float = 0.95, resamples: int = 1000,
-                 seed: int = 0) -> BenchResult:
+                 seed: int = 0, burst: int = 1) -> BenchResult:
     """Statistics of an interleaved run: ``times_ms[i, r]`` is model ``i``'s time in round ``r``."""
     timings = []
     for i, p in enumerate(model_paths):
         sp = paired_speedup(times_ms[0], times_ms[i], confidence=confidence, resamples=resamples, seed=seed)
         timings.append(ModelTiming(path=str(p), stats=LatencyStats.from_samples(times_ms[i]), speedup=sp))
-    return BenchResult(models=tuple(timings), config=cfg, warmup=warmup, runs=runs, wall_s=wall_s)
+    return BenchResult(models=tuple(timings), config=cfg, warmup=warmup, runs=runs, wall_s=wall_s, burst=burst)
 
 
 #: Most rounds a minimum timing time (``min_seconds``) may add: 2000 paired rounds give a 0.05 ms
@@ -170,9 +192,11 @@ def bench_result(model_paths: Sequence[str], times_ms: np.ndarray, cfg: SessionC
 MAX_ROUNDS = 2000
 
 
-def check_run_counts(warmup: int, runs: int) -> None:
+def check_run_counts(warmup: int, runs: int, burst: int = 1) -> None:
     """The one check every timing job makes before it loads anything."""
     if runs < 2:
         raise EdgequantError(f"--runs must be at least 2 (got {runs})")
     if warmup < 0:
         raise EdgequantError(f"--warmup must be >= 0 (got {warmup})")
+    if burst < 1:
+        raise EdgequantError(f"--burst must be at least 1 (1: each model once per round), got {burst}")
