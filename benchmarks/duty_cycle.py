@@ -4,7 +4,7 @@
 
 For each model pair (FP32 and the INT8 file ``edgequant quantize --mode static`` writes on this
 machine, from benchmarks/.work/conv_profile/, built by ``conv_profile.py MODEL --quantize``), one
-session each (1 intra-op thread, onnxruntime's defaults otherwise), and before every timed run:
+session each (edgequant's CPU timing session: 1 intra-op thread), and before every timed run:
 
 * ``back-to-back``: nothing (the model's previous run);
 * ``after idle``: ``time.sleep(gap)`` (a camera pipeline waiting for its next frame);
@@ -51,9 +51,11 @@ def _regimes(gap_s: float) -> dict:
 
 
 def _session(path: Path) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    """The session edgequant's CPU device times with (1 intra-op thread, its other defaults)."""
+    from edgequant.devices.cpu_session import open_session
+    from edgequant.measure.session import SessionConfig
+
+    return open_session(path, SessionConfig(intra_op_threads=1))
 
 
 def _median_ms(sess: ort.InferenceSession, feeds: dict, before, runs: int) -> float:
