@@ -163,13 +163,10 @@ def time_burst(session: Any, feeds: dict, burst: int, clock: Callable[[], int]) 
     units' power and frequency state, caches; ``benchmarks/duty_cycle.py``), so once per round
     measures each model right after another, which no deployment does; a burst measures it after
     itself, as a stream of frames runs it, while rounds still pair the models against drift."""
-    if burst <= 1:
-        t0 = clock()
+    if burst > 1:
         session.run(None, feeds)
-        return clock() - t0
-    session.run(None, feeds)
     times = []
-    for _ in range(burst - 1):
+    for _ in range(max(burst - 1, 1)):
         t0 = clock()
         session.run(None, feeds)
         times.append(clock() - t0)

@@ -175,14 +175,13 @@ def quantize_transformer_dynamic(model_in: str | Path, model_out: str | Path, *,
     return summary
 
 
-def _refine_kept(chosen: str, paths: dict[str, Path], float_srcs: dict[str, Path],
+def _refine_kept(chosen: str, base: str, paths: dict[str, Path], float_srcs: dict[str, Path],
                  refine: Callable[[Path, Path], str], work: Path) -> str:
     """Round the weights of ``chosen`` in place; what the rounding said.
 
-    The rounding reads the FP32 graph its base alternative (fused or unfused) was quantized from;
-    the rewrites that made ``chosen`` from that base copy its weight initializers unchanged, so the
-    base is rounded and the integers it changed are written into ``chosen`` by name."""
-    base = chosen.split("+")[0]
+    The rounding reads the FP32 graph ``base`` (the fused or unfused alternative ``chosen`` was
+    rewritten from) was quantized from; those rewrites copy its weight initializers unchanged, so
+    the base is rounded and the integers it changed are written into ``chosen`` by name."""
     rounded = work / "rounded.onnx"
     shutil.copyfile(paths[base], rounded)
     said = refine(float_srcs[base], rounded)
@@ -254,6 +253,7 @@ def quantize_encoder_dynamic(model_in: str | Path, model_out: str | Path, *, fus
         paths: dict[str, Path] = {}
         summaries: dict[str, QuantizationSummary] = {}
         float_srcs: dict[str, Path] = {}
+        bases: dict[str, str] = {}          # alternative -> the fused/unfused one it was rewritten from
 
         def also_with(name: str, suffix: str, rewrite, label: str) -> None:
             """Add ``name`` rewritten by ``rewrite`` (in place, returns a count) as another alternative."""
@@ -262,6 +262,7 @@ def quantize_encoder_dynamic(model_in: str | Path, model_out: str | Path, *, fus
             if changed:
                 alt = f"{name}+{suffix}"
                 paths[alt] = Path(tmp) / f"{len(paths)}.onnx"
+                bases[alt] = bases[name]
                 onnx.save(model, str(paths[alt]))
                 summaries[alt] = QuantizationSummary(**{**summaries[name].__dict__, "passes": [
                     *summaries[name].passes, label.format(changed)]})
@@ -269,6 +270,7 @@ def quantize_encoder_dynamic(model_in: str | Path, model_out: str | Path, *, fus
         for name, f in _alternative_names(fuse):
             paths[name] = Path(tmp) / f"{name}.onnx"
             float_srcs[name] = Path(tmp) / f"{name}.float.onnx"
+            bases[name] = name
             summaries[name] = quantize_transformer_dynamic(model_in, paths[name], fuse=f, **kwargs,
                                                            float_out=float_srcs[name] if refine else None)
             also_with(name, "Add/LayerNorm", unfuse_skip_layernorm, "unfuse_skip_layernorm({}): residual Add as "
@@ -290,7 +292,8 @@ def quantize_encoder_dynamic(model_in: str | Path, model_out: str | Path, *, fus
         else:
             choice = choose_fastest(paths, device, feeds, budget_s=budget_s)
         kept = summaries[choice.chosen]
-        rounding = _refine_kept(choice.chosen, paths, float_srcs, refine, Path(tmp)) if refine else None
+        rounding = _refine_kept(choice.chosen, bases[choice.chosen], paths, float_srcs, refine,
+                                Path(tmp)) if refine else None
         model_out.parent.mkdir(parents=True, exist_ok=True)
         tmp_out = model_out.with_name(model_out.name + ".tmp")
         tmp_out.write_bytes(paths[choice.chosen].read_bytes())

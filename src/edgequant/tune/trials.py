@@ -156,16 +156,17 @@ def _quality_on(ref: Reference, outs: dict, idx: np.ndarray | None = None) -> tu
     return fid, acc, fp32_acc
 
 
-def _outputs_early(path: Path, ref: Reference, eval_src, device: Device, budget: Any) -> tuple[dict, dict | None]:
-    """All of ``path``'s outputs over ``eval_src``, or, when every EARLY_STRIDE-th sample already
-    decides "over", (None, that subset's measurement)."""
+def _outputs_early(path: Path, ref: Reference, eval_src, device: Device,
+                   budget: Any) -> tuple[dict | None, tuple[dict, dict | None] | None]:
+    """(all of ``path``'s outputs over ``eval_src``, None), or, when every EARLY_STRIDE-th sample
+    already decides "over", (None, that subset's (fidelity, accuracy))."""
     samples = list(eval_src)
     first = np.arange(0, len(samples), EARLY_STRIDE)
     outs_first = device.outputs([str(path)], [samples[i] for i in first]).outputs[0]
     fid, acc, fp32_acc = _quality_on(ref, outs_first, first)
     if budget.judge(fp32_acc, acc, fid).decision == "over":
         fid["evaluated_subset"] = {"samples": int(len(first)), "of": len(samples), "stride": EARLY_STRIDE}
-        return None, {"fidelity": fid, "accuracy": acc}
+        return None, (fid, acc)
     rest = np.setdiff1d(np.arange(len(samples)), first)
     outs_rest = device.outputs([str(path)], [samples[i] for i in rest]).outputs[0]
     back = np.argsort(np.concatenate([first, rest]))        # to the evaluation data's own order
@@ -178,12 +179,11 @@ def measure_quality(path: Path, ref: Reference, eval_src, device: Device, budget
     measured on that quarter only (``fidelity["evaluated_subset"]`` says so)."""
     early = (budget is not None and device.facts().emulated
              and (getattr(eval_src, "count", None) or 0) >= EARLY_MIN_SAMPLES)
-    outs, decided = _outputs_early(path, ref, eval_src, device, budget) if early else (
-        device.outputs([str(path)], eval_src).outputs[0], None)
-    if decided is not None:
-        fid, acc = decided["fidelity"], decided["accuracy"]
+    if early:
+        outs, decided = _outputs_early(path, ref, eval_src, device, budget)
     else:
-        fid, acc, _ = _quality_on(ref, outs)
+        outs, decided = device.outputs([str(path)], eval_src).outputs[0], None
+    fid, acc = decided if decided is not None else _quality_on(ref, outs)[:2]
     placement = device.placement(path)
     return {"fidelity": fid, "accuracy": acc, "coverage": device.coverage(path).to_dict(),
             "placement": placement.to_dict() if placement is not None else None}
