@@ -36,6 +36,23 @@ def test_identical_outputs() -> None:
     assert f.to_dict()["intervals"]["top1_agreement"]["trials"] == 2   # the samples behind the rate
 
 
+def test_fidelity_comes_back_from_its_json_with_the_budget_s_counts() -> None:
+    """tune keeps a candidate's fidelity as JSON; the final report rebuilds it from there, and the
+    budget must judge the rebuilt record exactly as the measured one (intervals, subset)."""
+    from edgequant.measure.fidelity import Fidelity
+    from edgequant.verdict import Budget
+
+    rng = np.random.default_rng(0)
+    ref = {"y": rng.normal(size=(50, 10)).astype(np.float32)}
+    cand = {"y": ref["y"] + rng.normal(0, 0.4, ref["y"].shape).astype(np.float32)}
+    measured = compare_outputs(ref, cand, {"y": "classifier"})
+    d = {**measured.to_dict(), "evaluated_subset": {"samples": 50, "of": 200, "stride": 4}}
+    back = Fidelity.from_dict(d)
+    assert back.to_dict() == d
+    assert back.counts["top1_agreement"].trials == 50 and back.evaluated_subset["of"] == 200
+    assert Budget().judge(None, None, back.to_dict()) == Budget().judge(None, None, d)
+
+
 def test_perturbed_known_values() -> None:
     ref = {"a": np.array([3.0, 4.0]), "b": np.array([[1.0, 0.0], [0.0, 1.0]])}
     cand = {"a": np.array([3.0, 4.5]), "b": np.array([[0.0, 1.0], [0.0, 1.0]])}

@@ -201,10 +201,25 @@ def test_tune_on_htp_repairs_cpu_fallback_instead_of_accepting_it(tmp_path: Path
     from edgequant.tune import TuneOptions, run_tune
 
     _without_htp_rules(monkeypatch)
+    ran_on_htp: list[str] = []
+    iter_outputs = QnnHtpDevice.iter_outputs
+
+    def spy(self, model_paths, samples, *args, **kwargs):
+        ran_on_htp.extend(Path(p).name for p in model_paths)
+        return iter_outputs(self, model_paths, samples, *args, **kwargs)
+
+    monkeypatch.setattr(QnnHtpDevice, "iter_outputs", spy)
     model, data = _matmul_layernorm(tmp_path)
     run = RunOptions(target="qnn", runs=5, warmup=1, measure_memory=False, output_roles={"y": "dense"})
     report = run_tune(model, tmp_path / "out", calib=str(data), eval_spec=str(data),
                       options=TuneOptions(run=run, trial_runs=4, trial_warmup=1, workers=1, max_candidates=8))
+    # the final measurement keeps the search's HTP outputs of the finalists: none of their published
+    # copies ran on the simulator again, yet each carries its quality and says where it was measured
+    finalists = [v for v in report["variants"] if v["config"].get("mode") == "static"]
+    assert finalists and ran_on_htp
+    assert not {Path(v["path"]).name for v in finalists} & set(ran_on_htp)
+    assert all(v["measured_on"]["outputs"] == "qnn-htp" and v["fidelity"]["cosine"] > 0 for v in finalists)
+    assert any("did not run them there again" in n for n in report["notes"])
     trace = {r["name"]: r for r in report["search_trace"]}
     assert list(trace)[:2] == ["static", "static-a16w8"]                 # no dynamic on HTP
     assert not trace["static"]["within_budget"] and "run on the CPU, not on qnn-htp: ln" in trace["static"]["outcome"]

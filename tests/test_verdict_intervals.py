@@ -143,13 +143,10 @@ def test_builtin_top1_reports_paired_outcomes() -> None:
 
 def _variant(name: str, ratio: float, fid: dict):
     from edgequant.measure.fidelity import Fidelity
-    from edgequant.measure.intervals import Proportion
     from edgequant.measure.latency import LatencyStats, Speedup
     from edgequant.variant import Variant
 
-    counts = {k: Proportion(v["successes"], v["trials"]) for k, v in fid.get("intervals", {}).items()}
-    f = Fidelity(cosine=fid["cosine"], sqnr_db=40.0, max_abs_err=0.01, top1_agreement=fid.get("top1_agreement"),
-                 counts=counts)
+    f = Fidelity.from_dict({"sqnr_db": 40.0, "max_abs_err": 0.01, "top1_agreement": None, **fid})
     lat = LatencyStats.from_samples([1.0 / ratio] * 5)
     return Variant(name, f"{name}.onnx", {"mode": name if name != "fp32" else "fp32"}, 1000, lat,
                    Speedup(ratio, ratio * 0.95, ratio * 1.05, 0.95, 1000), f)
@@ -175,6 +172,16 @@ def test_recommend_never_picks_an_undecided_variant() -> None:
     # with enough samples the same rate is decided and the faster variant wins
     vs = [_variant("fp32", 1.0, {"cosine": 1.0}), _variant("static", 2.0, _fid("top1_agreement", 400, 400))]
     assert recommend(vs, Budget())[0] == "static" and vs[1].to_dict()["budget_decision"] == "within"
+
+
+def test_a_variant_ruled_out_on_a_subset_says_on_how_many_samples() -> None:
+    """tune's early decision on an emulated device (a strided quarter) reaches the final verdict."""
+    over = _variant("static", 2.0, {**_fid("top1_agreement", 60, 120),
+                                    "evaluated_subset": {"samples": 120, "of": 480, "stride": 4}})
+    name, _ = recommend([_variant("fp32", 1.0, {"cosine": 1.0}), over], Budget())
+    assert name == "fp32" and over.to_dict()["budget_decision"] == "over"
+    assert over.verdict.endswith("(on 120 of 480 evaluation samples, every 4th: enough to rule it out)")
+    assert over.to_dict()["fidelity"]["evaluated_subset"] == {"samples": 120, "of": 480, "stride": 4}
 
 
 def test_fidelity_counts_samples_not_positions() -> None:

@@ -19,11 +19,11 @@ from .measure.machine import machine_facts
 from .measure.session import SessionConfig
 from .metrics import accuracy_entry
 from .quantize import QuantizeConfig, QuantizeResult, make_config, quantize_model
-from .variant import Candidate, Variant
+from .variant import Candidate, KnownQuality, Variant
 from .verdict import Budget, recommend
 
-__all__ = ["Budget", "Candidate", "RunOptions", "RunSetup", "Variant", "build_report", "measure_candidates",
-           "open_run", "recommend", "run_pipeline"]
+__all__ = ["Budget", "Candidate", "KnownQuality", "RunOptions", "RunSetup", "Variant", "build_report",
+           "measure_candidates", "open_run", "recommend", "run_pipeline"]
 
 Progress = Callable[[str], None]
 
@@ -42,6 +42,9 @@ class RunOptions:
     runs: int = 100
     # fast models get more rounds, until the timed rounds last this long (Device.time_interleaved)
     min_time_s: float = 0.5
+    # runs in a row per variant and round, timed after the first: 1 = each run right after another
+    # model's (a pipeline of models per frame); > 1 = a model's steady state (a stream it serves alone)
+    burst: int = 1
     metric: str | None = None
     preprocess: object | None = None      # edgequant.data.Preprocess for image folders
     calib_limit: int | None = 200
@@ -99,9 +102,11 @@ def quantize_variants(model_path: Path, out_dir: Path, specs: Sequence[tuple[str
 
 def _outputs(candidates: Sequence[Candidate], eval_source: DataSource, device, host):
     """Every candidate's outputs: FP32 models on the host CPU (the reference must be exact FP32),
-    quantized ones on the device. One pass per machine over the (re-iterable) source."""
-    on_device = [i for i, c in enumerate(candidates) if device is not host and c.mode in ("dynamic", "static")]
-    on_host = [i for i in range(len(candidates)) if i not in on_device]
+    quantized ones on the device, except those whose quality is known already (None for them).
+    One pass per machine over the (re-iterable) source."""
+    todo = [i for i, c in enumerate(candidates) if c.known is None]
+    on_device = [i for i in todo if device is not host and candidates[i].mode in ("dynamic", "static")]
+    on_host = [i for i in todo if i not in on_device]
     got = host.outputs([str(candidates[i].path) for i in on_host], eval_source)
     outputs: list = [None] * len(candidates)
     for k, i in enumerate(on_host):
@@ -151,7 +156,9 @@ def measure_candidates(candidates: Sequence[Candidate], eval_source: DataSource,
     device, host, timer = options.make_devices()
     lost = _Lost(device, host, notes)
     paths = [str(c.path) for c in candidates]
-    _say(progress, f"running {len(paths)} models on {eval_source.count or '?'} samples ({device.name})")
+    known = sum(c.known is not None for c in candidates)
+    _say(progress, f"running {len(paths) - known} models on {eval_source.count or '?'} samples ({device.name})"
+                   + (f"; {known} measured there by the search already" if known else ""))
     outputs, labels = lost.call("outputs", device, lambda d: _outputs(candidates, eval_source, d, host))
     outputs_on = lost.use(device)
     reference = outputs[0]
@@ -166,7 +173,8 @@ def measure_candidates(candidates: Sequence[Candidate], eval_source: DataSource,
                    f"{timer.name})")
     first = next(iter(eval_source))
     bench = lost.call("latency", timer, lambda t: t.time_interleaved(paths, first.feeds, warmup=options.warmup,
-                                                                    runs=options.runs, min_seconds=options.min_time_s))
+                                                                    runs=options.runs, min_seconds=options.min_time_s,
+                                                                    burst=options.burst))
     timed_on = lost.use(timer)
     base = lost.call("memory", timer, lambda t: t.baseline_memory()) if options.measure_memory else None
     # memory is measured over the baseline of the machine that measures it: all on one machine
@@ -179,22 +187,26 @@ def measure_candidates(candidates: Sequence[Candidate], eval_source: DataSource,
     variants = []
     for i, cand in enumerate(candidates):
         memory = memories[i]
-        acc = None
-        if metric:
-            acc = accuracy_entry(metric(outputs[i], labels, reference), fp32_metric)
+        if outputs[i] is None:     # measured by the search on this device and data: not run again
+            fidelity, acc, outputs_by = cand.known.fidelity, cand.known.accuracy, cand.known.device
+        else:
+            fidelity = compare_outputs(reference, outputs[i], roles, padding=padding)
+            acc = accuracy_entry(metric(outputs[i], labels, reference), fp32_metric) if metric else None
+            outputs_by = None
         quantized = cand.mode in ("dynamic", "static")
         placement = lost.call("placement", device, lambda d: d.placement(cand.path)) if quantized else None
         variants.append(Variant(
             name=cand.name, path=str(cand.path), config={**cand.config, "session": options.session.to_dict()},
             size_bytes=model_io.model_size_bytes(cand.path),
             latency=bench.models[i].stats, speed=bench.models[i].speedup,
-            fidelity=compare_outputs(reference, outputs[i], roles, padding=padding), accuracy=acc,
+            fidelity=fidelity, accuracy=acc,
             coverage=lost.call("coverage", device, lambda d: d.coverage(cand.path)) if quantized else None,
             memory=memory, notes=list(cand.notes),
             profile_us_by_op=(lost.call("per-op profiles", timed_on, lambda t: t.profile_ops(cand.path, first.feeds))
                               if options.profile else None),
             placement=placement.to_dict() if placement is not None else None,
-            measured_on={"outputs": outputs_on.name if quantized else host.name, "latency": timed_on.name}))
+            measured_on={"outputs": outputs_by or (outputs_on.name if quantized else host.name),
+                         "latency": timed_on.name}))
     return variants
 
 
@@ -247,7 +259,7 @@ def build_report(model_path: Path, model_proto, variants: list[Variant], options
         # runs: the rounds actually timed (more than asked for where a round is short: min_time_s)
         "measurement": {"warmup": options.warmup, "runs": len(variants[0].latency.samples_ms) if variants
                         else options.runs, "runs_asked": options.runs, "min_time_s": options.min_time_s,
-                        "interleaved": True, "session": options.session.to_dict()},
+                        "interleaved": True, "burst": options.burst, "session": options.session.to_dict()},
     }
 
 

@@ -17,6 +17,17 @@ from .measure.latency import LatencyStats, Speedup
 from .measure.memory import MemoryResult
 
 
+@dataclass(frozen=True)
+class KnownQuality:
+    """A candidate's fidelity and task accuracy, already measured on the run's device over the run's
+    evaluation data (``tune``'s search): the same file gives the same outputs there, so the final
+    measurement does not run it on that device again (an HTP simulator: ~1 s per BERT text)."""
+
+    fidelity: Fidelity
+    accuracy: dict | None
+    device: str
+
+
 @dataclass
 class Candidate:
     """A model to measure: the FP32 original or a quantized variant."""
@@ -25,6 +36,7 @@ class Candidate:
     path: Path
     config: dict
     notes: list[str] = field(default_factory=list)
+    known: KnownQuality | None = None     # quality measured already (tune): outputs are not run again
 
     @property
     def mode(self) -> str:

@@ -313,7 +313,9 @@ def recommend(variants: list[Variant], budget: Budget, *, min_speedup: float = 1
             v.verdict = (f"nothing quantized: none of the {v.coverage.compute_ops} compute ops runs as an INT8 kernel "
                          f"({_no_int8_reason(v)})")
         elif not ok:
-            v.verdict = judged.verdict()
+            part = v.fidelity.evaluated_subset
+            v.verdict = judged.verdict() + (f" (on {part['samples']} of {part['of']} evaluation samples, every "
+                                            f"{part['stride']}th: enough to rule it out)" if part else "")
         elif defect:
             v.verdict = f"not deployable on {device}: {defect}"
         elif not judge_speed and v.coverage is not None and v.coverage.quantized_compute_ops < v.coverage.compute_ops:

@@ -87,6 +87,8 @@ class OutputFidelity:
     box_scale: float | None = None            # detection: mean |FP32 box coordinate| there
     #: agreement proxy -> Proportion (successes, trials, unit): what the budget's Wilson interval uses
     counts: dict[str, Proportion] = field(default_factory=dict)
+    #: measured on a strided subset of the evaluation data only: {"samples", "of", "stride"}
+    evaluated_subset: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"cosine": self.cosine, "sqnr_db": self.sqnr_db,
@@ -98,6 +100,8 @@ class OutputFidelity:
                 d[key] = getattr(self, key)
         if self.counts:
             d["intervals"] = {k: p.to_dict() for k, p in self.counts.items()}
+        if self.evaluated_subset is not None:
+            d["evaluated_subset"] = dict(self.evaluated_subset)
         return d
 
 
@@ -109,6 +113,15 @@ class Fidelity(OutputFidelity):
 
     def per_output_dict(self) -> dict[str, dict[str, float | str | None]]:
         return {name: o.to_dict() for name, o in self.per_output.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Fidelity:
+        """The worst-case record back from :meth:`to_dict` (a measurement kept as JSON, e.g. by
+        ``tune``'s cache); each output's own record is not in that form, so ``per_output`` is empty."""
+        known = {f for f in cls.__dataclass_fields__ if f not in ("counts", "per_output")}
+        counts = {k: Proportion(c["successes"], c["trials"], c.get("unit", "samples"))
+                  for k, c in (d.get("intervals") or {}).items()}
+        return cls(**{k: v for k, v in d.items() if k in known}, counts=counts)
 
 
 def class_scores(arr: np.ndarray) -> np.ndarray | None:

@@ -26,6 +26,7 @@ from .. import provenance
 from ..errors import EdgequantError
 from ..pipeline import (
     Candidate,
+    KnownQuality,
     RunOptions,
     build_report,
     fp32_rewrite_candidate,
@@ -119,11 +120,16 @@ def _finalists(state: SearchState, count: int, *, judge_speed: bool = True) -> l
     return picks
 
 
-def _publish(trial: Trial, out_dir: Path, stem: str) -> Candidate:
-    """Copy a cached candidate next to the report under a readable name (external data too)."""
+def _publish(trial: Trial, out_dir: Path, stem: str, quality_on: str | None = None) -> Candidate:
+    """Copy a cached candidate next to the report under a readable name (external data too).
+    ``quality_on``: the device the search measured its quality on, kept instead of run again."""
+    from ..measure.fidelity import Fidelity
+
     dest = out_dir / f"{stem}.{trial.name}.onnx"
     model_io.copy_model(trial.path, dest)
-    return Candidate(trial.name, dest, trial.recipe_dict, list(trial.notes))
+    known = (KnownQuality(Fidelity.from_dict(trial.fidelity), trial.accuracy, quality_on)
+             if quality_on and trial.fidelity is not None else None)
+    return Candidate(trial.name, dest, trial.recipe_dict, list(trial.notes), known=known)
 
 
 def run_tune(model: str | Path, out_dir: str | Path, *, calib: str, eval_spec: str | None = None,
@@ -160,10 +166,10 @@ def run_tune(model: str | Path, out_dir: str | Path, *, calib: str, eval_spec: s
                                        "preprocess": repr(run.preprocess), "session": run.session.to_dict(),
                                        "output_roles": dict(run.output_roles),
                                        "runs": options.trial_runs, "min_time_s": run.min_time_s,
-                                       "model": sha})
+                                       **({"burst": run.burst} if run.burst > 1 else {}), "model": sha})
     runner = TrialRunner(model_path, target, cache, CalibSpec(str(calib), run.calib_limit, run.preprocess), ref,
                          eval_src, run.budget, device, timer, trial_runs=options.trial_runs,
-                         trial_warmup=options.trial_warmup, trial_min_time_s=run.min_time_s,
+                         trial_warmup=options.trial_warmup, trial_min_time_s=run.min_time_s, trial_burst=run.burst,
                          workers=options.workers, progress=progress,
                          **({"quantize_batch": options.quantizer} if options.quantizer else {}))
     from .qat_stage import QatTrainer, qat_available
@@ -185,9 +191,15 @@ def run_tune(model: str | Path, out_dir: str | Path, *, calib: str, eval_spec: s
 
     finalists = _finalists(state, options.finalists, judge_speed=device.facts().can_time)
     _say(progress, f"final measurement: fp32 and {len(finalists)} candidates ({run.runs} interleaved rounds)")
+    # off this CPU (a simulator, an emulator, a board) the search's outputs are the final ones: same
+    # file, device and data; only the timing, memory and profiles here need the full runs
+    quality_on = device.name if device is not host else None
+    if quality_on and finalists:
+        notes.append(f"the finalists' outputs on {quality_on} are the search's measurement of the same files "
+                     "on the same evaluation data; the final measurement did not run them there again")
     candidates = ([Candidate("fp32", model_path, {"mode": "fp32"})]
                   + fp32_rewrite_candidate(model_path, proto, out_dir, target)   # exact rewrites compete too
-                  + [_publish(t, out_dir, model_path.stem) for t in finalists])
+                  + [_publish(t, out_dir, model_path.stem, quality_on) for t in finalists])
     variants = measure_candidates(candidates, eval_src, run, progress, notes)
     failed = [{"name": t.name, "config": t.recipe_dict, "error": t.error} for t in state.trials if t.error]
     report = build_report(model_path, proto, variants, run, target=target, notes=notes, failed=failed)
