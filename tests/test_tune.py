@@ -113,16 +113,30 @@ def test_rerun_resumes_from_cache(sensitive, tmp_path: Path, monkeypatch) -> Non
     assert third["tune"]["from_cache"] == 0 and third["tune"]["quantized_now"] == third["tune"]["candidates"]
 
 
-def test_cli_tune(sensitive, tmp_path: Path, capsys) -> None:
+def test_cli_tune(sensitive, tmp_path: Path, capsys, monkeypatch) -> None:
+    from edgequant.devices.cpu import CpuDevice
+
+    bursts: list[int] = []
+    timed = CpuDevice.time_interleaved
+
+    def spy(self, *args, **kwargs):
+        bursts.append(kwargs.get("burst", 1))
+        return timed(self, *args, **kwargs)
+
+    monkeypatch.setattr(CpuDevice, "time_interleaved", spy)
     model, calib, evals = sensitive
     out = tmp_path / "cli"
     rc = main(["tune", str(model), "--calib", str(calib), "--eval", str(evals), "-o", str(out), "--runs", "5",
                "--trial-runs", "5", "--warmup", "1", "--workers", "1", "--target", "x86-avx2",
-               "--max-candidates", "3"])
+               "--max-candidates", "3", "--burst", "3"])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "search trace" in text and "recommended:" in text and "advice:" in text
-    assert (out / "report.json").is_file()
+    # the deployment's regime (steady state: 3 runs in a row) times the trials and the final report alike
+    assert len(bursts) >= 2 and set(bursts) == {3}
+    report = json.loads((out / "report.json").read_text())
+    assert report["measurement"]["burst"] == 3
+    assert "3 runs in a row per round" in (out / "report.html").read_text()
     assert main(["tune", str(tmp_path / "missing.onnx"), "--calib", str(calib), "--eval", str(evals)]) != 0
     assert "missing.onnx" in capsys.readouterr().err
 

@@ -14,7 +14,7 @@ from ..fsutil import write_text_atomic
 from ..measure.machine import describe_machine
 from ..measure.serialize import dumps
 from . import cli
-from .options import min_time_option, threads_option
+from .options import burst_option, min_time_option, threads_option
 from .report_view import make_console
 
 
@@ -143,10 +143,7 @@ def print_bench(res: api.BenchReport) -> None:
 @click.option("--runs", type=click.IntRange(min=2), default=100, show_default=True,
               help="Timed rounds; each round runs every model once, in a random order.")
 @min_time_option
-@click.option("--burst", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Runs in a row per model and round; the first is untimed and the median of the rest is the "
-                   "round's time: the steady state of a model run after itself (a stream of frames), still "
-                   "paired across models. 1: each model once per round, right after another model's run.")
+@burst_option
 @click.option("--input", "input_spec", default=None,
               help=f"Input data source; one sample is used (default: {api.DEFAULT_INPUT}, synthetic).")
 @click.option("--preprocess", default=None, help="Preprocessing spec when --input is an image folder.")

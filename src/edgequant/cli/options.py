@@ -78,6 +78,15 @@ def min_time_option(f: F) -> F:
                              "--runs.")(f)
 
 
+def burst_option(f: F) -> F:
+    """--burst K: time each model's steady state (K runs in a row per round) instead of one run per round."""
+    return click.option("--burst", type=click.IntRange(min=1), default=1, show_default=True,
+                        help="Runs in a row per model and round; the first is untimed and the median of the rest "
+                             "is the round's time: the steady state of a model run after itself (a stream of "
+                             "frames, a model serving alone), still paired across models. 1: each model once per "
+                             "round, right after another model's run (a pipeline of several models per frame).")(f)
+
+
 def run_options(*, target: str, max_drop: float, max_abs_drop: float | None, threads: int, warmup: int, runs: int,
                 metric: str | None, preprocess: str | None, calib_limit: int, eval_limit: int | None,
                 output_role: tuple[str, ...] = (), **extra: Any) -> api.RunOptions:

@@ -8,7 +8,7 @@ import click
 
 from .. import api
 from . import cli
-from .options import budget_options, min_time_option, model_and_data_options, run_options, threads_option
+from .options import budget_options, burst_option, min_time_option, model_and_data_options, run_options, threads_option
 from .report_view import make_console, print_report
 
 
@@ -18,6 +18,7 @@ from .report_view import make_console, print_report
 @threads_option
 @click.option("--runs", type=click.IntRange(min=2), default=100, show_default=True)
 @min_time_option
+@burst_option
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
 @click.option("--calib-limit", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--eval-limit", type=click.IntRange(min=1), default=None)
@@ -30,12 +31,12 @@ from .report_view import make_console, print_report
 def run(model: Path, calib: str, eval_spec: str | None, out: Path | None, target: str, metric: str | None,
         preprocess: str | None, max_drop: float, max_abs_drop: float | None, threads: int, runs: int,
         min_time: float, warmup: int, calib_limit: int, eval_limit: int | None, min_speedup: float, selective: bool,
-        json_path: Path | None, device: str, output_role: tuple[str, ...]) -> None:
+        json_path: Path | None, device: str, output_role: tuple[str, ...], burst: int) -> None:
     """Quantize MODEL dynamically and statically, measure all three side by side, recommend one."""
     options = run_options(target=target, device=device, output_role=output_role, max_drop=max_drop, max_abs_drop=max_abs_drop, threads=threads,
                           warmup=warmup, runs=runs, metric=metric, preprocess=preprocess, calib_limit=calib_limit,
                           eval_limit=eval_limit, min_speedup=min_speedup, selective=selective,
-                          min_time_s=min_time)
+                          min_time_s=min_time, burst=burst)
     out = out or Path("reports") / model.stem
     with make_console(stderr=True).status("starting") as status:
         report = api.run(model, out, calib=calib, eval=eval_spec, options=options, progress=status.update)

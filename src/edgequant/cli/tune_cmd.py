@@ -9,7 +9,7 @@ from rich.table import Table
 
 from .. import api
 from . import cli
-from .options import budget_options, min_time_option, model_and_data_options, run_options, threads_option
+from .options import budget_options, burst_option, min_time_option, model_and_data_options, run_options, threads_option
 from .report_view import make_console, print_report
 
 
@@ -37,6 +37,7 @@ def trace_table(report: dict) -> Table:
 @click.option("--trial-runs", type=click.IntRange(min=2), default=30, show_default=True,
               help="Interleaved rounds per search trial.")
 @min_time_option
+@burst_option
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Candidates quantized at once: processes here (at most 2), or Ray tasks with --ray "
@@ -56,11 +57,11 @@ def tune(model: Path, calib: str, eval_spec: str, out: Path | None, target: str,
          preprocess: str | None, max_drop: float, max_abs_drop: float | None, threads: int,
          time_budget: float | None, runs: int, trial_runs: int, min_time: float, warmup: int, workers: int,
          max_candidates: int, calib_limit: int, eval_limit: int | None, device: str, output_role: tuple[str, ...],
-         no_float_fallback: bool, qat_minutes: float, ray_address: str | None) -> None:
+         no_float_fallback: bool, qat_minutes: float, ray_address: str | None, burst: int) -> None:
     """Find the fastest quantized MODEL within the accuracy budget, by measurement."""
     run = run_options(target=target, device=device, output_role=output_role, max_drop=max_drop, max_abs_drop=max_abs_drop, threads=threads, warmup=warmup,
                       runs=runs, metric=metric, preprocess=preprocess, calib_limit=calib_limit, eval_limit=eval_limit,
-                      min_time_s=min_time)
+                      min_time_s=min_time, burst=burst)
     options = api.TuneOptions(run=run, time_budget_min=time_budget, trial_runs=trial_runs, workers=workers,
                               max_candidates=max_candidates, float_fallback=False if no_float_fallback else None,
                               qat_minutes=qat_minutes)

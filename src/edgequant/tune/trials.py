@@ -210,10 +210,10 @@ class QualityProbe:
 
 
 def time_batch(paths: Sequence[Path], ref: Reference, device: Device, *, runs: int,
-               warmup: int, min_seconds: float = 0.0) -> tuple[list[Speedup], int]:
+               warmup: int, min_seconds: float = 0.0, burst: int = 1) -> tuple[list[Speedup], int]:
     """Each path's speedup over FP32, all interleaved in one benchmark; and the rounds timed."""
     bench = device.time_interleaved([str(ref.path), *map(str, paths)], ref.feeds, warmup=warmup, runs=runs,
-                                    min_seconds=min_seconds)
+                                    min_seconds=min_seconds, burst=burst)
     return [t.speedup for t in bench.models[1:]], bench.runs
 
 
@@ -233,6 +233,7 @@ class TrialRunner:
     trial_runs: int = 30
     trial_warmup: int = 3
     trial_min_time_s: float = 0.0       # more rounds for fast models (Device.time_interleaved)
+    trial_burst: int = 1                # runs in a row per round (RunOptions.burst: the deployment's regime)
     workers: int = 2
     progress: Progress | None = None
     quantize_batch: Callable = quantize_batch      # jobs, workers -> results (Ray: scaleout.tune_tasks)
@@ -413,7 +414,8 @@ class TrialRunner:
         self._say(f"timing {', '.join(t.name for t in trials)} interleaved with FP32 (>= {self.trial_runs} rounds)")
         try:
             results, rounds = time_batch([t.path for t in trials], self.ref, self.timer, runs=self.trial_runs,
-                                         warmup=self.trial_warmup, min_seconds=self.trial_min_time_s)
+                                         warmup=self.trial_warmup, min_seconds=self.trial_min_time_s,
+                                         burst=self.trial_burst)
         except EdgequantError as exc:
             for t in trials:
                 t.error = str(exc)
