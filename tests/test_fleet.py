@@ -85,6 +85,7 @@ def test_new_data_or_a_new_tool_reruns_a_finished_model(fleet_dir, monkeypatch):
     ("models:\n  - {name: ../evil, model: m.onnx, calib: c.npz}", "name"),
     ("models:\n  - {name: a, model: m.onnx, calib: c.npz}\n  - {name: a, model: n.onnx, calib: c.npz}", "duplicate"),
     ("models: [unclosed", "not valid YAML"),
+    ("models:\n  - {name: a, model: m.onnx, calib: c.npz, burst: 0}", "burst"),
 ])
 def test_invalid_yaml_gives_clear_errors(tmp_path, text, needle):
     fy = _write(tmp_path / "f.yaml", text)
@@ -120,11 +121,12 @@ def test_missing_files_fail_before_any_work_and_the_cli_says_how_many(fleet_dir)
 
 
 def test_fleet_entry_sets_tune_options(fleet_dir):
-    """float_fallback and qat_minutes reach tune; a bad value names the entry."""
+    """float_fallback, qat_minutes and burst reach tune; a bad value names the entry."""
     fy = _write(fleet_dir / "f.yaml", "defaults: {tune: true, qat_minutes: 0}\nmodels:\n"
                 "  - {name: conv, model: conv.onnx, calib: conv_calib.npz, float_fallback: false}\n"
-                "  - {name: mlp, model: mlp.onnx, calib: mlp_calib.npz, qat_minutes: 2.5}\n")
+                "  - {name: mlp, model: mlp.onnx, calib: mlp_calib.npz, qat_minutes: 2.5, burst: 4}\n")
     entries = {e.name: e for e in load_fleet(fy)}
+    assert (entries["mlp"].options.burst, entries["conv"].options.burst) == (4, 1)   # the timing regime too
     assert (entries["conv"].qat_minutes, entries["conv"].float_fallback) == (0, False)
     assert (entries["mlp"].qat_minutes, entries["mlp"].float_fallback) == (2.5, None)
     bad = _write(fleet_dir / "bad.yaml", "models:\n  - {name: conv, model: conv.onnx, calib: conv_calib.npz, "

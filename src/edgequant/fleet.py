@@ -26,7 +26,7 @@ from .pipeline import Budget, RunOptions, run_pipeline
 from .targets import TARGETS
 
 _ENTRY_KEYS = {"name", "model", "calib", "eval", "preprocess", "metric", "budget", "tune", "target", "device", "output_roles",
-               "threads", "runs", "min_time", "warmup", "calib_limit", "eval_limit", "time_budget", "selective",
+               "threads", "runs", "min_time", "burst", "warmup", "calib_limit", "eval_limit", "time_budget", "selective",
                "float_fallback", "qat_minutes"}
 _DEFAULT_KEYS = _ENTRY_KEYS - {"name", "model", "calib", "eval"}
 _BUDGET_KEYS = {"max_drop", "max_abs_drop", "min_agreement", "min_cosine", "min_nn_agreement",
@@ -122,7 +122,8 @@ def _entry(fleet_path: Path, i: int, raw: dict, defaults: dict) -> FleetEntry:
             raise EdgequantError(f"{where}.preprocess: must be a mapping (size, resize, color, layout, scale, mean, std)")
         preprocess = Preprocess.from_mapping(merged["preprocess"], where=f"{where}.preprocess")
     ints = {k: _number(f"{where}.{k}", merged[k], lo=lo, integer=True)
-            for k, lo in (("threads", 0), ("runs", 2), ("warmup", 0), ("calib_limit", 1), ("eval_limit", 1))
+            for k, lo in (("threads", 0), ("runs", 2), ("burst", 1), ("warmup", 0), ("calib_limit", 1),
+                          ("eval_limit", 1))
             if merged.get(k) is not None}
     metric = merged.get("metric")
     if metric is not None and not isinstance(metric, str):
@@ -133,7 +134,8 @@ def _entry(fleet_path: Path, i: int, raw: dict, defaults: dict) -> FleetEntry:
         raise EdgequantError(f"{where}.float_fallback: must be true or false")
     options = RunOptions(
         target=target, budget=budget, session=SessionConfig(intra_op_threads=ints.get("threads", 1)),
-        warmup=ints.get("warmup", 10), runs=ints.get("runs", 100), metric=metric, preprocess=preprocess,
+        warmup=ints.get("warmup", 10), runs=ints.get("runs", 100), burst=ints.get("burst", 1), metric=metric,
+        preprocess=preprocess,
         **({"min_time_s": _number(f"{where}.min_time", merged["min_time"], lo=0)}
            if merged.get("min_time") is not None else {}),
         calib_limit=ints.get("calib_limit", 200), eval_limit=ints.get("eval_limit"),
