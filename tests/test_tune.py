@@ -113,6 +113,32 @@ def test_rerun_resumes_from_cache(sensitive, tmp_path: Path, monkeypatch) -> Non
     assert third["tune"]["from_cache"] == 0 and third["tune"]["quantized_now"] == third["tune"]["candidates"]
 
 
+def test_a_second_tune_on_the_same_folder_is_refused_while_the_first_runs(sensitive, tmp_path: Path, capsys) -> None:
+    """Two tunes writing one cache would replace each other's candidates (a model file vanished under
+    a running search once); the second is refused in one line, and the folder is free again after."""
+    import subprocess
+    import sys
+
+    model, calib, evals = sensitive
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom edgequant.tune.cache import exclusive\n"
+                               "with exclusive(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)",
+                               str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rc = main(["tune", str(model), "--calib", str(calib), "--eval", str(evals), "-o", str(out), "--runs", "5",
+                   "--trial-runs", "5", "--warmup", "1", "--workers", "1", "--max-candidates", "2"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc != 0 and len(err) == 1
+        assert str(out) in err[0] and f"another edgequant tune is writing to this folder (pid {holder.pid})" in err[0]
+        assert not (out / "report.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    report = run_tune(model, out, calib=str(calib), eval_spec=str(evals), options=_options(max_candidates=2))
+    assert (out / "report.json").is_file() and report["recommended"]
+
+
 def test_cli_tune(sensitive, tmp_path: Path, capsys, monkeypatch) -> None:
     from edgequant.devices.cpu import CpuDevice
 

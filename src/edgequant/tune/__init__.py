@@ -33,7 +33,7 @@ from ..pipeline import (
     measure_candidates,
     open_run,
 )
-from .cache import TuneCache
+from .cache import TuneCache, exclusive
 from .recipes import Recipe
 from .search import Search, SearchState
 from ..jobs import CalibSpec, quiet_logging
@@ -135,16 +135,20 @@ def _publish(trial: Trial, out_dir: Path, stem: str, quality_on: str | None = No
 def run_tune(model: str | Path, out_dir: str | Path, *, calib: str, eval_spec: str | None = None,
              options: TuneOptions | None = None, progress: Progress | None = None) -> dict:
     """Search recipes for ``model``; write report.json + report.html into ``out_dir``; return the report."""
+    started = time.monotonic()
+    options = options or TuneOptions()
+    setup = open_run(model, out_dir, calib, eval_spec, options.run)
+    if setup.calib is None:
+        raise EdgequantError(f"{setup.model_path}: tune needs calibration data (--calib SRC)")
+    with exclusive(setup.out_dir):    # one tune per folder: two would replace each other's cached files
+        return _tune(setup, calib, options, progress, started)
+
+
+def _tune(setup, calib: str, options: TuneOptions, progress: Progress | None, started: float) -> dict:
     from ..report import write_report
     from . import report as tune_report
 
-    started = time.monotonic()
-    options = options or TuneOptions()
-    run = options.run
-    setup = open_run(model, out_dir, calib, eval_spec, run)
     run = setup.options
-    if setup.calib is None:
-        raise EdgequantError(f"{setup.model_path}: tune needs calibration data (--calib SRC)")
     model_path, out_dir, proto, target = setup.model_path, setup.out_dir, setup.proto, setup.target
     calib_src, eval_src, eval_spec, notes = setup.calib, setup.eval, setup.eval_spec, setup.notes
 

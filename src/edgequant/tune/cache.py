@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..errors import EdgequantError
 from ..fsutil import write_text_atomic
 
 CACHE_DIR = ".tune-cache"
@@ -20,6 +24,32 @@ CACHE_DIR = ".tune-cache"
 def digest(doc: Any) -> str:
     """Stable hash of a JSON-able document."""
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@contextmanager
+def exclusive(out_dir: Path) -> Iterator[None]:
+    """Hold ``out_dir`` for this tune alone (a lock on ``.tune-cache/lock``, released when the run ends or
+    its process dies): a second tune writing the same cache would replace entries the first is reading."""
+    import fcntl
+
+    root = Path(out_dir) / CACHE_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip()
+            raise EdgequantError(f"{out_dir}: another edgequant tune is writing to this folder"
+                                 + (f" (pid {holder})" if holder else "")
+                                 + "; wait for it to finish or choose another output folder (-o)") from None
+        fh.truncate(0)
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class TuneCache:
