@@ -339,3 +339,21 @@ def test_a_slow_stage_too_short_for_its_minimum_is_skipped_with_one_note() -> No
     assert search.state.notes[0].startswith("QAT skipped: ") and "kept for the float-fallback" in search.state.notes[0]
     search.state.sensitivity = None                                 # nothing after it: the whole rest
     assert search._slow_stage_window("learned rounding") == (True, None)
+
+
+def test_with_nothing_within_budget_the_final_report_shows_the_closest_candidate() -> None:
+    """On HTP both defaults and every variant may miss the budget: besides the static default, the
+    final measurement then shows the most accurate candidate tried (A16W8 on the HF BERT), not only
+    the static default the advice calls far off."""
+    from edgequant.tune import _finalists
+    from edgequant.tune.recipes import Recipe
+    from edgequant.tune.search import SearchState
+    from edgequant.tune.trials import Trial
+
+    def trial(name: str, cosine: float, within: bool = False) -> Trial:
+        return Trial(Recipe(name, "static"), {"name": name}, fidelity={"cosine": cosine}, within_budget=within)
+
+    state = SearchState([trial("static", 0.66), trial("static-a16w8", 0.9993), trial("static-pct99.99", 0.75)])
+    assert [t.name for t in _finalists(state, 3, judge_speed=False)] == ["static", "static-a16w8"]
+    state.trials.append(trial("static-a16w8+gptq", 0.9999, within=True))    # within budget: that one instead
+    assert [t.name for t in _finalists(state, 3, judge_speed=False)] == ["static", "static-a16w8+gptq"]

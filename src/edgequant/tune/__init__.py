@@ -114,6 +114,8 @@ def _finalists(state: SearchState, count: int, *, judge_speed: bool = True) -> l
     good = [t for t in fastest_first if t.not_slower or not judge_speed]
     if not good:  # show the best within-budget candidate anyway: the report says why it loses
         good = fastest_first[:1]
+    if not good:  # none within budget: the closest one, so the report shows the best INT8 tried
+        good = sorted((t for t in state.trials if t.ok and t not in picks), key=quality_score, reverse=True)[:1]
     for t in good[:count]:
         if t not in picks:
             picks.append(t)
