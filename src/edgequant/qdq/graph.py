@@ -87,7 +87,26 @@ def float_tensors(model: onnx.ModelProto) -> set[str]:
     infos = [*g.value_info, *g.output, *g.input]
     names = {vi.name for vi in infos if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
     names |= {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
+    typed = {vi.name for vi in infos if vi.type.tensor_type.elem_type}
+    if any(o and o not in typed for n in g.node if n.domain not in ("", "ai.onnx") for o in n.output):
+        names |= _contrib_float_outputs(model)
     return names - inits
+
+
+def _contrib_float_outputs(model: onnx.ModelProto) -> set[str]:
+    """Float tensors downstream of onnxruntime's contrib ops (Attention, SkipLayerNormalization,
+    BiasGelu: a fused transformer), which ONNX's shape inference leaves untyped: onnxruntime's
+    symbolic inference knows them. Without it a fused graph's activations look like none, and
+    calibration or weight rounding silently sees nothing."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
+    except Exception:  # noqa: BLE001 - an op it does not know either: keep what ONNX inferred
+        return set()
+    if inferred is None:
+        return set()
+    return {vi.name for vi in inferred.graph.value_info if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
 
 
 def _exposable(model: onnx.ModelProto, wanted: Iterable[str] | None) -> list[str]:
