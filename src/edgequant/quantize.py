@@ -30,6 +30,7 @@ from .quantize_steps import (
     gptq_rounding,
     histogram_overrides,
     keep_coarse_float,
+    quantizer_sees,
     range_overrides,
     scoped_config,
     smooth,
@@ -297,13 +298,13 @@ def _run_static(src: Path, out: Path, config: QuantizeConfig, reader, notes: lis
         # HTP's own op rules fill in what neither set (qdq.htp_rules)
         from .qdq.htp_rules import weight_overrides
 
-        qnn_config.extra_options = with_overrides(with_overrides(with_overrides(
+        qnn_config.extra_options = quantizer_sees(with_overrides(with_overrides(with_overrides(
             qnn_config.extra_options, config.extra_options.get("TensorQuantOverrides") or {}), ranges),
-            weight_overrides(onnx.load(str(src), load_external_data=False)))
+            weight_overrides(onnx.load(str(src), load_external_data=False))), src)
         quantize(str(src), str(out), qnn_config)
         return
     opset = model_io.default_opset(onnx.load(str(src), load_external_data=False))
-    extra = with_overrides(_static_extra_options(config, opset), ranges)
+    extra = quantizer_sees(with_overrides(_static_extra_options(config, opset), ranges), src)
     if config.quant_format == "qdq":
         # QDQ placement decides whether ORT's fusions fire: this recipe also verifies coverage
         # on ORT's optimized graph and explains every compute op left in float.

@@ -279,6 +279,24 @@ def with_overrides(extra: dict, ranges: dict) -> dict:
     return {**extra, "TensorQuantOverrides": merged}
 
 
+def quantizer_sees(extra: dict, src: Path) -> dict:
+    """``extra`` without the overrides for ``src``'s activations that onnxruntime's quantizer cannot
+    see: outputs of contrib ops (Inverse, a fused Attention) that only onnxruntime's symbolic
+    inference types, which calibration and weight rounding use. The quantizer reads ONNX's own
+    inference, leaves such a tensor float and refuses an override for it ("not present in the
+    model"). A name the graph does not hold at all stays, for onnxruntime to report (a typo)."""
+    from .qdq.graph import quantizer_visible
+
+    overrides = extra.get("TensorQuantOverrides")
+    if not overrides:
+        return extra
+    model = onnx.load(str(src), load_external_data=False)
+    unseen = {o for n in model.graph.node for o in n.output} - quantizer_visible(model)
+    if not unseen & set(overrides):
+        return extra
+    return {**extra, "TensorQuantOverrides": {t: v for t, v in overrides.items() if t not in unseen}}
+
+
 def scoped_config(config: QuantizeConfig, src: Path, *, enclosing: bool = False) -> QuantizeConfig:
     """``config`` with the ``TensorQuantOverrides`` of the tensors ``src``'s own graph holds.
 

@@ -93,6 +93,18 @@ def float_tensors(model: onnx.ModelProto) -> set[str]:
     return names - inits
 
 
+def quantizer_visible(model: onnx.ModelProto) -> set[str]:
+    """The tensors onnxruntime's quantizer knows: initializers and what ONNX's own shape inference
+    types (it reads no other). An activation outside it is never quantized, and an override for it
+    is refused ("not present in the model")."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - the quantizer's own inference fails the same way: it reports that
+        inferred = model
+    g = inferred.graph
+    return {t.name for t in g.initializer} | {vi.name for vi in (*g.value_info, *g.output, *g.input)}
+
+
 def _contrib_float_outputs(model: onnx.ModelProto) -> set[str]:
     """Float tensors downstream of onnxruntime's contrib ops (Attention, SkipLayerNormalization,
     BiasGelu: a fused transformer), which ONNX's shape inference leaves untyped: onnxruntime's
