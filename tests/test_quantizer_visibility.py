@@ -59,3 +59,22 @@ def test_static_quantize_of_a_contrib_op_output_succeeds_and_stays_accurate(tmp_
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     cos = float((ref * got).sum() / (np.linalg.norm(ref) * np.linalg.norm(got)))
     assert cos > 0.99
+
+
+def test_a_matmul_reading_a_contrib_output_is_quantized(tmp_path):
+    """Preparation types the contrib op's output for the quantizer, so the MatMul reading it gets
+    Q/DQ on its activation too (INT8 after onnxruntime's fusion), not only a dequantized weight."""
+    src = _inverse_matmul(tmp_path / "m.onnx")
+    x = (np.eye(4, dtype=np.float32) * 2 + np.random.default_rng(1).normal(0, 0.1, (16, 1, 4, 4))).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x)
+    out = tmp_path / "q.onnx"
+    quantize_model(src, out, make_config("static", "x86-avx2"),
+                   open_source(tmp_path / "c.npz", graph_inputs(onnx.load(str(src)))))
+    q = onnx.load(str(out))
+    producer = {o: n for n in q.graph.node for o in n.output}
+    matmul = next(n for n in q.graph.node if n.op_type == "MatMul")
+    assert producer[matmul.input[0]].op_type == "DequantizeLinear"
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+    assert "QLinearMatMul" in {n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node}

@@ -105,20 +105,24 @@ def quantizer_visible(model: onnx.ModelProto) -> set[str]:
     return {t.name for t in g.initializer} | {vi.name for vi in (*g.value_info, *g.output, *g.input)}
 
 
-def _contrib_float_outputs(model: onnx.ModelProto) -> set[str]:
-    """Float tensors downstream of onnxruntime's contrib ops (Attention, SkipLayerNormalization,
-    BiasGelu: a fused transformer), which ONNX's shape inference leaves untyped: onnxruntime's
-    symbolic inference knows them. Without it a fused graph's activations look like none, and
-    calibration or weight rounding silently sees nothing."""
+def symbolic_value_infos(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The value_info onnxruntime's symbolic shape inference writes: unlike ONNX's own, it knows the
+    contrib ops (Attention, SkipLayerNormalization, Inverse); [] where it fails too."""
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
         inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
     except Exception:  # noqa: BLE001 - an op it does not know either: keep what ONNX inferred
-        return set()
-    if inferred is None:
-        return set()
-    return {vi.name for vi in inferred.graph.value_info if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+        return []
+    return [] if inferred is None else list(inferred.graph.value_info)
+
+
+def _contrib_float_outputs(model: onnx.ModelProto) -> set[str]:
+    """Float tensors downstream of onnxruntime's contrib ops (Attention, SkipLayerNormalization,
+    BiasGelu: a fused transformer), which ONNX's shape inference leaves untyped: onnxruntime's
+    symbolic inference knows them. Without it a fused graph's activations look like none, and
+    calibration or weight rounding silently sees nothing."""
+    return {vi.name for vi in symbolic_value_infos(model) if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
 
 
 def _exposable(model: onnx.ModelProto, wanted: Iterable[str] | None) -> list[str]:

@@ -89,6 +89,7 @@ def prepare(model_path: Path, work: Path, *, mode: str = "static", per_channel: 
     out.path = preprocess(staged, work / "prepared.onnx", out.passes, out.warnings, optimize=mode == "static")
     if mode == "static":
         out.path = _unshared_biases(out.path, work / "unshared.onnx", out.passes)
+        out.path = _typed_for_quantizer(out.path, work / "typed.onnx", out.passes)
         if rule.exact_rewrites:   # after quant_pre_process: it inlines HardSwish into HardSigmoid + Mul
             out.path = _graph_passes(out.path, work / "rewritten.onnx", _static_passes(rule.name), out)
     return out
@@ -196,6 +197,27 @@ def _subgraph_local_initializers(model: onnx.ModelProto) -> int:
         del graph.initializer[:]
         graph.initializer.extend(keep)
     return len(moved)
+
+
+def _typed_for_quantizer(src: Path, dst: Path, passes: list[str]) -> Path:
+    """``src`` with value_info for the activations only onnxruntime's symbolic inference types
+    (contrib-op outputs and what follows them) in ``dst``; ``src`` when there are none. The static
+    quantizer reads ONNX's own inference alone and leaves an untyped tensor float: a MatMul reading a
+    SkipLayerNormalization or Inverse output would stay float. ``quant_pre_process`` writes these
+    itself unless its symbolic inference (which does not guess unknown ranks) failed."""
+    from .graph import quantizer_visible, symbolic_value_infos
+
+    model = model_io.load_model(src)
+    if all(n.domain in ("", "ai.onnx") for n in model.graph.node):
+        return src
+    untyped = {o for n in model.graph.node for o in n.output if o} - quantizer_visible(model)
+    typed = [vi for vi in symbolic_value_infos(model) if vi.name in untyped and vi.type.tensor_type.elem_type]
+    if not typed:
+        return src
+    model.graph.value_info.extend(typed)
+    onnx.save_model(model, str(dst))
+    passes.append(f"type_for_quantizer({len(typed)} activation(s) typed by onnxruntime's symbolic shape inference)")
+    return dst
 
 
 _BIAS_OPS = ("Conv", "ConvTranspose", "Gemm")
