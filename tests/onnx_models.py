@@ -146,6 +146,17 @@ def bert_layers(layers: int = 2, heads: int = 4, head_size: int = 8, ffn: int = 
     return model
 
 
+def inverse_matmul(seed: int = 0) -> onnx.ModelProto:
+    """com.microsoft:Inverse -> MatMul: onnxruntime runs it, but its symbolic shape inference cannot type
+    the Inverse output without guessing its rank, and ONNX's own inference leaves it untyped."""
+    w = _init("w", np.random.default_rng(seed).normal(0, 0.5, (4, 4)).astype(np.float32))
+    nodes = [helper.make_node("Inverse", ["x"], ["inv"], domain="com.microsoft", name="inverse"),
+             helper.make_node("MatMul", ["inv", "w"], ["y"], name="matmul")]
+    graph = helper.make_graph(nodes, "inverse_matmul", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4])], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+
+
 def save(model: onnx.ModelProto, path: Path) -> Path:
     onnx.save_model(model, str(path))
     return path

@@ -14,19 +14,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+
+import onnx_models
 
 
 def _inverse_mlp(path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.normal(0, 0.5, (4, 4)).astype(np.float32), "w")
-    nodes = [helper.make_node("Inverse", ["x"], ["inv"], domain="com.microsoft", name="inverse"),
-             helper.make_node("MatMul", ["inv", "w"], ["y"], name="matmul")]
-    graph = helper.make_graph(nodes, "inverse_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4])], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
-    onnx.save(model, str(path))
-    return path
+    return onnx_models.save(onnx_models.inverse_matmul(), path)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+
+import onnx_models
 
 from edgequant.data import open_source
 from edgequant.model import graph_inputs
@@ -22,14 +23,7 @@ from edgequant.quantize_steps import quantizer_sees
 
 
 def _inverse_matmul(path: Path) -> Path:
-    w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.5, (4, 4)).astype(np.float32), "w")
-    nodes = [helper.make_node("Inverse", ["x"], ["inv"], domain="com.microsoft", name="inverse"),
-             helper.make_node("MatMul", ["inv", "w"], ["y"], name="matmul")]
-    graph = helper.make_graph(nodes, "inverse_matmul", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4])], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
-    onnx.save(model, str(path))
-    return path
+    return onnx_models.save(onnx_models.inverse_matmul(), path)
 
 
 def test_overrides_for_unseen_contrib_outputs_are_dropped_and_typos_kept(tmp_path):
