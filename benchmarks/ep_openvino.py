@@ -25,13 +25,19 @@ from bench_data import samples  # noqa: E402
 from bench_machine import isa_results_dir, machine  # noqa: E402
 
 DMS = HERE.parent / ".cache" / "dms"
-MODELS = {  # label: (fp32 path, int8 path, feeds factory, rounds)
-    "resnet18": (".models/resnet18.onnx", ".work/resnet18/edgequant.onnx", "image", 30),
-    "mobilenet_v2": (".models/mobilenet_v2.onnx", ".work/mobilenet_v2/edgequant.onnx", "image", 80),
-    "encoder": (".work/encoder/fp32_fused.onnx", ".work/encoder/edgequant.onnx", "tokens", 30),
-    "encoder (unfused fp32 / static QDQ int8)": (".models/encoder.onnx", ".work/encoder/ort_default_static.onnx", "tokens", 30),
-    "face_landmark": (str(DMS / "models/face_landmark.onnx"), ".work/face_landmark/edgequant.onnx", "dms", 100),
-    "iris_landmark": (str(DMS / "models/iris_landmark.onnx"), ".work/iris_landmark/edgequant.onnx", "dms", 100),
+MODELS = {  # label: (fp32 path, {variant: quantized path}, feeds factory, rounds)
+    "resnet18": (".models/resnet18.onnx", {"int8": ".work/resnet18/edgequant.onnx",
+                                           "ort_default": ".work/resnet18/ort_default_static.onnx"}, "image", 30),
+    "mobilenet_v2": (".models/mobilenet_v2.onnx", {"int8": ".work/mobilenet_v2/edgequant.onnx",
+                                                   "ort_default": ".work/mobilenet_v2/ort_default_static.onnx"}, "image", 80),
+    "mobilenet_v3_small": (".models/mobilenet_v3_small.onnx", {
+        "int8": ".work/mobilenet_v3_small/edgequant.onnx",
+        "ort_default": ".work/mobilenet_v3_small/ort_default_static.onnx"}, "image", 150),
+    "encoder": (".work/encoder/fp32_fused.onnx", {"int8": ".work/encoder/edgequant.onnx"}, "tokens", 30),
+    "encoder (unfused fp32 / static QDQ int8)": (".models/encoder.onnx", {"int8": ".work/encoder/ort_default_static.onnx"},
+                                                 "tokens", 30),
+    "face_landmark": (str(DMS / "models/face_landmark.onnx"), {"int8": ".work/face_landmark/edgequant.onnx"}, "dms", 100),
+    "iris_landmark": (str(DMS / "models/iris_landmark.onnx"), {"int8": ".work/iris_landmark/edgequant.onnx"}, "dms", 100),
 }
 
 
@@ -57,11 +63,12 @@ def main() -> None:
     t_start = time.perf_counter()
     res: dict = {"onnxruntime": ort.__version__, "providers": ort.get_available_providers(), "machine": machine(),
                  "models": {}}
-    for label, (fp, q, kind, rounds) in MODELS.items():
-        paths = {"fp32": HERE / fp if not os.path.isabs(fp) else Path(fp), "int8": HERE / q}
-        if not all(p.exists() for p in paths.values()):
+    for label, (fp, quantized, kind, rounds) in MODELS.items():
+        paths = {"fp32": HERE / fp if not os.path.isabs(fp) else Path(fp)} | {v: HERE / q for v, q in quantized.items()}
+        if not (paths["fp32"].exists() and paths["int8"].exists()):
             print(f"skip {label}: missing {[str(p) for p in paths.values() if not p.exists()]}")
             continue
+        paths = {v: p for v, p in paths.items() if p.exists()}
         feeds = feeds_for(kind, paths["fp32"])
         sess, errors = {}, {}
         for v, p in paths.items():
@@ -78,8 +85,9 @@ def main() -> None:
             for _ in range(5):
                 sess[k].run(None, feeds)
         times = {k: [] for k in names}
-        for r in range(rounds):
-            for k in names[r % len(names):] + names[:r % len(names)]:
+        order = np.random.default_rng(1)
+        for _ in range(rounds):          # every session once per round, in a fresh random order
+            for k in order.permutation(names):
                 t0 = time.perf_counter_ns()
                 sess[k].run(None, feeds)
                 times[k].append((time.perf_counter_ns() - t0) / 1e6)
@@ -107,7 +115,9 @@ def main() -> None:
     lines = ["# OpenVINO execution provider vs CPU EP", "",
              (f"`benchmarks/.venv-ov/bin/python benchmarks/ep_openvino.py` ({res['elapsed_s']:.0f} s): onnxruntime-openvino "
              f"{res['onnxruntime']} (its own ORT build; CPU EP rows are that build's, not 1.32's). 1 thread per session,"),
-             "all four sessions of a model interleaved in one process; speedup vs FP32 on the CPU EP, 95% paired bootstrap CI;",
+             "every session of a model interleaved in one process (random order per round); speedup vs FP32 on the CPU EP,",
+             "95% bootstrap CI; `int8` = edgequant's static/dynamic default from the suite, `ort_default` = onnxruntime's",
+             "documented static QDQ flow (the suite's `ort_default_static`);",
              "cosine of the first output vs FP32 CPU EP on one input.", "",
              f"Machine: {mach['cpu']} ({mach['cores']} cores), ISA {' '.join(mach['isa'])}.", ""]
     for label, m in res["models"].items():
