@@ -191,6 +191,9 @@ def test_encoder_rounds_only_the_kept_alternative_after_the_timing(tmp_path: Pat
     assert len(made.built) >= built     # fused and/or unfused and their rewrites were built (and timed)
     assert len(rounded) == 1 and rounded[0], "one rounding, which changed some integers"
     assert sum("(GPTQ)" in p for p in made.summary.passes) == 1
+    said = next(p for p in made.summary.passes if "(GPTQ)" in p)
+    # a fused attention's packed Q/K/V weights are not rounded, and the summary says so
+    assert ("QAttention" in said) == any(n.op_type == "QAttention" for n in load_model(tmp_path / "out.onnx").graph.node)
     kept = _initializers(tmp_path / "out.onnx")
     for name, ints in rounded[0].items():
         assert np.array_equal(kept[name], ints), name

@@ -57,13 +57,20 @@ class Rounding:
         kept = {n: r for n, r in self.layers.items() if r.kept}
         if not kept:
             return (f"{self.description}: no layer improved on nearest rounding ({len(self.layers)} tried over "
-                    f"{self.samples} samples, {len(self.skipped)} skipped)")
+                    f"{self.samples} samples{self._skips()})")
         db = sorted(-10 * np.log10(max(r.error_ratio, 1e-12)) for r in kept.values())
         best = max(kept, key=lambda n: -kept[n].error_ratio)
         moved = sum(r.changed for r in kept.values()) / max(sum(r.weights for r in kept.values()), 1)
         return (f"{self.description}: {len(kept)} of {len(self.layers)} layer(s) over {self.samples} samples, "
                 f"{moved:.0%} of their weights off nearest; held-out output error lower by median "
-                f"{db[len(db) // 2]:.1f} dB, up to {db[-1]:.1f} dB at {best}; {self.seconds:.0f} s")
+                f"{db[len(db) // 2]:.1f} dB, up to {db[-1]:.1f} dB at {best}; {self.seconds:.0f} s{self._skips()}")
+
+    def _skips(self) -> str:
+        """The skipped layers by reason: a user must see which integers were left at nearest rounding."""
+        if not self.skipped:
+            return ""
+        reasons = collections.Counter(self.skipped.values())
+        return "; skipped: " + ", ".join(f"{n} {why}" for why, n in reasons.most_common())
 
 
 @dataclass
@@ -154,6 +161,9 @@ def find_layers(quantized: onnx.ModelProto, float_inits: dict[str, onnx.TensorPr
     uses = use_counts(quantized.graph)
     out = []
     for n in quantized.graph.node:
+        if n.op_type == "QAttention":   # one packed [hidden, 3 x hidden] weight read through the fused kernel
+            skipped[n.name or n.output[0]] = "packed Q/K/V weights of a fused attention (QAttention)"
+            continue
         dynamic = n.op_type == "MatMulInteger"
         if not (dynamic or n.op_type in ("Conv", "Gemm", "MatMul")) or len(n.input) < 2:
             continue
