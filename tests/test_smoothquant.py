@@ -160,3 +160,34 @@ def test_dynamic_smoothquant_needs_calibration_data(tmp_path: Path) -> None:
     src = _post_ln_residual(tmp_path / "m.onnx")
     with pytest.raises(EdgequantError, match="calibration"):
         quantize_model(src, tmp_path / "q.onnx", make_config("dynamic", "x86-vnni", smooth_quant=True))
+
+
+def test_a_pooled_nchw_activation_flattened_into_a_classifier_is_not_a_site(tmp_path: Path) -> None:
+    """A CNN head: GlobalAveragePool's [1, C, 1, 1] output reshaped to [1, C] for the classifier Gemm.
+    The Reshape keeps C last, but the site tensor itself has C on axis 1, not last: smoothing it
+    along its last axis (size 1) used to crash the strength search (mobilenet_v3_small, tune's
+    dynamic+smoothquant candidate). It is left alone, and the model still quantizes."""
+    from edgequant.data import open_source
+    from edgequant.model import graph_inputs, load_model
+
+    rng = np.random.default_rng(0)
+    c, n = 16, 8
+    w = rng.normal(0, 0.3, (n, c)).astype(np.float32)
+    w[:, 3] *= 20                                                          # an outlier channel to tempt it
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
+             helper.make_node("Reshape", ["pooled", "shape"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "w", "b"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+                              [numpy_helper.from_array(np.array([1, c], np.int64), "shape"),
+                               numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(n, np.float32), "b")])
+    src = tmp_path / "head.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(src))
+    x = rng.normal(0, 1, (16, 1, c, 4, 4)).astype(np.float32)
+    x[:, :, 5] *= 30
+    np.savez(tmp_path / "calib.npz", x=x)
+    calib = open_source(str(tmp_path / "calib.npz"), graph_inputs(load_model(src)))
+    res = smooth_file(src, tmp_path / "s.onnx", calib, local_cpu(), dynamic=True)
+    assert "pooled" not in res.sites
+    quantize_model(src, tmp_path / "q.onnx", make_config("dynamic", "x86-vnni", smooth_quant=True), calib)
+    assert (tmp_path / "q.onnx").exists()

@@ -180,6 +180,7 @@ def find_sites(model: onnx.ModelProto, *, explicit: bool = False) -> list[_Site]
     g = model.graph
     idx = GraphIndex.build(g)
     uses = use_counts(g)
+    last = _last_dims(model)
     sites = []
     for x in list(idx.consumers):
         if x in idx.graph_outputs or x in idx.initializers:
@@ -189,6 +190,8 @@ def find_sites(model: onnx.ModelProto, *, explicit: bool = False) -> list[_Site]
             continue
         name, axis = _weight_rows(linear[0], idx)
         channels = idx.initializers[name].dims[axis]
+        if last.get(x, channels) != channels:   # channels not last (a pooled NCHW map flattened): s cannot apply
+            continue
         if any(idx.initializers[w].dims[a] != channels for w, a in (_weight_rows(n, idx) for n in linear)):
             continue
         if any(not _keeps_last_dim(r, idx, channels) for r in paths if r.op_type == "Reshape"):
@@ -201,6 +204,20 @@ def find_sites(model: onnx.ModelProto, *, explicit: bool = False) -> list[_Site]
         elif explicit:
             sites.append(_Site(x, linear, [], channels, rewire=paths))
     return sites
+
+
+def _last_dims(model: onnx.ModelProto) -> dict[str, int]:
+    """Each activation's last dimension where shape inference knows it."""
+    try:
+        g = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # noqa: BLE001 - unknown ops: the collected tensors are checked again
+        return {}
+    out = {}
+    for vi in (*g.value_info, *g.input, *g.output):
+        dims = vi.type.tensor_type.shape.dim
+        if dims and dims[-1].HasField("dim_value"):
+            out[vi.name] = dims[-1].dim_value
+    return out
 
 
 def _own_weights(linear: list[onnx.NodeProto], idx: GraphIndex, uses: dict[str, int]) -> bool:
@@ -235,7 +252,7 @@ def smooth_file(src: Path, dst: Path, samples: Iterable[Any], device: Any, *, dy
     added: list[onnx.NodeProto] = []
     for site in sites:
         st = stats[site.x]
-        if st.amax is None:
+        if st.amax is None or st.amax.size != site.channels:   # not seen, or its last axis is not the channels
             continue
         weights = [_as_k_by_n(inits, n, idx) for n in site.consumers]
         choice = choose_strength(st, weights, dynamic=dynamic, reduce_range=reduce_range, per_channel=per_channel,
