@@ -171,8 +171,8 @@ class QDQNet(nn.Module):
             value = fp32
         key = f"w{len(self.weights)}"
         self.weights[key] = fq.WeightQuant(torch.from_numpy(np.array(value, np.float32)),
-                                           torch.from_numpy(scale), torch.from_numpy(zp.astype(np.float32)),
-                                           axis, qmin, qmax)
+                                           torch.from_numpy(np.array(scale, np.float32)),   # a copy: inits are read-only
+                                           torch.from_numpy(zp.astype(np.float32)), axis, qmin, qmax)
         self.weight_keys[out] = key
         return Step(**{**base.__dict__, "kind": "wq", "key": key})
 
