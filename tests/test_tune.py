@@ -317,6 +317,8 @@ def test_a_slow_stage_that_runs_out_of_time_leaves_the_fallback_its_share(sensit
                for n in report["notes"]), report["notes"]
     stages = [r["stage"] for r in report["search_trace"]]
     assert stages.index("fallback") > stages.index("learned rounding"), stages
+    stopped = [r["outcome"] for r in report["search_trace"] if r["stage"] == "learned rounding"]
+    assert stopped and all(o.startswith("not finished: the time budget ran out") for o in stopped), stopped
     assert any(r["within_budget"] and r["stage"] == "fallback" for r in report["search_trace"])
     _check_pick_is_honest(report)
 

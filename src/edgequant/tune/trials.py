@@ -53,6 +53,7 @@ class Trial:
     path: Path | None = None
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    timed_out: bool = False               # stopped by the time budget: no verdict on the recipe
     fidelity: dict | None = None
     accuracy: dict | None = None
     coverage: dict | None = None
@@ -98,6 +99,8 @@ class Trial:
     def outcome(self) -> str:
         """Plain words for the search trace."""
         cached = " (cached)" if self.measured_cached else ""
+        if self.error and self.timed_out:
+            return f"not finished: {self.error.removeprefix('stopped: ')}"
         if self.error:
             return f"failed: {self.error}"
         if self.budget_decision == "undecided":
@@ -354,7 +357,8 @@ class TrialRunner:
                 t.error = res["error"]
             else:
                 t.notes = [*res["warnings"], *res["notes"]]
-            if res.get("timed_out"):   # not a verdict on the recipe: a later run with more time retries it
+            t.timed_out = bool(res.get("timed_out"))
+            if t.timed_out:   # not a verdict on the recipe: a later run with more time retries it
                 for stale in t.path.parent.glob(f".{t.path.name}.*.tmp"):   # its writer was stopped mid-way
                     stale.unlink(missing_ok=True)
                 continue
