@@ -285,13 +285,12 @@ def quantizer_sees(extra: dict, src: Path) -> dict:
     inference types, which calibration and weight rounding use. The quantizer reads ONNX's own
     inference, leaves such a tensor float and refuses an override for it ("not present in the
     model"). A name the graph does not hold at all stays, for onnxruntime to report (a typo)."""
-    from .qdq.graph import quantizer_visible
+    from .qdq.graph import quantizer_unseen
 
     overrides = extra.get("TensorQuantOverrides")
     if not overrides:
         return extra
-    model = onnx.load(str(src), load_external_data=False)
-    unseen = {o for n in model.graph.node for o in n.output} - quantizer_visible(model)
+    unseen = quantizer_unseen(onnx.load(str(src), load_external_data=False))
     if not unseen & set(overrides):
         return extra
     return {**extra, "TensorQuantOverrides": {t: v for t, v in overrides.items() if t not in unseen}}

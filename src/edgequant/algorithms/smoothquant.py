@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..qdq.graph import GraphIndex, attribute, expose_tensors, use_counts
+from ..qdq.graph import GraphIndex, attribute, expose_tensors, static_dims, use_counts
 from ..qdq.subgraphs import toposort
 
 DESCRIPTION = ("SmoothQuant: outlier input channels of MatMul/Gemm layers are divided by s_k (folded into the "
@@ -180,7 +180,7 @@ def find_sites(model: onnx.ModelProto, *, explicit: bool = False) -> list[_Site]
     g = model.graph
     idx = GraphIndex.build(g)
     uses = use_counts(g)
-    last = _last_dims(model)
+    last = static_dims(model, -1)
     sites = []
     for x in list(idx.consumers):
         if x in idx.graph_outputs or x in idx.initializers:
@@ -204,20 +204,6 @@ def find_sites(model: onnx.ModelProto, *, explicit: bool = False) -> list[_Site]
         elif explicit:
             sites.append(_Site(x, linear, [], channels, rewire=paths))
     return sites
-
-
-def _last_dims(model: onnx.ModelProto) -> dict[str, int]:
-    """Each activation's last dimension where shape inference knows it."""
-    try:
-        g = onnx.shape_inference.infer_shapes(model).graph
-    except Exception:  # noqa: BLE001 - unknown ops: the collected tensors are checked again
-        return {}
-    out = {}
-    for vi in (*g.value_info, *g.input, *g.output):
-        dims = vi.type.tensor_type.shape.dim
-        if dims and dims[-1].HasField("dim_value"):
-            out[vi.name] = dims[-1].dim_value
-    return out
 
 
 def _own_weights(linear: list[onnx.NodeProto], idx: GraphIndex, uses: dict[str, int]) -> bool:

@@ -93,16 +93,33 @@ def float_tensors(model: onnx.ModelProto) -> set[str]:
     return names - inits
 
 
-def quantizer_visible(model: onnx.ModelProto) -> set[str]:
-    """The tensors onnxruntime's quantizer knows: initializers and what ONNX's own shape inference
-    types (it reads no other). An activation outside it is never quantized, and an override for it
-    is refused ("not present in the model")."""
+def quantizer_unseen(model: onnx.ModelProto) -> set[str]:
+    """Node outputs onnxruntime's quantizer cannot see: it knows only initializers and what ONNX's own
+    shape inference types, so such an activation is never quantized and an override for it is refused
+    ("not present in the model"). Only a graph with ops outside the default domain (onnxruntime's
+    contrib ops) can hold one."""
+    if all(n.domain in ("", "ai.onnx") for n in model.graph.node):
+        return set()
+    outputs = {o for n in model.graph.node for o in n.output if o}
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        g = onnx.shape_inference.infer_shapes(model).graph
     except Exception:  # noqa: BLE001 - the quantizer's own inference fails the same way: it reports that
-        inferred = model
-    g = inferred.graph
-    return {t.name for t in g.initializer} | {vi.name for vi in (*g.value_info, *g.output, *g.input)}
+        g = model.graph
+    return outputs - {t.name for t in g.initializer} - {vi.name for vi in (*g.value_info, *g.output, *g.input)}
+
+
+def static_dims(model: onnx.ModelProto, axis: int) -> dict[str, int]:
+    """Tensor name -> its size along ``axis`` where ONNX's shape inference knows it ({} when it fails)."""
+    try:
+        g = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # noqa: BLE001 - unknown ops: no static sizes
+        return {}
+    out = {}
+    for vi in (*g.value_info, *g.input, *g.output):
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) > (axis if axis >= 0 else -axis - 1) and dims[axis].HasField("dim_value"):
+            out[vi.name] = dims[axis].dim_value
+    return out
 
 
 def symbolic_value_infos(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

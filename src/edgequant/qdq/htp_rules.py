@@ -18,6 +18,7 @@ import onnx
 
 from ..graph_pass import GraphPass, PassContext
 from .gelu_fusion import ErfGeluAsGelu
+from .graph import static_dims
 
 
 def uint8_weight_tensors(model: onnx.ModelProto) -> list[str]:
@@ -64,20 +65,6 @@ def _channel_only_zero_pad(model: onnx.ModelProto, pad: onnx.NodeProto) -> bool:
     return all(p == 0 for i, p in enumerate(pads) if i % rank != 1) and any(pads[i] for i in (1, rank + 1))
 
 
-def _channel_counts(model: onnx.ModelProto) -> dict[str, int]:
-    """Tensor name -> its (static) dimension 1, from ONNX shape inference."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - no shapes, no rewrite
-        return {}
-    out = {}
-    for vi in [*inferred.graph.value_info, *inferred.graph.input]:
-        dims = vi.type.tensor_type.shape.dim
-        if len(dims) > 1 and dims[1].HasField("dim_value"):
-            out[vi.name] = dims[1].dim_value
-    return out
-
-
 def channel_pads_as_concat(model: onnx.ModelProto) -> int:
     """Rewrite ``Pad(x, zero channels)`` as ``Concat(x, Mul(Slice(x, first k channels), 0))`` (exact).
 
@@ -91,7 +78,7 @@ def channel_pads_as_concat(model: onnx.ModelProto) -> int:
     Only pads of at most as many channels as the tensor has are rewritten (the Slice needs them)."""
     from onnx import helper, numpy_helper
 
-    channels_of = _channel_counts(model)
+    channels_of = static_dims(model, 1)
     new_nodes, extra, changed, dropped = [], [], 0, set()
     for node in model.graph.node:
         if node.op_type != "Pad" or not _channel_only_zero_pad(model, node):

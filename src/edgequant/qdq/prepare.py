@@ -205,12 +205,12 @@ def _typed_for_quantizer(src: Path, dst: Path, passes: list[str]) -> Path:
     quantizer reads ONNX's own inference alone and leaves an untyped tensor float: a MatMul reading a
     SkipLayerNormalization or Inverse output would stay float. ``quant_pre_process`` writes these
     itself unless its symbolic inference (which does not guess unknown ranks) failed."""
-    from .graph import quantizer_visible, symbolic_value_infos
+    from .graph import quantizer_unseen, symbolic_value_infos
 
     model = model_io.load_model(src)
-    if all(n.domain in ("", "ai.onnx") for n in model.graph.node):
+    untyped = quantizer_unseen(model)
+    if not untyped:
         return src
-    untyped = {o for n in model.graph.node for o in n.output if o} - quantizer_visible(model)
     typed = [vi for vi in symbolic_value_infos(model) if vi.name in untyped and vi.type.tensor_type.elem_type]
     if not typed:
         return src
