@@ -68,29 +68,31 @@ def write_markdown(results: dict, path: Path) -> None:
              "with a 95% paired bootstrap interval over rounds. Fidelity vs FP32 on held-out synthetic inputs",
              "(DMS models: evaluation crops from .cache/dms, task metrics on the whole evaluation split).", "",
              f"Load average at start: {', '.join(f'{x:.2f}' for x in results.get('loadavg_start', []))} "
-             "(2 cores shared with other engineers' jobs; ratios are paired, absolute times are not comparable across runs).", "",
+             f"({m['cores']} cores; where other jobs share them, ratios stay paired but absolute times are not "
+             "comparable across runs).", "",
              "## Machine", "",
              f"- CPU: {m['cpu']} ({m['cores']} cores), ISA: {', '.join(m['isa'])}; VNNI: {'yes' if m['vnni'] else 'no'}",
              f"- onnxruntime {m['onnxruntime']}, onnx {m['onnx']}, numpy {m['numpy']}, python {m['python']}",
              f"- threads measured: {', '.join(str(t) for t in results['config']['threads'])}; "
              f"rounds: {results['config']['rounds']}", ""]
+    threads = [str(t) for t in results["config"]["threads"]]
     for name, mres in results["models"].items():
         lines += [f"## {name}", "",
-                  "| variant | int8 ops | Q/DQ left | size MB | smaller | cosine | SQNR dB | top-1 agree | 1T median ms | "
-                  "1T speedup | 2T median ms | 2T speedup |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| variant | int8 ops | Q/DQ left | size MB | smaller | cosine | SQNR dB | top-1 agree | "
+                  + " | ".join(f"{t}T median ms | {t}T speedup" for t in threads) + " |",
+                  "|---" * (8 + 2 * len(threads)) + "|"]
         for vname, v in mres["variants"].items():
             lat, sp = v.get("latency", {}), v.get("speedup", {})
             fid = v.get("fidelity") or {}
             cov = v.get("coverage") or {}
-            t1 = lat.get("1", {}).get("median_ms")
-            t2 = lat.get("2", {}).get("median_ms")
             top1 = fid.get("top1_agreement")
             lines.append(
                 f"| {vname} | {cov.get('quantized', 0)}/{cov.get('total', 0)} | {cov.get('qdq_left', '-')} | "
                 f"{v['size_bytes'] / 1e6:.1f} | {v['compression']:.2f}x | "
                 f"{fid.get('cosine', 1.0):.4f} | {fid.get('sqnr_db', float('inf')):.1f} | "
-                f"{'-' if top1 is None else f'{top1:.2f}'} | {_ms(t1)} | {_fmt_speed(sp.get('1'))} | "
-                f"{_ms(t2)} | {_fmt_speed(sp.get('2'))} |")
+                f"{'-' if top1 is None else f'{top1:.2f}'} | "
+                + " | ".join(f"{_ms(lat.get(t, {}).get('median_ms'))} | {_fmt_speed(sp.get(t))}" for t in threads)
+                + " |")
         lines += ["", f"Recipe: `{mres['recipe']}`. Verdict: **{mres['verdict']}**. Load average before/after "
                   f"timing: {', '.join(f'{x:.2f}' for x in mres['loadavg_before'])} / "
                   f"{', '.join(f'{x:.2f}' for x in mres['loadavg_after'])} (other processes share these cores).", ""]
