@@ -55,6 +55,28 @@ def test_time_interleaved_with_a_session_per_entry(tmp_path: Path) -> None:
         CpuDevice().time_interleaved([m, m], feeds, warmup=0, runs=3, sessions=[SessionConfig()])
 
 
+def test_sessions_taking_turns_stop_spinning_between_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interleaved sessions must not leave workers spinning on the cores the next one is timed on;
+    a model timed alone keeps onnxruntime's default, and a value the user set is kept."""
+    from edgequant.devices import cpu
+
+    opened: list[SessionConfig] = []
+    real_open = cpu.open_session
+    monkeypatch.setattr(cpu, "open_session", lambda path, cfg: opened.append(cfg) or real_open(path, cfg))
+    m = mlp(tmp_path / "m.onnx", width=64)
+    feeds = {"x": np.ones((1, 64), np.float32)}
+    key = cpu.STOP_SPINNING_BETWEEN_RUNS
+    CpuDevice(SessionConfig(intra_op_threads=2)).time_interleaved([m, m], feeds, warmup=1, runs=3)
+    assert [c.config_entries.get(key) for c in opened] == ["1", "1"]
+    opened.clear()
+    CpuDevice(SessionConfig(intra_op_threads=2)).time_interleaved([m], feeds, warmup=1, runs=3)
+    assert [c.config_entries.get(key) for c in opened] == [None]
+    opened.clear()
+    CpuDevice(SessionConfig(intra_op_threads=2, config_entries={key: "0"})).time_interleaved(
+        [m, m], feeds, warmup=1, runs=3)
+    assert [c.config_entries.get(key) for c in opened] == ["0", "0"]
+
+
 def test_devices_command_lists_the_contract_keys() -> None:
     proc = subprocess.run([sys.executable, "-m", "edgequant", "devices", "--json"], capture_output=True, text=True,
                           timeout=120)

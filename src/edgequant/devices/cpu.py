@@ -35,6 +35,19 @@ _OPT_LEVELS = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
                "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
 
+#: onnxruntime's intra-op workers go on spinning after a run returns. When sessions take turns, the
+#: idle sessions' spinning workers hold the cores the timed one needs: resnet18 FP32 at 2 threads on
+#: 2 vCPUs took 34 ms interleaved with its INT8 (its 1-thread time) against 17 ms with this entry
+#: (``benchmarks/thread_scaling.py``). It stops the workers when a run returns, and they still spin
+#: inside a run, so each model is timed as it runs alone. No workers at 1 thread: no effect there.
+STOP_SPINNING_BETWEEN_RUNS = "session.force_spinning_stop"
+
+
+def _taking_turns(cfg: SessionConfig) -> SessionConfig:
+    if STOP_SPINNING_BETWEEN_RUNS in cfg.config_entries:
+        return cfg
+    return cfg.with_(config_entries={**cfg.config_entries, STOP_SPINNING_BETWEEN_RUNS: "1"})
+
 
 class CpuDevice(Device):
     """onnxruntime's CPU EP in this process (memory: in a fresh child process)."""
@@ -85,7 +98,8 @@ class CpuDevice(Device):
                          sessions: Sequence[SessionConfig] | None = None, min_seconds: float = 0.0,
                          burst: int = 1) -> BenchResult:
         """All sessions are created (and their feeds checked) before any timing; each model then
-        gets ``warmup`` untimed runs.
+        gets ``warmup`` untimed runs. With more than one model, workers stop spinning when a run
+        returns (``STOP_SPINNING_BETWEEN_RUNS``), so no session's idle workers slow the next one.
         ``time.perf_counter_ns`` brackets ``session.run`` only, and the garbage collector is paused
         while timing so a collection cannot land inside a run."""
         if not model_paths:
@@ -95,7 +109,8 @@ class CpuDevice(Device):
         configs = list(sessions) if sessions is not None else [self.session] * len(paths)
         if len(configs) != len(paths):
             raise EdgequantError(f"got {len(configs)} session settings for {len(paths)} models")
-        loaded = [open_session(p, c) for p, c in zip(paths, configs)]
+        turns = [_taking_turns(c) for c in configs] if len(paths) > 1 else configs
+        loaded = [open_session(p, c) for p, c in zip(paths, turns)]
         feed_list = resolve_feeds(feeds, paths, [session_inputs(s) for s in loaded])
 
         n = len(loaded)
