@@ -89,11 +89,15 @@ def markdown(runs: list[tuple[str, dict]]) -> str:
             primary = variants.get(entry.get("primary", ""))
             ort_name, ort = _ort_default(variants)
             lines.append(f"| {model} | {label} | {_ms(variants.get('fp32'), '1')} | {ort_name} | {_speed(ort, '1')} | "
-                         f"{entry.get('primary', '-')} | {_speed(primary, '1')} | {_speed(primary, '2')} | "
+                         f"{entry.get('primary', '-')} | {_speed(primary, '1')} | {_speed(primary, '2')}"
+                         f"{'' if 'idle_workers' in data['config'] else ' (spinning)'} | "
                          f"{_batch(entry)} | {_quality(primary)} | {_verdict(entry)} |")
     lines += ["", "`-`: not in that ISA's run (see each RESULTS.md for its date and models). The verdict is the",
               "suite's own (budget: cosine >= 0.99 or the DMS task metric): where it keeps FP32, the",
-              "`edgequant` column shows the variant that would have been used, not a shipped one."]
+              "`edgequant` column shows the variant that would have been used, not a shipped one.",
+              "`(spinning)`: a run from before 2026-12-04, whose 2-thread sessions took turns with the idle ones'",
+              "workers still spinning on the same cores; on 2 vCPUs that made the 2-thread ratio a 1-thread one",
+              "(FINDINGS.md, 'More than one thread')."]
     return "\n".join(lines) + "\n"
 
 

@@ -254,6 +254,8 @@ def main() -> None:
                "config": {"threads": threads, "quick": args.quick,
                           "rounds": {k: v[2] for k, v in MODELS.items()},
                           "calibration_samples": CALIB_N, "eval_samples": EVAL_N,
+                          # runs before this key existed timed >1 thread with idle sessions still spinning
+                          "idle_workers": "stopped after each run (session.force_spinning_stop)",
                           "inputs": "CNNs: synthetic images (smooth fields + shapes, ImageNet-normalized), seeded random "
                                     "weights; encoder: real all-MiniLM-L6-v2 weights (when installed), English "
                                     "sentences padded to 128, fidelity on mean-pooled sentence embeddings"},
