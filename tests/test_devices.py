@@ -65,7 +65,7 @@ def test_sessions_taking_turns_stop_spinning_between_runs(tmp_path: Path, monkey
     monkeypatch.setattr(cpu, "open_session", lambda path, cfg: opened.append(cfg) or real_open(path, cfg))
     m = mlp(tmp_path / "m.onnx", width=64)
     feeds = {"x": np.ones((1, 64), np.float32)}
-    key = cpu.STOP_SPINNING_BETWEEN_RUNS
+    key = "session.force_spinning_stop"
     CpuDevice(SessionConfig(intra_op_threads=2)).time_interleaved([m, m], feeds, warmup=1, runs=3)
     assert [c.config_entries.get(key) for c in opened] == ["1", "1"]
     opened.clear()

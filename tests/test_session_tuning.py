@@ -39,7 +39,8 @@ def test_deployment_config_threads_override_and_unknown_kind() -> None:
     assert deployment_session_config("cnn-int8")["graph_optimization"] == "all"
     shared = deployment_session_config("cnn-fp32", shared_cores=True)
     assert shared["intra_op_threads"] == 1 and shared["allow_spinning"] is False
-    assert deployment_session_config("transformer-int8", pipeline=True)["allow_spinning"] is False
+    piped = deployment_session_config("transformer-int8", pipeline=True)
+    assert piped["config_entries"] == {"session.force_spinning_stop": "1"} and "allow_spinning" not in piped
     assert "allow_spinning" not in deployment_session_config("cnn-int8")
     with pytest.raises(ValueError, match="unknown model kind"):
         deployment_session_config("gpu")

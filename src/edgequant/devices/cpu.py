@@ -25,7 +25,7 @@ from ..measure.feeds import resolve_feeds, session_inputs
 from ..measure.latency import MAX_ROUNDS, BenchResult, bench_result, check_run_counts, round_order, time_burst
 from ..measure.memory import MemoryResult
 from ..measure.profile import node_times, op_type_times
-from ..measure.session import SessionConfig, session_options
+from ..measure.session import STOP_SPINNING_BETWEEN_RUNS, SessionConfig, session_options
 from . import cpu_memory
 from .base import Device, DeviceFacts, Feeds
 from .cpu_session import inference_error, iter_session_outputs, open_session
@@ -35,15 +35,8 @@ _OPT_LEVELS = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
                "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
 
-#: onnxruntime's intra-op workers go on spinning after a run returns. When sessions take turns, the
-#: idle sessions' spinning workers hold the cores the timed one needs: resnet18 FP32 at 2 threads on
-#: 2 vCPUs took 34 ms interleaved with its INT8 (its 1-thread time) against 17 ms with this entry
-#: (``benchmarks/thread_scaling.py``). It stops the workers when a run returns, and they still spin
-#: inside a run, so each model is timed as it runs alone. No workers at 1 thread: no effect there.
-STOP_SPINNING_BETWEEN_RUNS = "session.force_spinning_stop"
-
-
 def _taking_turns(cfg: SessionConfig) -> SessionConfig:
+    """``cfg`` for a session timed in turns with others: its workers park when a run returns."""
     if STOP_SPINNING_BETWEEN_RUNS in cfg.config_entries:
         return cfg
     return cfg.with_(config_entries={**cfg.config_entries, STOP_SPINNING_BETWEEN_RUNS: "1"})

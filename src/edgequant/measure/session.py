@@ -60,6 +60,15 @@ EXECUTION_ORDERS: dict[str, ort.ExecutionOrder] = {
 }
 
 
+#: onnxruntime's intra-op workers go on spinning after a run returns. When sessions take turns on
+#: the same cores, the idle sessions' spinning workers hold the cores the running one needs: resnet18
+#: FP32 at 2 threads on 2 vCPUs took 37 ms interleaved with its INT8 (its 1-thread time) against 18 ms
+#: with this entry (``benchmarks/thread_scaling.py``). It parks the workers when a run returns; they
+#: still spin inside a run, so unlike ``allow_spinning=False`` no parallel section waits for a wake-up
+#: (5-35% faster than that at 2-8 threads). No workers at 1 thread: no effect there.
+STOP_SPINNING_BETWEEN_RUNS = "session.force_spinning_stop"
+
+
 @dataclass(frozen=True)
 class SessionConfig:
     """ONNX Runtime session options. ``0`` threads means "let ORT decide" (physical cores), or in an
