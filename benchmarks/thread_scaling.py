@@ -37,8 +37,9 @@ from bench_timing import session_config  # noqa: E402
 from bench_variants import edgequant_quantize  # noqa: E402
 
 from edgequant.devices import local_cpu  # noqa: E402
+from edgequant.measure.session import STOP_SPINNING_BETWEEN_RUNS  # noqa: E402
 
-REGIMES = {"spinning": ({"config_entries": {"session.force_spinning_stop": "0"}}, 1),
+REGIMES = {"spinning": ({"config_entries": {STOP_SPINNING_BETWEEN_RUNS: "0"}}, 1),
            "stop-spin": ({}, 1), "no-spin": ({"allow_spinning": False}, 1), "burst": ({}, 8)}
 
 

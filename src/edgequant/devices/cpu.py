@@ -35,6 +35,7 @@ _OPT_LEVELS = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
                "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
 
+
 def _taking_turns(cfg: SessionConfig) -> SessionConfig:
     """``cfg`` for a session timed in turns with others: its workers park when a run returns."""
     if STOP_SPINNING_BETWEEN_RUNS in cfg.config_entries:
