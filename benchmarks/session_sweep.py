@@ -4,8 +4,8 @@
 
 Needs the models built by run.sh (benchmarks/.models, benchmarks/.work/<model>/edgequant.onnx).
 For each model it times every (threads, setting) pair interleaved in one process
-(edgequant.tune.session_settings.tune_session) and writes results/session_tuning.json and
-results/SESSION_TUNING.md.
+(edgequant.tune.session_settings.tune_session) and writes session_tuning.json and SESSION_TUNING.md to
+this ISA's results folder (results/, results/vnni/ or results/amx/).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
 from bench_data import samples
-from bench_report import machine
+from bench_machine import isa_results_dir, machine
 
 from edgequant.tune.session_settings import CANDIDATES, tune_session
 
@@ -66,10 +66,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--out", default=None, help="default: this ISA's results folder, as run.py's")
     args = ap.parse_args()
     t0 = time.perf_counter()
     res = {"schema": "edgequant.session_sweep/1", "machine": machine(), "models": {}}
+    out = Path(args.out) if args.out else isa_results_dir(HERE / "results", res["machine"])
+    out.mkdir(parents=True, exist_ok=True)
     for label in args.models.split(","):
         rel, kind, names, rounds = MODELS[label]
         path = HERE / rel
@@ -82,7 +84,6 @@ def main() -> None:
         res["models"][label] = r.to_dict()
         print(f"{label}: best {r.best}; " + ", ".join(f"{t.name} {t.speedup.ratio:.2f}x" for t in r.timings), flush=True)
     res["elapsed_s"] = time.perf_counter() - t0
-    out = Path(args.out)
     (out / "session_tuning.json").write_text(json.dumps(res, indent=2))
     write_md(res, out / "SESSION_TUNING.md")
     print(f"wrote {out / 'SESSION_TUNING.md'} in {res['elapsed_s']:.0f}s; loadavg {os.getloadavg()}")
