@@ -66,6 +66,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--threads", default="1,2", help="intra-op thread counts, e.g. 1,8,16 on a server")
     ap.add_argument("--out", default=None, help="default: this ISA's results folder, as run.py's")
     args = ap.parse_args()
     t0 = time.perf_counter()
@@ -79,7 +80,8 @@ def main() -> None:
             print(f"skip {label}: {path} missing (run benchmarks/run.sh first)")
             continue
         feeds = samples(kind, 1, seed=1000)[0]
-        r = tune_session(path, feeds, candidates={n: CANDIDATES[n] for n in names}, threads=(1, 2),
+        r = tune_session(path, feeds, candidates={n: CANDIDATES[n] for n in names},
+                         threads=tuple(int(t) for t in args.threads.split(",")),
                          rounds=max(5, rounds // (5 if args.quick else 1)))
         res["models"][label] = r.to_dict()
         print(f"{label}: best {r.best}; " + ", ".join(f"{t.name} {t.speedup.ratio:.2f}x" for t in r.timings), flush=True)
