@@ -51,8 +51,9 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 #: * spinning off: 1.05-1.2x better at 2 threads whenever several sessions take turns on the same
 #:   cores (their spinning workers steal the core from the next session), i.e. a DMS frame pipeline
 #:   running detector -> mesh -> iris; neutral at 1 thread. Parking the workers only between runs
-#:   (``STOP_SPINNING_BETWEEN_RUNS``, 2026-12-04) beat spinning off by 5-35% at 2-8 threads on a
-#:   2-vCPU EPYC and a 16-core Xeon, so ``pipeline`` uses that.
+#:   (``STOP_SPINNING_BETWEEN_RUNS``, 2026-12-04) beat spinning off in 14 of 16 FP32/INT8 cases at 2-8
+#:   threads on a 2-vCPU EPYC and a 16-core Xeon (by up to 37%; INT8 at 2 threads on the Xeon went
+#:   the other way by 7-11%), so ``pipeline`` uses that.
 #: * no effect outside +-2% at 1 thread: arena off, denormal-as-zero, dynamic_block_base=4,
 #:   x64quantprecision, qdqisint8allowed on u8-activation models. ``optimization.enable_gelu_approximation``
 #:   +2% on the encoder but changes numerics: not a default. ``session.qdqisint8allowed=1`` made ORT's
@@ -73,8 +74,8 @@ def deployment_session_config(model_kind: str = "cnn-int8", *, threads: int | No
     ``threads`` overrides the thread count (default: ORT's, one per physical core);
     ``shared_cores``: other processes load the cores -> 1 thread, no spinning; ``pipeline``:
     several sessions run one after another on the same cores (e.g. a DMS frame) -> workers spin
-    inside a run and park when it returns (``STOP_SPINNING_BETWEEN_RUNS``: 5-35% faster than no
-    spinning at 2-8 threads, ``benchmarks/FINDINGS.md``).
+    inside a run and park when it returns (``STOP_SPINNING_BETWEEN_RUNS``: faster than no
+    spinning in 14 of 16 cases measured at 2-8 threads, ``benchmarks/FINDINGS.md``).
     Use as ``SessionConfig(**deployment_session_config("cnn-int8"))``.
     """
     if model_kind not in MEASURED_WINNERS:
