@@ -43,7 +43,8 @@ def write_md(res: dict, path: Path) -> None:
     m = res["machine"]
     lines = ["# Session settings sweep", "",
              f"`benchmarks/session_sweep.py` ({res['elapsed_s']:.0f} s). CPU: {m['cpu']} ({m['cores']} cores), "
-             f"ISA {', '.join(m['isa'])}; onnxruntime {m['onnxruntime']}.",
+             f"ISA {', '.join(m['isa'])} (target {'x86-amx' if m.get('amx') else 'x86-vnni' if m['vnni'] else 'x86-avx2'}); "
+             f"device cpu; onnxruntime {m['onnxruntime']}.",
              "Every (threads, setting) pair of one model runs once per round in a fresh random order, one process;",
              "speedup = median of `default@1T` / median of the setting, 95% paired bootstrap interval.",
              "A setting 'wins' only if >= 1.02x with the interval above 1.", ""]

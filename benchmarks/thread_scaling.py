@@ -68,7 +68,8 @@ def markdown(results: dict) -> str:
              "`session.force_spinning_stop=1` (what `CpuDevice.time_interleaved` does now); `no-spin`: "
              "`session.intra_op.allow_spinning=0`; `burst`: 8 runs of one model in a row per round, first "
              "untimed, workers stopped after each run.",
-             "", f"Machine: {m['cpu']} ({m['cores']} cores), ISA: {', '.join(m['isa'])}; onnxruntime "
+             "", f"Machine: {m['cpu']} ({m['cores']} cores), ISA: {', '.join(m['isa'])} (target "
+             f"{'x86-amx' if m['amx'] else 'x86-vnni' if m['vnni'] else 'x86-avx2'}); device cpu; onnxruntime "
              f"{m['onnxruntime']}, python {m['python']}. Load average at start: "
              f"{', '.join(f'{x:.2f}' for x in results['loadavg_start'])}.", ""]
     for name, per_threads in results["models"].items():
