@@ -36,6 +36,11 @@ def machine() -> dict:
             "python": platform.python_version(), "machine": platform.machine()}
 
 
+def isa_target(mach: dict) -> str:
+    """The edgequant CPU target this machine's ISA selects (what `edgequant doctor` reports)."""
+    return "x86-amx" if mach.get("amx") else "x86-vnni" if mach["vnni"] else "x86-avx2"
+
+
 def isa_results_dir(results: Path, mach: dict) -> Path:
     """Results are kept per ISA: results/ (AVX2), results/vnni/, results/amx/ (VNNI with AMX-INT8 tiles)."""
     return results / ("amx" if mach.get("amx") else "vnni" if mach["vnni"] else "")

@@ -22,7 +22,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
 from bench_data import samples
-from bench_machine import isa_results_dir, machine
+from bench_machine import isa_results_dir, isa_target, machine
 
 from edgequant.tune.session_settings import CANDIDATES, tune_session
 
@@ -43,7 +43,7 @@ def write_md(res: dict, path: Path) -> None:
     m = res["machine"]
     lines = ["# Session settings sweep", "",
              f"`benchmarks/session_sweep.py` ({res['elapsed_s']:.0f} s). CPU: {m['cpu']} ({m['cores']} cores), "
-             f"ISA {', '.join(m['isa'])} (target {'x86-amx' if m.get('amx') else 'x86-vnni' if m['vnni'] else 'x86-avx2'}); "
+             f"ISA {', '.join(m['isa'])} (target {isa_target(m)}); "
              f"device cpu; onnxruntime {m['onnxruntime']}.",
              "Every (threads, setting) pair of one model runs once per round in a fresh random order, one process;",
              "speedup = median of `default@1T` / median of the setting, 95% paired bootstrap interval.",

@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
 from bench_data import samples  # noqa: E402
-from bench_machine import isa_results_dir, machine  # noqa: E402
+from bench_machine import isa_results_dir, isa_target, machine  # noqa: E402
 from bench_timing import session_config  # noqa: E402
 from bench_variants import edgequant_quantize  # noqa: E402
 
@@ -69,7 +69,7 @@ def markdown(results: dict) -> str:
              "`session.intra_op.allow_spinning=0`; `burst`: 8 runs of one model in a row per round, first "
              "untimed, workers stopped after each run.",
              "", f"Machine: {m['cpu']} ({m['cores']} cores), ISA: {', '.join(m['isa'])} (target "
-             f"{'x86-amx' if m['amx'] else 'x86-vnni' if m['vnni'] else 'x86-avx2'}); device cpu; onnxruntime "
+             f"{isa_target(m)}); device cpu; onnxruntime "
              f"{m['onnxruntime']}, python {m['python']}. Load average at start: "
              f"{', '.join(f'{x:.2f}' for x in results['loadavg_start'])}.", ""]
     for name, per_threads in results["models"].items():
